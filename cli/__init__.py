@@ -1,0 +1,1 @@
+"""The ``montessori`` command line."""

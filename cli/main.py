@@ -1,0 +1,156 @@
+"""``montessori``: run a whole loop, or one stage on artifacts from disk.
+
+Every subcommand reads the same typed config (``--config`` YAML/TOML, then
+``--set key=value`` overrides). A bad input is reported on one line naming the
+field or file:line, with exit code 2, and leaves no partial artifact.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.envs import apply_offline_defaults
+
+EXIT_BAD_INPUT = 2
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="montessori", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", help="YAML or TOML config file (default: the embedded defaults)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return sub
+
+    command("run", "Run the whole loop (K iterations, then evaluation) and print the summary table.")
+    command("config", "Print the resolved config as YAML, every field with its help.")
+    sub = command("generate", "Teacher: write a candidate set (instructions + responses).")
+    sub.add_argument("--out", required=True, help="output folder (candidates.jsonl + manifest.json)")
+    sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) applied to the teacher, in order")
+    size = sub.add_mutually_exclusive_group(required=True)
+    size.add_argument("--prompts", type=int, help="number of synthesis prompts (prompt groups)")
+    size.add_argument("--examples", type=int, help="number of examples to keep")
+    sub = command("train-student", "Trainer: SFT of the student on a candidate set.")
+    sub.add_argument("--candidates", required=True, help="candidates.jsonl")
+    sub.add_argument("--out", required=True, help="output folder (model/ + manifest.json)")
+    sub.add_argument("--student", help="student model folder (default: models.student)")
+    sub.add_argument("--warmup", action="store_true", help="use the warm-up settings and save the AdamW state")
+    sub = command("score", "Influence: score candidates on a warmed-up student.")
+    sub.add_argument("--warmup", required=True, help="warm-up model folder (from train-student --warmup)")
+    sub.add_argument("--candidates", required=True, help="candidates.jsonl")
+    sub.add_argument("--out", required=True, help="output folder (scores.jsonl + manifest.json)")
+    sub = command("pairs", "Preference: assemble DPO pairs from candidates and scores.")
+    sub.add_argument("--candidates", required=True, help="candidates.jsonl")
+    sub.add_argument("--scores", required=True, help="scores.jsonl")
+    sub.add_argument("--out", required=True, help="output folder (pairs.jsonl + manifest.json)")
+    sub = command("train-teacher", "Trainer: DPO of the teacher on preference pairs.")
+    sub.add_argument("--pairs", required=True, help="pairs.jsonl")
+    sub.add_argument("--out", required=True, help="output folder (adapter/ or model/ + manifest.json)")
+    sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) of the current teacher")
+    sub = command("evaluate", "Held-out loss of one or more students on data.eval_path.")
+    sub.add_argument("--student", action="append", required=True, help="student model folder (repeatable)")
+    return parser
+
+
+def _out_store(out: str):
+    """A local store rooted at ``out``'s parent, and the key prefix ``out``'s name."""
+    from common.artifacts import LocalArtifactStore
+
+    path = Path(out).resolve()
+    return LocalArtifactStore(path.parent), path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_defaults()
+    args = make_parser().parse_args(argv)
+    from common.errors import MontessoriError
+
+    try:
+        return _dispatch(args)
+    except MontessoriError as err:
+        print(f"montessori: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("montessori: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from common.logs import configure_logging
+    from common.models import ModelRef
+    from common.progress import TqdmProgress
+    from services.controller.config import RunConfig
+
+    configure_logging()
+    config = load_config(RunConfig, args.config, args.set)
+    progress = TqdmProgress(enabled=not args.no_progress and sys.stderr.isatty())
+
+    if args.command == "config":
+        from cli.config_doc import render_yaml
+
+        print(render_yaml(config))
+        return 0
+    if args.command == "run":
+        from cli.summary_table import print_summary
+        from services.controller.loop import LoopRunner
+
+        summary = LoopRunner(config, progress=progress).run()
+        print_summary(summary)
+        return 0
+    if args.command == "generate":
+        from services.teacher import tasks
+        from services.teacher.backend import TransformersBackend
+
+        teacher = ModelRef(config.models.teacher, tuple(args.adapter))
+        store, prefix = _out_store(args.out)
+        result = tasks.generate(store, prefix, backend=TransformersBackend(teacher, dtype=config.models.dtype),
+                                teacher=teacher, teacher_label=f"teacher-r{len(args.adapter)}",
+                                seed_path=Path(config.data.seed_path), config=config.synthesis, seed=config.seed,
+                                num_prompts=args.prompts, target=args.examples, progress=progress)
+    elif args.command == "train-student":
+        from services.trainer import tasks
+
+        store, prefix = _out_store(args.out)
+        result = tasks.train_student(store, prefix, student=ModelRef(args.student or config.models.student),
+                                     candidates_path=Path(args.candidates), settings=config.warmup if args.warmup else config.sft,
+                                     seed=config.seed, save_optimizer=args.warmup, progress=progress)
+    elif args.command == "score":
+        from services.influence import tasks
+
+        store, prefix = _out_store(args.out)
+        result = tasks.score(store, prefix, warmup_dir=Path(args.warmup), reference_path=Path(config.data.reference_path),
+                             candidates_path=Path(args.candidates), config=config.influence, progress=progress)
+    elif args.command == "pairs":
+        from services.preference import tasks
+
+        store, prefix = _out_store(args.out)
+        result = tasks.assemble(store, prefix, candidates_path=Path(args.candidates), scores_path=Path(args.scores),
+                                config=config.preference)
+    elif args.command == "train-teacher":
+        from services.trainer import tasks
+
+        store, prefix = _out_store(args.out)
+        result = tasks.train_teacher(store, prefix, teacher=ModelRef(config.models.teacher, tuple(args.adapter)),
+                                     pairs_path=Path(args.pairs), settings=config.dpo, seed=config.seed, progress=progress)
+    elif args.command == "evaluate":
+        from services.influence.tasks import evaluation_loss
+
+        losses = {s: evaluation_loss(ModelRef(s), Path(config.data.eval_path), batch_size=config.evaluation.batch_size,
+                                     field="--student") for s in args.student}
+        print(json.dumps({"eval_path": config.data.eval_path, "eval_loss": losses}, indent=2))
+        return 0
+    else:  # pragma: no cover - argparse enforces the choices
+        raise AssertionError(args.command)
+    print(json.dumps({"stage": result.stage, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
+                      "manifest": result.manifest.uri, "metrics": result.metrics}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

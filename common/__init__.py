@@ -1,0 +1,1 @@
+"""Code shared by the montessori services: config, artifacts, models, errors, logging."""

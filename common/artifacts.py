@@ -1,0 +1,196 @@
+"""The artifact store: every stage reads and writes through this interface.
+
+Artifacts are addressed by *keys* (``loops/<loop-id>/iter-1/scores/scores.jsonl``)
+inside one store; ``uri(key)`` gives the full address (``file:///...`` here,
+``s3://bucket/...`` for the S3 backend). Every write is atomic (written beside the
+target, then renamed into place) and returns an :class:`ArtifactRef` with the
+content's SHA-256, so readers never see half-written data and manifests can pin
+exactly what a stage consumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from common.errors import InvalidArgument, NotFound
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*$")
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A published artifact: where it is and what its content hashes to."""
+
+    uri: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def validate_key(key: str, *, field: str = "key") -> str:
+    """Reject absolute keys, ``..`` segments and characters outside a safe set."""
+    if not key or key.startswith("/") or not _KEY_RE.match(key) or any(p in ("..", ".") for p in key.split("/")):
+        raise InvalidArgument(f"invalid artifact key {key!r} (relative, no '..', letters/digits/._=+- only)", field=field)
+    return key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """Digest of a folder: SHA-256 over its sorted (relative path, file digest) list."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+class ArtifactStore(ABC):
+    """Interface of an artifact store. Backends: :class:`LocalArtifactStore` (S3 later)."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Full address of ``key`` in this store."""
+
+    @abstractmethod
+    def key_of(self, uri: str) -> str:
+        """Inverse of :meth:`uri`; raises :class:`InvalidArgument` for a URI outside this store."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an artifact (file or folder) is published under ``key``."""
+
+    @abstractmethod
+    def put_file(self, key: str, source: Path) -> ArtifactRef:
+        """Publish a local file under ``key`` atomically."""
+
+    @abstractmethod
+    def put_dir(self, key: str, source: Path) -> ArtifactRef:
+        """Publish a local folder (e.g. an HF model folder) under ``key`` atomically."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path:
+        """A local, read-only path holding the artifact (the file itself here; a cache for remote stores)."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys of the published files under ``prefix``, sorted."""
+
+    # Convenience layer shared by all backends.
+
+    def put_bytes(self, key: str, data: bytes) -> ArtifactRef:
+        with tempfile.TemporaryDirectory(prefix="montessori-put-") as tmp:
+            path = Path(tmp) / "blob"
+            path.write_bytes(data)
+            return self.put_file(key, path)
+
+    def put_json(self, key: str, obj: Any) -> ArtifactRef:
+        return self.put_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def put_jsonl(self, key: str, rows: Iterable[dict]) -> ArtifactRef:
+        return self.put_bytes(key, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.local_path(key).read_bytes()
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def get_jsonl(self, key: str) -> list[dict]:
+        from common.jsonl import read_jsonl
+
+        return read_jsonl(self.local_path(key), label=self.uri(key))
+
+    def digest(self, key: str) -> str:
+        path = self.local_path(key)
+        return sha256_tree(path) if path.is_dir() else sha256_file(path)
+
+    def ref(self, key: str) -> ArtifactRef:
+        return ArtifactRef(uri=self.uri(key), sha256=self.digest(key))
+
+
+class LocalArtifactStore(ArtifactStore):
+    """Artifacts as files under a root folder (the embedded default)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def uri(self, key: str) -> str:
+        return (self.root / validate_key(key)).as_uri()
+
+    def key_of(self, uri: str) -> str:
+        path = Path(uri.removeprefix("file://")).resolve() if uri.startswith("file://") else None
+        if path is None or not path.is_relative_to(self.root):
+            raise InvalidArgument(f"{uri!r} is not inside the artifact store {self.root.as_uri()}", field="uri")
+        return validate_key(path.relative_to(self.root).as_posix(), field="uri")
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def put_file(self, key: str, source: Path) -> ArtifactRef:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+        shutil.copyfile(source, staging)
+        digest = sha256_file(staging)
+        os.replace(staging, target)  # atomic on POSIX: readers see old or new, never half
+        return ArtifactRef(uri=target.as_uri(), sha256=digest)
+
+    def put_dir(self, key: str, source: Path) -> ArtifactRef:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+        shutil.copytree(source, staging)
+        digest = sha256_tree(staging)
+        if target.exists():
+            retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+        return ArtifactRef(uri=target.as_uri(), sha256=digest)
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.exists():
+            raise NotFound(f"no artifact at {path.as_uri()}", field="uri")
+        return path
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
+
+
+def open_store(uri: str) -> ArtifactStore:
+    """The store named by ``uri``: a plain path or ``file://`` URI is a local store."""
+    if uri.startswith("file://"):
+        return LocalArtifactStore(uri.removeprefix("file://"))
+    if "://" in uri:
+        raise InvalidArgument(f"unsupported artifact store URI {uri!r} (use a path or file://)", field="artifacts.uri")
+    return LocalArtifactStore(uri)

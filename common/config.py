@@ -1,0 +1,174 @@
+"""Typed config loading: defaults -> YAML/TOML file -> ``--set`` overrides.
+
+Config classes are plain dataclasses whose fields carry ``metadata={"help": ...}``
+and validate themselves in ``__post_init__`` by raising :class:`InvalidArgument`
+with the field name. This module turns nested mappings into those dataclasses,
+rejecting unknown keys and wrong types with the full dotted field path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+import yaml
+
+from common.errors import InvalidArgument, MontessoriError, NotFound
+
+T = TypeVar("T")
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field with a mandatory help string (shown by ``montessori config``)."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check(condition: bool, field_name: str, message: str) -> None:
+    """Raise :class:`InvalidArgument` for ``field_name`` unless ``condition`` holds."""
+    if not condition:
+        raise InvalidArgument(message, field=field_name)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    if not isinstance(data, Mapping):
+        raise InvalidArgument(f"expected a mapping, got {type(data).__name__}", field=path or None)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in known:
+            raise InvalidArgument(f"unknown field (known: {', '.join(sorted(known))})", field=_join(path, str(key)))
+    kwargs = {key: _coerce(hints[key], value, _join(path, key)) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except MontessoriError as err:
+        raise (err.with_prefix(path) if path else err) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able view of a config dataclass (for manifests and ``summary.json``)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def merge(base: dict, override: Mapping) -> dict:
+    """Recursive dict merge: ``override`` wins, nested mappings are merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"config file {path} does not exist", field="--config")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise InvalidArgument(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                              f"{str(err).splitlines()[0]}", field="--config") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path} must hold a mapping at the top level", field="--config")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=3", "c=x"]`` -> ``{"a": {"b": 3}, "c": "x"}``; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"expected KEY=VALUE, got {item!r}", field="--set")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults, then the file at ``path``, then ``--set`` overrides, validated into ``cls``."""
+    data: dict = read_config_file(path) if path else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return from_dict(cls, data)
+
+
+def config_digest(obj: Any) -> str:
+    """Stable SHA-256 of a config (used in manifests to tell whether a stage can be reused)."""
+    import hashlib
+
+    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, path=path)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except InvalidArgument as err:
+                errors.append(err.message)
+        raise InvalidArgument("; ".join(errors), field=path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise InvalidArgument(f"must be one of {', '.join(map(repr, choices))}, got {value!r}", field=path)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InvalidArgument(f"expected a list, got {type(value).__name__}", field=path)
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"expected true or false, got {value!r}", field=path)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"expected an integer, got {value!r}", field=path)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidArgument(f"expected a number, got {value!r}", field=path)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"expected a string, got {value!r}", field=path)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")

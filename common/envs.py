@@ -1,0 +1,54 @@
+"""Every environment variable montessori reads, in one typed place.
+
+Nothing else in the code base reads ``os.environ`` for configuration.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: Variables the Hugging Face libraries must see before they are imported: the
+#: machines this runs on have no model hub, and without them transformers retries
+#: the hub with back-off for every file it does not find locally.
+OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_offline_defaults() -> None:
+    """Set the offline variables unless the user set them. Called by entry points only."""
+    for name, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@dataclass(frozen=True)
+class Env:
+    """Typed view of the environment.
+
+    MONTESSORI_MODELS_DIR: where ``make setup`` puts the offline models (default ``models``).
+    MONTESSORI_ARTIFACTS_DIR: default local artifact-store root (default ``artifacts``).
+    MONTESSORI_LOG_LEVEL: log level for the JSON logs (default ``INFO``).
+    MONTESSORI_LOG_JSON: ``1`` for JSON-line logs on stderr, ``0`` for plain text (default ``1``).
+    MONTESSORI_TORCH_THREADS: torch intra-op threads (default: torch's choice).
+    """
+
+    models_dir: str
+    artifacts_dir: str
+    log_level: str
+    log_json: bool
+    torch_threads: int | None
+
+    @classmethod
+    def read(cls) -> "Env":
+        threads = os.environ.get("MONTESSORI_TORCH_THREADS")
+        return cls(
+            models_dir=os.environ.get("MONTESSORI_MODELS_DIR", "models"),
+            artifacts_dir=os.environ.get("MONTESSORI_ARTIFACTS_DIR", "artifacts"),
+            log_level=os.environ.get("MONTESSORI_LOG_LEVEL", "INFO").upper(),
+            log_json=os.environ.get("MONTESSORI_LOG_JSON", "1") != "0",
+            torch_threads=int(threads) if threads else None,
+        )

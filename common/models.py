@@ -1,0 +1,90 @@
+"""The one way to load a causal LM and its tokenizer (any ``AutoModelForCausalLM`` folder).
+
+Teachers are versioned as a base folder plus a chain of LoRA adapters (one per DPO
+round, each trained on top of the previous version merged into the weights).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import FailedPrecondition, NotFound
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model version: a base HF folder plus LoRA adapter folders applied (and merged) in order."""
+
+    path: str
+    adapters: tuple[str, ...] = field(default=())
+
+    def with_adapter(self, adapter_dir: str) -> "ModelRef":
+        return ModelRef(self.path, self.adapters + (adapter_dir,))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "adapters": list(self.adapters)}
+
+
+def model_dir(path: str | Path, *, field: str) -> Path:
+    """``path`` as a folder holding an HF model, or :class:`NotFound` naming ``field``."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        hint = " (run `make setup` to build the offline models)" if "models/" in str(path) or str(path).startswith("models") else ""
+        raise NotFound(f"no model folder (config.json) at {folder}{hint}", field=field)
+    return folder
+
+
+def load_tokenizer(path: str | Path, *, field: str, padding_side: str = "right"):
+    """The tokenizer of the model at ``path``, with a pad token and the given padding side."""
+    from transformers import AutoTokenizer
+
+    folder = model_dir(path, field=field)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # transformers raises many types; the user needs one line
+        raise FailedPrecondition(f"cannot load tokenizer from {folder}: {_first_line(err)}", field=field) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(ref: ModelRef | str | Path, *, field: str, dtype: str = "float32", trainable: bool = False):
+    """Load a causal LM (base + merged adapters) on CPU, in eval mode unless ``trainable``."""
+    from transformers import AutoModelForCausalLM
+
+    ref = ref if isinstance(ref, ModelRef) else ModelRef(str(ref))
+    folder = model_dir(ref.path, field=field)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+    except Exception as err:
+        raise FailedPrecondition(f"cannot load model from {folder}: {_first_line(err)}", field=field) from None
+    for adapter in ref.adapters:
+        model = merge_adapter(model, adapter, field=field)
+    model.train(trainable)
+    model.requires_grad_(trainable)
+    return model
+
+
+def merge_adapter(model, adapter_dir: str | Path, *, field: str):
+    """Apply the LoRA adapter in ``adapter_dir`` to ``model`` and merge it into the weights."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise NotFound(f"no LoRA adapter (adapter_config.json) at {adapter_dir}", field=field)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def context_length(model) -> int:
+    """Longest sequence the model accepts."""
+    return int(getattr(model.config, "max_position_embeddings", 2048))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

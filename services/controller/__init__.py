@@ -1,0 +1,1 @@
+"""Controller: runs Montessori-Instruct loops (METHOD.md, "Iterations")."""

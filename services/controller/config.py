@@ -1,0 +1,119 @@
+"""The loop's config: one typed, validated document (``montessori config`` prints it with help).
+
+The embedded defaults are the CPU demo that ``make run`` runs: SmolLM2-135M-Instruct
+as teacher, a copy of it as student, sizes chosen to finish in about 10 minutes
+on 2 cores. Paper-scale settings are in the README.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import check, field
+from common.errors import NotFound
+from services.influence.config import InfluenceConfig
+from services.preference.config import PreferenceConfig
+from services.teacher.config import SynthesisConfig
+from services.trainer.config import DPOSettings, SFTSettings
+
+
+def _sft_demo() -> SFTSettings:
+    return SFTSettings(learning_rate=1e-5, batch_size=4)
+
+
+def _warmup_demo() -> SFTSettings:
+    return SFTSettings(learning_rate=5e-6, batch_size=4, lr_scheduler="constant")
+
+
+def _influence_demo() -> InfluenceConfig:
+    return InfluenceConfig(optimizer="sgd", reference_size=16)
+
+
+@dataclass
+class ModelsConfig:
+    """Which models play teacher and student (any AutoModelForCausalLM folder)."""
+
+    teacher: str = field("models/smollm2-135m-instruct", help="Teacher: an instruction-tuned HF model folder.")
+    student: str = field("models/smollm2-135m-student", help="Student: the HF model folder the data is for.")
+    dtype: str = field("float32", help="Weights dtype on load: float32 (CPU), bfloat16 or float16 (GPU).")
+
+    def __post_init__(self) -> None:
+        check(bool(self.teacher.strip()), "teacher", "must name a model folder")
+        check(bool(self.student.strip()), "student", "must name a model folder")
+        check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16")
+
+
+@dataclass
+class DataConfig:
+    """The three disjoint data sets."""
+
+    seed_path: str = field("data/seed.jsonl", help="Seed instructions (Alpaca JSONL) shown to the teacher in context.")
+    reference_path: str = field("data/reference.jsonl", help="Reference (probe) set D_ref that defines influence.")
+    eval_path: str = field("data/eval.jsonl", help="Held-out evaluation set, disjoint from the reference set.")
+
+    def __post_init__(self) -> None:
+        for name in ("seed_path", "reference_path", "eval_path"):
+            check(bool(getattr(self, name).strip()), name, "must name a JSONL file")
+
+    def check_files(self) -> None:
+        """Raise :class:`NotFound` naming the field of a missing file (called before any work starts)."""
+        for name in ("seed_path", "reference_path", "eval_path"):
+            if not Path(getattr(self, name)).is_file():
+                raise NotFound(f"{getattr(self, name)} does not exist", field=f"data.{name}")
+
+
+@dataclass
+class SizesConfig:
+    """How much the teacher writes per iteration (paper: warm-up 100-200, 6K probing, 10K training)."""
+
+    warmup_examples: int = field(16, help="Warm-up set size (examples) for the student before probing.")
+    probe_prompts: int = field(6, help="Synthesis prompts for the probing set (each gives one prompt group).")
+    train_examples: int = field(24, help="Training-set size (examples) for the student's SFT; the baseline gets as many.")
+
+    def __post_init__(self) -> None:
+        check(1 <= self.warmup_examples <= 1_000_000, "warmup_examples", "must be in 1..1000000")
+        check(1 <= self.probe_prompts <= 1_000_000, "probe_prompts", "must be in 1..1000000")
+        check(1 <= self.train_examples <= 10_000_000, "train_examples", "must be in 1..10000000")
+
+
+@dataclass
+class EvaluationConfig:
+    """The final comparison against the Self-Instruct baseline."""
+
+    baseline: bool = field(True, help="Train a Self-Instruct baseline student on the un-updated teacher's data.")
+    influence_sample: int = field(
+        8, help="Training examples per data source whose influence is measured on the same student (0: skip).")
+    batch_size: int = field(16, help="Rows per forward pass when computing held-out loss.")
+
+    def __post_init__(self) -> None:
+        check(0 <= self.influence_sample <= 100_000, "influence_sample", "must be in 0..100000")
+        check(1 <= self.batch_size <= 1024, "batch_size", "must be in 1..1024")
+
+
+@dataclass
+class RunConfig:
+    """A whole Montessori-Instruct run: K iterations, then evaluation against the baseline."""
+
+    name: str = field("demo", help="Run name; the loop id is <name>-<UTC timestamp> unless loop_id is set.")
+    loop_id: str | None = field(None, help="Fixed loop id (artifacts go under loops/<loop_id>/).")
+    seed: int = field(0, help="Seed of every sampling and training step; same seed, same artifacts.")
+    iterations: int = field(2, help="Iterations K (the paper reports 2).")
+    artifacts: str = field("artifacts", help="Artifact store: a local folder (or file:// URI).")
+    models: ModelsConfig = field(default_factory=ModelsConfig, help="Teacher and student models.")
+    data: DataConfig = field(default_factory=DataConfig, help="Seed, reference and evaluation sets.")
+    sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig, help="Instruction synthesis and answering.")
+    influence: InfluenceConfig = field(default_factory=_influence_demo,
+                                       help="Influence scoring. Demo: sgd mode on 16 reference rows (see README).")
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig, help="Preference-pair assembly.")
+    warmup: SFTSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6).")
+    dpo: DPOSettings = field(default_factory=DPOSettings, help="Teacher DPO.")
+    sft: SFTSettings = field(default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32).")
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")
+
+    def __post_init__(self) -> None:
+        check(bool(self.name.strip()) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        check(self.loop_id is None or (bool(self.loop_id) and "/" not in self.loop_id and ".." not in self.loop_id),
+              "loop_id", "must be a name without '/' or '..'")
+        check(1 <= self.iterations <= 1000, "iterations", "must be in 1..1000")
+        check(bool(self.artifacts.strip()), "artifacts", "must name a folder")

@@ -1,0 +1,1 @@
+"""Influence: local data influence of candidates on the student (METHOD.md stage 4)."""

@@ -1,0 +1,133 @@
+"""Local data influence (METHOD.md stage 4), exactly as defined, with in-memory restore.
+
+    L0           = mean loss of the student on the reference set (once per student version)
+    S'           = student after ONE optimizer step on candidate z alone
+    influence(z) = L0 - L(S' on the reference set)        (> 0: z helps)
+
+The student's weights and the optimizer state are snapshotted once and copied back
+in place before every candidate: no reload from disk, no per-candidate deep copy.
+Weights stay fp32 (master weights) for exactness. The reference set is tokenised
+once and evaluated in length-sorted batches padded to the longest row; its mean is
+the mean of per-batch mean losses, as in the official code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.chat import IGNORE_INDEX, EncodedExample, encode_example, instruction_text
+from common.progress import Progress, Stopwatch, no_progress
+from services.influence.config import InfluenceConfig
+
+
+@dataclass(frozen=True)
+class Example:
+    """An (instruction, response) pair to score or to use as a reference row."""
+
+    id: str
+    user_text: str
+    response: str
+
+
+def examples_from_rows(rows: list[dict], *, prefix: str) -> list[Example]:
+    """Alpaca rows (instruction/input/output) as examples."""
+    return [Example(f"{prefix}-{i}", instruction_text(r["instruction"], r.get("input", "")), r["output"]) for i, r in enumerate(rows)]
+
+
+def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch to the longest row, labels ``-100`` on padding."""
+    width = max(len(e.input_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class ReferenceLoss:
+    """The mean response-only loss on a fixed reference set, batched once and reused."""
+
+    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int):
+        encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=f"reference row {r.id}") for r in rows]
+        encoded.sort(key=lambda e: len(e.input_ids))
+        self.batches = [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
+        self.rows = len(encoded)
+
+    @torch.no_grad()
+    def __call__(self, model) -> float:
+        losses = [model(**batch).loss for batch in self.batches]
+        return float(torch.stack(losses).mean())
+
+
+class InfluenceScorer:
+    """Scores candidates against one student state (weights + optimizer), restoring it exactly each time."""
+
+    def __init__(self, model, tokenizer, reference: list[Example], config: InfluenceConfig,
+                 optimizer: torch.optim.Optimizer | None = None):
+        if config.optimizer == "faithful" and optimizer is None:
+            raise ValueError("faithful mode needs the warm-up optimizer state")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.max_length = min(config.max_length, int(getattr(model.config, "max_position_embeddings", config.max_length)))
+        model.train(False)  # no dropout: the step must be deterministic
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("student has no trainable parameters")
+        if optimizer is None:
+            optimizer = torch.optim.SGD(self.params, lr=config.sgd_learning_rate, momentum=0.0, foreach=False)
+        self.optimizer = optimizer
+        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size, max_length=self.max_length)
+        # One snapshot of everything a step mutates, taken once and copied back in place.
+        self._weights = [p.detach().clone() for p in self.params]
+        self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
+        self.base_loss = self.reference_loss(model)
+
+    def restore(self) -> None:
+        """Put weights and optimizer state back to the snapshot, bit for bit."""
+        with torch.no_grad():
+            for param, saved in zip(self.params, self._weights):
+                param.copy_(saved)
+                param.grad = None
+        for param in self.params:
+            saved = self._optimizer_state.get(id(param))
+            if saved is None:
+                self.optimizer.state.pop(param, None)
+                continue
+            state = self.optimizer.state[param]
+            for key, value in saved.items():
+                if key in state and state[key].shape == value.shape:
+                    state[key].copy_(value)
+                else:
+                    state[key] = value.clone()
+
+    def encode(self, example: Example) -> EncodedExample:
+        return encode_example(self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=f"candidate {example.id}")
+
+    def score_one(self, example: Example) -> tuple[float, float]:
+        """(influence, reference loss after the step) of one candidate; the state is restored afterwards."""
+        batch = collate([self.encode(example)], self.tokenizer.pad_token_id)
+        try:
+            loss = self.model(**batch).loss
+            if torch.isfinite(loss) and loss.requires_grad:
+                loss.backward()
+                self.optimizer.step()
+            after = self.reference_loss(self.model)
+        finally:
+            self.restore()
+        return self.base_loss - after, after
+
+    def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence") -> list[dict]:
+        """Rows ``{id, influence, reference_loss_after}`` in input order, with throughput in ``self.last_rate``."""
+        watch = Stopwatch()
+        rows = []
+        for done, example in enumerate(examples, start=1):
+            influence, after = self.score_one(example)
+            rows.append({"id": example.id, "influence": influence, "reference_loss_after": after})
+            progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
+        self.last_rate = len(examples) / max(watch.elapsed, 1e-9)
+        return rows

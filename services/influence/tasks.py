@@ -1,0 +1,74 @@
+"""The influence service's units of work on artifacts: score candidates, evaluate a student's loss."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from common.artifacts import ArtifactStore
+from common.chat import instruction_text
+from common.errors import InvalidArgument
+from common.jsonl import read_instruction_rows, read_jsonl
+from common.manifests import StageResult, input_ref, publish_manifest
+from common.models import ModelRef, load_model, load_tokenizer
+from common.progress import Progress, no_progress
+from services.influence.config import InfluenceConfig
+from services.influence.optimizer_state import load_adamw
+from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, examples_from_rows
+
+SCORES = "scores.jsonl"
+
+
+def candidate_examples(path: Path) -> list[Example]:
+    """Candidates (teacher output rows) as examples; rows missing fields are errors naming file:line."""
+    rows = read_jsonl(path, required=("id", "instruction", "response"))
+    return [Example(r["id"], instruction_text(r["instruction"]), r["response"]) for r in rows]
+
+
+def reference_examples(path: Path, size: int | None) -> list[Example]:
+    rows = read_instruction_rows(path)
+    return examples_from_rows(rows[:size] if size else rows, prefix="ref")
+
+
+def build_scorer(warmup_dir: Path, reference_path: Path, config: InfluenceConfig) -> InfluenceScorer:
+    """Load the warmed-up student (and, in faithful mode, its AdamW state) once."""
+    tokenizer = load_tokenizer(warmup_dir, field="warmup")
+    model = load_model(ModelRef(str(warmup_dir)), field="warmup", trainable=True)
+    optimizer = load_adamw(model, warmup_dir) if config.optimizer == "faithful" else None
+    return InfluenceScorer(model, tokenizer, reference_examples(reference_path, config.reference_size), config, optimizer)
+
+
+def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path: Path, candidates_path: Path,
+          config: InfluenceConfig, progress: Progress = no_progress, scorer: InfluenceScorer | None = None) -> StageResult:
+    """Influence of every candidate on the warmed-up student; publish ``<prefix>/scores.jsonl``."""
+    started = time.time()
+    examples = candidate_examples(candidates_path)
+    groups = {r["id"]: r.get("group_id", "") for r in read_jsonl(candidates_path)}
+    scorer = scorer or build_scorer(warmup_dir, reference_path, config)
+    rows = scorer.score(examples, progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: influence")
+    for row in rows:
+        row["group_id"] = groups[row["id"]]
+        row["reference_loss_before"] = scorer.base_loss
+    ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
+    values = [r["influence"] for r in rows]
+    metrics = {
+        "candidates": len(rows), "reference_rows": scorer.reference_loss.rows, "reference_loss": scorer.base_loss,
+        "influence_mean": statistics.fmean(values) if values else 0.0, "influence_min": min(values, default=0.0),
+        "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
+        "negative": sum(v < 0 for v in values), "candidates_per_second": scorer.last_rate,
+    }
+    inputs = {"warmup": input_ref(warmup_dir), "reference_set": input_ref(reference_path), "candidates": input_ref(candidates_path)}
+    return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
+                            metrics=metrics, started=started)
+
+
+def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
+                    field: str = "model") -> float:
+    """Mean response-only loss of ``model`` on an Alpaca-style set (the held-out metric)."""
+    if batch_size < 1:
+        raise InvalidArgument("must be >= 1", field="batch_size")
+    tokenizer = load_tokenizer(model.path, field=field)
+    student = load_model(model, field=field)
+    loss = ReferenceLoss(tokenizer, examples_from_rows(read_instruction_rows(rows_path), prefix="eval"),
+                         batch_size=batch_size, max_length=max_length)
+    return loss(student)

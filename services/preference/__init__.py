@@ -1,0 +1,1 @@
+"""Preference: turns influence scores into DPO pairs within each prompt group (METHOD.md stage 5)."""

@@ -1,0 +1,1 @@
+"""Teacher: writes candidate instructions (self-instruct style) and answers them."""

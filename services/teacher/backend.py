@@ -1,0 +1,115 @@
+"""Generation backends behind one interface (transformers now; vLLM plugs in the same way)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from common.models import ModelRef, load_model, load_tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One generation request's sampling settings (recorded with every candidate)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = field(default=())
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GenerationBackend(ABC):
+    """Samples completions of raw prompt texts."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        """``params.n`` completions for each prompt (text after the prompt, cut before any stop string)."""
+
+    @abstractmethod
+    def chat_prompt(self, user_text: str) -> str:
+        """``user_text`` as one user turn through the model's chat template, ready for the answer."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Longest prompt + completion the model accepts."""
+
+
+class PresencePenalty:
+    """vLLM/OpenAI presence penalty for transformers: subtract ``penalty`` from the logit of
+    every token that already occurs in the generated part (not the prompt)."""
+
+    def __init__(self, penalty: float, prompt_length: int):
+        self.penalty = penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length:]
+        if self.penalty == 0.0 or generated.shape[1] == 0:
+            return scores
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
+        return scores - self.penalty * seen.to(scores.dtype)
+
+
+class TransformersBackend(GenerationBackend):
+    """``model.generate`` on CPU (or whatever device torch picks); the model is loaded once."""
+
+    def __init__(self, ref: ModelRef, *, field: str = "teacher.path", dtype: str = "float32"):
+        self.ref = ref
+        self.tokenizer = load_tokenizer(ref.path, field=field, padding_side="left")
+        self.model = load_model(ref, field=field, dtype=dtype)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def chat_prompt(self, user_text: str) -> str:
+        from common.chat import chat_prompt
+
+        return chat_prompt(self.tokenizer, user_text)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        from transformers import LogitsProcessorList
+
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_length = batch["input_ids"].shape[1]
+        budget = min(params.max_new_tokens, self.context_length - prompt_length)
+        if budget <= 0:
+            return [[""] * params.n for _ in prompts]
+        torch.manual_seed(params.seed)
+        sampling = params.temperature > 0
+        output = self.model.generate(
+            **batch,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            top_k=0 if sampling else None,
+            num_return_sequences=params.n,
+            max_new_tokens=budget,
+            logits_processor=LogitsProcessorList([PresencePenalty(params.presence_penalty, prompt_length)]),
+            stop_strings=list(params.stop) or None,
+            tokenizer=self.tokenizer if params.stop else None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        texts = [_cut_at_stop(text, params.stop) for text in texts]
+        return [texts[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """Text up to and including the first stop string (the tag closes the sample)."""
+    cut = len(text)
+    for marker in stop:
+        index = text.find(marker)
+        if index != -1:
+            cut = min(cut, index + len(marker))
+    return text[:cut]

@@ -1,0 +1,33 @@
+"""The teacher service's unit of work on artifacts: write a candidate set."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common.artifacts import ArtifactStore
+from common.jsonl import read_instruction_rows
+from common.manifests import StageResult, input_ref, publish_manifest
+from common.models import ModelRef
+from common.progress import Progress, no_progress
+from services.teacher.backend import GenerationBackend
+from services.teacher.config import SynthesisConfig
+from services.teacher.synthesis import Synthesizer
+
+CANDIDATES = "candidates.jsonl"
+
+
+def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, teacher: ModelRef, teacher_label: str,
+             seed_path: Path, config: SynthesisConfig, seed: int, num_prompts: int | None = None,
+             target: int | None = None, progress: Progress = no_progress) -> StageResult:
+    """Synthesise and answer candidates; publish ``<prefix>/candidates.jsonl`` and its manifest."""
+    started = time.time()
+    seeds = [r["instruction"] for r in read_instruction_rows(seed_path)]
+    synthesizer = Synthesizer(backend, config, seeds, teacher_label=teacher_label)
+    name = prefix.rsplit("/", 1)[-1]
+    candidates, stats = synthesizer.synthesize(prefix=name, seed=seed, num_prompts=num_prompts, target=target, progress=progress)
+    ref = store.put_jsonl(f"{prefix}/{CANDIDATES}", (c.to_dict() for c in candidates))
+    metrics = {**stats.to_dict(), "groups": len({c.group_id for c in candidates}), "seconds": round(time.time() - started, 2)}
+    inputs = {"seed_set": input_ref(seed_path), "teacher": {"model": teacher.to_dict(), "label": teacher_label}}
+    return publish_manifest(store, prefix, stage="generate", inputs=inputs,
+                            config={"synthesis": config, "seed": seed, "num_prompts": num_prompts, "target": target},
+                            outputs={"candidates": ref}, metrics=metrics, started=started)

@@ -1,0 +1,67 @@
+"""Student SFT with TRL (warm-up and training-set runs)."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.chat import sft_record
+from transformers import PrinterCallback
+
+from common.errors import FailedPrecondition
+from common.models import ModelRef, load_model, load_tokenizer
+from common.progress import Progress, no_progress
+from services.influence.optimizer_state import save_adamw_state
+from services.trainer.callbacks import ProgressCallback
+from services.trainer.common_args import base_args, schedule_kwargs
+from services.trainer.config import SFTSettings
+
+
+@dataclass
+class SFTResult:
+    """What an SFT run produced."""
+
+    output_dir: Path
+    steps: int
+    train_loss: float
+    examples: int
+
+    def metrics(self) -> dict:
+        return {"steps": self.steps, "train_loss": self.train_loss, "examples": self.examples}
+
+
+def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTSettings, output_dir: Path, *,
+              seed: int, save_optimizer: bool = False, progress: Progress = no_progress, stage: str = "sft") -> SFTResult:
+    """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to ``output_dir``."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not examples:
+        raise FailedPrecondition("no training examples", field="examples")
+    tokenizer = load_tokenizer(student.path, field="student.path")
+    model = load_model(student, field="student.path", trainable=True)
+    dataset = Dataset.from_list([sft_record(user, response) for user, response in examples])
+    with tempfile.TemporaryDirectory(prefix="montessori-sft-") as scratch:
+        args = SFTConfig(
+            **base_args(output_dir=scratch, seed=seed),
+            **schedule_kwargs(settings.lr_scheduler, examples=len(examples), batch_size=settings.batch_size,
+                              accumulation=settings.gradient_accumulation_steps, epochs=settings.epochs),
+            learning_rate=settings.learning_rate,
+            num_train_epochs=settings.epochs,
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            weight_decay=settings.weight_decay,
+            max_length=settings.max_length,
+            completion_only_loss=True,
+        )
+        callback = ProgressCallback(progress, stage)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
+        output = trainer.train()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        if save_optimizer:
+            optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
+            save_adamw_state(optimizer, model, output_dir)
+    return SFTResult(output_dir, int(output.global_step), float(output.training_loss), len(examples))
