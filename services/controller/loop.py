@@ -9,6 +9,7 @@ student is compared with a Self-Instruct baseline (same budget, un-updated teach
 """
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
@@ -20,10 +21,12 @@ from common.config import to_dict
 from common.jsonl import read_instruction_rows, read_jsonl
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
-from common.models import ModelRef, model_dir
+from common.chat import encode_example
+from common.models import ModelRef, load_tokenizer, model_dir
 from common.progress import Progress, Stopwatch, no_progress
 from services.controller.config import RunConfig
 from services.influence import tasks as influence
+from services.influence.scoring import examples_from_rows
 from services.preference import tasks as preference
 from services.teacher import tasks as teacher_tasks
 from services.teacher.backend import TransformersBackend
@@ -55,7 +58,15 @@ def validate_inputs(config: RunConfig) -> None:
     for name in ("seed_path", "reference_path", "eval_path"):
         read_instruction_rows(getattr(config.data, name))
     model_dir(config.models.teacher, field="models.teacher")
-    model_dir(config.models.student, field="models.student")
+    student_dir = model_dir(config.models.student, field="models.student")
+    # Over-long reference/eval rows would fail mid-run: tokenise them now (tokenizer only, cheap).
+    tokenizer = load_tokenizer(student_dir, field="models.student")
+    window = json.loads((student_dir / "config.json").read_text()).get("max_position_embeddings", config.influence.max_length)
+    limit = min(config.influence.max_length, int(window))
+    for name in ("reference_path", "eval_path"):
+        path = getattr(config.data, name)
+        for example in examples_from_rows(read_instruction_rows(path), prefix=name, source=path):
+            encode_example(tokenizer, example.user_text, example.response, max_length=limit, where=example.where)
 
 
 class LoopRunner:

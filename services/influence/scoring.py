@@ -28,11 +28,17 @@ class Example:
     id: str
     user_text: str
     response: str
+    source: str = ""  # "file:line" for error messages
+
+    @property
+    def where(self) -> str:
+        return self.source or f"example {self.id}"
 
 
-def examples_from_rows(rows: list[dict], *, prefix: str) -> list[Example]:
-    """Alpaca rows (instruction/input/output) as examples."""
-    return [Example(f"{prefix}-{i}", instruction_text(r["instruction"], r.get("input", "")), r["output"]) for i, r in enumerate(rows)]
+def examples_from_rows(rows: list[dict], *, prefix: str, source: str = "") -> list[Example]:
+    """Alpaca rows (instruction/input/output) as examples; ``source`` names their file in errors."""
+    return [Example(f"{prefix}-{i}", instruction_text(r["instruction"], r.get("input", "")), r["output"],
+                    f"{source}:{i + 1}" if source else "") for i, r in enumerate(rows)]
 
 
 def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -52,7 +58,7 @@ class ReferenceLoss:
     """The mean response-only loss on a fixed reference set, batched once and reused."""
 
     def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int):
-        encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=f"reference row {r.id}") for r in rows]
+        encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=r.where) for r in rows]
         encoded.sort(key=lambda e: len(e.input_ids))
         self.batches = [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
         self.rows = len(encoded)
@@ -106,11 +112,12 @@ class InfluenceScorer:
                     state[key] = value.clone()
 
     def encode(self, example: Example) -> EncodedExample:
-        return encode_example(self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=f"candidate {example.id}")
+        return encode_example(self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=example.where)
 
-    def score_one(self, example: Example) -> tuple[float, float]:
+    def score_one(self, example: Example | EncodedExample) -> tuple[float, float]:
         """(influence, reference loss after the step) of one candidate; the state is restored afterwards."""
-        batch = collate([self.encode(example)], self.tokenizer.pad_token_id)
+        encoded = self.encode(example) if isinstance(example, Example) else example
+        batch = collate([encoded], self.tokenizer.pad_token_id)
         try:
             loss = self.model(**batch).loss
             if torch.isfinite(loss) and loss.requires_grad:
@@ -123,10 +130,11 @@ class InfluenceScorer:
 
     def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence") -> list[dict]:
         """Rows ``{id, influence, reference_loss_after}`` in input order, with throughput in ``self.last_rate``."""
+        encoded = [self.encode(example) for example in examples]  # every input is checked before any work
         watch = Stopwatch()
         rows = []
-        for done, example in enumerate(examples, start=1):
-            influence, after = self.score_one(example)
+        for done, (example, tokens) in enumerate(zip(examples, encoded), start=1):
+            influence, after = self.score_one(tokens)
             rows.append({"id": example.id, "influence": influence, "reference_loss_after": after})
             progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
         self.last_rate = len(examples) / max(watch.elapsed, 1e-9)

@@ -22,12 +22,13 @@ SCORES = "scores.jsonl"
 def candidate_examples(path: Path) -> list[Example]:
     """Candidates (teacher output rows) as examples; rows missing fields are errors naming file:line."""
     rows = read_jsonl(path, required=("id", "instruction", "response"))
-    return [Example(r["id"], instruction_text(r["instruction"]), r["response"]) for r in rows]
+    return [Example(r["id"], instruction_text(r["instruction"], r.get("input", "")), r["response"], f"{path}:{line}")
+            for line, r in enumerate(rows, start=1)]
 
 
 def reference_examples(path: Path, size: int | None) -> list[Example]:
     rows = read_instruction_rows(path)
-    return examples_from_rows(rows[:size] if size else rows, prefix="ref")
+    return examples_from_rows(rows[:size] if size else rows, prefix="ref", source=str(path))
 
 
 def build_scorer(warmup_dir: Path, reference_path: Path, config: InfluenceConfig) -> InfluenceScorer:
@@ -69,6 +70,6 @@ def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, m
         raise InvalidArgument("must be >= 1", field="batch_size")
     tokenizer = load_tokenizer(model.path, field=field)
     student = load_model(model, field=field)
-    loss = ReferenceLoss(tokenizer, examples_from_rows(read_instruction_rows(rows_path), prefix="eval"),
+    loss = ReferenceLoss(tokenizer, examples_from_rows(read_instruction_rows(rows_path), prefix="eval", source=str(rows_path)),
                          batch_size=batch_size, max_length=max_length)
     return loss(student)

@@ -1,0 +1,86 @@
+"""The whole loop end to end on the tiny models, in process and through the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.artifacts import LocalArtifactStore
+from common.config import load_config
+from services.controller.config import RunConfig
+from services.controller.loop import LoopRunner
+from tests.conftest import REPO
+
+TINY = REPO / "configs" / "tiny.yaml"
+STAGES = ("warmup-data", "warmup", "probe-data", "scores", "pairs", "train-data", "student")
+
+
+@pytest.fixture(scope="module")
+def loop_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=it"])
+    summary = LoopRunner(config).run()
+    return LocalArtifactStore(root), summary
+
+
+def test_every_iteration_publishes_every_stage_with_a_manifest(loop_run):
+    store, summary = loop_run
+    assert [row["iteration"] for row in summary["iterations"]] == [1, 2]
+    for k in (1, 2):
+        for stage in STAGES:
+            manifest = store.get_json(f"loops/it/iter-{k}/{stage}/manifest.json")
+            for ref in manifest["outputs"].values():
+                assert store.ref(store.key_of(ref["uri"])).sha256 == ref["sha256"]
+            assert manifest["config_sha256"] and manifest["code_version"]
+    assert store.get_json("loops/it/summary.json")["iterations"] == summary["iterations"]
+
+
+def test_the_teacher_is_updated_and_the_next_iteration_probes_the_trained_student(loop_run):
+    store, summary = loop_run
+    assert sum(row["pairs"] for row in summary["iterations"]) > 0
+    trained = [row for row in summary["iterations"] if row["pairs"]]
+    assert all(row["dpo_reward_margin"] is not None for row in trained)
+    assert len(summary["iterations"][-1]["teacher_adapters"]) == len(trained)
+    warmup2 = store.get_json("loops/it/iter-2/warmup/manifest.json")
+    student1 = store.get_json("loops/it/iter-1/student/manifest.json")
+    assert warmup2["inputs"]["student"]["path"] == str(store.local_path(store.key_of(student1["outputs"]["model"]["uri"])))
+    # The training set is written by the DPO-updated teacher and the student trains from the base student.
+    if summary["iterations"][0]["pairs"]:
+        data1 = store.get_json("loops/it/iter-1/train-data/manifest.json")
+        assert len(data1["inputs"]["teacher"]["model"]["adapters"]) == 1
+    assert student1["inputs"]["student"]["path"].endswith("tiny-student")
+
+
+def test_pairs_come_from_scored_probe_groups(loop_run):
+    store, _ = loop_run
+    scores = {r["id"]: r["influence"] for r in store.get_jsonl("loops/it/iter-1/scores/scores.jsonl")}
+    candidates = {r["id"]: r for r in store.get_jsonl("loops/it/iter-1/probe-data/candidates.jsonl")}
+    for pair in store.get_jsonl("loops/it/iter-1/pairs/pairs.jsonl") if store.digest("loops/it/iter-1/pairs/pairs.jsonl") else []:
+        chosen, rejected = candidates[pair["chosen_id"]], candidates[pair["rejected_id"]]
+        assert scores[chosen["id"]] > 0 > scores[rejected["id"]]
+        assert chosen["group_id"] == rejected["group_id"] and pair["prompt"] == chosen["prompt"]
+
+
+def test_evaluation_compares_with_the_self_instruct_baseline(loop_run):
+    _, summary = loop_run
+    evaluation = summary["evaluation"]
+    for key in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss",
+                "montessori_train_influence_mean", "baseline_train_influence_mean"):
+        assert isinstance(evaluation[key], float), key
+    assert evaluation["train_examples"]["montessori"] == evaluation["train_examples"]["baseline"]
+
+
+def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
+    env = {**os.environ, "MONTESSORI_LOG_JSON": "0"}
+    out = subprocess.run([sys.executable, "-m", "cli.main", "run", "--config", str(TINY), "--set", f"artifacts={tmp_path}",
+                          "--set", "iterations=1", "--set", "evaluation.baseline=false"],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Montessori-Instruct loop" in out.stdout and "DPO reward margin" in out.stdout
+    summary_path = Path(out.stdout.split("summary: ")[-1].split()[0].removeprefix("file://"))
+    summary = json.loads(summary_path.read_text())
+    assert summary_path.parent.parent == tmp_path / "loops" and len(summary["iterations"]) == 1
