@@ -80,8 +80,11 @@ class ArtifactStore(ABC):
         """Publish a local file under ``key`` atomically."""
 
     @abstractmethod
-    def put_dir(self, key: str, source: Path) -> ArtifactRef:
-        """Publish a local folder (e.g. an HF model folder) under ``key`` atomically."""
+    def put_dir(self, key: str, source: Path, *, move: bool = False) -> ArtifactRef:
+        """Publish a local folder (e.g. an HF model folder) under ``key`` atomically.
+
+        ``move=True`` lets the store consume ``source`` (a scratch folder) instead of copying it.
+        """
 
     @abstractmethod
     def local_path(self, key: str) -> Path:
@@ -155,11 +158,12 @@ class LocalArtifactStore(ArtifactStore):
         os.replace(staging, target)  # atomic on POSIX: readers see old or new, never half
         return ArtifactRef(uri=target.as_uri(), sha256=digest)
 
-    def put_dir(self, key: str, source: Path) -> ArtifactRef:
+    def put_dir(self, key: str, source: Path, *, move: bool = False) -> ArtifactRef:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        shutil.copytree(source, staging)
+        # Checkpoints are large: moving a scratch folder on the same disk is a rename, not a copy.
+        (shutil.move if move else shutil.copytree)(str(source), str(staging))
         digest = sha256_tree(staging)
         if target.exists():
             retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")

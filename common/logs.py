@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 from common.envs import Env
 
@@ -48,6 +49,9 @@ def configure_logging(env: Env | None = None) -> None:
     # Library chatter (TRL/transformers warnings about defaults) is not the user's concern.
     for noisy in ("transformers", "trl", "peft", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Deprecation notices inside the ML libraries are for their maintainers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate|datasets)(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|peft|accelerate)(\.|$)")
     # Their per-call progress bars (weight loading, dataset mapping) would drown ours.
     import datasets
     import transformers

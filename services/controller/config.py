@@ -25,8 +25,12 @@ def _warmup_demo() -> SFTSettings:
     return SFTSettings(learning_rate=5e-6, batch_size=4, lr_scheduler="constant")
 
 
+def _dpo_demo() -> DPOSettings:
+    return DPOSettings(max_pairs=12)
+
+
 def _influence_demo() -> InfluenceConfig:
-    return InfluenceConfig(optimizer="sgd", reference_size=16)
+    return InfluenceConfig(optimizer="sgd", reference_size=12)
 
 
 @dataclass
@@ -66,9 +70,9 @@ class DataConfig:
 class SizesConfig:
     """How much the teacher writes per iteration (paper: warm-up 100-200, 6K probing, 10K training)."""
 
-    warmup_examples: int = field(16, help="Warm-up set size (examples) for the student before probing.")
-    probe_prompts: int = field(6, help="Synthesis prompts for the probing set (each gives one prompt group).")
-    train_examples: int = field(24, help="Training-set size (examples) for the student's SFT; the baseline gets as many.")
+    warmup_examples: int = field(12, help="Warm-up set size (examples) for the student before probing.")
+    probe_prompts: int = field(5, help="Synthesis prompts for the probing set (each gives one prompt group).")
+    train_examples: int = field(16, help="Training-set size (examples) for the student's SFT; the baseline gets as many.")
 
     def __post_init__(self) -> None:
         check(1 <= self.warmup_examples <= 1_000_000, "warmup_examples", "must be in 1..1000000")
@@ -82,7 +86,7 @@ class EvaluationConfig:
 
     baseline: bool = field(True, help="Train a Self-Instruct baseline student on the un-updated teacher's data.")
     influence_sample: int = field(
-        8, help="Training examples per data source whose influence is measured on the same student (0: skip).")
+        6, help="Training examples per data source whose influence is measured on the same student (0: skip).")
     batch_size: int = field(16, help="Rows per forward pass when computing held-out loss.")
 
     def __post_init__(self) -> None:
@@ -104,10 +108,10 @@ class RunConfig:
     sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig, help="Instruction synthesis and answering.")
     influence: InfluenceConfig = field(default_factory=_influence_demo,
-                                       help="Influence scoring. Demo: sgd mode on 16 reference rows (see README).")
+                                       help="Influence scoring. Demo: sgd mode on 12 reference rows (see README).")
     preference: PreferenceConfig = field(default_factory=PreferenceConfig, help="Preference-pair assembly.")
     warmup: SFTSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6).")
-    dpo: DPOSettings = field(default_factory=DPOSettings, help="Teacher DPO.")
+    dpo: DPOSettings = field(default_factory=_dpo_demo, help="Teacher DPO. Demo: at most 12 pairs per round.")
     sft: SFTSettings = field(default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32).")
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")
 

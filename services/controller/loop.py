@@ -148,8 +148,8 @@ class LoopRunner:
             self.store, f"{base}/student", student=ModelRef(c.models.student), candidates_path=self._path(train_data, "candidates"),
             settings=c.sft, seed=seed + 6, progress=self.progress), k)
         student = ModelRef(str(self._path(trained_student, "model")))
-        row.student_reference_loss = influence.evaluation_loss(student, Path(c.data.reference_path),
-                                                                batch_size=c.evaluation.batch_size, field="student")
+        row.student_reference_loss = influence.evaluation_loss(student, Path(c.data.reference_path), batch_size=c.evaluation.batch_size,
+                                                                limit=c.influence.reference_size, field="student")
         row.teacher_adapters = list(teacher.adapters)
         row.seconds = round(watch.elapsed, 1)
         self.last_train_data, self.last_warmup = train_data, warm

@@ -64,12 +64,13 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
 
 
 def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
-                    field: str = "model") -> float:
-    """Mean response-only loss of ``model`` on an Alpaca-style set (the held-out metric)."""
+                    limit: int | None = None, field: str = "model") -> float:
+    """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set."""
     if batch_size < 1:
         raise InvalidArgument("must be >= 1", field="batch_size")
     tokenizer = load_tokenizer(model.path, field=field)
     student = load_model(model, field=field)
-    loss = ReferenceLoss(tokenizer, examples_from_rows(read_instruction_rows(rows_path), prefix="eval", source=str(rows_path)),
+    rows = read_instruction_rows(rows_path)
+    loss = ReferenceLoss(tokenizer, examples_from_rows(rows[:limit] if limit else rows, prefix="eval", source=str(rows_path)),
                          batch_size=batch_size, max_length=max_length)
     return loss(student)

@@ -29,7 +29,7 @@ def train_student(store: ArtifactStore, prefix: str, *, student: ModelRef, candi
     with tempfile.TemporaryDirectory(prefix="montessori-student-") as scratch:
         result = train_sft(student, examples, settings, Path(scratch) / MODEL, seed=seed, save_optimizer=save_optimizer,
                            progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: sft")
-        ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir)
+        ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir, move=True)
     inputs = {"student": student.to_dict(), "candidates": input_ref(candidates_path)}
     return publish_manifest(store, prefix, stage="train-student", inputs=inputs,
                             config={"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit},
@@ -45,7 +45,7 @@ def train_teacher(store: ArtifactStore, prefix: str, *, teacher: ModelRef, pairs
     with tempfile.TemporaryDirectory(prefix="montessori-teacher-") as scratch:
         result = train_dpo(teacher, pairs, settings, Path(scratch) / role, seed=seed, progress=progress,
                            stage=f"{prefix.rsplit('/', 1)[-1]}: dpo")
-        ref = store.put_dir(f"{prefix}/{role}", result.output_dir)
+        ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
     inputs = {"teacher": teacher.to_dict(), "pairs": input_ref(pairs_path)}
     return publish_manifest(store, prefix, stage="train-teacher", inputs=inputs, config={"dpo": settings, "seed": seed},
                             outputs={role: ref}, metrics=result.metrics(), started=started)
