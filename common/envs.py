@@ -25,6 +25,15 @@ def apply_offline_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+#: Default gRPC port of each service (``make up`` uses these; metrics ports are +100 above 9000).
+DEFAULT_PORTS = {"controller": 50050, "teacher": 50051, "influence": 50052, "preference": 50053, "trainer": 50054}
+
+
+def service_address(service: str) -> str:
+    """``MONTESSORI_<SERVICE>_ADDR``, or the service's default port on loopback."""
+    return os.environ.get(f"MONTESSORI_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
+
+
 @dataclass(frozen=True)
 class Env:
     """Typed view of the environment.
@@ -34,6 +43,7 @@ class Env:
     MONTESSORI_LOG_LEVEL: log level for the JSON logs (default ``INFO``).
     MONTESSORI_LOG_JSON: ``1`` for JSON-line logs on stderr, ``0`` for plain text (default ``1``).
     MONTESSORI_TORCH_THREADS: torch intra-op threads (default: torch's choice).
+    MONTESSORI_<SERVICE>_ADDR: host:port of a service for clients (see ``service_address``).
     """
 
     models_dir: str

@@ -51,3 +51,9 @@ class Cancelled(MontessoriError):
     """The work was cancelled by its owner; no partial artifact was published."""
 
     code = "CANCELLED"
+
+
+class Unavailable(MontessoriError):
+    """The service cannot take work yet (still loading models) or is shutting down; retry later."""
+
+    code = "UNAVAILABLE"

@@ -101,7 +101,12 @@ class RunConfig:
     name: str = field("demo", help="Run name; the loop id is <name>-<UTC timestamp> unless loop_id is set.")
     loop_id: str | None = field(None, help="Fixed loop id (artifacts go under loops/<loop_id>/).")
     seed: int = field(0, help="Seed of every sampling and training step; same seed, same artifacts.")
-    iterations: int = field(2, help="Iterations K (the paper reports 2).")
+    iterations: int = field(2, help="Iterations K (the paper reports 2); ignored in continuous mode.")
+    continuous: bool = field(
+        False, help="Keep iterating until stopped, max_rounds is reached, or the student stops improving (patience).")
+    max_rounds: int | None = field(None, help="Continuous mode: at most this many rounds (None: unbounded).")
+    patience: int | None = field(
+        None, help="Continuous mode: stop after this many rounds without a lower student reference loss (None: never).")
     artifacts: str = field("artifacts", help="Artifact store: a local folder (or file:// URI).")
     models: ModelsConfig = field(default_factory=ModelsConfig, help="Teacher and student models.")
     data: DataConfig = field(default_factory=DataConfig, help="Seed, reference and evaluation sets.")
@@ -120,4 +125,6 @@ class RunConfig:
         check(self.loop_id is None or (bool(self.loop_id) and "/" not in self.loop_id and ".." not in self.loop_id),
               "loop_id", "must be a name without '/' or '..'")
         check(1 <= self.iterations <= 1000, "iterations", "must be in 1..1000")
+        check(self.max_rounds is None or self.max_rounds >= 1, "max_rounds", "must be >= 1 or null")
+        check(self.patience is None or self.patience >= 1, "patience", "must be >= 1 or null")
         check(bool(self.artifacts.strip()), "artifacts", "must name a folder")

@@ -1,38 +1,42 @@
-"""The Montessori-Instruct loop, in process (METHOD.md "Iterations" + the small-scale comparison).
+"""The Montessori-Instruct loop (METHOD.md "Iterations" + the small-scale comparison).
 
 Per iteration k: the current teacher writes a warm-up set and a probing set; the
 current student is warmed up (optimizer state kept); influence is measured on the
 probing candidates; pairs are assembled; the teacher is trained with DPO; the
 updated teacher writes the training set; the student is trained with SFT from the
-base student, and that student is the one probed in iteration k+1. Then the final
-student is compared with a Self-Instruct baseline (same budget, un-updated teacher).
+base student, and that student is the one probed in iteration k+1. At the end the
+final student is compared with a Self-Instruct baseline (same budget, un-updated
+teacher). Stages run through a :class:`StageExecutor`: in process, or as jobs on
+the worker services; either way every artifact goes through the store.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from common.artifacts import ArtifactStore, open_store
+from common.chat import encode_example
 from common.config import to_dict
-from common.jsonl import read_instruction_rows, read_jsonl
+from common.errors import Cancelled
+from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
-from common.chat import encode_example
-from common.models import ModelRef, load_tokenizer, model_dir
+from common.models import load_tokenizer, model_dir
 from common.progress import Progress, Stopwatch, no_progress
 from services.controller.config import RunConfig
-from services.influence import tasks as influence
+from services.controller.executor import InProcessExecutor, LoopModel, StageExecutor
 from services.influence.scoring import examples_from_rows
-from services.preference import tasks as preference
-from services.teacher import tasks as teacher_tasks
-from services.teacher.backend import TransformersBackend
-from services.trainer import tasks as trainer
 
 log = get_logger(__name__)
+
+#: on_event(kind, iteration, stage, metrics, progress) — stage transitions and progress for watchers.
+EventSink = Callable[..., None]
 
 
 @dataclass
@@ -69,142 +73,205 @@ def validate_inputs(config: RunConfig) -> None:
             encode_example(tokenizer, example.user_text, example.response, max_length=limit, where=example.where)
 
 
+def new_loop_id(config: RunConfig) -> str:
+    return config.loop_id or f"{config.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
 class LoopRunner:
     """Runs one loop against one artifact store, stage by stage, recording every manifest."""
 
-    def __init__(self, config: RunConfig, *, store: ArtifactStore | None = None, progress: Progress = no_progress):
+    def __init__(self, config: RunConfig, *, store: ArtifactStore | None = None, executor: StageExecutor | None = None,
+                 progress: Progress = no_progress, on_event: EventSink | None = None,
+                 should_stop: Callable[[], bool] = lambda: False, loop_id: str | None = None):
         validate_inputs(config)
         self.config = config
         self.store = store or open_store(config.artifacts)
-        self.progress = progress
-        self.loop_id = config.loop_id or f"{config.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        self.executor = executor or InProcessExecutor(self.store, dtype=config.models.dtype)
+        self.user_progress = progress
+        self.on_event = on_event or (lambda *a, **k: None)
+        self.should_stop = should_stop
+        self.loop_id = loop_id or new_loop_id(config)
         self.prefix = f"loops/{self.loop_id}"
-        self.stages: list[StageResult] = []
-        self._backend: TransformersBackend | None = None
+        self.rows: list[IterationSummary] = []
 
-    # -- helpers -------------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------
 
-    def _path(self, result: StageResult, role: str) -> Path:
-        return self.store.local_path(self.store.key_of(result.outputs[role].uri))
+    def _progress(self, iteration: int, stage: str) -> Progress:
+        def progress(label: str, done: int, total: int, metrics: dict | None = None) -> None:
+            if self.should_stop():
+                raise Cancelled("loop stopped")
+            self.user_progress(label, done, total, metrics)
+            self.on_event("progress", iteration, stage, progress=(label, done, total, metrics or {}))
 
-    def _teacher(self, ref: ModelRef) -> TransformersBackend:
-        """The teacher backend for ``ref``, loaded once per version."""
-        if self._backend is None or self._backend.ref != ref:
-            self._backend = None
-            self._backend = TransformersBackend(ref, field="models.teacher", dtype=self.config.models.dtype)
-        return self._backend
+        return progress
 
-    def _record(self, result: StageResult, iteration: int | str) -> StageResult:
-        self.stages.append(result)
-        log.info("stage done", extra={"loop_id": self.loop_id, "stage": result.stage, "iteration": iteration,
-                                      "metrics": {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}})
+    def _stage(self, iteration: int, stage: str, run: Callable[[Progress], StageResult]) -> StageResult:
+        """Run one stage with start/finish events and a stop check before it."""
+        if self.should_stop():
+            raise Cancelled("loop stopped")
+        self.on_event("stage_started", iteration, stage)
+        result = run(self._progress(iteration, stage))
+        numeric = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.on_event("stage_finished", iteration, stage, metrics=numeric)
+        log.info("stage done", extra={"loop_id": self.loop_id, "stage": stage, "iteration": iteration, "metrics": numeric})
         return result
 
-    def _generate(self, key: str, teacher: ModelRef, *, seed: int, iteration, num_prompts=None, target=None) -> StageResult:
-        label = "teacher-r0" if not teacher.adapters else f"teacher-r{len(teacher.adapters)}"
-        return self._record(teacher_tasks.generate(
-            self.store, key, backend=self._teacher(teacher), teacher=teacher, teacher_label=label,
-            seed_path=Path(self.config.data.seed_path), config=self.config.synthesis, seed=seed,
-            num_prompts=num_prompts, target=target, progress=self.progress), iteration)
+    @staticmethod
+    def _uri(result: StageResult, role: str) -> str:
+        return result.outputs[role].uri
+
+    def _import_data(self) -> dict[str, str]:
+        """Copy the three data sets into the store (workers read them there; manifests pin them)."""
+        uris = {}
+        for name in ("seed_path", "reference_path", "eval_path"):
+            path = Path(getattr(self.config.data, name))
+            uris[name] = self.store.put_file(f"{self.prefix}/inputs/{name.removesuffix('_path')}.jsonl", path).uri
+        return uris
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run_iteration(self, k: int, teacher: ModelRef, student: ModelRef) -> tuple[ModelRef, ModelRef, IterationSummary]:
+    def run_iteration(self, k: int, teacher: LoopModel, student: LoopModel, data: dict[str, str]
+                      ) -> tuple[LoopModel, LoopModel, IterationSummary]:
         """One iteration; returns the updated teacher, the new student and the summary row.
 
         Also keeps the iteration's training data and warm-up in ``self.last_train_data`` /
         ``self.last_warmup`` (the evaluation compares against the last ones).
         """
-        c, watch = self.config, Stopwatch()
+        c, watch, x = self.config, Stopwatch(), self.executor
         base = f"{self.prefix}/iter-{k}"
         seed = c.seed * 1000 + k * 10
-        warm_data = self._generate(f"{base}/warmup-data", teacher, seed=seed + 1, iteration=k, target=c.sizes.warmup_examples)
-        warm = self._record(trainer.train_student(
-            self.store, f"{base}/warmup", student=student, candidates_path=self._path(warm_data, "candidates"),
-            settings=c.warmup, seed=seed + 2, save_optimizer=True, progress=self.progress), k)
-        probe = self._generate(f"{base}/probe-data", teacher, seed=seed + 3, iteration=k, num_prompts=c.sizes.probe_prompts)
-        scores = self._record(influence.score(
-            self.store, f"{base}/scores", warmup_dir=self._path(warm, "model"), reference_path=Path(c.data.reference_path),
-            candidates_path=self._path(probe, "candidates"), config=c.influence, progress=self.progress), k)
-        pairs = self._record(preference.assemble(
-            self.store, f"{base}/pairs", candidates_path=self._path(probe, "candidates"),
-            scores_path=self._path(scores, "scores"), config=c.preference), k)
-        row = IterationSummary(k, candidates=scores.metrics["candidates"], groups=pairs.metrics["groups"],
-                               pairs=pairs.metrics["pairs"], influence_mean=scores.metrics["influence_mean"],
+        warm_data = self._stage(k, "warmup-data", lambda p: x.generate(
+            f"{base}/warmup-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 1,
+            num_prompts=None, target=c.sizes.warmup_examples, progress=p))
+        warm = self._stage(k, "warmup", lambda p: x.train_student(
+            f"{base}/warmup", student=student, candidates_uri=self._uri(warm_data, "candidates"), settings=c.warmup,
+            seed=seed + 2, save_optimizer=True, limit=None, progress=p))
+        probe = self._stage(k, "probe-data", lambda p: x.generate(
+            f"{base}/probe-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 3,
+            num_prompts=c.sizes.probe_prompts, target=None, progress=p))
+        scores = self._stage(k, "scores", lambda p: x.score(
+            f"{base}/scores", warmup_uri=self._uri(warm, "model"), reference_uri=data["reference_path"],
+            candidates_uri=self._uri(probe, "candidates"), config=c.influence, progress=p))
+        pairs = self._stage(k, "pairs", lambda p: x.assemble(
+            f"{base}/pairs", candidates_uri=self._uri(probe, "candidates"), scores_uri=self._uri(scores, "scores"),
+            config=c.preference, progress=p))
+        row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
+                               pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
                                influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"])
-        if pairs.metrics["pairs"]:
-            dpo = self._record(trainer.train_teacher(
-                self.store, f"{base}/dpo", teacher=teacher, pairs_path=self._path(pairs, "pairs"), settings=c.dpo,
-                seed=seed + 4, progress=self.progress), k)
-            role = "adapter" if c.dpo.lora else "model"
-            trained = str(self._path(dpo, role))
-            teacher = teacher.with_adapter(trained) if c.dpo.lora else ModelRef(trained)
+        if row.pairs:
+            dpo = self._stage(k, "dpo", lambda p: x.train_teacher(
+                f"{base}/dpo", teacher=teacher, pairs_uri=self._uri(pairs, "pairs"), settings=c.dpo, seed=seed + 4, progress=p))
+            trained = self._uri(dpo, "adapter" if c.dpo.lora else "model")
+            teacher = teacher.with_adapter(trained) if c.dpo.lora else LoopModel(uri=trained)
             row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
         else:
             log.warning("no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
                         extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k})
-        train_data = self._generate(f"{base}/train-data", teacher, seed=seed + 5, iteration=k, target=c.sizes.train_examples)
-        trained_student = self._record(trainer.train_student(
-            self.store, f"{base}/student", student=ModelRef(c.models.student), candidates_path=self._path(train_data, "candidates"),
-            settings=c.sft, seed=seed + 6, progress=self.progress), k)
-        student = ModelRef(str(self._path(trained_student, "model")))
-        row.student_reference_loss = influence.evaluation_loss(student, Path(c.data.reference_path), batch_size=c.evaluation.batch_size,
-                                                                limit=c.influence.reference_size, field="student")
-        row.teacher_adapters = list(teacher.adapters)
+        train_data = self._stage(k, "train-data", lambda p: x.generate(
+            f"{base}/train-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 5,
+            num_prompts=None, target=c.sizes.train_examples, progress=p))
+        trained_student = self._stage(k, "student", lambda p: x.train_student(
+            f"{base}/student", student=LoopModel(path=c.models.student), candidates_uri=self._uri(train_data, "candidates"),
+            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=None, progress=p))
+        student = LoopModel(uri=self._uri(trained_student, "model"))
+        row.student_reference_loss = x.evaluation_loss(
+            f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"],
+            batch_size=c.evaluation.batch_size, limit=c.influence.reference_size, progress=self._progress(k, "student"))
+        row.teacher_adapters = list(teacher.adapter_uris)
         row.seconds = round(watch.elapsed, 1)
         self.last_train_data, self.last_warmup = train_data, warm
+        self.on_event("round_finished", k, "round", metrics={"pairs": row.pairs, "student_reference_loss": row.student_reference_loss,
+                                                              "influence_mean": row.influence_mean, "seconds": row.seconds})
         return teacher, student, row
 
+    def _rounds(self):
+        """Iteration numbers: K of them, or (continuous) until max_rounds / patience / stop."""
+        c = self.config
+        best, since_best, k = math.inf, 0, 0
+        while True:
+            k += 1
+            if not c.continuous and k > c.iterations:
+                return
+            if c.continuous and c.max_rounds is not None and k > c.max_rounds:
+                return
+            yield k
+            loss = self.rows[-1].student_reference_loss
+            best, since_best = (loss, 0) if loss < best else (best, since_best + 1)
+            if c.continuous and c.patience is not None and since_best >= c.patience:
+                log.info("student stopped improving", extra={"loop_id": self.loop_id, "stage": "loop", "iteration": k})
+                return
+
     def run(self) -> dict:
-        """All iterations, then the evaluation; writes and returns ``summary.json``."""
+        """All rounds, then the evaluation; writes and returns ``summary.json``.
+
+        A stop request (``should_stop``) ends the loop between units of work with the
+        completed rounds kept and ``summary.json`` marked ``stopped``.
+        """
         c, watch = self.config, Stopwatch()
         log.info("loop started", extra={"loop_id": self.loop_id, "stage": "loop"})
         self.store.put_json(f"{self.prefix}/config.json", to_dict(c))
-        base_teacher, base_student = ModelRef(c.models.teacher), ModelRef(c.models.student)
+        data = self._import_data()
+        base_teacher, base_student = LoopModel(path=c.models.teacher), LoopModel(path=c.models.student)
         teacher, student = base_teacher, base_student
-        rows: list[IterationSummary] = []
-        for k in range(1, c.iterations + 1):
-            teacher, student, row = self.run_iteration(k, teacher, student)
-            rows.append(row)
-        evaluation = self.evaluate(base_teacher, base_student, student, self.last_train_data, self.last_warmup)
+        stopped, evaluation = False, {}
+        try:
+            for k in self._rounds():
+                teacher, student, row = self.run_iteration(k, teacher, student, data)
+                self.rows.append(row)
+            evaluation = self.evaluate(base_teacher, base_student, student, data)
+        except Cancelled:
+            stopped = True
+            log.info("loop stopped", extra={"loop_id": self.loop_id, "stage": "loop"})
         summary = {
             "loop_id": self.loop_id,
             "code_version": code_version(),
             "store": self.store.uri(self.prefix),
-            "iterations": [to_dict(r) for r in rows],
+            "stopped": stopped,
+            "iterations": [to_dict(r) for r in self.rows],
             "evaluation": evaluation,
             "seconds": round(watch.elapsed, 1),
         }
         ref = self.store.put_json(f"{self.prefix}/summary.json", summary)
         summary["summary_uri"] = ref.uri
+        summary["summary_sha256"] = ref.sha256
+        self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
         log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
         return summary
 
-    def evaluate(self, base_teacher: ModelRef, base_student: ModelRef, final_student: ModelRef,
-                 train_data: StageResult, warmup: StageResult) -> dict:
+    def evaluate(self, base_teacher: LoopModel, base_student: LoopModel, final_student: LoopModel, data: dict) -> dict:
         """Held-out loss of base / Montessori / Self-Instruct students, and both training sets' mean influence."""
-        c = self.config
-        eval_path = Path(c.data.eval_path)
-        out = {"eval_rows": len(read_instruction_rows(eval_path))}
-        loss = lambda ref: influence.evaluation_loss(ref, eval_path, batch_size=c.evaluation.batch_size, field="student")  # noqa: E731
-        out["base_student_eval_loss"] = loss(base_student)
-        out["montessori_student_eval_loss"] = loss(final_student)
+        c, x = self.config, self.executor
+        if not self.rows:
+            return {}
+        progress = self._progress(0, "evaluation")
+        out: dict = {"eval_rows": len(read_instruction_rows(c.data.eval_path))}
+        key = f"{self.prefix}/evaluation"
+
+        def loss(name: str, model: LoopModel) -> float:
+            return x.evaluation_loss(f"{key}/{name}", model=model, rows_uri=data["eval_path"],
+                                     batch_size=c.evaluation.batch_size, limit=None, progress=progress)
+
+        out["base_student_eval_loss"] = loss("base", base_student)
+        out["montessori_student_eval_loss"] = loss("montessori", final_student)
         if not c.evaluation.baseline:
             return out
-        key = f"{self.prefix}/baseline"
-        seed = c.seed * 1000 + c.iterations * 10
-        montessori_rows = len(read_jsonl(self._path(train_data, "candidates")))
-        base_data = self._generate(f"{key}/train-data", base_teacher, seed=seed + 5, iteration="baseline", target=montessori_rows)
-        baseline = self._record(trainer.train_student(
-            self.store, f"{key}/student", student=base_student, candidates_path=self._path(base_data, "candidates"),
-            settings=c.sft, seed=seed + 6, limit=montessori_rows, progress=self.progress), "baseline")
-        out["baseline_student_eval_loss"] = loss(ModelRef(str(self._path(baseline, "model"))))
-        out["train_examples"] = {"montessori": montessori_rows, "baseline": baseline.metrics["examples"]}
+        seed = c.seed * 1000 + self.rows[-1].iteration * 10
+        montessori_rows = self.store.get_jsonl(self.store.key_of(self._uri(self.last_train_data, "candidates")))
+        base_data = self._stage(0, "baseline-data", lambda p: x.generate(
+            f"{self.prefix}/baseline/train-data", teacher=base_teacher, seed_uri=data["seed_path"], config=c.synthesis,
+            seed=seed + 5, num_prompts=None, target=len(montessori_rows), progress=p))
+        baseline = self._stage(0, "baseline-student", lambda p: x.train_student(
+            f"{self.prefix}/baseline/student", student=base_student, candidates_uri=self._uri(base_data, "candidates"),
+            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=len(montessori_rows), progress=p))
+        out["baseline_student_eval_loss"] = loss("baseline", LoopModel(uri=self._uri(baseline, "model")))
+        out["train_examples"] = {"montessori": len(montessori_rows), "baseline": int(baseline.metrics["examples"])}
         if c.evaluation.influence_sample:
-            scorer = influence.build_scorer(self._path(warmup, "model"), Path(c.data.reference_path), c.influence)
-            for name, data in (("montessori", train_data), ("baseline", base_data)):
-                examples = influence.candidate_examples(self._path(data, "candidates"))
-                sample = random.Random(c.seed).sample(examples, min(c.evaluation.influence_sample, len(examples)))
-                values = [r["influence"] for r in scorer.score(sample, progress=self.progress, stage=f"evaluation: {name} influence")]
-                out[f"{name}_train_influence_mean"] = statistics.fmean(values) if values else 0.0
+            for name, rows in (("montessori", montessori_rows),
+                               ("baseline", self.store.get_jsonl(self.store.key_of(self._uri(base_data, "candidates"))))):
+                sample = random.Random(c.seed).sample(rows, min(c.evaluation.influence_sample, len(rows)))
+                sample_ref = self.store.put_jsonl(f"{key}/{name}-sample/candidates.jsonl", sample)
+                scored = self._stage(0, f"{name}-influence", lambda p, uri=sample_ref.uri, n=name: x.score(
+                    f"{key}/{n}-influence", warmup_uri=self._uri(self.last_warmup, "model"),
+                    reference_uri=data["reference_path"], candidates_uri=uri, config=c.influence, progress=p))
+                out[f"{name}_train_influence_mean"] = scored.metrics["influence_mean"] if sample else 0.0
         return out

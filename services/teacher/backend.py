@@ -28,6 +28,9 @@ class SamplingParams:
 class GenerationBackend(ABC):
     """Samples completions of raw prompt texts."""
 
+    #: Tokens generated so far by this backend (for tokens/s).
+    tokens_generated: int = 0
+
     @abstractmethod
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         """``params.n`` completions for each prompt (text after the prompt, cut before any stop string)."""
@@ -65,6 +68,7 @@ class TransformersBackend(GenerationBackend):
         self.ref = ref
         self.tokenizer = load_tokenizer(ref.path, field=field, padding_side="left")
         self.model = load_model(ref, field=field, dtype=dtype)
+        self.tokens_generated = 0  # for tokens/s metrics
 
     @property
     def context_length(self) -> int:
@@ -100,7 +104,9 @@ class TransformersBackend(GenerationBackend):
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        generated = output[:, prompt_length:]
+        self.tokens_generated += int((generated != self.tokenizer.pad_token_id).sum())
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [_cut_at_stop(text, params.stop) for text in texts]
         return [texts[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 

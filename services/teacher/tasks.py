@@ -23,10 +23,14 @@ def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, t
     started = time.time()
     seeds = [r["instruction"] for r in read_instruction_rows(seed_path)]
     synthesizer = Synthesizer(backend, config, seeds, teacher_label=teacher_label)
+    tokens_before = backend.tokens_generated
     name = prefix.rsplit("/", 1)[-1]
     candidates, stats = synthesizer.synthesize(prefix=name, seed=seed, num_prompts=num_prompts, target=target, progress=progress)
     ref = store.put_jsonl(f"{prefix}/{CANDIDATES}", (c.to_dict() for c in candidates))
-    metrics = {**stats.to_dict(), "groups": len({c.group_id for c in candidates}), "seconds": round(time.time() - started, 2)}
+    seconds = time.time() - started
+    tokens = backend.tokens_generated - tokens_before
+    metrics = {**stats.to_dict(), "groups": len({c.group_id for c in candidates}), "seconds": round(seconds, 2),
+               "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9)}
     inputs = {"seed_set": input_ref(seed_path), "teacher": {"model": teacher.to_dict(), "label": teacher_label}}
     return publish_manifest(store, prefix, stage="generate", inputs=inputs,
                             config={"synthesis": config, "seed": seed, "num_prompts": num_prompts, "target": target},

@@ -1,0 +1,112 @@
+"""``montessori loop {start,status,watch,stop,list}``: talk to the controller service."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import grpc
+
+from common.envs import service_address
+
+EXIT_BAD_INPUT = 2
+_CLIENT_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
+
+
+def add_parser(commands) -> None:
+    loop = commands.add_parser("loop", help="Start, follow and stop loops on the controller service.")
+    loop.add_argument("--controller", default=None, help=f"controller address (default {service_address('controller')})")
+    actions = loop.add_subparsers(dest="action", required=True)
+    start = actions.add_parser("start", help="start a loop from a config file")
+    start.add_argument("--config", help="YAML or TOML run config (as for `montessori run`)")
+    start.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    start.add_argument("--request-id", default="", help="idempotency key: the same id returns the same loop")
+    start.add_argument("--watch", action="store_true", help="follow the loop after starting it")
+    for name in ("status", "watch", "stop"):
+        sub = actions.add_parser(name, help=f"{name} a loop")
+        sub.add_argument("loop_id")
+    actions.add_parser("list", help="list loops")
+
+
+def _stub(args):
+    from montessori.v1 import controller_pb2_grpc
+
+    channel = grpc.insecure_channel(args.controller or service_address("controller"))
+    return controller_pb2_grpc.ControllerServiceStub(channel)
+
+
+def _show(loop) -> dict:
+    from montessori.v1 import controller_pb2
+
+    return {"loop_id": loop.loop_id, "state": controller_pb2.LoopState.Name(loop.state).removeprefix("LOOP_STATE_"),
+            "iteration": loop.iteration, "stage": loop.stage, "rounds_completed": loop.rounds_completed,
+            "error": loop.error_message, "summary": loop.summary.uri, "store": loop.store_uri,
+            "age_seconds": round(loop.age_seconds, 1)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from montessori.v1 import controller_pb2
+
+    stub = _stub(args)
+    try:
+        if args.action == "start":
+            from common.config import merge, parse_overrides, read_config_file
+            from common.protoconv import dict_to_settings
+
+            data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(args.set))
+            spec = controller_pb2.LoopSpec(overrides=dict_to_settings(data))
+            loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=args.request_id, spec=spec), timeout=60).loop
+            print(json.dumps(_show(loop), indent=2))
+            if not args.watch:
+                return 0
+            args.loop_id = loop.loop_id
+            return watch(stub, args.loop_id)
+        if args.action == "status":
+            print(json.dumps(_show(stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2))
+        elif args.action == "stop":
+            print(json.dumps(_show(stub.StopLoop(controller_pb2.StopLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2))
+        elif args.action == "list":
+            loops = stub.ListLoops(controller_pb2.ListLoopsRequest(), timeout=30).loops
+            print(json.dumps([_show(loop) for loop in loops], indent=2))
+        elif args.action == "watch":
+            return watch(stub, args.loop_id)
+        return 0
+    except grpc.RpcError as err:
+        print(f"montessori: error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return EXIT_BAD_INPUT if err.code().name in _CLIENT_ERRORS else 1
+
+
+def watch(stub, loop_id: str) -> int:
+    """Follow a loop: stage transitions as lines, live progress as bars; exit 0 unless it failed."""
+    from tqdm import tqdm
+
+    from montessori.v1 import controller_pb2
+
+    bar = None
+    last = None
+    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id)):
+        event = response.event
+        last = event.loop
+        if event.kind == "progress":
+            label = event.progress.stage
+            if bar is None or bar.desc != label:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=event.progress.total, desc=label, leave=False, dynamic_ncols=True, file=sys.stderr)
+            bar.total = event.progress.total
+            bar.n = event.progress.done
+            bar.set_postfix({k: f"{v:.3g}" for k, v in event.progress.metrics.items()}, refresh=True)
+            continue
+        if bar is not None:
+            bar.close()
+            bar = None
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
+        where = f"iter {event.iteration} " if event.iteration else ""
+        print(f"[{event.sequence:4d}] {where}{event.stage:<18} {event.kind:<15} {metrics}", flush=True)
+    if bar is not None:
+        bar.close()
+    if last is None:
+        return 1
+    shown = _show(last)
+    print(json.dumps(shown, indent=2))
+    return 1 if shown["state"] == "FAILED" else 0

@@ -1,0 +1,149 @@
+"""The gRPC server every montessori service runs: one error interceptor, the stock health
+and reflection services, a Prometheus endpoint, size limits and graceful SIGTERM."""
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.config import check, field
+from common.errors import MontessoriError
+from common.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    """Transport settings shared by every service (flags of ``montessori serve``)."""
+
+    host: str = field("127.0.0.1", help="Address to listen on (0.0.0.0 in a container).")
+    port: int = field(0, help="gRPC port (0: any free port).")
+    metrics_port: int = field(0, help="Prometheus /metrics port (0: disabled).")
+    artifacts: str = field("artifacts", help="Artifact store shared with the other services.")
+    workers: int = field(1, help="Jobs run at once; more are queued.")
+    queue_capacity: int = field(16, help="Jobs that may wait; beyond this, submits get RESOURCE_EXHAUSTED.")
+    max_message_bytes: int = field(4 * 1024 * 1024, help="Largest gRPC message accepted or sent.")
+    grace_seconds: float = field(30.0, help="On SIGTERM: how long in-flight jobs get to stop cleanly.")
+
+    def __post_init__(self) -> None:
+        check(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        check(0 <= self.metrics_port <= 65535, "metrics_port", "must be in 0..65535")
+        check(1 <= self.workers <= 64, "workers", "must be in 1..64")
+        check(0 <= self.queue_capacity <= 100_000, "queue_capacity", "must be in 0..100000")
+        check(1024 <= self.max_message_bytes <= 1 << 30, "max_message_bytes", "must be in 1 KiB..1 GiB")
+        check(0 <= self.grace_seconds <= 3600, "grace_seconds", "must be in 0..3600")
+
+
+def _status(err: MontessoriError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps domain errors to status codes; anything else is INTERNAL with an incident id, never a traceback."""
+
+    def __init__(self, service: str):
+        self.service = service
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def guard(context, call):
+            try:
+                return call()
+            except MontessoriError as err:
+                context.abort(_status(err), str(err))
+            except grpc.RpcError:
+                raise
+            except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a status
+                incident = uuid.uuid4().hex[:8]
+                log.exception("unexpected error", extra={"service": self.service, "stage": method, "job_id": incident})
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the {self.service} log")
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: guard(context, lambda: inner(request, context)),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request, context):
+                # A generator's errors surface while iterating, so guard the iteration too.
+                iterator = guard(context, lambda: iter(inner_stream(request, context)))
+                while True:
+                    item = guard(context, lambda: next(iterator, StopIteration))
+                    if item is StopIteration:
+                        return
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        return handler
+
+
+class ServiceServer:
+    """A started gRPC server with health (NOT_SERVING until ``mark_ready``) and reflection."""
+
+    def __init__(self, name: str, full_service_names: list[str], config: ServerConfig,
+                 register: Callable[[grpc.Server], None]):
+        self.name = name
+        self.config = config
+        self.service_names = full_service_names
+        options = [("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.max_receive_message_length", config.max_message_bytes)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{name}-rpc"),
+                                  interceptors=[ErrorInterceptor(name)], options=options)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        register(self.server)
+        reflection.enable_server_reflection([*full_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.stopped = threading.Event()
+
+    def _set(self, status) -> None:
+        self.health.set("", status)
+        for service in self.service_names:
+            self.health.set(service, status)
+
+    def start(self) -> "ServiceServer":
+        self.server.start()
+        log.info("listening", extra={"service": self.name, "metrics": {"port": self.port}})
+        return self
+
+    def mark_ready(self) -> None:
+        self._set(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"service": self.name})
+
+    def stop(self, on_drain: Callable[[], None] | None = None) -> None:
+        """Health NOT_SERVING, stop accepting, let ``on_drain`` stop the jobs, then close."""
+        if self.stopped.is_set():
+            return
+        self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        stopping = self.server.stop(self.config.grace_seconds)
+        if on_drain:
+            on_drain()
+        stopping.wait(self.config.grace_seconds)
+        self.stopped.set()
+        log.info("stopped", extra={"service": self.name})
+
+    def install_signal_handlers(self, on_drain: Callable[[], None] | None = None) -> None:
+        def handle(signum, frame):
+            threading.Thread(target=self.stop, args=(on_drain,), daemon=True).start()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def wait(self) -> None:
+        self.stopped.wait()

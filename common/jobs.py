@@ -1,0 +1,245 @@
+"""Long-running work as jobs (AIP-151), shared by every worker service.
+
+``submit`` returns a job at once (the same job for a repeated client ``request_id``);
+a bounded pool of worker threads runs jobs in submission order (queued, never
+overlapped past ``workers``); ``watch`` yields a job's snapshot after every change
+until it ends; ``cancel`` makes the job's next progress report raise
+:class:`Cancelled`, so work stops between units and publishes nothing.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Callable, Iterator
+
+from common.artifacts import ArtifactRef
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound, ResourceExhausted, Unavailable
+from common.logs import get_logger
+from common.manifests import StageResult
+from common.progress import Progress
+
+log = get_logger(__name__)
+
+
+class JobState(Enum):
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """An immutable view of a job at one moment (what Get/Watch return)."""
+
+    job_id: str
+    request_id: str
+    kind: str
+    state: JobState
+    version: int
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    eta_seconds: float = 0.0
+    live_metrics: dict[str, float] = field(default_factory=dict)
+    error_code: str = ""
+    error_message: str = ""
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    manifest: ArtifactRef | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    submitted_at: float = 0.0
+
+
+#: The work of a job: called with a progress sink, returns the stage result or plain metrics.
+Work = Callable[[Progress], "StageResult | dict[str, float]"]
+
+
+class _Job:
+    def __init__(self, snapshot: JobSnapshot, work: Work, fingerprint: str):
+        self.snapshot = snapshot
+        self.work = work
+        self.fingerprint = fingerprint
+        self.cancel_requested = threading.Event()
+        self.stage_started = time.monotonic()
+
+
+class JobManager:
+    """Jobs of one service: an in-memory registry, a FIFO queue and ``workers`` threads."""
+
+    def __init__(self, *, service: str, workers: int = 1, capacity: int = 16,
+                 on_finish: Callable[[JobSnapshot, float], None] | None = None):
+        self.service = service
+        self.capacity = capacity
+        self._jobs: dict[str, _Job] = {}
+        self._by_request: dict[str, str] = {}
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._changed = threading.Condition()
+        self._accepting = True
+        self._on_finish = on_finish
+        self._versions = itertools.count(1)
+        self._threads = [threading.Thread(target=self._run, name=f"{service}-worker-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    # -- client side ---------------------------------------------------------------------
+
+    def submit(self, request_id: str, kind: str, work: Work, *, fingerprint: str = "") -> JobSnapshot:
+        """Queue ``work``; a repeated ``request_id`` returns the existing job instead."""
+        with self._changed:
+            if request_id and request_id in self._by_request:
+                existing = self._jobs[self._by_request[request_id]]
+                if existing.fingerprint != fingerprint:
+                    raise FailedPrecondition("was already used for a different request", field="request_id")
+                return existing.snapshot
+            if not self._accepting:
+                raise Unavailable(f"{self.service} is shutting down")
+            waiting = sum(1 for j in self._jobs.values() if j.snapshot.state is JobState.QUEUED)
+            if waiting >= self.capacity:
+                raise ResourceExhausted(f"{self.service} queue is full ({self.capacity} jobs waiting); retry later")
+            job_id = f"{kind}-{uuid.uuid4().hex[:12]}"
+            job = _Job(JobSnapshot(job_id, request_id or job_id, kind, JobState.QUEUED, next(self._versions),
+                                   submitted_at=time.time()), work, fingerprint)
+            self._jobs[job_id] = job
+            if request_id:
+                self._by_request[request_id] = job_id
+            self._changed.notify_all()
+        self._queue.put(job)
+        log.info("job queued", extra={"job_id": job_id, "service": self.service, "stage": kind})
+        return job.snapshot
+
+    def get(self, job_id: str) -> JobSnapshot:
+        with self._changed:
+            return self._job(job_id).snapshot
+
+    def cancel(self, job_id: str) -> JobSnapshot:
+        with self._changed:
+            job = self._job(job_id)
+            if not job.snapshot.state.terminal:
+                job.cancel_requested.set()
+                if job.snapshot.state is JobState.QUEUED:
+                    self._update(job, state=JobState.CANCELLED, error_code=Cancelled.code, error_message="cancelled before it started")
+            return job.snapshot
+
+    def watch(self, job_id: str, *, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0) -> Iterator[JobSnapshot]:
+        """Snapshots after every change, starting with the current one, until the job ends."""
+        last = 0
+        while True:
+            with self._changed:
+                job = self._job(job_id)
+                while job.snapshot.version == last and is_active():
+                    # Timed wait only to notice a client that went away; changes wake us at once.
+                    self._changed.wait(timeout=poll)
+                snapshot = job.snapshot
+            if not is_active():
+                return
+            last = snapshot.version
+            yield snapshot
+            if snapshot.state.terminal:
+                return
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
+        """Block until the job ends (or ``timeout``); returns its snapshot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            job = self._job(job_id)
+            while not job.snapshot.state.terminal:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(timeout=remaining)
+            return job.snapshot
+
+    def active_jobs(self) -> list[JobSnapshot]:
+        with self._changed:
+            return [j.snapshot for j in self._jobs.values() if not j.snapshot.state.terminal]
+
+    def shutdown(self, *, grace: float) -> None:
+        """Stop accepting; cancel queued and running jobs; wait up to ``grace`` s for the workers."""
+        with self._changed:
+            self._accepting = False
+            ids = [j.snapshot.job_id for j in self._jobs.values() if not j.snapshot.state.terminal]
+        for job_id in ids:
+            self.cancel(job_id)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} on the {self.service} service", field="job_id")
+        return job
+
+    def _update(self, job: _Job, **changes: Any) -> None:
+        """Replace the job's snapshot (caller holds the lock) and wake watchers."""
+        job.snapshot = replace(job.snapshot, version=next(self._versions), **changes)
+        self._changed.notify_all()
+
+    def _progress_sink(self, job: _Job) -> Progress:
+        def progress(stage: str, done: int, total: int, metrics: dict | None = None) -> None:
+            if job.cancel_requested.is_set():
+                raise Cancelled("cancelled")
+            now = time.monotonic()
+            with self._changed:
+                if stage != job.snapshot.stage:
+                    job.stage_started = now
+                rate = done / max(now - job.stage_started, 1e-9)
+                eta = (total - done) / rate if done and rate > 0 else 0.0
+                numeric = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+                self._update(job, stage=stage, done=int(done), total=int(total), eta_seconds=eta, live_metrics=numeric)
+
+        return progress
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._changed:
+                if job.snapshot.state is not JobState.QUEUED:
+                    continue  # cancelled while waiting
+                self._update(job, state=JobState.RUNNING)
+            started = time.monotonic()
+            try:
+                result = job.work(self._progress_sink(job))
+                if job.cancel_requested.is_set():
+                    raise Cancelled("cancelled")
+            except Cancelled:
+                final = {"state": JobState.CANCELLED, "error_code": Cancelled.code, "error_message": "cancelled"}
+            except MontessoriError as err:
+                final = {"state": JobState.FAILED, "error_code": err.code, "error_message": str(err)}
+            except Exception as err:  # noqa: BLE001 - a job must end with a state, never kill the worker
+                log.exception("job crashed", extra={"job_id": job.snapshot.job_id, "service": self.service})
+                final = {"state": JobState.FAILED, "error_code": "INTERNAL",
+                         "error_message": f"internal error ({type(err).__name__}); see the {self.service} service log"}
+            else:
+                if isinstance(result, StageResult):
+                    final = {"state": JobState.SUCCEEDED, "outputs": dict(result.outputs), "manifest": result.manifest,
+                             "metrics": _numeric(result.metrics)}
+                else:
+                    final = {"state": JobState.SUCCEEDED, "metrics": _numeric(result)}
+            with self._changed:
+                self._update(job, **final)
+                snapshot = job.snapshot
+            log.info("job finished", extra={"job_id": snapshot.job_id, "service": self.service, "stage": snapshot.kind,
+                                            "metrics": {"state": snapshot.state.name, "seconds": round(time.monotonic() - started, 3)}})
+            if self._on_finish:
+                self._on_finish(snapshot, time.monotonic() - started)
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

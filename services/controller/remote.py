@@ -1,0 +1,130 @@
+"""The loop's stages as jobs on the worker services (the controller's executor).
+
+Each call submits a job with a deterministic request id (so a retried submit returns
+the same job), follows it with WatchJob, forwards its progress, and returns the
+stage result read from the manifest the worker published in the shared store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from common import errors
+from common.artifacts import ArtifactStore
+from common.config import to_dict
+from common.errors import Cancelled
+from common.manifests import StageResult
+from common.progress import Progress, no_progress
+from common.protoconv import dict_to_settings, ref_from_proto
+from montessori.v1 import (common_pb2, influence_pb2, influence_pb2_grpc, preference_pb2, preference_pb2_grpc, teacher_pb2,
+                           teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
+from services.controller.executor import LoopModel
+
+_ERRORS = {cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
+                                      errors.ResourceExhausted, errors.Unavailable)}
+
+
+@dataclass(frozen=True)
+class WorkerAddresses:
+    """host:port of each worker service."""
+
+    teacher: str
+    influence: str
+    preference: str
+    trainer: str
+
+
+def _model(model: LoopModel) -> common_pb2.ModelSpec:
+    return common_pb2.ModelSpec(path=model.path, uri=model.uri, adapter_uris=list(model.adapter_uris))
+
+
+class RemoteExecutor:
+    """A StageExecutor whose stages run as jobs on the worker services."""
+
+    def __init__(self, store: ArtifactStore, addresses: WorkerAddresses, *, request_prefix: str, max_message_bytes: int = 4 << 20):
+        self.store = store
+        self.request_prefix = request_prefix
+        options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+        self._channels = {name: grpc.insecure_channel(getattr(addresses, name), options=options)
+                          for name in ("teacher", "influence", "preference", "trainer")}
+        self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels["teacher"])
+        self.influence = influence_pb2_grpc.InfluenceServiceStub(self._channels["influence"])
+        self.preference = preference_pb2_grpc.PreferenceServiceStub(self._channels["preference"])
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def _request_id(self, prefix: str) -> str:
+        return f"{self.request_prefix}:{prefix}"
+
+    def _run(self, service: str, stub, submit, request, progress: Progress) -> common_pb2.Job:
+        """Submit (waiting for the service to be ready), follow the job, and return its final state."""
+        job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=600)).job
+        try:
+            for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), wait_for_ready=True):
+                job = event.job
+                if job.state == common_pb2.JOB_STATE_RUNNING and job.progress.total:
+                    progress(job.progress.stage, job.progress.done, job.progress.total, dict(job.progress.metrics))
+        except Cancelled:
+            stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
+            raise
+        except grpc.RpcError as err:
+            raise errors.Unavailable(f"{service} service: {err.code().name}: {err.details()}") from None
+        if job.state == common_pb2.JOB_STATE_CANCELLED:
+            raise Cancelled(f"{service} job {job.job_id} was cancelled")
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            raise _ERRORS.get(job.error_code, errors.FailedPrecondition)(f"{service} job {job.job_id} failed: {job.error_message}")
+        return job
+
+    def _result(self, stage: str, job: common_pb2.Job) -> StageResult:
+        manifest = self.store.get_json(self.store.key_of(job.manifest.uri))
+        return StageResult(stage, {role: ref_from_proto(ref) for role, ref in job.outputs.items()}, manifest["metrics"],
+                           ref_from_proto(job.manifest))
+
+    def generate(self, prefix, *, teacher, seed_uri, config, seed, num_prompts, target, progress=no_progress):
+        request = teacher_pb2.GenerateRequest(
+            request_id=self._request_id(prefix), teacher=_model(teacher), teacher_label=teacher.label, seed_set_uri=seed_uri,
+            output_prefix=prefix, num_prompts=num_prompts or 0, target_examples=target or 0, seed=seed,
+            synthesis=dict_to_settings(to_dict(config)))
+        return self._result("generate", self._run("teacher", self.teacher, self.teacher.Generate, request, progress))
+
+    def train_student(self, prefix, *, student, candidates_uri, settings, seed, save_optimizer, limit, progress=no_progress):
+        request = trainer_pb2.TrainStudentRequest(
+            request_id=self._request_id(prefix), student=_model(student), candidates_uri=candidates_uri, output_prefix=prefix,
+            sft=dict_to_settings(to_dict(settings)), seed=seed, save_optimizer=save_optimizer, limit=limit or 0)
+        return self._result("train-student", self._run("trainer", self.trainer, self.trainer.TrainStudent, request, progress))
+
+    def score(self, prefix, *, warmup_uri, reference_uri, candidates_uri, config, progress=no_progress):
+        request = influence_pb2.ScoreRequest(
+            request_id=self._request_id(prefix), warmup_uri=warmup_uri, reference_uri=reference_uri,
+            candidates_uri=candidates_uri, output_prefix=prefix, influence=dict_to_settings(to_dict(config)))
+        return self._result("score", self._run("influence", self.influence, self.influence.Score, request, progress))
+
+    def assemble(self, prefix, *, candidates_uri, scores_uri, config, progress=no_progress):
+        request = preference_pb2.AssembleRequest(
+            request_id=self._request_id(prefix), candidates_uri=candidates_uri, scores_uri=scores_uri, output_prefix=prefix,
+            preference=dict_to_settings(to_dict(config)))
+        return self._result("pairs", self._run("preference", self.preference, self.preference.Assemble, request, progress))
+
+    def train_teacher(self, prefix, *, teacher, pairs_uri, settings, seed, progress=no_progress):
+        request = trainer_pb2.TrainTeacherRequest(
+            request_id=self._request_id(prefix), teacher=_model(teacher), pairs_uri=pairs_uri, output_prefix=prefix,
+            dpo=dict_to_settings(to_dict(settings)), seed=seed)
+        return self._result("train-teacher", self._run("trainer", self.trainer, self.trainer.TrainTeacher, request, progress))
+
+    def evaluation_loss(self, key, *, model, rows_uri, batch_size, limit, progress=no_progress):
+        request = influence_pb2.EvaluateRequest(request_id=self._request_id(key), model=_model(model), rows_uri=rows_uri,
+                                                limit=limit or 0, batch_size=batch_size)
+        return float(self._run("influence", self.influence, self.influence.Evaluate, request, progress).metrics["loss"])
+
+
+def _call(service: str, rpc):
+    """A unary call whose failure becomes the matching domain error, naming the service."""
+    try:
+        return rpc()
+    except grpc.RpcError as err:
+        cls = _ERRORS.get(err.code().name, errors.Unavailable)
+        raise cls(f"{service} service: {err.details()}") from None

@@ -1,0 +1,93 @@
+"""ControllerService: the gRPC layer over the loop manager."""
+from __future__ import annotations
+
+import threading
+
+from common.artifacts import ArtifactStore
+from common.config import from_dict, merge
+from common.errors import InvalidArgument, MontessoriError
+from common.jobs import JobManager
+from common.protoconv import fingerprint, settings_to_dict
+from common.service_main import ServiceParts
+from montessori.v1 import controller_pb2, controller_pb2_grpc
+from services.controller.config import RunConfig
+from services.controller.loop import validate_inputs
+from services.controller.loops import LoopManager
+from services.controller.remote import RemoteExecutor, WorkerAddresses
+
+
+def spec_to_config(spec: controller_pb2.LoopSpec, store: ArtifactStore) -> RunConfig:
+    """A LoopSpec as a validated RunConfig; typed fields override ``overrides``; errors name ``spec.<field>``."""
+    data = settings_to_dict(spec.overrides)
+    typed: dict = {}
+    if spec.name:
+        typed["name"] = spec.name
+    models = {k: v for k, v in (("teacher", spec.teacher), ("student", spec.student)) if v}
+    if models:
+        typed["models"] = models
+    sets = {k: v for k, v in (("seed_path", spec.seed_set), ("reference_path", spec.reference_set), ("eval_path", spec.eval_set)) if v}
+    if sets:
+        typed["data"] = sets
+    for name in ("iterations", "max_rounds", "patience", "seed"):
+        value = getattr(spec, name)
+        if value < 0:
+            raise InvalidArgument(f"must be >= 0, got {value}", field=f"spec.{name}")
+        if value:
+            typed[name] = value
+    if spec.continuous:
+        typed["continuous"] = True
+    if spec.samples_per_prompt < 0:
+        raise InvalidArgument(f"must be >= 0, got {spec.samples_per_prompt}", field="spec.samples_per_prompt")
+    if spec.samples_per_prompt:
+        typed["synthesis"] = {"samples_per_prompt": spec.samples_per_prompt}
+    if spec.artifact_store and spec.artifact_store.rstrip("/") != store.root_uri:
+        raise InvalidArgument(f"this controller and its workers share the store {store.root_uri}; got {spec.artifact_store}",
+                              field="spec.artifact_store")
+    data = merge(data, typed)
+    data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
+    config = from_dict(RunConfig, data, path="spec")
+    config.artifacts = store.root_uri
+    return config
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+    def __init__(self, store: ArtifactStore, loops: LoopManager):
+        self.store, self.loops = store, loops
+
+    def StartLoop(self, request, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("is required", field="spec")
+        config = spec_to_config(request.spec, self.store)
+        try:
+            validate_inputs(config)
+        except MontessoriError as err:
+            raise err.with_prefix("spec") from None
+        loop = self.loops.start(config, request_id=request.request_id, fingerprint=fingerprint(request))
+        return controller_pb2.StartLoopResponse(loop=loop.to_proto())
+
+    def GetLoop(self, request, context):
+        return controller_pb2.GetLoopResponse(loop=self.loops.get(_loop_id(request)).to_proto())
+
+    def ListLoops(self, request, context):
+        return controller_pb2.ListLoopsResponse(loops=[loop.to_proto() for loop in self.loops.list()])
+
+    def StopLoop(self, request, context):
+        return controller_pb2.StopLoopResponse(loop=self.loops.stop(_loop_id(request)).to_proto())
+
+    def WatchLoop(self, request, context):
+        for event in self.loops.watch(_loop_id(request), is_active=context.is_active):
+            yield controller_pb2.WatchLoopResponse(event=event.to_proto())
+
+
+def _loop_id(request) -> str:
+    if not request.loop_id:
+        raise InvalidArgument("is required", field="loop_id")
+    return request.loop_id
+
+
+def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, workers: WorkerAddresses) -> ServiceParts:
+    loops = LoopManager(store, lambda loop_id: RemoteExecutor(store, workers, request_prefix=loop_id))
+    servicer = ControllerServicer(store, loops)
+    return ServiceParts(register=lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server),
+                        full_name=controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+                        on_drain=lambda: loops.shutdown(grace=30))

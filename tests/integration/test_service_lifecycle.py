@@ -1,0 +1,83 @@
+"""Health while loading, and graceful SIGTERM during a job (single service processes)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from cli.local_services import health_status, wait_serving
+from common.artifacts import LocalArtifactStore
+from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+from tests.conftest import DATA, REPO
+from tests.integration.conftest import free_ports
+
+
+def start_teacher(store, *extra):
+    port = free_ports(1)[0]
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "teacher", "--port", str(port), "--artifacts", str(store),
+                                "--grace", "20", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    return port, process
+
+
+def test_health_is_serving_only_after_the_model_loads(tmp_path, tiny_models):
+    port, process = start_teacher(tmp_path, "--preload", str(REPO / "models" / "smollm2-135m-instruct"))
+    address = f"127.0.0.1:{port}"
+    seen = []
+    unavailable = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            status = health_status(address)
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            if status == "NOT_SERVING" and unavailable is None:
+                stub = teacher_pb2_grpc.TeacherServiceStub(grpc.insecure_channel(address))
+                try:
+                    stub.Generate(teacher_pb2.GenerateRequest(num_prompts=1), timeout=5)
+                except grpc.RpcError as err:
+                    unavailable = err
+            if status == "SERVING":
+                break
+            time.sleep(0.05)
+        output = b""
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert seen[-1] == "SERVING"
+    assert "NOT_SERVING" in seen, seen
+    assert unavailable is not None and unavailable.code() == grpc.StatusCode.UNAVAILABLE
+    assert "still loading" in unavailable.details()
+    assert output.index('"msg": "listening"') < output.index('"msg": "serving"')
+
+
+def test_sigterm_during_a_job_cancels_it_cleanly(tmp_path, tiny_models):
+    store = LocalArtifactStore(tmp_path)
+    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    port, process = start_teacher(tmp_path)
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=120, process=process)
+        stub = teacher_pb2_grpc.TeacherServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        job = stub.Generate(teacher_pb2.GenerateRequest(
+            request_id="r", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+            output_prefix="jobs/long", num_prompts=5000)).job
+        for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
+            if event.job.progress.done >= 1:
+                break
+        started = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)
+        code = process.wait(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read().decode()
+    assert code == 0
+    assert elapsed < 20  # the job stops at its next unit, well inside the grace period
+    assert '"state": "CANCELLED"' in output and '"msg": "stopped"' in output
+    assert "Traceback" not in output
+    assert not store.exists("jobs/long")

@@ -1,0 +1,231 @@
+"""Five services as separate processes: a loop through the controller, jobs, errors, health."""
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from common.artifacts import LocalArtifactStore
+from common.protoconv import dict_to_settings
+from montessori.v1 import (common_pb2, controller_pb2, controller_pb2_grpc, influence_pb2, influence_pb2_grpc, preference_pb2,
+                           preference_pb2_grpc, teacher_pb2, teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
+from tests.conftest import DATA, REPO
+
+TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+ITERATION_STAGES = ["warmup-data", "warmup", "probe-data", "scores", "pairs", "dpo", "train-data", "student"]
+
+
+def channel(services, name):
+    return grpc.insecure_channel(f"127.0.0.1:{services['ports'][name]}")
+
+
+def tiny_spec(tiny_models, **overrides) -> controller_pb2.LoopSpec:
+    teacher, student = tiny_models
+    values = {**TINY, **overrides}
+    return controller_pb2.LoopSpec(name="svc", teacher=str(teacher), student=str(student), seed_set=str(DATA / "seed.jsonl"),
+                                   reference_set=str(DATA / "reference.jsonl"), eval_set=str(DATA / "eval.jsonl"),
+                                   iterations=1, overrides=dict_to_settings(values))
+
+
+@pytest.fixture(scope="module")
+def controller(services):
+    return controller_pb2_grpc.ControllerServiceStub(channel(services, "controller"))
+
+
+@pytest.fixture(scope="module")
+def finished_loop(services, controller, tiny_models):
+    loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
+    events = [r.event for r in controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=900)]
+    return loop, events
+
+
+def test_a_tiny_loop_runs_end_to_end_across_five_processes(services, finished_loop):
+    loop, events = finished_loop
+    final = events[-1].loop
+    assert final.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.error_message
+    started = [e.stage for e in events if e.kind == "stage_started" and e.iteration == 1]
+    finished = [e.stage for e in events if e.kind == "stage_finished" and e.iteration == 1]
+    expected = [s for s in ITERATION_STAGES if s in started]  # dpo only runs when pairs formed
+    assert started == expected == finished and set(ITERATION_STAGES) - {"dpo"} <= set(started)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    progress = [e for e in events if e.kind == "progress"]
+    assert progress and all(0 <= e.progress.done <= e.progress.total for e in progress)
+    assert {e.stage for e in progress} >= {"warmup-data", "scores", "student"}
+    store = LocalArtifactStore(services["store"])
+    summary = store.get_json(store.key_of(final.summary.uri))
+    assert store.digest(store.key_of(final.summary.uri)) == final.summary.sha256
+    assert len(summary["iterations"]) == 1 and summary["evaluation"]["baseline_student_eval_loss"] > 0
+    for stage in set(started):
+        manifest = store.get_json(f"loops/{loop.loop_id}/iter-1/{stage}/manifest.json")
+        for ref in manifest["outputs"].values():
+            assert store.ref(store.key_of(ref["uri"])).sha256 == ref["sha256"]
+
+
+def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, tiny_models):
+    loop, _ = finished_loop
+    again = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
+    assert again.loop_id == loop.loop_id
+    assert loop.loop_id in [l.loop_id for l in controller.ListLoops(controller_pb2.ListLoopsRequest()).loops]
+    assert controller.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop.loop_id)).loop.rounds_completed == 1
+
+
+def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
+    spec = lambda name: tiny_spec(tiny_models, evaluation={"baseline": False, "influence_sample": 0}, name=name)  # noqa: E731
+    ids = [controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(f"two{i}"))).loop.loop_id
+           for i in range(2)]
+    results = {}
+
+    def follow(loop_id):
+        results[loop_id] = [r.event for r in controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id), timeout=900)][-1]
+
+    threads = [threading.Thread(target=follow, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 2
+    assert all(results[i].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED for i in ids), [results[i].loop.error_message for i in ids]
+
+
+def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
+    stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
+    store = LocalArtifactStore(services["store"])
+    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    request = teacher_pb2.GenerateRequest(request_id="gen-1", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+                                          seed_set_uri=seed_uri, output_prefix="jobs/gen-1", num_prompts=1, seed=1)
+    first = stub.Generate(request).job
+    second = stub.Generate(request).job
+    assert first.job_id == second.job_id
+    request.num_prompts = 2
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(request)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "request_id" in err.value.details()
+    final = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=first.job_id), timeout=120))[-1].job
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED and "candidates" in final.outputs
+
+
+def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
+    stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
+    store = LocalArtifactStore(services["store"])
+    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    job = stub.Generate(teacher_pb2.GenerateRequest(
+        request_id="long", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+        output_prefix="jobs/long", num_prompts=5000, seed=2)).job
+    for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.job.progress.done >= 1:
+            break
+    stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id))
+    final = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=60))[-1].job
+    assert final.state == common_pb2.JOB_STATE_CANCELLED
+    assert final.progress.done < final.progress.total
+    assert not store.exists("jobs/long")
+
+
+BAD_REQUESTS = [
+    ("teacher", "Generate", teacher_pb2.GenerateRequest(output_prefix="x", num_prompts=1), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
+    ("teacher", "Generate", "MODEL:/nope", grpc.StatusCode.NOT_FOUND, "teacher.path"),
+    ("teacher", "Generate", "SEED:file:///etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "seed_set_uri"),
+    ("teacher", "Generate", "SEED:missing", grpc.StatusCode.NOT_FOUND, "seed_set_uri"),
+    ("teacher", "Generate", "COUNT:-3", grpc.StatusCode.INVALID_ARGUMENT, "num_prompts"),
+    ("teacher", "Generate", "COUNT:99999999", grpc.StatusCode.INVALID_ARGUMENT, "num_prompts"),
+    ("teacher", "Generate", "PREFIX:../escape", grpc.StatusCode.INVALID_ARGUMENT, "output_prefix"),
+    ("teacher", "Generate", "SETTINGS:temprature", grpc.StatusCode.INVALID_ARGUMENT, "synthesis.temprature"),
+    ("teacher", "GetJob", common_pb2.GetJobRequest(job_id="nope"), grpc.StatusCode.NOT_FOUND, "job_id"),
+    ("teacher", "CancelJob", common_pb2.CancelJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
+    ("influence", "Score", influence_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "warmup_uri"),
+    ("influence", "Evaluate", influence_pb2.EvaluateRequest(model=common_pb2.ModelSpec(path="/a", uri="b")),
+     grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    ("preference", "Assemble", preference_pb2.AssembleRequest(candidates_uri="s3://elsewhere/x"),
+     grpc.StatusCode.INVALID_ARGUMENT, "candidates_uri"),
+    ("trainer", "TrainTeacher", trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path="/missing/model")),
+     grpc.StatusCode.NOT_FOUND, "teacher.path"),
+    ("trainer", "TrainStudent", "SFT:batch_size=-1", grpc.StatusCode.INVALID_ARGUMENT, "sft.batch_size"),
+    ("controller", "GetLoop", controller_pb2.GetLoopRequest(loop_id="nope"), grpc.StatusCode.NOT_FOUND, "loop_id"),
+    ("controller", "StartLoop", controller_pb2.StartLoopRequest(), grpc.StatusCode.INVALID_ARGUMENT, "spec"),
+    ("controller", "StartLoop", "SPEC:iterations=-2", grpc.StatusCode.INVALID_ARGUMENT, "spec.iterations"),
+    ("controller", "StartLoop", "SPEC:influence.optimizer=adam", grpc.StatusCode.INVALID_ARGUMENT, "spec.influence.optimizer"),
+    ("controller", "StartLoop", "SPEC:teacher=/nope", grpc.StatusCode.NOT_FOUND, "spec.models.teacher"),
+]
+
+
+def _bad_request(kind: str, services, tiny_models):
+    store = LocalArtifactStore(services["store"])
+    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    tag, _, value = kind.partition(":")
+    gen = dict(request_id="", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+               output_prefix="jobs/bad", num_prompts=1)
+    if tag == "MODEL":
+        gen["teacher"] = common_pb2.ModelSpec(path=value)
+    elif tag == "SEED":
+        gen["seed_set_uri"] = value if "://" in value else store.uri("inputs/missing.jsonl")
+    elif tag == "COUNT":
+        gen["num_prompts"] = int(value)
+    elif tag == "PREFIX":
+        gen["output_prefix"] = value
+    elif tag == "SETTINGS":
+        gen["synthesis"] = dict_to_settings({value: 1.0})
+    elif tag == "SFT":
+        key, _, number = value.partition("=")
+        (tmp := store.put_jsonl("inputs/c.jsonl", [{"instruction": "a", "response": "b"}]))
+        return trainer_pb2.TrainStudentRequest(student=common_pb2.ModelSpec(path=str(tiny_models[1])), candidates_uri=tmp.uri,
+                                               output_prefix="jobs/sft", sft=dict_to_settings({key: int(number)}))
+    elif tag == "SPEC":
+        key, _, raw = value.partition("=")
+        spec = tiny_spec(tiny_models)
+        if key == "iterations":
+            spec.iterations = int(raw)
+        elif key == "teacher":
+            spec.teacher = raw
+        else:
+            section, name = key.split(".")
+            spec.overrides.CopyFrom(dict_to_settings({**TINY, section: {name: raw}}))
+        return controller_pb2.StartLoopRequest(request_id="", spec=spec)
+    return teacher_pb2.GenerateRequest(**gen)
+
+
+STUBS = {"teacher": teacher_pb2_grpc.TeacherServiceStub, "influence": influence_pb2_grpc.InfluenceServiceStub,
+         "preference": preference_pb2_grpc.PreferenceServiceStub, "trainer": trainer_pb2_grpc.TrainerServiceStub,
+         "controller": controller_pb2_grpc.ControllerServiceStub}
+
+
+@pytest.mark.parametrize("service,method,request_or_kind,code,field", BAD_REQUESTS,
+                         ids=[f"{s}.{m}-{f}-{i}" for i, (s, m, _, _, f) in enumerate(BAD_REQUESTS)])
+def test_bad_input_gets_the_right_status_and_names_the_field(services, tiny_models, service, method, request_or_kind, code, field):
+    request = _bad_request(request_or_kind, services, tiny_models) if isinstance(request_or_kind, str) else request_or_kind
+    stub = STUBS[service](channel(services, service))
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(request, timeout=60)
+    assert err.value.code() == code, err.value.details()
+    assert err.value.details().startswith(field), err.value.details()
+    assert "Traceback" not in err.value.details()
+    # ... and the service keeps serving.
+    from cli.local_services import health_status
+
+    assert health_status(f"127.0.0.1:{services['ports'][service]}") == "SERVING"
+
+
+def test_reflection_lists_the_service(services):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel(services, "influence"))
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"montessori.v1.InfluenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_metrics_endpoint_counts_finished_jobs(services, finished_loop):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{services['metrics']['influence']}/metrics", timeout=10).read().decode()
+    assert 'montessori_jobs_total{kind="score",service="influence",state="succeeded"}' in body
+    assert "montessori_job_duration_seconds_bucket" in body
+    assert 'montessori_throughput{metric="candidates_per_second",service="influence"}' in body
+
+
+def test_logs_are_json_lines(services, finished_loop):
+    lines = [line for line in (Path(services["logs"]) / "controller.log").read_text().splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    assert any(e.get("msg") == "stage done" and e.get("loop_id") for e in entries)
