@@ -84,3 +84,33 @@ def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
     summary_path = Path(out.stdout.split("summary: ")[-1].split()[0].removeprefix("file://"))
     summary = json.loads(summary_path.read_text())
     assert summary_path.parent.parent == tmp_path / "loops" and len(summary["iterations"]) == 1
+
+
+def quick_config(tmp_path, *overrides):
+    return load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "evaluation.baseline=false", "evaluation.influence_sample=0",
+                                         *overrides])
+
+
+def test_continuous_mode_runs_until_max_rounds(tiny_models, tmp_path):
+    summary = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=3")).run()
+    assert [r["iteration"] for r in summary["iterations"]] == [1, 2, 3] and not summary["stopped"]
+
+
+def test_continuous_mode_stops_when_the_student_stops_improving(tiny_models, tmp_path):
+    runner = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=6", "patience=1"))
+    summary = runner.run()
+    losses = [r["student_reference_loss"] for r in summary["iterations"]]
+    assert len(losses) < 6 or all(b < a for a, b in zip(losses, losses[1:]))
+    if len(losses) < 6:
+        assert losses[-1] >= min(losses[:-1])  # it stopped because the last round did not improve
+
+
+def test_a_stopped_loop_keeps_its_completed_rounds(tiny_models, tmp_path):
+    events = []
+    runner = LoopRunner(quick_config(tmp_path, "continuous=true"),
+                        on_event=lambda kind, *a, **k: events.append(kind),
+                        should_stop=lambda: events.count("round_finished") >= 1)
+    summary = runner.run()
+    assert summary["stopped"] and len(summary["iterations"]) == 1
+    assert json.loads(Path(summary["summary_uri"].removeprefix("file://")).read_text())["stopped"] is True
+    assert not any(p.name.endswith(".tmp") or ".tmp-" in p.name for p in tmp_path.rglob("*"))

@@ -229,3 +229,19 @@ def test_logs_are_json_lines(services, finished_loop):
     lines = [line for line in (Path(services["logs"]) / "controller.log").read_text().splitlines() if line.startswith("{")]
     entries = [json.loads(line) for line in lines]
     assert any(e.get("msg") == "stage done" and e.get("loop_id") for e in entries)
+
+
+def test_deadlines_are_honoured(services, tiny_models):
+    stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
+    store = LocalArtifactStore(services["store"])
+    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    job = stub.Generate(teacher_pb2.GenerateRequest(
+        request_id="deadline", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+        output_prefix="jobs/deadline", num_prompts=5000)).job
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=0.5):
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id))
+    final = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=60))[-1].job
+    assert final.state == common_pb2.JOB_STATE_CANCELLED
