@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from common.errors import InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*$")
 
@@ -131,6 +131,19 @@ class ArtifactStore(ABC):
     def ref(self, key: str) -> ArtifactRef:
         return ArtifactRef(uri=self.uri(key), sha256=self.digest(key))
 
+    def describe(self, path: Path) -> dict[str, str]:
+        """URI and digest of a local input (an artifact's local copy, or a plain file such as a data set)."""
+        path = Path(path)
+        return {"uri": path.resolve().as_uri(), "sha256": sha256_tree(path) if path.is_dir() else sha256_file(path)}
+
+    def artifact_of(self, path: Path) -> ArtifactRef | None:
+        """The artifact whose local copy is ``path``, or ``None`` for a path outside the store."""
+        return None
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the artifact (file or folder) at ``key``."""
+
 
 class LocalArtifactStore(ArtifactStore):
     """Artifacts as files under a root folder (the embedded default)."""
@@ -138,6 +151,7 @@ class LocalArtifactStore(ArtifactStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._verified: dict[str, tuple] = {}
 
     @property
     def root_uri(self) -> str:
@@ -162,32 +176,90 @@ class LocalArtifactStore(ArtifactStore):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        shutil.copyfile(source, staging)
-        digest = sha256_file(staging)
-        os.replace(staging, target)  # atomic on POSIX: readers see old or new, never half
+        try:
+            shutil.copyfile(source, staging)
+            digest = sha256_file(staging)
+            os.replace(staging, target)  # atomic on POSIX: readers see old or new, never half
+        finally:
+            staging.unlink(missing_ok=True)
+        self._record_digest(target, digest)
         return ArtifactRef(uri=target.as_uri(), sha256=digest)
 
     def put_dir(self, key: str, source: Path, *, move: bool = False) -> ArtifactRef:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        # Checkpoints are large: moving a scratch folder on the same disk is a rename, not a copy.
-        (shutil.move if move else shutil.copytree)(str(source), str(staging))
-        digest = sha256_tree(staging)
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, target)
+        try:
+            # Checkpoints are large: moving a scratch folder on the same disk is a rename, not a copy.
+            (shutil.move if move else shutil.copytree)(str(source), str(staging))
+            digest = sha256_tree(staging)
+            if target.exists():
+                retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+                os.replace(target, retired)
+                os.replace(staging, target)
+                shutil.rmtree(retired)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._record_digest(target, digest)
         return ArtifactRef(uri=target.as_uri(), sha256=digest)
+
+    # Digests are kept beside each artifact (``.<name>.sha256``) and checked on read; a check
+    # is remembered per (size, mtime) so a model read many times is hashed once per process.
+
+    @staticmethod
+    def _sidecar(target: Path) -> Path:
+        return target.with_name(f".{target.name}.sha256")
+
+    def _record_digest(self, target: Path, digest: str) -> None:
+        sidecar = self._sidecar(target)
+        staging = sidecar.with_name(f"{sidecar.name}.tmp-{uuid.uuid4().hex}")
+        staging.write_text(digest)
+        os.replace(staging, sidecar)
+        self._verified[str(target)] = (self._stamp(target), digest)
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple:
+        if path.is_dir():
+            return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()))
+        stat = path.stat()
+        return (stat.st_size, stat.st_mtime_ns)
+
+    def _verify(self, path: Path) -> None:
+        sidecar = self._sidecar(path)
+        if not sidecar.is_file():
+            return  # written by an older version or by hand: nothing to check against
+        expected = sidecar.read_text().strip()
+        stamp = self._stamp(path)
+        if self._verified.get(str(path)) == (stamp, expected):
+            return
+        actual = sha256_tree(path) if path.is_dir() else sha256_file(path)
+        if actual != expected:
+            raise FailedPrecondition(f"digest mismatch for {path.as_uri()}: expected {expected[:12]}, got {actual[:12]} "
+                                     "(corrupted artifact)", field="uri")
+        self._verified[str(path)] = (stamp, expected)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.exists():
             raise NotFound(f"no artifact at {path.as_uri()}", field="uri")
+        self._verify(path)
         return path
+
+    def artifact_of(self, path: Path) -> ArtifactRef | None:
+        path = Path(path).resolve()
+        if not path.is_relative_to(self.root) or not path.exists():
+            return None
+        return ArtifactRef(path.as_uri(), sha256_tree(path) if path.is_dir() else sha256_file(path))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        self._sidecar(path).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -201,9 +273,20 @@ class LocalArtifactStore(ArtifactStore):
 
 
 def open_store(uri: str) -> ArtifactStore:
-    """The store named by ``uri``: a plain path or ``file://`` URI is a local store."""
+    """The store named by ``uri``: a path or ``file://`` URI (local folder) or ``s3://bucket`` (endpoint and
+    credentials from ``MINIO_ENDPOINT`` / ``MINIO_ACCESS_KEY`` / ``MINIO_SECRET_KEY`` / ``MINIO_SECURE``)."""
     if uri.startswith("file://"):
         return LocalArtifactStore(uri.removeprefix("file://"))
+    if uri.startswith("s3://"):
+        from common.envs import Env
+        from common.s3_store import S3ArtifactStore
+
+        bucket = uri.removeprefix("s3://").strip("/")
+        if not bucket or "/" in bucket:
+            raise InvalidArgument(f"expected s3://<bucket>, got {uri!r}", field="artifacts")
+        env = Env.read()
+        return S3ArtifactStore(endpoint=env.s3_endpoint, access_key=env.s3_access_key, secret_key=env.s3_secret_key,
+                               bucket=bucket, secure=env.s3_secure, cache_dir=env.cache_dir)
     if "://" in uri:
-        raise InvalidArgument(f"unsupported artifact store URI {uri!r} (use a path or file://)", field="artifacts.uri")
+        raise InvalidArgument(f"unsupported artifact store URI {uri!r} (use a path, file:// or s3://)", field="artifacts")
     return LocalArtifactStore(uri)

@@ -44,6 +44,10 @@ class Env:
     MONTESSORI_LOG_JSON: ``1`` for JSON-line logs on stderr, ``0`` for plain text (default ``1``).
     MONTESSORI_TORCH_THREADS: torch intra-op threads (default: torch's choice).
     MONTESSORI_<SERVICE>_ADDR: host:port of a service for clients (see ``service_address``).
+    MINIO_ENDPOINT: host:port of the S3 server (MinIO or any S3-compatible store).
+    MINIO_ACCESS_KEY / MINIO_SECRET_KEY: S3 credentials (never logged).
+    MINIO_SECURE: ``1`` for TLS (default ``0``).
+    MONTESSORI_CACHE_DIR: node-local cache of downloaded artifacts, keyed by digest (default ``~/.cache/montessori``).
     """
 
     models_dir: str
@@ -51,6 +55,11 @@ class Env:
     log_level: str
     log_json: bool
     torch_threads: int | None
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_secure: bool
+    cache_dir: str
 
     @classmethod
     def read(cls) -> "Env":
@@ -61,4 +70,12 @@ class Env:
             log_level=os.environ.get("MONTESSORI_LOG_LEVEL", "INFO").upper(),
             log_json=os.environ.get("MONTESSORI_LOG_JSON", "1") != "0",
             torch_threads=int(threads) if threads else None,
+            s3_endpoint=os.environ.get("MINIO_ENDPOINT", ""),
+            s3_access_key=os.environ.get("MINIO_ACCESS_KEY", ""),
+            s3_secret_key=os.environ.get("MINIO_SECRET_KEY", ""),
+            s3_secure=os.environ.get("MINIO_SECURE", "0") == "1",
+            cache_dir=os.environ.get("MONTESSORI_CACHE_DIR", os.path.expanduser("~/.cache/montessori")),
         )
+
+    def __repr__(self) -> str:  # the secret key must never reach a log line
+        return f"Env(models_dir={self.models_dir!r}, s3_endpoint={self.s3_endpoint!r}, cache_dir={self.cache_dir!r})"

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from common.artifacts import ArtifactRef, ArtifactStore, sha256_file, sha256_tree
+from common.artifacts import ArtifactRef, ArtifactStore
 from common.config import config_digest, to_dict
 
 MANIFEST = "manifest.json"
@@ -36,11 +36,17 @@ def code_version() -> str:
         return "unknown"
 
 
-def input_ref(path: Path) -> dict[str, str]:
-    """An input given as a local file or folder, pinned by digest."""
-    path = Path(path)
-    digest = sha256_tree(path) if path.is_dir() else sha256_file(path)
-    return {"uri": path.resolve().as_uri(), "sha256": digest}
+def input_ref(store: ArtifactStore, path: Path) -> dict[str, str]:
+    """An input given as a local file or folder, pinned by digest (by its store URI when it is an artifact)."""
+    return store.describe(Path(path))
+
+
+def model_input(store: ArtifactStore, model) -> dict[str, Any]:
+    """A model version as a manifest input: its base (a node-local path, or an artifact) and its adapters (artifacts)."""
+    base = store.artifact_of(Path(model.path))
+    adapters = [store.artifact_of(Path(a)) for a in model.adapters]
+    return {"base": base.to_dict() if base else {"path": model.path},
+            "adapters": [a.to_dict() if a else {"path": str(p)} for a, p in zip(adapters, model.adapters)]}
 
 
 @dataclass

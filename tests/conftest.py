@@ -50,3 +50,24 @@ def reference_rows():
     from common.jsonl import read_instruction_rows
 
     return read_instruction_rows(DATA / "reference.jsonl")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on loopback for the whole session (see tests/s3_server.py)."""
+    from tests.s3_server import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3-data"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_store(s3_server, tmp_path):
+    """An S3 store on a fresh bucket with a fresh node cache."""
+    import uuid
+
+    from common.s3_store import S3ArtifactStore
+
+    return S3ArtifactStore(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key,
+                           bucket=f"t-{uuid.uuid4().hex[:12]}", cache_dir=tmp_path / "cache")

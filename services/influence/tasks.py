@@ -58,7 +58,7 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
         "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
         "negative": sum(v < 0 for v in values), "candidates_per_second": scorer.last_rate,
     }
-    inputs = {"warmup": input_ref(warmup_dir), "reference_set": input_ref(reference_path), "candidates": input_ref(candidates_path)}
+    inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                             metrics=metrics, started=started)
 

@@ -28,6 +28,6 @@ def assemble(store: ArtifactStore, prefix: str, *, candidates_path: Path, scores
         scored.append(ScoredCandidate(cand["id"], cand["group_id"], cand["prompt"], cand["raw_sample"], float(score["influence"])))
     pairs, stats = assemble_pairs(scored, config)
     ref = store.put_jsonl(f"{prefix}/{PAIRS}", pairs)
-    inputs = {"candidates": input_ref(candidates_path), "scores": input_ref(scores_path)}
+    inputs = {"candidates": input_ref(store, candidates_path), "scores": input_ref(store, scores_path)}
     return publish_manifest(store, prefix, stage="pairs", inputs=inputs, config=config, outputs={"pairs": ref},
                             metrics=stats, started=started)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.jsonl import read_instruction_rows
-from common.manifests import StageResult, input_ref, publish_manifest
+from common.manifests import StageResult, input_ref, model_input, publish_manifest
 from common.models import ModelRef
 from common.progress import Progress, no_progress
 from services.teacher.backend import GenerationBackend
@@ -31,7 +31,7 @@ def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, t
     tokens = backend.tokens_generated - tokens_before
     metrics = {**stats.to_dict(), "groups": len({c.group_id for c in candidates}), "seconds": round(seconds, 2),
                "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9)}
-    inputs = {"seed_set": input_ref(seed_path), "teacher": {"model": teacher.to_dict(), "label": teacher_label}}
+    inputs = {"seed_set": input_ref(store, seed_path), "teacher": {"model": model_input(store, teacher), "label": teacher_label}}
     return publish_manifest(store, prefix, stage="generate", inputs=inputs,
                             config={"synthesis": config, "seed": seed, "num_prompts": num_prompts, "target": target},
                             outputs={"candidates": ref}, metrics=metrics, started=started)

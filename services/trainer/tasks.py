@@ -8,7 +8,7 @@ from pathlib import Path
 from common.artifacts import ArtifactStore
 from common.chat import instruction_text
 from common.jsonl import read_jsonl
-from common.manifests import StageResult, input_ref, publish_manifest
+from common.manifests import StageResult, input_ref, model_input, publish_manifest
 from common.models import ModelRef
 from common.progress import Progress, no_progress
 from services.trainer.config import DPOSettings, SFTSettings
@@ -30,7 +30,7 @@ def train_student(store: ArtifactStore, prefix: str, *, student: ModelRef, candi
         result = train_sft(student, examples, settings, Path(scratch) / MODEL, seed=seed, save_optimizer=save_optimizer,
                            progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: sft")
         ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir, move=True)
-    inputs = {"student": student.to_dict(), "candidates": input_ref(candidates_path)}
+    inputs = {"student": model_input(store, student), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="train-student", inputs=inputs,
                             config={"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit},
                             outputs={"model": ref}, metrics=result.metrics(), started=started)
@@ -46,6 +46,6 @@ def train_teacher(store: ArtifactStore, prefix: str, *, teacher: ModelRef, pairs
         result = train_dpo(teacher, pairs, settings, Path(scratch) / role, seed=seed, progress=progress,
                            stage=f"{prefix.rsplit('/', 1)[-1]}: dpo")
         ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
-    inputs = {"teacher": teacher.to_dict(), "pairs": input_ref(pairs_path)}
+    inputs = {"teacher": model_input(store, teacher), "pairs": input_ref(store, pairs_path)}
     return publish_manifest(store, prefix, stage="train-teacher", inputs=inputs, config={"dpo": settings, "seed": seed},
                             outputs={role: ref}, metrics=result.metrics(), started=started)

@@ -47,12 +47,13 @@ def test_the_teacher_is_updated_and_the_next_iteration_probes_the_trained_studen
     assert len(summary["iterations"][-1]["teacher_adapters"]) == len(trained)
     warmup2 = store.get_json("loops/it/iter-2/warmup/manifest.json")
     student1 = store.get_json("loops/it/iter-1/student/manifest.json")
-    assert warmup2["inputs"]["student"]["path"] == str(store.local_path(store.key_of(student1["outputs"]["model"]["uri"])))
+    assert warmup2["inputs"]["student"]["base"] == student1["outputs"]["model"]  # same URI, same digest
     # The training set is written by the DPO-updated teacher and the student trains from the base student.
     if summary["iterations"][0]["pairs"]:
         data1 = store.get_json("loops/it/iter-1/train-data/manifest.json")
-        assert len(data1["inputs"]["teacher"]["model"]["adapters"]) == 1
-    assert student1["inputs"]["student"]["path"].endswith("tiny-student")
+        dpo1 = store.get_json("loops/it/iter-1/dpo/manifest.json")
+        assert data1["inputs"]["teacher"]["model"]["adapters"] == [dpo1["outputs"]["adapter"]]
+    assert student1["inputs"]["student"]["base"]["path"].endswith("tiny-student")
 
 
 def test_pairs_come_from_scored_probe_groups(loop_run):
