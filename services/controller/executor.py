@@ -25,9 +25,16 @@ class LoopModel:
     path: str = ""
     uri: str = ""
     adapter_uris: tuple[str, ...] = field(default=())
+    #: Digests of the artifacts above (uri, then adapters): part of a stage's request fingerprint,
+    #: so a stage is never reused on top of a teacher or student that was rebuilt differently.
+    digests: tuple[str, ...] = field(default=())
 
-    def with_adapter(self, uri: str) -> "LoopModel":
-        return LoopModel(self.path, self.uri, self.adapter_uris + (uri,))
+    def with_adapter(self, ref) -> "LoopModel":
+        return LoopModel(self.path, self.uri, self.adapter_uris + (ref.uri,), self.digests + (ref.sha256,))
+
+    @classmethod
+    def artifact(cls, ref) -> "LoopModel":
+        return cls(uri=ref.uri, digests=(ref.sha256,))
 
     @property
     def label(self) -> str:

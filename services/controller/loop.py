@@ -22,8 +22,9 @@ from typing import Callable
 
 from common.artifacts import ArtifactStore, open_store
 from common.chat import encode_example
-from common.config import to_dict
-from common.errors import Cancelled
+from common.artifacts import ArtifactRef
+from common.config import config_digest, to_dict
+from common.errors import Cancelled, FailedPrecondition, MontessoriError
 from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
@@ -34,6 +35,9 @@ from services.controller.executor import InProcessExecutor, LoopModel, StageExec
 from services.influence.scoring import examples_from_rows
 
 log = get_logger(__name__)
+
+#: The loop's state in the store: its config and every completed stage, by request fingerprint.
+STATE = "state.json"
 
 #: on_event(kind, iteration, stage, metrics, progress) — stage transitions and progress for watchers.
 EventSink = Callable[..., None]
@@ -82,7 +86,8 @@ class LoopRunner:
 
     def __init__(self, config: RunConfig, *, store: ArtifactStore | None = None, executor: StageExecutor | None = None,
                  progress: Progress = no_progress, on_event: EventSink | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, loop_id: str | None = None):
+                 should_stop: Callable[[], bool] = lambda: False, loop_id: str | None = None,
+                 state_extra: dict | None = None, interrupted: Callable[[], bool] = lambda: False):
         validate_inputs(config)
         self.config = config
         self.store = store or open_store(config.artifacts)
@@ -93,6 +98,8 @@ class LoopRunner:
         self.loop_id = loop_id or new_loop_id(config)
         self.prefix = f"loops/{self.loop_id}"
         self.rows: list[IterationSummary] = []
+        self.state_extra = state_extra or {}
+        self.interrupted = interrupted  # stop because this process is shutting down: resume later
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -105,16 +112,62 @@ class LoopRunner:
 
         return progress
 
-    def _stage(self, iteration: int, stage: str, run: Callable[[Progress], StageResult]) -> StageResult:
-        """Run one stage with start/finish events and a stop check before it."""
+    def _stage(self, iteration: int, stage: str, run: Callable[[Progress], StageResult], *, request: dict) -> StageResult:
+        """Run one stage with start/finish events and a stop check before it.
+
+        ``request`` names everything the stage depends on (input URIs with digests, config,
+        seed). A stage whose request matches one this loop already completed, and whose
+        manifest and outputs still verify, is not recomputed: that is how a loop resumes.
+        """
         if self.should_stop():
             raise Cancelled("loop stopped")
+        fingerprint = config_digest(request)
         self.on_event("stage_started", iteration, stage)
-        result = run(self._progress(iteration, stage))
+        result = self._completed(fingerprint)
+        reused = result is not None
+        if result is None:
+            result = run(self._progress(iteration, stage))
+            self.state["stages"][fingerprint] = {
+                "stage": stage, "iteration": iteration, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
+                "manifest": result.manifest.to_dict(), "metrics": result.metrics}
+            self._save_state("running")
         numeric = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.on_event("stage_finished", iteration, stage, metrics=numeric)
-        log.info("stage done", extra={"loop_id": self.loop_id, "stage": stage, "iteration": iteration, "metrics": numeric})
+        self.on_event("stage_finished", iteration, stage, metrics={**numeric, "reused": float(reused)})
+        log.info("stage reused" if reused else "stage done",
+                 extra={"loop_id": self.loop_id, "stage": stage, "iteration": iteration, "metrics": numeric})
         return result
+
+    # -- loop state in the store (what a restarted controller resumes from) -----------------
+
+    def _load_state(self) -> dict:
+        key = f"{self.prefix}/{STATE}"
+        if self.store.exists(key):
+            state = self.store.get_json(key)
+            if state.get("config_sha256") != config_digest(self.config):
+                raise FailedPrecondition(f"loop {self.loop_id} already exists with a different config", field="loop_id")
+            return state
+        return {"loop_id": self.loop_id, "config": to_dict(self.config), "config_sha256": config_digest(self.config),
+                "status": "running", "stages": {}, **self.state_extra}
+
+    def _save_state(self, status: str) -> None:
+        self.state["status"] = status
+        self.state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.store.put_json(f"{self.prefix}/{STATE}", self.state)
+
+    def _completed(self, fingerprint: str) -> StageResult | None:
+        """The recorded result of an identical stage, if its manifest and outputs are intact."""
+        done = self.state["stages"].get(fingerprint)
+        if done is None:
+            return None
+        refs = {role: ArtifactRef(**ref) for role, ref in done["outputs"].items()}
+        manifest = ArtifactRef(**done["manifest"])
+        try:
+            for ref in (*refs.values(), manifest):
+                if self.store.ref(self.store.key_of(ref.uri)).sha256 != ref.sha256:
+                    return None
+        except MontessoriError:
+            return None
+        return StageResult(done["stage"], refs, done["metrics"], manifest)
 
     @staticmethod
     def _uri(result: StageResult, role: str) -> str:
@@ -142,38 +195,54 @@ class LoopRunner:
         seed = c.seed * 1000 + k * 10
         warm_data = self._stage(k, "warmup-data", lambda p: x.generate(
             f"{base}/warmup-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 1,
-            num_prompts=None, target=c.sizes.warmup_examples, progress=p))
+            num_prompts=None, target=c.sizes.warmup_examples, progress=p),
+            request={"at": f"{base}/warmup-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
+                     "seed": seed + 1, "target": c.sizes.warmup_examples})
         warm = self._stage(k, "warmup", lambda p: x.train_student(
             f"{base}/warmup", student=student, candidates_uri=self._uri(warm_data, "candidates"), settings=c.warmup,
-            seed=seed + 2, save_optimizer=True, limit=None, progress=p))
+            seed=seed + 2, save_optimizer=True, limit=None, progress=p),
+            request={"at": f"{base}/warmup", "student": student, "candidates": warm_data.outputs["candidates"],
+                     "config": c.warmup, "seed": seed + 2})
         probe = self._stage(k, "probe-data", lambda p: x.generate(
             f"{base}/probe-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 3,
-            num_prompts=c.sizes.probe_prompts, target=None, progress=p))
+            num_prompts=c.sizes.probe_prompts, target=None, progress=p),
+            request={"at": f"{base}/probe-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
+                     "seed": seed + 3, "prompts": c.sizes.probe_prompts})
         scores = self._stage(k, "scores", lambda p: x.score(
             f"{base}/scores", warmup_uri=self._uri(warm, "model"), reference_uri=data["reference_path"],
-            candidates_uri=self._uri(probe, "candidates"), config=c.influence, progress=p))
+            candidates_uri=self._uri(probe, "candidates"), config=c.influence, progress=p),
+            request={"at": f"{base}/scores", "warmup": warm.outputs["model"], "reference": data["reference_path"],
+                     "candidates": probe.outputs["candidates"], "config": c.influence})
         pairs = self._stage(k, "pairs", lambda p: x.assemble(
             f"{base}/pairs", candidates_uri=self._uri(probe, "candidates"), scores_uri=self._uri(scores, "scores"),
-            config=c.preference, progress=p))
+            config=c.preference, progress=p),
+            request={"at": f"{base}/pairs", "candidates": probe.outputs["candidates"], "scores": scores.outputs["scores"],
+                     "config": c.preference})
         row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
                                pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
                                influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"])
         if row.pairs:
             dpo = self._stage(k, "dpo", lambda p: x.train_teacher(
-                f"{base}/dpo", teacher=teacher, pairs_uri=self._uri(pairs, "pairs"), settings=c.dpo, seed=seed + 4, progress=p))
-            trained = self._uri(dpo, "adapter" if c.dpo.lora else "model")
-            teacher = teacher.with_adapter(trained) if c.dpo.lora else LoopModel(uri=trained)
+                f"{base}/dpo", teacher=teacher, pairs_uri=self._uri(pairs, "pairs"), settings=c.dpo, seed=seed + 4, progress=p),
+                request={"at": f"{base}/dpo", "teacher": teacher, "pairs": pairs.outputs["pairs"], "config": c.dpo,
+                         "seed": seed + 4})
+            trained = dpo.outputs["adapter" if c.dpo.lora else "model"]
+            teacher = teacher.with_adapter(trained) if c.dpo.lora else LoopModel.artifact(trained)
             row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
         else:
             log.warning("no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
                         extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k})
         train_data = self._stage(k, "train-data", lambda p: x.generate(
             f"{base}/train-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 5,
-            num_prompts=None, target=c.sizes.train_examples, progress=p))
+            num_prompts=None, target=c.sizes.train_examples, progress=p),
+            request={"at": f"{base}/train-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
+                     "seed": seed + 5, "target": c.sizes.train_examples})
         trained_student = self._stage(k, "student", lambda p: x.train_student(
             f"{base}/student", student=LoopModel(path=c.models.student), candidates_uri=self._uri(train_data, "candidates"),
-            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=None, progress=p))
-        student = LoopModel(uri=self._uri(trained_student, "model"))
+            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=None, progress=p),
+            request={"at": f"{base}/student", "student": c.models.student, "candidates": train_data.outputs["candidates"],
+                     "config": c.sft, "seed": seed + 6})
+        student = LoopModel.artifact(trained_student.outputs["model"])
         row.student_reference_loss = x.evaluation_loss(
             f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"],
             batch_size=c.evaluation.batch_size, limit=c.influence.reference_size, progress=self._progress(k, "student"))
@@ -208,9 +277,12 @@ class LoopRunner:
         completed rounds kept and ``summary.json`` marked ``stopped``.
         """
         c, watch = self.config, Stopwatch()
-        log.info("loop started", extra={"loop_id": self.loop_id, "stage": "loop"})
+        self.state = self._load_state()
+        resumed = bool(self.state["stages"])
+        log.info("loop resumed" if resumed else "loop started", extra={"loop_id": self.loop_id, "stage": "loop"})
         self.store.put_json(f"{self.prefix}/config.json", to_dict(c))
         data = self._import_data()
+        self._save_state("running")
         base_teacher, base_student = LoopModel(path=c.models.teacher), LoopModel(path=c.models.student)
         teacher, student = base_teacher, base_student
         stopped, evaluation = False, {}
@@ -220,6 +292,10 @@ class LoopRunner:
                 self.rows.append(row)
             evaluation = self.evaluate(base_teacher, base_student, student, data)
         except Cancelled:
+            if self.interrupted():
+                self._save_state("running")  # a restarted controller picks it up from here
+                log.info("loop interrupted by shutdown", extra={"loop_id": self.loop_id, "stage": "loop"})
+                raise
             stopped = True
             log.info("loop stopped", extra={"loop_id": self.loop_id, "stage": "loop"})
         summary = {
@@ -234,6 +310,7 @@ class LoopRunner:
         ref = self.store.put_json(f"{self.prefix}/summary.json", summary)
         summary["summary_uri"] = ref.uri
         summary["summary_sha256"] = ref.sha256
+        self._save_state("stopped" if stopped else "succeeded")
         self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
         log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
         return summary
@@ -259,11 +336,15 @@ class LoopRunner:
         montessori_rows = self.store.get_jsonl(self.store.key_of(self._uri(self.last_train_data, "candidates")))
         base_data = self._stage(0, "baseline-data", lambda p: x.generate(
             f"{self.prefix}/baseline/train-data", teacher=base_teacher, seed_uri=data["seed_path"], config=c.synthesis,
-            seed=seed + 5, num_prompts=None, target=len(montessori_rows), progress=p))
+            seed=seed + 5, num_prompts=None, target=len(montessori_rows), progress=p),
+            request={"at": "baseline/train-data", "teacher": base_teacher, "seed_set": data["seed_path"], "config": c.synthesis,
+                     "seed": seed + 5, "target": len(montessori_rows)})
         baseline = self._stage(0, "baseline-student", lambda p: x.train_student(
             f"{self.prefix}/baseline/student", student=base_student, candidates_uri=self._uri(base_data, "candidates"),
-            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=len(montessori_rows), progress=p))
-        out["baseline_student_eval_loss"] = loss("baseline", LoopModel(uri=self._uri(baseline, "model")))
+            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=len(montessori_rows), progress=p),
+            request={"at": "baseline/student", "student": base_student, "candidates": base_data.outputs["candidates"],
+                     "config": c.sft, "seed": seed + 6, "limit": len(montessori_rows)})
+        out["baseline_student_eval_loss"] = loss("baseline", LoopModel.artifact(baseline.outputs["model"]))
         out["train_examples"] = {"montessori": len(montessori_rows), "baseline": int(baseline.metrics["examples"])}
         if c.evaluation.influence_sample:
             for name, rows in (("montessori", montessori_rows),
@@ -272,6 +353,8 @@ class LoopRunner:
                 sample_ref = self.store.put_jsonl(f"{key}/{name}-sample/candidates.jsonl", sample)
                 scored = self._stage(0, f"{name}-influence", lambda p, uri=sample_ref.uri, n=name: x.score(
                     f"{key}/{n}-influence", warmup_uri=self._uri(self.last_warmup, "model"),
-                    reference_uri=data["reference_path"], candidates_uri=uri, config=c.influence, progress=p))
+                    reference_uri=data["reference_path"], candidates_uri=uri, config=c.influence, progress=p),
+                    request={"at": f"evaluation/{name}-influence", "warmup": self.last_warmup.outputs["model"],
+                             "reference": data["reference_path"], "candidates": sample_ref, "config": c.influence})
                 out[f"{name}_train_influence_mean"] = scored.metrics["influence_mean"] if sample else 0.0
         return out

@@ -11,12 +11,12 @@ from enum import Enum
 from typing import Callable, Iterator
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import FailedPrecondition, MontessoriError, NotFound
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound
 from common.logs import get_logger
 from montessori.v1 import common_pb2, controller_pb2
 from services.controller.config import RunConfig
 from services.controller.executor import StageExecutor
-from services.controller.loop import LoopRunner, new_loop_id
+from services.controller.loop import STATE, LoopRunner, new_loop_id
 
 log = get_logger(__name__)
 
@@ -92,20 +92,24 @@ class LoopManager:
         self._loops: dict[str, _Loop] = {}
         self._by_request: dict[str, str] = {}
         self._changed = threading.Condition()
+        self._shutting_down = threading.Event()
 
-    def start(self, config: RunConfig, *, request_id: str, fingerprint: str) -> LoopSnapshot:
+    def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None) -> LoopSnapshot:
         with self._changed:
             if request_id and request_id in self._by_request:
                 existing = self._loops[self._by_request[request_id]]
                 if existing.fingerprint != fingerprint:
                     raise FailedPrecondition("was already used for a different loop spec", field="request_id")
                 return existing.snapshot
-            loop_id = new_loop_id(config)
-            if loop_id in self._loops:
-                loop_id = f"{loop_id}-{uuid.uuid4().hex[:6]}"
+            if loop_id is None:
+                loop_id = new_loop_id(config)
+                if loop_id in self._loops or self.store.exists(f"loops/{loop_id}/{STATE}"):
+                    loop_id = f"{loop_id}-{uuid.uuid4().hex[:6]}"
         executor = self.executor_factory(loop_id)
         loop_holder: dict = {}
         runner = LoopRunner(config, store=self.store, executor=executor, loop_id=loop_id,
+                            state_extra={"request_id": request_id, "request_fingerprint": fingerprint},
+                            interrupted=lambda: self._shutting_down.is_set(),
                             on_event=lambda kind, iteration, stage, metrics=None, progress=None:
                             self._event(loop_holder["loop"], kind, iteration, stage, metrics or {}, progress),
                             should_stop=lambda: loop_holder["loop"].stop.is_set())
@@ -120,11 +124,36 @@ class LoopManager:
         log.info("loop accepted", extra={"loop_id": loop_id, "stage": "controller"})
         return loop.snapshot
 
+    def resume_all(self) -> list[str]:
+        """Pick up every loop the store says is still running (after a restart, here or on another machine)."""
+        from common.config import from_dict
+
+        resumed = []
+        for key in self.store.list("loops"):
+            if not key.endswith(f"/{STATE}") or key.count("/") != 2:
+                continue
+            state = self.store.get_json(key)
+            if state.get("status") != "running" or state["loop_id"] in self._loops:
+                continue
+            try:
+                config = from_dict(RunConfig, state["config"])
+                self.start(config, request_id=state.get("request_id", ""), fingerprint=state.get("request_fingerprint", ""),
+                           loop_id=state["loop_id"])
+                resumed.append(state["loop_id"])
+            except MontessoriError as err:
+                log.error("cannot resume loop", extra={"loop_id": state["loop_id"], "stage": "controller",
+                                                       "metrics": {"error": str(err)}})
+        if resumed:
+            log.info("loops resumed", extra={"stage": "controller", "metrics": {"loops": resumed}})
+        return resumed
+
     def _run(self, loop: _Loop, runner: LoopRunner, executor) -> None:
         try:
             summary = runner.run()
             state = LoopState.STOPPED if summary["stopped"] else LoopState.SUCCEEDED
             final = {"state": state, "summary": ArtifactRef(summary["summary_uri"], summary["summary_sha256"])}
+        except Cancelled:  # interrupted by shutdown; the store still says running
+            final = {"state": LoopState.STOPPED, "error_message": "interrupted by controller shutdown; resumes on restart"}
         except MontessoriError as err:
             final = {"state": LoopState.FAILED, "error_message": str(err)}
         except Exception as err:  # noqa: BLE001 - the loop must end in a state, whatever happened
@@ -192,7 +221,8 @@ class LoopManager:
                 return
 
     def shutdown(self, grace: float) -> None:
-        """Stop every loop and wait up to ``grace`` s for them to end."""
+        """Interrupt every loop (they stay resumable) and wait up to ``grace`` s for them to end."""
+        self._shutting_down.set()
         for loop in list(self._loops.values()):
             loop.stop.set()
         deadline = time.monotonic() + grace

@@ -6,6 +6,7 @@ stage result read from the manifest the worker published in the shared store.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -14,12 +15,15 @@ from common import errors
 from common.artifacts import ArtifactStore
 from common.config import to_dict
 from common.errors import Cancelled
+from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.protoconv import dict_to_settings, ref_from_proto
 from montessori.v1 import (common_pb2, influence_pb2, influence_pb2_grpc, preference_pb2, preference_pb2_grpc, teacher_pb2,
                            teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
 from services.controller.executor import LoopModel
+
+log = get_logger(__name__)
 
 _ERRORS = {cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
                                       errors.ResourceExhausted, errors.Unavailable)}
@@ -42,9 +46,12 @@ def _model(model: LoopModel) -> common_pb2.ModelSpec:
 class RemoteExecutor:
     """A StageExecutor whose stages run as jobs on the worker services."""
 
-    def __init__(self, store: ArtifactStore, addresses: WorkerAddresses, *, request_prefix: str, max_message_bytes: int = 4 << 20):
+    def __init__(self, store: ArtifactStore, addresses: WorkerAddresses, *, request_prefix: str, max_message_bytes: int = 4 << 20,
+                 attempts: int = 5, submit_timeout: float = 600.0):
         self.store = store
         self.request_prefix = request_prefix
+        self.attempts = attempts
+        self.submit_timeout = submit_timeout
         options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
         self._channels = {name: grpc.insecure_channel(getattr(addresses, name), options=options)
                           for name in ("teacher", "influence", "preference", "trainer")}
@@ -61,23 +68,40 @@ class RemoteExecutor:
         return f"{self.request_prefix}:{prefix}"
 
     def _run(self, service: str, stub, submit, request, progress: Progress) -> common_pb2.Job:
-        """Submit (waiting for the service to be ready), follow the job, and return its final state."""
-        job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=600)).job
-        try:
-            for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), wait_for_ready=True):
-                job = event.job
-                if job.state == common_pb2.JOB_STATE_RUNNING and job.progress.total:
-                    progress(job.progress.stage, job.progress.done, job.progress.total, dict(job.progress.metrics))
-        except Cancelled:
-            stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
-            raise
-        except grpc.RpcError as err:
-            raise errors.Unavailable(f"{service} service: {err.code().name}: {err.details()}") from None
-        if job.state == common_pb2.JOB_STATE_CANCELLED:
-            raise Cancelled(f"{service} job {job.job_id} was cancelled")
-        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
-            raise _ERRORS.get(job.error_code, errors.FailedPrecondition)(f"{service} job {job.job_id} failed: {job.error_message}")
-        return job
+        """Submit (waiting for the service to be ready), follow the job, and return its final state.
+
+        A worker that dies or restarts mid-job (the stream breaks, the job is unknown to the new
+        process, or it was cancelled by the worker's shutdown) gets the same request again, with
+        backoff: the request id makes that safe, and outputs are published atomically.
+        """
+        for attempt in range(1, self.attempts + 1):
+            job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=self.submit_timeout)).job
+            try:
+                for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), wait_for_ready=True):
+                    job = event.job
+                    if job.state == common_pb2.JOB_STATE_RUNNING and job.progress.total:
+                        progress(job.progress.stage, job.progress.done, job.progress.total, dict(job.progress.metrics))
+            except Cancelled:
+                stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
+                raise
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED):
+                    raise errors.Unavailable(f"{service} service: {err.code().name}: {err.details()}") from None
+                self._backoff(service, attempt, f"{err.code().name}: {err.details()}")
+                continue
+            if job.state == common_pb2.JOB_STATE_CANCELLED:  # not ours: the worker shut down under it
+                self._backoff(service, attempt, f"job {job.job_id} was cancelled by the service")
+                continue
+            if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+                raise _ERRORS.get(job.error_code, errors.FailedPrecondition)(
+                    f"{service} job {job.job_id} failed: {job.error_message}")
+            return job
+        raise errors.Unavailable(f"{service} service: job for {request.request_id} did not complete after {self.attempts} attempts")
+
+    def _backoff(self, service: str, attempt: int, reason: str) -> None:
+        log.warning("worker lost the job; resubmitting", extra={"stage": service, "metrics": {"attempt": attempt, "reason": reason}})
+        if attempt < self.attempts:
+            time.sleep(min(2.0 ** attempt, 30.0))
 
     def _result(self, stage: str, job: common_pb2.Job) -> StageResult:
         manifest = self.store.get_json(self.store.key_of(job.manifest.uri))

