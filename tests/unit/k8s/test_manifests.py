@@ -55,9 +55,11 @@ def _missing_tool(message: str):
 
 
 def _kubectl() -> str:
-    found = os.environ.get("KUBECTL") or shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
-    if not found:
-        _missing_tool("kubectl not found on PATH: it renders the kustomize overlays (install kubectl >= 1.27)")
+    """kubectl: $KUBECTL if set, else the one on PATH, else /usr/bin/kubectl."""
+    found = os.environ.get("KUBECTL") or shutil.which("kubectl") or "/usr/bin/kubectl"
+    if not (Path(found).is_file() and os.access(found, os.X_OK)):
+        _missing_tool(f"kubectl not found ({found}): it renders the kustomize overlays (install kubectl >= 1.27, "
+                      "or point $KUBECTL at it)")
     return found
 
 

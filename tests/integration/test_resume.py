@@ -1,0 +1,167 @@
+"""Resume: a loop killed mid-way continues from its last completed stage and ends with the same artifacts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import grpc
+import pytest
+
+from cli.local_services import wait_serving
+from common.artifacts import LocalArtifactStore
+from common.config import load_config
+from common.errors import Cancelled
+from common.lineage import garbage, lineage
+from montessori.v1 import controller_pb2, controller_pb2_grpc
+from services.controller.config import RunConfig
+from services.controller.loop import LoopRunner
+from tests.conftest import REPO
+from tests.integration.conftest import free_ports, s3_bucket_store
+from tests.integration.test_services import tiny_spec
+
+TINY = REPO / "configs" / "tiny.yaml"
+QUICK = ["iterations=1", "evaluation.influence_sample=2"]
+
+
+def output_digests(store, loop_id: str) -> dict[str, str]:
+    """Content digests of every stage output of a loop (data files whole, model folders by weights file),
+    keyed by the stage path inside the loop, so two loops can be compared."""
+    out = {}
+    for key in store.list(f"loops/{loop_id}"):
+        if not key.endswith("manifest.json"):
+            continue
+        manifest = store.get_json(key)
+        stage = key.removeprefix(f"loops/{loop_id}/").removesuffix("/manifest.json")
+        for role, ref in manifest["outputs"].items():
+            path = store.local_path(store.key_of(ref["uri"]))
+            weights = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+            for file in weights:
+                out[f"{stage}/{role}/{file.name}"] = __import__("hashlib").sha256(file.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference-run")
+    config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=ref", *QUICK])
+    summary = LoopRunner(config).run()
+    return LocalArtifactStore(root), summary
+
+
+def test_in_process_resume_reuses_completed_stages_and_matches(reference_run, tmp_path):
+    store_ref, _ = reference_run
+    config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=ref", *QUICK])
+    finished = []
+    interrupted = LoopRunner(config, on_event=lambda kind, it, stage, **k: finished.append(stage) if kind == "stage_finished" else None,
+                             should_stop=lambda: len(finished) >= 4, interrupted=lambda: True)
+    with pytest.raises(Cancelled):
+        interrupted.run()
+    state = json.loads((tmp_path / "loops/ref/state.json").read_text())
+    assert state["status"] == "running" and len(state["stages"]) == 4
+    reused = []
+    resumed = LoopRunner(config, on_event=lambda kind, it, stage, metrics=None, **k:
+                         reused.append(stage) if kind == "stage_finished" and metrics and metrics.get("reused") else None)
+    summary = resumed.run()
+    assert reused == finished  # the four completed stages were not recomputed
+    assert not summary["stopped"]
+    assert output_digests(LocalArtifactStore(tmp_path), "ref") == output_digests(store_ref, "ref")
+
+
+def test_lineage_walks_from_an_adapter_to_the_teacher_and_the_candidates(reference_run):
+    store, summary = reference_run
+    manifest = store.get_json("loops/ref/iter-1/dpo/manifest.json") if store.exists("loops/ref/iter-1/dpo/manifest.json") else None
+    if manifest is None:
+        pytest.skip("this seed formed no pairs in iteration 1")
+    tree = lineage(store, manifest["outputs"]["adapter"]["uri"])
+    assert tree.stage == "train-teacher"
+    (pairs,) = [n for n in tree.inputs if n.stage == "pairs"]
+    stages = {n.stage for n in pairs.inputs}
+    assert stages == {"generate", "score"}
+    (scores,) = [n for n in pairs.inputs if n.stage == "score"]
+    assert {n.stage for n in scores.inputs} >= {"generate", "train-student"}
+    assert "\n".join(tree.render()).count("<-") >= 5
+
+
+def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
+    config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=a", "iterations=1", "evaluation.baseline=false"])
+    LoopRunner(config).run()
+    store = LocalArtifactStore(tmp_path)
+    store.put_bytes("jobs/orphan.json", b"{}")  # written outside any loop
+    store.put_bytes("loops/a/iter-9/crashed/candidates.jsonl", b"{}\n")  # a stage that never published its manifest
+    before = store.list()
+    doomed = garbage(store)
+    assert sorted(doomed) == ["jobs/orphan.json", "loops/a/iter-9/crashed/candidates.jsonl"]
+    out = subprocess.run([sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "would delete" in out.stdout and store.list() == before  # dry run: nothing removed
+    out = subprocess.run([sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc", "--delete"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert sorted(set(before) - set(store.list())) == sorted(doomed)
+    assert garbage(store, keep=["other"]) == store.list()  # not keeping loop a makes all of it garbage
+
+
+def start_service(name, ports, env, store_uri, log):
+    command = [sys.executable, "-m", "cli.main", "serve", name, "--port", str(ports[name]), "--artifacts", store_uri, "--grace", "5"]
+    if name == "controller":
+        for worker in ("teacher", "influence", "preference", "trainer"):
+            command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+@pytest.mark.parametrize("kill_after", [3, 7])
+def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(services, tiny_models, kill_after, tmp_path):
+    """The controller is SIGKILLed after ``kill_after`` finished stages, a new one starts on the same store
+    (as it would on another machine), picks the loop up, and the final artifacts equal an uninterrupted run's."""
+    store, ports, env = services["store"], services["ports"], services["env"]
+    controller = services["processes"]["controller"]
+    stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
+    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"influence_sample": 2})  # noqa: E731
+    clean = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=f"clean-{kill_after}", spec=spec("clean"))).loop
+    list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
+    loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=f"killed-{kill_after}", spec=spec("killed"))).loop
+    finished = 0
+    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600):
+        finished += response.event.kind == "stage_finished"
+        if finished >= kill_after:
+            os.killpg(controller.pid, signal.SIGKILL)
+            break
+    controller.wait(timeout=30)
+    with open(tmp_path / "controller.log", "ab") as log:
+        controller = services["processes"]["controller"] = start_service("controller", ports, env, store.root_uri, log)
+    wait_serving(f"127.0.0.1:{ports['controller']}", timeout=120, process=controller)
+    stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
+    events = [r.event for r in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)]
+    assert events[-1].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED, events[-1].loop.error_message
+    reused = [e.stage for e in events if e.kind == "stage_finished" and e.metrics.get("reused")]
+    assert len(reused) >= kill_after - 1  # completed stages were not recomputed (the one in flight may have been)
+    assert output_digests(store, loop.loop_id) == output_digests(store, clean.loop_id)
+
+
+def test_sigkill_a_worker_mid_job_and_the_loop_still_finishes_the_same(services, tiny_models, tmp_path):
+    """The influence worker dies while scoring; once it is back, the controller resubmits the job
+    (same request id) and the loop ends with the same artifacts as an uninterrupted one."""
+    store, ports, env = services["store"], services["ports"], services["env"]
+    stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
+    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"baseline": False, "influence_sample": 0})  # noqa: E731
+    clean = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-clean", spec=spec("wclean"))).loop
+    list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
+    loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-killed", spec=spec("wkilled"))).loop
+    events = stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)
+    for response in events:
+        if response.event.kind == "progress" and response.event.stage == "scores":
+            os.killpg(services["processes"]["influence"].pid, signal.SIGKILL)
+            break
+    services["processes"]["influence"].wait(timeout=30)
+    time.sleep(1.0)
+    with open(tmp_path / "influence.log", "ab") as log:
+        services["processes"]["influence"] = start_service("influence", ports, env, store.root_uri, log)
+    final = [r.event for r in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)][-1]
+    assert final.loop.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.loop.error_message
+    assert output_digests(store, loop.loop_id) == output_digests(store, clean.loop_id)
