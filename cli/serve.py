@@ -23,6 +23,15 @@ def add_parser(commands) -> None:
     sub.add_argument("--dtype", default="float32", help="teacher: weights dtype")
     for worker in ("teacher", "influence", "preference", "trainer"):
         sub.add_argument(f"--{worker}", default=None, help=f"controller: {worker} service address (default {service_address(worker)})")
+    sub.add_argument("--leader-election", action="store_true",
+                     help="controller: run loops only while holding a coordination.k8s.io Lease (for 2+ replicas)")
+    sub.add_argument("--lease-name", default="montessori-controller", help="controller: Lease name")
+    sub.add_argument("--lease-namespace", default=None, help="controller: Lease namespace (default $POD_NAMESPACE)")
+    sub.add_argument("--identity", default=None, help="controller: this replica's identity (default $POD_NAME)")
+    sub.add_argument("--lease-seconds", type=float, default=15.0, help="controller: lease duration")
+    sub.add_argument("--renew-deadline", type=float, default=10.0, help="controller: step down after this long without renewing")
+    sub.add_argument("--retry-period", type=float, default=2.0, help="controller: seconds between lease rounds")
+    sub.add_argument("--kube-api", default=None, help="controller: API server URL (default: in-cluster config)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +52,19 @@ def run(args: argparse.Namespace) -> int:
         from services.controller.servicer import build as controller_build
 
         workers = WorkerAddresses(**{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")})
-        build = lambda store, jobs, ready: controller_build(store, jobs, ready, workers=workers)  # noqa: E731
+        election = None
+        if args.leader_election:
+            import os
+            import socket
+
+            from services.controller.leader import LeaseSettings
+
+            election = LeaseSettings(
+                namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "montessori"), name=args.lease_name,
+                identity=args.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+                lease_seconds=args.lease_seconds, renew_deadline_seconds=args.renew_deadline, retry_seconds=args.retry_period)
+        build = lambda store, jobs, ready: controller_build(store, jobs, ready, workers=workers, election=election,  # noqa: E731
+                                                            kube_api=args.kube_api)
     else:
         import importlib
 

@@ -126,6 +126,10 @@ class ServiceServer:
         self._set(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"service": self.name})
 
+    def mark_not_ready(self) -> None:
+        self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("not serving", extra={"service": self.name})
+
     def stop(self, on_drain: Callable[[], None] | None = None) -> None:
         """Health NOT_SERVING, stop accepting, let ``on_drain`` stop the jobs, then close."""
         if self.stopped.is_set():

@@ -26,6 +26,10 @@ class ServiceParts:
     full_name: str
     preload: Callable[[], None] = lambda: None
     on_drain: Callable[[], None] = lambda: None
+    #: Called with the started server; a service that manages its own health (a controller
+    #: replica that is SERVING only while it leads) sets ``manages_health``.
+    on_server: Callable[[ServiceServer], None] | None = None
+    manages_health: bool = False
 
 
 @dataclass
@@ -66,7 +70,10 @@ def start_service(name: str, config: ServerConfig, build: Builder) -> RunningSer
     running = RunningService(server, jobs, store, ready, parts)
     parts.preload()
     ready.set()
-    server.mark_ready()
+    if parts.on_server:
+        parts.on_server(server)
+    if not parts.manages_health:
+        server.mark_ready()
     return running
 
 

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Callable, Iterator
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound, Unavailable
 from common.logs import get_logger
 from montessori.v1 import common_pb2, controller_pb2
 from services.controller.config import RunConfig
@@ -93,8 +93,12 @@ class LoopManager:
         self._by_request: dict[str, str] = {}
         self._changed = threading.Condition()
         self._shutting_down = threading.Event()
+        #: False on a controller replica that does not hold the leader lease.
+        self.accepting = True
 
     def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None) -> LoopSnapshot:
+        if not self.accepting:
+            raise Unavailable("this controller replica is not the leader; retry (the Service routes to the leader)")
         with self._changed:
             if request_id and request_id in self._by_request:
                 existing = self._loops[self._by_request[request_id]]
@@ -133,7 +137,8 @@ class LoopManager:
             if not key.endswith(f"/{STATE}") or key.count("/") != 2:
                 continue
             state = self.store.get_json(key)
-            if state.get("status") != "running" or state["loop_id"] in self._loops:
+            current = self._loops.get(state["loop_id"])
+            if state.get("status") != "running" or (current and current.snapshot.state is LoopState.RUNNING):
                 continue
             try:
                 config = from_dict(RunConfig, state["config"])
@@ -221,7 +226,15 @@ class LoopManager:
                 return
 
     def shutdown(self, grace: float) -> None:
-        """Interrupt every loop (they stay resumable) and wait up to ``grace`` s for them to end."""
+        """Interrupt every loop for good (they stay resumable in the store)."""
+        self.accepting = False
+        self.interrupt_all(grace, final=True)
+
+    def interrupt_all(self, grace: float, *, final: bool = False) -> None:
+        """Interrupt every running loop (leadership lost, or shutdown) and wait up to ``grace`` s.
+
+        The loops' state in the store stays ``running``, so the next leader resumes them.
+        """
         self._shutting_down.set()
         for loop in list(self._loops.values()):
             loop.stop.set()
@@ -229,3 +242,5 @@ class LoopManager:
         for loop in list(self._loops.values()):
             if loop.thread:
                 loop.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not final:
+            self._shutting_down.clear()

@@ -11,6 +11,7 @@ from common.protoconv import fingerprint, settings_to_dict
 from common.service_main import ServiceParts
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
+from services.controller.leader import LeaderElector, LeaseSettings, coordination_api
 from services.controller.loop import validate_inputs
 from services.controller.loops import LoopManager
 from services.controller.remote import RemoteExecutor, WorkerAddresses
@@ -85,9 +86,35 @@ def _loop_id(request) -> str:
     return request.loop_id
 
 
-def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, workers: WorkerAddresses) -> ServiceParts:
+def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, workers: WorkerAddresses,
+          election: LeaseSettings | None = None, kube_api: str | None = None) -> ServiceParts:
+    """The controller; with ``election``, only the replica holding the Lease runs loops and is SERVING."""
     loops = LoopManager(store, lambda loop_id: RemoteExecutor(store, workers, request_prefix=loop_id))
     servicer = ControllerServicer(store, loops)
-    return ServiceParts(register=lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server),
-                        full_name=controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
-                        preload=loops.resume_all, on_drain=lambda: loops.shutdown(grace=30))
+    register = lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)  # noqa: E731
+    name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
+    if election is None:  # outside a cluster: the single leader
+        return ServiceParts(register=register, full_name=name, preload=loops.resume_all,
+                            on_drain=lambda: loops.shutdown(grace=30))
+    loops.accepting = False
+    electors: list[LeaderElector] = []
+
+    def attach(server) -> None:
+        def started() -> None:
+            loops.accepting = True
+            loops.resume_all()
+            server.mark_ready()
+
+        def stopped() -> None:
+            loops.accepting = False
+            server.mark_not_ready()
+            threading.Thread(target=loops.interrupt_all, args=(30,), daemon=True).start()
+
+        electors.append(LeaderElector(coordination_api(kube_api), election, on_started=started, on_stopped=stopped).start())
+
+    def drain() -> None:
+        loops.shutdown(grace=30)
+        for elector in electors:
+            elector.stop(release=True)
+
+    return ServiceParts(register=register, full_name=name, on_server=attach, manages_health=True, on_drain=drain)

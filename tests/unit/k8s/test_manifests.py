@@ -220,7 +220,7 @@ def test_services_use_native_grpc_probes_on_their_port_arg(rendered, target):
         assert arg_value(args, "--host") == "0.0.0.0"
         assert arg_value(args, "--port") == str(port), f"{service}: --port {arg_value(args, '--port')}"
         assert arg_value(args, "--metrics-port") == str(metrics_port)
-        assert arg_value(args, "--artifacts") == "/artifacts"
+        assert arg_value(args, "--artifacts") == "s3://montessori"  # the MinIO bucket, shared by all services
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert "grpc" in container.get(probe, {}), f"{service}: {probe} is not a grpc probe"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -280,17 +280,15 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{service}: /tmp is not an emptyDir"
-        artifacts = volumes[mounts["/artifacts"]["name"]]
-        assert artifacts["persistentVolumeClaim"]["claimName"] == "montessori-artifacts"
-        assert not mounts["/artifacts"].get("readOnly")
+        assert "/artifacts" not in mounts, f"{service}: artifacts live in MinIO, not on a shared volume"
         models = volumes[mounts["/models"]["name"]]
         assert models["persistentVolumeClaim"]["claimName"] == "montessori-models"
         assert mounts["/models"].get("readOnly") is True, f"{service}: /models must be mounted read-only"
     claims = {c["metadata"]["name"]: c["spec"]["accessModes"] for c in of_kind(rendered[target], "PersistentVolumeClaim")}
     if target == "gpu":
-        assert claims == {"montessori-artifacts": ["ReadWriteMany"], "montessori-models": ["ReadOnlyMany"]}
+        assert claims == {"montessori-models": ["ReadOnlyMany"]}
     else:  # one-node dev clusters: the default storage class, ReadWriteOnce
-        assert set(claims) == {"montessori-artifacts", "montessori-models"}
+        assert set(claims) == {"montessori-models"}
     assert all("storageClassName" not in c["spec"] for c in of_kind(rendered[target], "PersistentVolumeClaim"))
 
 

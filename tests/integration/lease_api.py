@@ -1,0 +1,91 @@
+"""A minimal Kubernetes API serving Lease objects (coordination.k8s.io/v1), for tests only.
+
+No kube-apiserver is installable here, so this implements the part of the API the leader
+election uses: GET, POST and PUT of namespaced Leases, with resourceVersion optimistic
+concurrency (a stale PUT is 409 Conflict). ``fail_writes_from`` makes renewals of one
+holder fail with 500, to test a leader that cannot renew.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/?]+))?")
+
+
+class LeaseAPI:
+    def __init__(self) -> None:
+        self.leases: dict[tuple[str, str], dict] = {}
+        self.version = 0
+        self.fail_writes_from: set[str] = set()
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str) -> None:
+                self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
+
+            def _body(self) -> dict:
+                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+            def do_GET(self):
+                match = _PATH.match(self.path)
+                with api.lock:
+                    lease = api.leases.get((match.group(1), match.group(2))) if match else None
+                self._reply(200, lease) if lease else self._status(404, "NotFound")
+
+            def do_POST(self):
+                match = _PATH.match(self.path)
+                body = self._body()
+                with api.lock:
+                    key = (match.group(1), body["metadata"]["name"])
+                    if key in api.leases:
+                        return self._status(409, "AlreadyExists")
+                    api.leases[key] = api._stamp(body, match.group(1))
+                    self._reply(201, api.leases[key])
+
+            def do_PUT(self):
+                match = _PATH.match(self.path)
+                body = self._body()
+                with api.lock:
+                    key = (match.group(1), match.group(2))
+                    current = api.leases.get(key)
+                    if current is None:
+                        return self._status(404, "NotFound")
+                    if body.get("spec", {}).get("holderIdentity") in api.fail_writes_from:
+                        return self._status(500, "InternalError")
+                    if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                        return self._status(409, "Conflict")
+                    api.leases[key] = api._stamp(body, match.group(1))
+                    self._reply(200, api.leases[key])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _stamp(self, body: dict, namespace: str) -> dict:
+        self.version += 1
+        body = {**body, "apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}
+        body["metadata"] = {**body["metadata"], "namespace": namespace, "resourceVersion": str(self.version)}
+        return body
+
+    def holder(self, namespace: str, name: str) -> str | None:
+        with self.lock:
+            lease = self.leases.get((namespace, name))
+        return lease["spec"].get("holderIdentity") if lease else None
+
+    def close(self) -> None:
+        self.server.shutdown()
