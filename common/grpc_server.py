@@ -19,6 +19,8 @@ from common.logs import get_logger
 
 log = get_logger(__name__)
 
+LIVENESS = "liveness"
+
 
 @dataclass
 class ServerConfig:
@@ -119,6 +121,9 @@ class ServiceServer:
 
     def start(self) -> "ServiceServer":
         self.server.start()
+        # "liveness": SERVING while the process serves gRPC, whatever its readiness (a loading
+        # worker, a follower controller); Kubernetes liveness probes ask for it.
+        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", extra={"service": self.name, "metrics": {"port": self.port}})
         return self
 
@@ -135,6 +140,7 @@ class ServiceServer:
         if self.stopped.is_set():
             return
         self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopping = self.server.stop(self.config.grace_seconds)
         if on_drain:
             on_drain()

@@ -6,6 +6,7 @@ stage result read from the manifest the worker published in the shared store.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from common.artifacts import ArtifactStore
 from common.config import to_dict
 from common.errors import Cancelled
 from common.logs import get_logger
-from common.manifests import StageResult
+from common.manifests import StageResult, publish_manifest
 from common.progress import Progress, no_progress
 from common.protoconv import dict_to_settings, ref_from_proto
 from montessori.v1 import (common_pb2, influence_pb2, influence_pb2_grpc, preference_pb2, preference_pb2_grpc, teacher_pb2,
@@ -52,8 +53,11 @@ class RemoteExecutor:
         self.request_prefix = request_prefix
         self.attempts = attempts
         self.submit_timeout = submit_timeout
+        self.addresses = addresses
         options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channels = {name: grpc.insecure_channel(getattr(addresses, name), options=options)
+        self._options = options
+        first = lambda value: value.split(",")[0].removeprefix("dns:///")  # noqa: E731 - evaluation goes to one replica
+        self._channels = {name: grpc.insecure_channel(first(getattr(addresses, name)), options=options)
                           for name in ("teacher", "influence", "preference", "trainer")}
         self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels["teacher"])
         self.influence = influence_pb2_grpc.InfluenceServiceStub(self._channels["influence"])
@@ -122,10 +126,60 @@ class RemoteExecutor:
         return self._result("train-student", self._run("trainer", self.trainer, self.trainer.TrainStudent, request, progress))
 
     def score(self, prefix, *, warmup_uri, reference_uri, candidates_uri, config, progress=no_progress):
+        replicas = influence_replicas(self.addresses.influence)
+        if len(replicas) > 1:
+            return self._score_sharded(replicas, prefix, warmup_uri=warmup_uri, reference_uri=reference_uri,
+                                       candidates_uri=candidates_uri, config=config, progress=progress)
         request = influence_pb2.ScoreRequest(
             request_id=self._request_id(prefix), warmup_uri=warmup_uri, reference_uri=reference_uri,
             candidates_uri=candidates_uri, output_prefix=prefix, influence=dict_to_settings(to_dict(config)))
         return self._result("score", self._run("influence", self.influence, self.influence.Score, request, progress))
+
+    def _score_sharded(self, replicas: list[str], prefix, *, warmup_uri, reference_uri, candidates_uri, config, progress):
+        """Split the candidates into one contiguous shard per ready replica, score the shards in
+        parallel, and merge the scores in candidate order. Each candidate's influence depends only
+        on the student state and itself, so the merge equals a single-replica run."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from services.influence.tasks import SCORES, score_metrics
+
+        started = time.time()
+        candidates = self.store.get_jsonl(self.store.key_of(candidates_uri))
+        count = min(len(replicas), len(candidates)) or 1
+        bounds = [round(i * len(candidates) / count) for i in range(count + 1)]
+        done = [0] * count
+        lock = threading.Lock()
+
+        def run_shard(index: int):
+            shard_prefix = f"{prefix}/shards/{index}"
+            shard = self.store.put_jsonl(f"{shard_prefix}/candidates.jsonl", candidates[bounds[index]:bounds[index + 1]])
+            channel = grpc.insecure_channel(replicas[index], options=self._options)
+            stub = influence_pb2_grpc.InfluenceServiceStub(channel)
+
+            def shard_progress(label, n, total, metrics=None):
+                with lock:
+                    done[index] = n
+                    progress(label, sum(done), len(candidates), metrics)
+
+            try:
+                request = influence_pb2.ScoreRequest(
+                    request_id=self._request_id(shard_prefix), warmup_uri=warmup_uri, reference_uri=reference_uri,
+                    candidates_uri=shard.uri, output_prefix=shard_prefix, influence=dict_to_settings(to_dict(config)))
+                return self._result("score", self._run(f"influence@{replicas[index]}", stub, stub.Score, request, shard_progress))
+            finally:
+                channel.close()
+
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            shards = list(pool.map(run_shard, range(count)))
+        rows = [row for shard in shards for row in self.store.get_jsonl(self.store.key_of(shard.outputs["scores"].uri))]
+        ref = self.store.put_jsonl(f"{prefix}/{SCORES}", rows)
+        first = shards[0].metrics
+        metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
+                                   rate=len(rows) / max(time.time() - started, 1e-9)), "replicas": count}
+        inputs = {"warmup": {"uri": warmup_uri}, "reference_set": {"uri": reference_uri}, "candidates": {"uri": candidates_uri},
+                  "shards": [s.manifest.to_dict() for s in shards]}
+        return publish_manifest(self.store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
+                                metrics=metrics, started=started)
 
     def assemble(self, prefix, *, candidates_uri, scores_uri, config, progress=no_progress):
         request = preference_pb2.AssembleRequest(
@@ -143,6 +197,28 @@ class RemoteExecutor:
         request = influence_pb2.EvaluateRequest(request_id=self._request_id(key), model=_model(model), rows_uri=rows_uri,
                                                 limit=limit or 0, batch_size=batch_size)
         return float(self._run("influence", self.influence, self.influence.Evaluate, request, progress).metrics["loss"])
+
+
+def influence_replicas(spec: str) -> list[str]:
+    """The influence replicas to shard over: comma-separated ``host:port`` entries; a ``dns:///name:port``
+    entry (a headless Service) expands to every address the name resolves to, and only replicas whose
+    health is SERVING are used (all of them if none answers yet)."""
+    import socket
+
+    from cli.local_services import health_status
+
+    addresses: list[str] = []
+    for entry in (e.strip() for e in spec.split(",") if e.strip()):
+        if entry.startswith("dns:///"):
+            host, _, port = entry.removeprefix("dns:///").rpartition(":")
+            ips = sorted({info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
+            addresses += [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+        else:
+            addresses.append(entry)
+    if len(addresses) <= 1:
+        return addresses
+    ready = [a for a in addresses if health_status(a) == "SERVING"]
+    return ready or addresses
 
 
 def _call(service: str, rpc):

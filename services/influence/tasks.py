@@ -51,16 +51,22 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
         row["group_id"] = groups[row["id"]]
         row["reference_loss_before"] = scorer.base_loss
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
-    values = [r["influence"] for r in rows]
-    metrics = {
-        "candidates": len(rows), "reference_rows": scorer.reference_loss.rows, "reference_loss": scorer.base_loss,
-        "influence_mean": statistics.fmean(values) if values else 0.0, "influence_min": min(values, default=0.0),
-        "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
-        "negative": sum(v < 0 for v in values), "candidates_per_second": scorer.last_rate,
-    }
+    metrics = score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss,
+                            rate=scorer.last_rate)
     inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                             metrics=metrics, started=started)
+
+
+def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: float, rate: float) -> dict:
+    """The metrics of a scores file (also used when shards scored on several replicas are merged)."""
+    values = [r["influence"] for r in rows]
+    return {
+        "candidates": len(rows), "reference_rows": reference_rows, "reference_loss": reference_loss,
+        "influence_mean": statistics.fmean(values) if values else 0.0, "influence_min": min(values, default=0.0),
+        "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
+        "negative": sum(v < 0 for v in values), "candidates_per_second": rate,
+    }
 
 
 def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,

@@ -62,6 +62,7 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(ser
             wait_for(lambda: health_status(address_b) == "NOT_SERVING", 120, "replica b to start as a follower")
             time.sleep(2)
             assert health_status(address_b) == "NOT_SERVING" and lease_api.holder(NS, LEASE) == "replica-a"
+            assert health_status(address_b, service="liveness") == "SERVING"  # alive, just not leading
             follower = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address_b))
             with pytest.raises(grpc.RpcError) as err:
                 follower.StartLoop(controller_pb2.StartLoopRequest(spec=tiny_spec(tiny_models)), timeout=30)
