@@ -236,8 +236,10 @@ def test_controller_points_at_the_worker_services(rendered, target):
     for worker in WORKERS:
         address = arg_value(args, f"--{worker}")
         assert address, f"controller: no --{worker}"
-        host, port = address.rsplit(":", 1)
+        host, port = address.removeprefix("dns:///").rsplit(":", 1)  # dns:/// = every replica of a headless Service
         service = find(objects, "Service", host)
+        if address.startswith("dns:///"):
+            assert service["spec"].get("clusterIP") == "None", f"--{worker} {address}: dns:/// needs a headless Service"
         assert int(port) in [p["port"] for p in service["spec"]["ports"]], f"--{worker} {address}"
         assert service["spec"]["selector"] == {NAME_LABEL: worker}
 
