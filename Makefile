@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run run-tiny test test-fast protos up down clean
+.PHONY: setup run run-tiny test test-fast protos up down images lint-images clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,17 @@ up: setup
 
 down:
 	$(PY) -m cli.local_services down
+
+# Container images (needs a docker engine; this repository's CI machines have none, so the
+# Dockerfile is linted with hadolint and the manifests are validated offline by `make test`).
+IMAGE ?= ghcr.io/montessori-dev/montessori
+VERSION ?= 0.1.0
+images:
+	docker build -f Dockerfile.base -t $(IMAGE):$(VERSION)-cpu .
+	docker build -f Dockerfile.base --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION) .
+
+lint-images: setup
+	$(VENV)/bin/hadolint Dockerfile.base
 
 test: setup
 	$(PY) -m pytest -q -x --durations=15
