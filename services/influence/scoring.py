@@ -91,6 +91,8 @@ class InfluenceScorer:
         # One snapshot of everything a step mutates, taken once and copied back in place.
         self._weights = [p.detach().clone() for p in self.params]
         self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
+        self._group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        self._reference_gradient: list[torch.Tensor] | None = None
         self.base_loss = self.reference_loss(model)
 
     def restore(self) -> None:
@@ -128,14 +130,99 @@ class InfluenceScorer:
             self.restore()
         return self.base_loss - after, after
 
-    def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence") -> list[dict]:
+    def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence",
+              mode: str | None = None) -> list[dict]:
         """Rows ``{id, influence, reference_loss_after}`` in input order, with throughput in ``self.last_rate``."""
+        mode = mode or self.config.mode
         encoded = [self.encode(example) for example in examples]  # every input is checked before any work
         watch = Stopwatch()
         rows = []
         for done, (example, tokens) in enumerate(zip(examples, encoded), start=1):
-            influence, after = self.score_one(tokens)
+            if mode == "first_order":
+                influence, after = self.first_order_one(tokens), None
+            else:
+                influence, after = self.score_one(tokens)
             rows.append({"id": example.id, "influence": influence, "reference_loss_after": after})
             progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
         self.last_rate = len(examples) / max(watch.elapsed, 1e-9)
         return rows
+
+    # -- first-order estimate ----------------------------------------------------------------
+
+    def reference_gradient(self) -> list[torch.Tensor]:
+        """Gradient of the reference loss (mean of per-batch means) at the snapshot, computed once."""
+        if self._reference_gradient is None:
+            for param in self.params:
+                param.grad = None
+            for batch in self.reference_loss.batches:
+                (self.model(**batch).loss / len(self.reference_loss.batches)).backward()
+            self._reference_gradient = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            for param in self.params:
+                param.grad = None
+        return self._reference_gradient
+
+    @torch.no_grad()
+    def _update_direction(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """-(the step the optimizer would take) / lr for ``param`` given ``grad``, from the snapshot state."""
+        if isinstance(self.optimizer, torch.optim.SGD):
+            return grad
+        group = self._group_of[id(param)]
+        beta1, beta2 = group["betas"]
+        state = self._optimizer_state.get(id(param), {})
+        step = float(state["step"]) + 1 if "step" in state else 1.0
+        exp_avg = state["exp_avg"] * beta1 + grad * (1 - beta1) if "exp_avg" in state else grad * (1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2) if "exp_avg_sq" in state else grad * grad * (1 - beta2)
+        denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + group["eps"]
+        return exp_avg / (1 - beta1 ** step) / denom + group["weight_decay"] * param
+
+    def first_order_one(self, encoded: EncodedExample) -> float:
+        """lr * <grad L_ref, update direction of the candidate>: the first-order Taylor estimate of L0 - L_after."""
+        reference = self.reference_gradient()
+        batch = collate([encoded], self.tokenizer.pad_token_id)
+        for param in self.params:
+            param.grad = None
+        self.model(**batch).loss.backward()
+        total = 0.0
+        for param, g_ref in zip(self.params, reference):
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            lr = self._group_of[id(param)]["lr"]
+            total += lr * float(torch.dot(g_ref.flatten(), self._update_direction(param, grad).flatten()))
+            param.grad = None
+        return total
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                result[order[k]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    if len(a) < 2:
+        return 1.0
+    ra, rb = torch.tensor(ranks(a)), torch.tensor(ranks(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator else 1.0
+
+
+def pair_agreement(groups: list[str], exact: list[float], estimate: list[float]) -> float:
+    """Share of preference pairs (the method's rule) that both scorings produce: |E & F| / |E | F|."""
+    def pairs(values):
+        out = set()
+        for i, gi in enumerate(groups):
+            for j, gj in enumerate(groups):
+                if gi == gj and values[i] > 0 > values[j]:
+                    out.add((i, j))
+        return out
+
+    e, f = pairs(exact), pairs(estimate)
+    return len(e & f) / len(e | f) if e | f else 1.0

@@ -9,14 +9,17 @@ from common.artifacts import ArtifactStore
 from common.chat import instruction_text
 from common.errors import InvalidArgument
 from common.jsonl import read_instruction_rows, read_jsonl
+from common.logs import get_logger
 from common.manifests import StageResult, input_ref, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.influence.config import InfluenceConfig
 from services.influence.optimizer_state import load_adamw
-from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, examples_from_rows
+from services.influence.scoring import (Example, InfluenceScorer, ReferenceLoss, examples_from_rows, pair_agreement,
+                                        spearman)
 
 SCORES = "scores.jsonl"
+log = get_logger(__name__)
 
 
 def candidate_examples(path: Path) -> list[Example]:
@@ -50,12 +53,33 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
     for row in rows:
         row["group_id"] = groups[row["id"]]
         row["reference_loss_before"] = scorer.base_loss
+    rate = scorer.last_rate
+    audit = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress) \
+        if config.mode == "first_order" and config.audit_size else {}
+    if audit and config.min_agreement is not None and audit["audit_spearman"] < config.min_agreement:
+        log.warning("first-order estimate disagrees with exact influence; re-scoring exactly",
+                    extra={"stage": "score", "metrics": {"spearman": audit["audit_spearman"], "threshold": config.min_agreement}})
+        exact_rows = scorer.score(examples, progress=progress, stage="exact fallback", mode="exact")
+        for row, exact in zip(rows, exact_rows):
+            row.update(influence=exact["influence"], reference_loss_after=exact["reference_loss_after"])
+        audit["fell_back_to_exact"] = 1
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
-    metrics = score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss,
-                            rate=scorer.last_rate)
+    metrics = {**score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
+               **audit}
     inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                             metrics=metrics, started=started)
+
+
+def audit_agreement(scorer: InfluenceScorer, examples: list[Example], rows: list[dict], groups: dict[str, str], size: int,
+                    progress: Progress) -> dict:
+    """Score an evenly spaced sample exactly and compare it with the estimate (Spearman, pair agreement)."""
+    step = max(1, len(examples) // min(size, len(examples)))
+    picked = list(range(0, len(examples), step))[:size]
+    exact = [r["influence"] for r in scorer.score([examples[i] for i in picked], progress=progress, stage="audit", mode="exact")]
+    estimate = [rows[i]["influence"] for i in picked]
+    return {"audit_size": len(picked), "audit_spearman": spearman(exact, estimate),
+            "audit_pair_agreement": pair_agreement([groups[examples[i].id] for i in picked], exact, estimate)}
 
 
 def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: float, rate: float) -> dict:

@@ -124,3 +124,56 @@ def test_scoring_is_deterministic_across_scorers(warmup_dir, reference, seed_row
     first = make_scorer(warmup_dir, reference, optimizer="faithful").score(candidates)
     second = make_scorer(warmup_dir, reference, optimizer="faithful").score(candidates)
     assert first == second
+
+
+@pytest.mark.parametrize("mode", ["sgd", "faithful"])
+def test_first_order_agrees_with_exact_at_a_small_step(warmup_dir, reference, seed_rows, mode):
+    """The first-order estimate lr * <g_ref, update> matches the exact score when the step is small."""
+    from services.influence.scoring import pair_agreement, spearman
+
+    scorer = make_scorer(warmup_dir, reference, optimizer=mode, sgd_learning_rate=1e-4)
+    if mode == "faithful":
+        for group in scorer.optimizer.param_groups:
+            group["lr"] = 1e-5  # a small step for the Taylor expansion to hold
+    candidates = examples_from_rows(seed_rows[80:100], prefix="cand") + [random_token_example(scorer.tokenizer, s) for s in range(4)]
+    candidates = [Example(f"c{i}", c.user_text, c.response) for i, c in enumerate(candidates)]
+    exact = [r["influence"] for r in scorer.score(candidates, mode="exact")]
+    estimate = [r["influence"] for r in scorer.score(candidates, mode="first_order")]
+    assert spearman(exact, estimate) >= 0.95
+    # Same scale; the tolerance covers second-order terms and the fp32 resolution of the exact loss difference.
+    assert estimate == pytest.approx(exact, rel=0.35, abs=3e-6)
+    groups = [f"g{i // 4}" for i in range(len(candidates))]
+    assert pair_agreement(groups, exact, estimate) >= 0.8
+    assert all(torch.equal(p, s) for p, s in zip(scorer.params, scorer._weights))  # the estimate never moves the student
+
+
+def test_spearman_and_pair_agreement_helpers():
+    from services.influence.scoring import pair_agreement, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert pair_agreement(["g", "g", "g"], [1.0, -1.0, 2.0], [1.0, -1.0, 2.0]) == 1.0
+    assert pair_agreement(["g", "g"], [1.0, -1.0], [-1.0, 1.0]) == 0.0
+
+
+def test_first_order_rounds_report_their_audit_and_fall_back_when_it_disagrees(warmup_dir, seed_rows, reference_rows, tmp_path):
+    import json as _json
+
+    from common.artifacts import LocalArtifactStore
+    from services.influence.tasks import score
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("".join(_json.dumps({"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"],
+                                               "response": r["output"]}) + "\n" for i, r in enumerate(seed_rows[100:112])))
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text("".join(_json.dumps(r) + "\n" for r in reference_rows[:8]))
+    store = LocalArtifactStore(tmp_path / "store")
+    common = dict(warmup_dir=warmup_dir, reference_path=reference, candidates_path=candidates)
+    exact = score(store, "exact", config=InfluenceConfig(optimizer="sgd", sgd_learning_rate=1.0), **common)
+    audited = score(store, "fo", config=InfluenceConfig(optimizer="sgd", sgd_learning_rate=1.0, mode="first_order",
+                                                         audit_size=12, min_agreement=1.0), **common)
+    assert audited.metrics["audit_size"] == 12 and -1 <= audited.metrics["audit_spearman"] <= 1
+    # With a huge step the Taylor estimate is off, so the round falls back to exact scores.
+    assert audited.metrics["audit_spearman"] < 1.0 and audited.metrics["fell_back_to_exact"] == 1
+    assert store.get_jsonl("fo/scores.jsonl") == [{**r} for r in store.get_jsonl("exact/scores.jsonl")]
+    assert exact.metrics["candidates"] == 12
