@@ -14,23 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from common.envs import DEFAULT_PORTS
+from common.health import health_status
 
 WORKERS = ("teacher", "influence", "preference", "trainer")
 ORDER = (*WORKERS, "controller")
-
-
-def health_status(address: str, timeout: float = 1.0, service: str = "") -> str:
-    """SERVING / NOT_SERVING / UNREACHABLE of the server at ``address`` (or of one health entry)."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError:
-            return "UNREACHABLE"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
 def wait_serving(address: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:

@@ -67,9 +67,10 @@ class InProcessExecutor:
     """Runs each stage's task directly (``montessori run``); keeps one teacher loaded between stages."""
 
     def __init__(self, store: ArtifactStore, *, dtype: str = "float32"):
+        from services.teacher.backend import BackendCache
+
         self.store = store
-        self.dtype = dtype
-        self._backend = None
+        self.teachers = BackendCache(dtype)
 
     def _local(self, uri: str) -> Path:
         return self.store.local_path(self.store.key_of(uri))
@@ -80,13 +81,10 @@ class InProcessExecutor:
 
     def generate(self, prefix, *, teacher, seed_uri, config, seed, num_prompts, target, progress=no_progress):
         from services.teacher import tasks
-        from services.teacher.backend import TransformersBackend
 
         ref = self.model(teacher)
-        if self._backend is None or self._backend.ref != ref:
-            self._backend = None
-            self._backend = TransformersBackend(ref, field="models.teacher", dtype=self.dtype)
-        return tasks.generate(self.store, prefix, backend=self._backend, teacher=ref, teacher_label=teacher.label,
+        return tasks.generate(self.store, prefix, backend=self.teachers.get(ref, field="models.teacher"), teacher=ref,
+                              teacher_label=teacher.label,
                               seed_path=self._local(seed_uri), config=config, seed=seed, num_prompts=num_prompts,
                               target=target, progress=progress)
 

@@ -176,7 +176,9 @@ class RemoteExecutor:
         first = shards[0].metrics
         metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
                                    rate=len(rows) / max(time.time() - started, 1e-9)), "replicas": count}
-        inputs = {"warmup": {"uri": warmup_uri}, "reference_set": {"uri": reference_uri}, "candidates": {"uri": candidates_uri},
+        shard_inputs = self.store.get_json(self.store.key_of(shards[0].manifest.uri))["inputs"]
+        inputs = {"warmup": shard_inputs["warmup"], "reference_set": shard_inputs["reference_set"],
+                  "candidates": self.store.ref(self.store.key_of(candidates_uri)).to_dict(),
                   "shards": [s.manifest.to_dict() for s in shards]}
         return publish_manifest(self.store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                                 metrics=metrics, started=started)
@@ -205,7 +207,7 @@ def influence_replicas(spec: str) -> list[str]:
     health is SERVING are used (all of them if none answers yet)."""
     import socket
 
-    from cli.local_services import health_status
+    from common.health import health_status
 
     addresses: list[str] = []
     for entry in (e.strip() for e in spec.split(",") if e.strip()):

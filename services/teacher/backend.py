@@ -1,6 +1,7 @@
 """Generation backends behind one interface (transformers now; vLLM plugs in the same way)."""
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
@@ -109,6 +110,22 @@ class TransformersBackend(GenerationBackend):
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [_cut_at_stop(text, params.stop) for text in texts]
         return [texts[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+
+class BackendCache:
+    """The loaded teacher: one model version resident at a time, swapped on demand."""
+
+    def __init__(self, dtype: str = "float32"):
+        self.dtype = dtype
+        self._lock = threading.Lock()
+        self._backend: TransformersBackend | None = None
+
+    def get(self, ref: ModelRef, *, field: str = "teacher") -> TransformersBackend:
+        with self._lock:
+            if self._backend is None or self._backend.ref != ref:
+                self._backend = None  # free the old weights before loading the new ones
+                self._backend = TransformersBackend(ref, field=field, dtype=self.dtype)
+            return self._backend
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

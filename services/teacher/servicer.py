@@ -13,26 +13,10 @@ from common.protoconv import count, fingerprint, job_to_proto, local_artifact, m
 from common.service_main import ServiceParts
 from montessori.v1 import teacher_pb2, teacher_pb2_grpc
 from services.teacher import tasks
-from services.teacher.backend import TransformersBackend
+from services.teacher.backend import BackendCache
 from services.teacher.config import SynthesisConfig
 
 MAX_PROMPTS = 1_000_000
-
-
-class BackendCache:
-    """The loaded teacher: one model version resident at a time, swapped on demand."""
-
-    def __init__(self, dtype: str = "float32"):
-        self.dtype = dtype
-        self._lock = threading.Lock()
-        self._backend: TransformersBackend | None = None
-
-    def get(self, ref: ModelRef) -> TransformersBackend:
-        with self._lock:
-            if self._backend is None or self._backend.ref != ref:
-                self._backend = None  # free the old weights before loading the new ones
-                self._backend = TransformersBackend(ref, field="teacher", dtype=self.dtype)
-            return self._backend
 
 
 class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):

@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from cli.local_services import health_status
+from common.health import health_status
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from tests.conftest import REPO
 from tests.integration.conftest import free_ports

@@ -1,6 +1,7 @@
 """Resume: a loop killed mid-way continues from its last completed stage and ends with the same artifacts."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -41,7 +42,7 @@ def output_digests(store, loop_id: str) -> dict[str, str]:
             path = store.local_path(store.key_of(ref["uri"]))
             weights = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
             for file in weights:
-                out[f"{stage}/{role}/{file.name}"] = __import__("hashlib").sha256(file.read_bytes()).hexdigest()
+                out[f"{stage}/{role}/{file.name}"] = hashlib.sha256(file.read_bytes()).hexdigest()
     return out
 
 

@@ -9,7 +9,8 @@ import time
 
 import grpc
 
-from cli.local_services import health_status, wait_serving
+from cli.local_services import wait_serving
+from common.health import health_status
 from common.artifacts import LocalArtifactStore
 from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 from tests.conftest import DATA, REPO
@@ -19,7 +20,7 @@ from tests.integration.conftest import free_ports
 def start_teacher(store, *extra):
     port = free_ports(1)[0]
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "teacher", "--port", str(port), "--artifacts", str(store),
-                                "--grace", "20", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                "--grace", "60", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     return port, process
 
@@ -76,8 +77,8 @@ def test_sigterm_during_a_job_cancels_it_cleanly(tmp_path, tiny_models):
         if process.poll() is None:
             process.kill()
     output = process.stdout.read().decode()
-    assert code == 0
-    assert elapsed < 20  # the job stops at its next unit, well inside the grace period
-    assert '"state": "CANCELLED"' in output and '"msg": "stopped"' in output
-    assert "Traceback" not in output
+    assert code == 0, output[-3000:]
+    assert elapsed < 45, output[-3000:]  # the job stops at its next unit, well inside the 60 s grace period
+    assert '"state": "CANCELLED"' in output and '"msg": "stopped"' in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
     assert not store.exists("jobs/long")

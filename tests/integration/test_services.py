@@ -203,7 +203,7 @@ def test_bad_input_gets_the_right_status_and_names_the_field(services, tiny_mode
     assert err.value.details().startswith(field), err.value.details()
     assert "Traceback" not in err.value.details()
     # ... and the service keeps serving.
-    from cli.local_services import health_status
+    from common.health import health_status
 
     assert health_status(f"127.0.0.1:{services['ports'][service]}") == "SERVING"
 
