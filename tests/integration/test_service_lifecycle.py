@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 
@@ -18,10 +19,12 @@ from tests.integration.conftest import free_ports
 
 
 def start_teacher(store, *extra):
+    """A teacher process whose output goes to a file (a pipe nobody drains could block it)."""
     port = free_ports(1)[0]
+    log = open(Path(store) / f"teacher-{port}.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "teacher", "--port", str(port), "--artifacts", str(store),
-                                "--grace", "60", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                                "--grace", "60", *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path = log.name
     return port, process
 
 
@@ -45,10 +48,10 @@ def test_health_is_serving_only_after_the_model_loads(tmp_path, tiny_models):
             if status == "SERVING":
                 break
             time.sleep(0.05)
-        output = b""
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
+        process.wait(timeout=60)
+        output = Path(process.log_path).read_text()
     assert seen[-1] == "SERVING"
     assert "NOT_SERVING" in seen, seen
     assert unavailable is not None and unavailable.code() == grpc.StatusCode.UNAVAILABLE
@@ -76,7 +79,7 @@ def test_sigterm_during_a_job_cancels_it_cleanly(tmp_path, tiny_models):
     finally:
         if process.poll() is None:
             process.kill()
-    output = process.stdout.read().decode()
+    output = Path(process.log_path).read_text()
     assert code == 0, output[-3000:]
     assert elapsed < 45, output[-3000:]  # the job stops at its next unit, well inside the 60 s grace period
     assert '"state": "CANCELLED"' in output and '"msg": "stopped"' in output, output[-3000:]
