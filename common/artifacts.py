@@ -122,7 +122,7 @@ class ArtifactStore(ABC):
     def get_jsonl(self, key: str) -> list[dict]:
         from common.jsonl import read_jsonl
 
-        return read_jsonl(self.local_path(key), label=self.uri(key))
+        return read_jsonl(self.local_path(key), label=self.uri(key), allow_empty=True)
 
     def digest(self, key: str) -> str:
         path = self.local_path(key)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument, Unavailable
 from common.jobs import JobManager
 from common.protoconv import job_to_proto
@@ -10,10 +11,10 @@ from montessori.v1 import common_pb2
 
 
 class JobRpcs:
-    """Mixin for a generated servicer; the service sets ``self.jobs`` and ``self.ready``."""
+    """Mixin for a worker's generated servicer: its store, its jobs, its readiness, and the job RPCs."""
 
-    jobs: JobManager
-    ready: threading.Event
+    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event):
+        self.store, self.jobs, self.ready = store, jobs, ready
 
     def require_ready(self) -> None:
         if not self.ready.is_set():

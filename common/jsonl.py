@@ -7,8 +7,10 @@ from pathlib import Path
 from common.errors import InvalidArgument, NotFound
 
 
-def read_jsonl(path: str | Path, *, label: str | None = None, required: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file. Empty/malformed lines and missing string fields are errors naming ``file:line``."""
+def read_jsonl(path: str | Path, *, label: str | None = None, required: tuple[str, ...] = (),
+               allow_empty: bool = False) -> list[dict]:
+    """Rows of a JSONL file. Empty/malformed lines and missing string fields are errors naming ``file:line``;
+    so is a file with no rows, unless ``allow_empty`` (a stage's output may legitimately be empty)."""
     path = Path(path)
     where = label or str(path)
     if not path.is_file():
@@ -28,7 +30,7 @@ def read_jsonl(path: str | Path, *, label: str | None = None, required: tuple[st
                 if not isinstance(row.get(name), str) or (name != "input" and not row[name].strip()):
                     raise InvalidArgument(f"{where}:{number}: field {name!r} missing or not a non-empty string")
             rows.append(row)
-    if not rows:
+    if not rows and not allow_empty:
         raise InvalidArgument(f"{where}: no rows")
     return rows
 

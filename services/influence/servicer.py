@@ -15,9 +15,6 @@ from services.influence.config import InfluenceConfig
 
 
 class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event):
-        self.store, self.jobs, self.ready = store, jobs, ready
-
     def Score(self, request, context):
         self.require_ready()
         warmup = local_artifact(self.store, request.warmup_uri, field="warmup_uri")

@@ -22,11 +22,13 @@ SCORES = "scores.jsonl"
 log = get_logger(__name__)
 
 
-def candidate_examples(path: Path) -> list[Example]:
-    """Candidates (teacher output rows) as examples; rows missing fields are errors naming file:line."""
-    rows = read_jsonl(path, required=("id", "instruction", "response"))
-    return [Example(r["id"], instruction_text(r["instruction"], r.get("input", "")), r["response"], f"{path}:{line}")
-            for line, r in enumerate(rows, start=1)]
+def candidate_examples(path: Path) -> tuple[list[Example], dict[str, str]]:
+    """Candidates (teacher output rows) as examples, and their prompt groups by id; rows missing fields are
+    errors naming file:line. An empty candidate set is allowed (a weak teacher may keep nothing)."""
+    rows = read_jsonl(path, required=("id", "instruction", "response"), allow_empty=True)
+    examples = [Example(r["id"], instruction_text(r["instruction"], r.get("input", "")), r["response"], f"{path}:{line}")
+                for line, r in enumerate(rows, start=1)]
+    return examples, {r["id"]: r.get("group_id", "") for r in rows}
 
 
 def reference_examples(path: Path, size: int | None) -> list[Example]:
@@ -46,8 +48,7 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
           config: InfluenceConfig, progress: Progress = no_progress, scorer: InfluenceScorer | None = None) -> StageResult:
     """Influence of every candidate on the warmed-up student; publish ``<prefix>/scores.jsonl``."""
     started = time.time()
-    examples = candidate_examples(candidates_path)
-    groups = {r["id"]: r.get("group_id", "") for r in read_jsonl(candidates_path)}
+    examples, groups = candidate_examples(candidates_path)
     scorer = scorer or build_scorer(warmup_dir, reference_path, config)
     rows = scorer.score(examples, progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: influence")
     for row in rows:

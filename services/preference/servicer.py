@@ -15,9 +15,6 @@ from services.preference.config import PreferenceConfig
 
 
 class PreferenceServicer(JobRpcs, preference_pb2_grpc.PreferenceServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event):
-        self.store, self.jobs, self.ready = store, jobs, ready
-
     def Assemble(self, request, context):
         self.require_ready()
         candidates = local_artifact(self.store, request.candidates_uri, field="candidates_uri")

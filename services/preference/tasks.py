@@ -18,8 +18,8 @@ def assemble(store: ArtifactStore, prefix: str, *, candidates_path: Path, scores
              config: PreferenceConfig) -> StageResult:
     """Join candidates with their scores, pair within groups; publish ``<prefix>/pairs.jsonl``."""
     started = time.time()
-    candidates = read_jsonl(candidates_path, required=("id", "group_id", "prompt", "raw_sample"))
-    scores = {r["id"]: r for r in read_jsonl(scores_path, required=("id",))}
+    candidates = read_jsonl(candidates_path, required=("id", "group_id", "prompt", "raw_sample"), allow_empty=True)
+    scores = {r["id"]: r for r in read_jsonl(scores_path, required=("id",), allow_empty=True)}
     scored = []
     for number, cand in enumerate(candidates, start=1):
         score = scores.get(cand["id"])

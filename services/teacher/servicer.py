@@ -21,7 +21,8 @@ MAX_PROMPTS = 1_000_000
 
 class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
     def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, backends: BackendCache):
-        self.store, self.jobs, self.ready, self.backends = store, jobs, ready, backends
+        super().__init__(store, jobs, ready)
+        self.backends = backends
 
     def Generate(self, request, context):
         self.require_ready()

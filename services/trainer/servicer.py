@@ -15,9 +15,6 @@ from services.trainer.config import DPOSettings, SFTSettings
 
 
 class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event):
-        self.store, self.jobs, self.ready = store, jobs, ready
-
     def TrainStudent(self, request, context):
         self.require_ready()
         student = model_from_proto(request.student, self.store, field="student")

@@ -61,3 +61,11 @@ def test_a_candidate_without_a_score_is_an_error_naming_the_file(tmp_path):
         assemble(LocalArtifactStore(tmp_path), "out", candidates_path=tmp_path / "candidates.jsonl",
                  scores_path=tmp_path / "scores.jsonl", config=PreferenceConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_candidate_set_gives_no_pairs_not_an_error(tmp_path):
+    (tmp_path / "candidates.jsonl").write_text("")
+    (tmp_path / "scores.jsonl").write_text("")
+    result = assemble(LocalArtifactStore(tmp_path), "out", candidates_path=tmp_path / "candidates.jsonl",
+                      scores_path=tmp_path / "scores.jsonl", config=PreferenceConfig())
+    assert result.metrics["pairs"] == 0 and result.metrics["candidates"] == 0
