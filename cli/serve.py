@@ -20,7 +20,11 @@ def add_parser(commands) -> None:
     sub.add_argument("--max-message-bytes", type=int, default=4 << 20, help="largest gRPC message")
     sub.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs get on SIGTERM")
     sub.add_argument("--preload", action="append", default=[], help="teacher: model folder to load before SERVING")
-    sub.add_argument("--dtype", default="float32", help="teacher: weights dtype")
+    sub.add_argument("--dtype", default=None, help="teacher: weights dtype of the transformers backend (default float32)")
+    sub.add_argument("--backend", choices=("transformers", "vllm"), default=None,
+                     help="teacher: generation backend (vllm needs the vLLM environment, see README)")
+    sub.add_argument("--teacher-config", default=None,
+                     help="teacher: YAML file of TeacherServiceConfig (backend, dtype, vllm: {...}); flags override it")
     for worker in ("teacher", "influence", "preference", "trainer"):
         sub.add_argument(f"--{worker}", default=None, help=f"controller: {worker} service address (default {service_address(worker)})")
     sub.add_argument("--leader-election", action="store_true",
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.service == "teacher":
         from services.teacher.servicer import build as teacher_build
 
-        build = lambda store, jobs, ready: teacher_build(store, jobs, ready, preload=args.preload, dtype=args.dtype)  # noqa: E731
+        teacher_config = _teacher_config(args)
+        build = lambda store, jobs, ready: teacher_build(store, jobs, ready, preload=args.preload, config=teacher_config)  # noqa: E731
     elif args.service == "controller":
         from services.controller.remote import WorkerAddresses
         from services.controller.servicer import build as controller_build
@@ -71,3 +76,25 @@ def run(args: argparse.Namespace) -> int:
         build = importlib.import_module(f"services.{args.service}.servicer").build
     serve_forever(args.service, config, build)
     return 0
+
+
+def _teacher_config(args: argparse.Namespace):
+    """TeacherServiceConfig from ``--teacher-config`` and the flags (validated: errors name the field)."""
+    from common.config import from_dict
+    from services.teacher.config import TeacherServiceConfig
+
+    values: dict = {}
+    if args.teacher_config:
+        import yaml
+
+        from common.errors import InvalidArgument
+
+        try:
+            with open(args.teacher_config) as handle:
+                values = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise InvalidArgument(f"cannot read {args.teacher_config}: {err}", field="--teacher-config") from None
+    for key in ("backend", "dtype"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    return from_dict(TeacherServiceConfig, values, path="teacher-config")

@@ -1,13 +1,14 @@
 from montessori.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "teacher", "teacher_label", "seed_set_uri", "output_prefix", "num_prompts", "target_examples", "seed", "synthesis")
+    __slots__ = ("request_id", "teacher", "teacher_label", "seed_set_uri", "output_prefix", "num_prompts", "target_examples", "seed", "synthesis", "teacher_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     TEACHER_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +18,7 @@ class GenerateRequest(_message.Message):
     TARGET_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SYNTHESIS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     teacher: _common_pb2.ModelSpec
     teacher_label: str
@@ -26,10 +28,79 @@ class GenerateRequest(_message.Message):
     target_examples: int
     seed: int
     synthesis: _common_pb2.Settings
-    def __init__(self, request_id: _Optional[str] = ..., teacher: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., teacher_label: _Optional[str] = ..., seed_set_uri: _Optional[str] = ..., output_prefix: _Optional[str] = ..., num_prompts: _Optional[int] = ..., target_examples: _Optional[int] = ..., seed: _Optional[int] = ..., synthesis: _Optional[_Union[_common_pb2.Settings, _Mapping]] = ...) -> None: ...
+    teacher_version: str
+    def __init__(self, request_id: _Optional[str] = ..., teacher: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., teacher_label: _Optional[str] = ..., seed_set_uri: _Optional[str] = ..., output_prefix: _Optional[str] = ..., num_prompts: _Optional[int] = ..., target_examples: _Optional[int] = ..., seed: _Optional[int] = ..., synthesis: _Optional[_Union[_common_pb2.Settings, _Mapping]] = ..., teacher_version: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.Job
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class CanaryResult(_message.Message):
+    __slots__ = ("passed", "tokens", "max_abs_diff", "mean_abs_diff", "tolerance", "seconds")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    tokens: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    tolerance: float
+    seconds: float
+    def __init__(self, passed: _Optional[bool] = ..., tokens: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., tolerance: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class TeacherVersion(_message.Message):
+    __slots__ = ("name", "model", "backend", "adapter_digest", "rank", "exact", "canary")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: _common_pb2.ModelSpec
+    backend: str
+    adapter_digest: str
+    rank: int
+    exact: bool
+    canary: CanaryResult
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., backend: _Optional[str] = ..., adapter_digest: _Optional[str] = ..., rank: _Optional[int] = ..., exact: _Optional[bool] = ..., canary: _Optional[_Union[CanaryResult, _Mapping]] = ...) -> None: ...
+
+class LoadTeacherVersionRequest(_message.Message):
+    __slots__ = ("name", "teacher")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    teacher: _common_pb2.ModelSpec
+    def __init__(self, name: _Optional[str] = ..., teacher: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ...) -> None: ...
+
+class LoadTeacherVersionResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: TeacherVersion
+    def __init__(self, version: _Optional[_Union[TeacherVersion, _Mapping]] = ...) -> None: ...
+
+class UnloadTeacherVersionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnloadTeacherVersionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTeacherVersionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTeacherVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[TeacherVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[TeacherVersion, _Mapping]]] = ...) -> None: ...

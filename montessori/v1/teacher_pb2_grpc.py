@@ -56,6 +56,21 @@ class TeacherServiceStub:
                 request_serializer=montessori_dot_v1_dot_common__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=montessori_dot_v1_dot_common__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.LoadTeacherVersion = channel.unary_unary(
+                '/montessori.v1.TeacherService/LoadTeacherVersion',
+                request_serializer=montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionRequest.SerializeToString,
+                response_deserializer=montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionResponse.FromString,
+                _registered_method=True)
+        self.UnloadTeacherVersion = channel.unary_unary(
+                '/montessori.v1.TeacherService/UnloadTeacherVersion',
+                request_serializer=montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionRequest.SerializeToString,
+                response_deserializer=montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionResponse.FromString,
+                _registered_method=True)
+        self.ListTeacherVersions = channel.unary_unary(
+                '/montessori.v1.TeacherService/ListTeacherVersions',
+                request_serializer=montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsRequest.SerializeToString,
+                response_deserializer=montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -90,6 +105,28 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadTeacherVersion(self, request, context):
+        """Make a teacher version resident under a name (vLLM: hot-swap its adapter into the running
+        engine, after the canary); blocks until it serves or is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadTeacherVersion(self, request, context):
+        """Unload a resident teacher version (NOT_FOUND when it is not resident).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeacherVersions(self, request, context):
+        """The resident teacher versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +149,21 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=montessori_dot_v1_dot_common__pb2.WatchJobRequest.FromString,
                     response_serializer=montessori_dot_v1_dot_common__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'LoadTeacherVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadTeacherVersion,
+                    request_deserializer=montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionRequest.FromString,
+                    response_serializer=montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionResponse.SerializeToString,
+            ),
+            'UnloadTeacherVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadTeacherVersion,
+                    request_deserializer=montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionRequest.FromString,
+                    response_serializer=montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionResponse.SerializeToString,
+            ),
+            'ListTeacherVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeacherVersions,
+                    request_deserializer=montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsRequest.FromString,
+                    response_serializer=montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +275,87 @@ class TeacherService:
             '/montessori.v1.TeacherService/WatchJob',
             montessori_dot_v1_dot_common__pb2.WatchJobRequest.SerializeToString,
             montessori_dot_v1_dot_common__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadTeacherVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/montessori.v1.TeacherService/LoadTeacherVersion',
+            montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionRequest.SerializeToString,
+            montessori_dot_v1_dot_teacher__pb2.LoadTeacherVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadTeacherVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/montessori.v1.TeacherService/UnloadTeacherVersion',
+            montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionRequest.SerializeToString,
+            montessori_dot_v1_dot_teacher__pb2.UnloadTeacherVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeacherVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/montessori.v1.TeacherService/ListTeacherVersions',
+            montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsRequest.SerializeToString,
+            montessori_dot_v1_dot_teacher__pb2.ListTeacherVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,4 @@
-"""Generation backends behind one interface (transformers now; vLLM plugs in the same way)."""
+"""Generation backends behind one interface: transformers here, vLLM in ``services.teacher.vllm_backend``."""
 from __future__ import annotations
 
 import threading
@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from common.errors import NotFound
 from common.models import ModelRef, load_model, load_tokenizer
 
 
@@ -108,27 +109,65 @@ class TransformersBackend(GenerationBackend):
         generated = output[:, prompt_length:]
         self.tokens_generated += int((generated != self.tokenizer.pad_token_id).sum())
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        texts = [_cut_at_stop(text, params.stop) for text in texts]
+        texts = [cut_at_stop(text, params.stop) for text in texts]
         return [texts[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
 
-class BackendCache:
-    """The loaded teacher: one model version resident at a time, swapped on demand."""
+class TeacherBackends(ABC):
+    """The teacher service's loaded model(s): a backend for a version, and the versions resident."""
+
+    @abstractmethod
+    def get(self, ref: ModelRef, *, version: str | None = None) -> GenerationBackend:
+        """A backend generating with ``ref``; ``version`` names it where versions are served side by side."""
+
+    @abstractmethod
+    def load_version(self, name: str, ref: ModelRef) -> dict:
+        """Make ``ref`` resident as ``name`` (idempotent); its description."""
+
+    @abstractmethod
+    def unload_version(self, name: str) -> None:
+        """Drop a resident version (:class:`NotFound` when it is not resident)."""
+
+    @abstractmethod
+    def versions(self) -> list[dict]:
+        """Descriptions of the resident versions."""
+
+
+class BackendCache(TeacherBackends):
+    """transformers: one model version resident at a time (weights merged), swapped on demand."""
 
     def __init__(self, dtype: str = "float32"):
         self.dtype = dtype
         self._lock = threading.Lock()
         self._backend: TransformersBackend | None = None
+        self._name: str | None = None
 
-    def get(self, ref: ModelRef, *, field: str = "teacher") -> TransformersBackend:
+    def get(self, ref: ModelRef, *, version: str | None = None, field: str = "teacher") -> TransformersBackend:
         with self._lock:
             if self._backend is None or self._backend.ref != ref:
                 self._backend = None  # free the old weights before loading the new ones
                 self._backend = TransformersBackend(ref, field=field, dtype=self.dtype)
+            self._name = version
             return self._backend
 
+    def load_version(self, name: str, ref: ModelRef) -> dict:
+        self.get(ref, version=name)
+        return {"name": name, "model": ref.to_dict(), "backend": "transformers"}
 
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    def unload_version(self, name: str) -> None:
+        with self._lock:
+            if self._backend is None or self._name != name:
+                raise NotFound(f"teacher version {name!r} is not loaded", field="name")
+            self._backend, self._name = None, None
+
+    def versions(self) -> list[dict]:
+        with self._lock:
+            if self._backend is None:
+                return []
+            return [{"name": self._name or "", "model": self._backend.ref.to_dict(), "backend": "transformers"}]
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     """Text up to and including the first stop string (the tag closes the sample)."""
     cut = len(text)
     for marker in stop:

@@ -53,3 +53,43 @@ class SynthesisConfig:
         check(self.prompt_batch_size >= 1, "prompt_batch_size", "must be >= 1")
         check(self.response_batch_size >= 1, "response_batch_size", "must be >= 1")
         check(self.max_prompt_attempts_factor >= 1, "max_prompt_attempts_factor", "must be >= 1")
+
+
+@dataclass
+class VLLMSettings:
+    """The vLLM engine of a teacher service started with ``--backend vllm``."""
+
+    dtype: str = field("auto", help="Engine weights dtype ('auto': the model's; bfloat16 on GPU, float32 for an exact canary on CPU).")
+    max_model_len: int = field(2048, help="Longest prompt + completion the engine accepts.")
+    kv_cache_gib: int = field(1, help="CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = field(0.5, help="GPU only: share of GPU memory the engine may take.")
+    max_lora_rank: int = field(
+        64, help="Largest adapter rank served; a longer adapter chain (ranks add up) is truncated to it by SVD.")
+    max_loras_per_batch: int = field(1, help="Different teacher versions one engine batch may mix.")
+    max_resident_versions: int = field(4, help="Teacher versions kept loaded; the least recently used is unloaded first.")
+    canary_tokens: int = field(16, help="Greedy tokens the canary compares before a new version serves.")
+    canary_tolerance: float = field(
+        0.05, help="Largest per-token log-probability difference between engine and transformers+peft the canary "
+        "accepts (fp32 engine; use about 0.5 for bf16).")
+
+    def __post_init__(self) -> None:
+        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "must be auto, float32, bfloat16 or float16")
+        check(64 <= self.max_model_len <= 1_048_576, "max_model_len", "must be in 64..1048576")
+        check(1 <= self.kv_cache_gib <= 1024, "kv_cache_gib", "must be in 1..1024")
+        check(0.05 <= self.gpu_memory_utilization <= 0.99, "gpu_memory_utilization", "must be in [0.05, 0.99]")
+        check(self.max_lora_rank in (8, 16, 32, 64, 128, 256), "max_lora_rank", "must be one of 8, 16, 32, 64, 128, 256")
+        check(1 <= self.max_loras_per_batch <= 64, "max_loras_per_batch", "must be in 1..64")
+        check(1 <= self.max_resident_versions <= 256, "max_resident_versions", "must be in 1..256")
+        check(1 <= self.canary_tokens <= 256, "canary_tokens", "must be in 1..256")
+        check(0.0 < self.canary_tolerance <= 10.0, "canary_tolerance", "must be in (0, 10]")
+
+
+@dataclass
+class TeacherServiceConfig:
+    """How a teacher service generates (set at start-up, not per request)."""
+
+    backend: Literal["transformers", "vllm"] = field(
+        "transformers", help="'transformers': model.generate (runs anywhere). 'vllm': a vLLM engine with adapter "
+        "hot-swap (needs the vLLM environment: .venv-vllm on CPU, the GPU image in a cluster).")
+    dtype: str = field("float32", help="transformers backend: weights dtype.")
+    vllm: VLLMSettings = field(default_factory=VLLMSettings, help="vllm backend settings.")

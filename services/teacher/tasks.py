@@ -17,7 +17,7 @@ CANDIDATES = "candidates.jsonl"
 
 
 def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, teacher: ModelRef, teacher_label: str,
-             seed_path: Path, config: SynthesisConfig, seed: int, num_prompts: int | None = None,
+             seed_path: Path, config: SynthesisConfig, seed: int, served_version: dict | None = None, num_prompts: int | None = None,
              target: int | None = None, progress: Progress = no_progress) -> StageResult:
     """Synthesise and answer candidates; publish ``<prefix>/candidates.jsonl`` and its manifest."""
     started = time.time()
@@ -31,7 +31,9 @@ def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, t
     tokens = backend.tokens_generated - tokens_before
     metrics = {**stats.to_dict(), "groups": len({c.group_id for c in candidates}), "seconds": round(seconds, 2),
                "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9)}
-    inputs = {"seed_set": input_ref(store, seed_path), "teacher": {"model": model_input(store, teacher), "label": teacher_label}}
+    # Which version wrote the set: the model, its label and, for an engine, what it served (digest, canary).
+    inputs = {"seed_set": input_ref(store, seed_path),
+              "teacher": {"model": model_input(store, teacher), "label": teacher_label, "served": served_version or {}}}
     return publish_manifest(store, prefix, stage="generate", inputs=inputs,
                             config={"synthesis": config, "seed": seed, "num_prompts": num_prompts, "target": target},
                             outputs={"candidates": ref}, metrics=metrics, started=started)

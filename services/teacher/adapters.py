@@ -1,0 +1,135 @@
+"""A teacher version's adapter chain as ONE LoRA adapter, the form an inference engine serves.
+
+A teacher version is the base plus a chain of LoRA adapters, one per DPO round, each
+trained on the previous version merged into the weights. A LoRA delta does not depend
+on the weights it is added to (``dW = scale * B @ A``), so the chain's total delta on a
+layer is the sum of its adapters' deltas, which is exactly one LoRA adapter whose rank is
+the sum of the ranks: stack the (scaled) ``A`` matrices along the rank axis and the ``B``
+matrices alongside. When that sum exceeds the engine's largest rank, the summed delta is
+truncated by SVD to that rank (the best approximation of that rank; the canary judges it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.errors import FailedPrecondition, NotFound
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass(frozen=True)
+class CollapsedAdapter:
+    """One adapter folder equivalent to a chain (``exact``) or its best rank-``rank`` approximation."""
+
+    path: Path
+    rank: int
+    exact: bool
+    #: Largest relative Frobenius error of a truncated layer delta (0 when exact).
+    truncation_error: float
+
+
+def chain_digest(adapters: tuple[str, ...]) -> str:
+    """SHA-256 over the chain's adapter configs and weights, in order (names the collapsed folder)."""
+    digest = hashlib.sha256()
+    for folder in adapters:
+        for name in (CONFIG, WEIGHTS):
+            path = Path(folder) / name
+            if not path.is_file():
+                raise NotFound(f"no LoRA adapter ({name}) at {folder}", field="teacher.adapters")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / CONFIG).read_text())
+    if config.get("peft_type") != "LORA":
+        raise FailedPrecondition(f"{folder} is not a LoRA adapter (peft_type {config.get('peft_type')})", field="teacher.adapters")
+    unsupported = [key for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "lora_bias") if config.get(key)]
+    if unsupported:
+        raise FailedPrecondition(f"{folder}: LoRA options {unsupported} cannot be served by the engine", field="teacher.adapters")
+    return config, load_file(str(folder / WEIGHTS))
+
+
+def _scale(config: dict) -> float:
+    rank = int(config["r"])
+    return float(config["lora_alpha"]) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def collapse_chain(adapters: tuple[str, ...], target: Path, *, max_rank: int) -> CollapsedAdapter:
+    """Write the single adapter equivalent to ``adapters`` into ``target`` (atomically)."""
+    if not adapters:
+        raise FailedPrecondition("a base model has no adapter to collapse", field="teacher.adapters")
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # module -> [(scaled A, B)]
+    base_config: dict = {}
+    for folder in map(Path, adapters):
+        config, weights = _read_adapter(folder)
+        base_config = base_config or config
+        scale = _scale(config)
+        for key, a in weights.items():
+            if key.endswith(_A):
+                module = key[: -len(_A)]
+                b = weights.get(module + _B)
+                if b is None:
+                    raise FailedPrecondition(f"{folder}: {module} has lora_A but no lora_B", field="teacher.adapters")
+                factors.setdefault(module, []).append((a.float() * scale, b.float()))
+    total_rank = max(sum(a.shape[0] for a, _ in pairs) for pairs in factors.values())
+    exact = total_rank <= max_rank
+    rank = total_rank if exact else max_rank
+    tensors: dict[str, torch.Tensor] = {}
+    worst = 0.0
+    for module, pairs in factors.items():
+        a = torch.cat([a for a, _ in pairs], dim=0)
+        b = torch.cat([b for _, b in pairs], dim=1)
+        if not exact:
+            a, b, error = _truncate(a, b, rank)
+            worst = max(worst, error)
+        # Pad modules touched by fewer rounds with zero rank components (no effect on the delta).
+        pad = rank - a.shape[0]
+        a = torch.cat([a, a.new_zeros(pad, a.shape[1])]) if pad else a
+        b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1) if pad else b
+        tensors[module + _A] = a.contiguous()
+        tensors[module + _B] = b.contiguous()
+    config = {**base_config, "r": rank, "lora_alpha": rank, "use_rslora": False, "inference_mode": True,
+              "target_modules": sorted({m.split("base_model.model.", 1)[-1] for m in factors})}
+    _write(target, config, tensors)
+    return CollapsedAdapter(path=target, rank=rank, exact=exact, truncation_error=worst)
+
+
+def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-``rank`` factors of ``b @ a`` (SVD), and the relative error of that approximation."""
+    delta = b @ a
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    root = s[:rank].sqrt()
+    new_b, new_a = u[:, :rank] * root, root[:, None] * vh[:rank]
+    norm = float(delta.norm())
+    return new_a, new_b, float((delta - new_b @ new_a).norm()) / norm if norm else 0.0
+
+
+def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        (staging / CONFIG).write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(staging / WEIGHTS))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

