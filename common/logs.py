@@ -53,11 +53,14 @@ def configure_logging(env: Env | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate|datasets)(\.|$)")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|peft|accelerate)(\.|$)")
     # Their per-call progress bars (weight loading, dataset mapping) would drown ours.
-    import datasets
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets  # absent from the vLLM teacher's environment, which trains nothing
+    except ImportError:
+        return
     datasets.disable_progress_bars()
 
 

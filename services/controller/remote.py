@@ -114,7 +114,9 @@ class RemoteExecutor:
 
     def generate(self, prefix, *, teacher, seed_uri, config, seed, num_prompts, target, progress=no_progress):
         request = teacher_pb2.GenerateRequest(
-            request_id=self._request_id(prefix), teacher=_model(teacher), teacher_label=teacher.label, seed_set_uri=seed_uri,
+            request_id=self._request_id(prefix), teacher=_model(teacher), teacher_label=teacher.label,
+            # One engine may serve several loops: the version name is the loop's, e.g. `<loop-id>:teacher-r2`.
+            teacher_version=f"{self.request_prefix}:{teacher.label}", seed_set_uri=seed_uri,
             output_prefix=prefix, num_prompts=num_prompts or 0, target_examples=target or 0, seed=seed,
             synthesis=dict_to_settings(to_dict(config)))
         return self._result("generate", self._run("teacher", self.teacher, self.teacher.Generate, request, progress))

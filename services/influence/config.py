@@ -18,15 +18,32 @@ class InfluenceConfig:
         "gradient with sgd_learning_rate (no optimizer state; measures the example alone, not warm-up momentum).",
     )
     sgd_learning_rate: float = field(1e-4, help="Step size of the 'sgd' mode.")
-    mode: Literal["exact", "first_order"] = field(
+    mode: Literal["exact", "first_order", "projected"] = field(
         "exact",
         help="'exact': the definition (one step, then the reference loss), per candidate. 'first_order': its "
         "first-order Taylor estimate, lr * <grad of the reference loss, the candidate's update direction> (Adam's "
-        "preconditioning in faithful mode); one backward per candidate and no reference pass.")
+        "preconditioning in faithful mode); no reference pass per candidate. 'projected': the same inner product "
+        "after a fixed random projection (count sketch) of both vectors to projection_dim numbers, for students "
+        "too large to hold full gradients: the candidate's update is projected tensor by tensor during the backward "
+        "pass and the reference gradient is kept only in projected form (unbiased, noisier than first_order).")
+    projection_dim: int = field(4096, help="projected: dimension of the random projection (larger: closer to first_order).")
+    projection_seed: int = field(0, help="projected: seed of the random projection (fixed for a whole round).")
+    cache_projection: bool = field(
+        True, help="projected: keep the projection's codes in memory (2 bytes per parameter while projection_dim "
+        "<= 16383, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
+        "about one random draw per parameter per candidate more).")
+    candidate_batch_size: int = field(
+        8, help="first_order/projected with optimizer 'sgd': candidates scored together in one forward-mode pass "
+        "(the directional derivative of each candidate's own loss along the reference direction). Faithful (Adam) "
+        "mode always takes one backward pass per candidate.")
     audit_size: int = field(
-        0, help="first_order: also score this many candidates exactly and report the agreement (Spearman, pair agreement).")
+        0, help="first_order/projected: also score this many candidates exactly and report the agreement "
+        "(Spearman, pair agreement).")
     min_agreement: float | None = field(
-        None, help="first_order: when the audit's Spearman falls below this, warn and re-score the round exactly.")
+        None, help="first_order/projected: when the audit's Spearman falls below this, warn and re-score the round exactly.")
+    min_pair_agreement: float | None = field(
+        None, help="first_order/projected: when the audit's pair agreement falls below this, warn and re-score the "
+        "round exactly.")
     reference_size: int | None = field(
         None, help="Use only the first N rows of the reference set (None: all). The paper's official code uses 256.")
     reference_batch_size: int = field(16, help="Reference rows per forward pass (length-sorted, padded to the longest).")
@@ -34,9 +51,16 @@ class InfluenceConfig:
 
     def __post_init__(self) -> None:
         check(0.0 < self.sgd_learning_rate <= 1.0, "sgd_learning_rate", "must be in (0, 1]")
+        check(1 <= self.projection_dim <= 16_777_216, "projection_dim", "must be in 1..16777216")
+        check(0 <= self.projection_seed < 2**63, "projection_seed", "must be in 0..2**63-1")
+        check(1 <= self.candidate_batch_size <= 1024, "candidate_batch_size", "must be in 1..1024")
         check(0 <= self.audit_size <= 1_000_000, "audit_size", "must be in 0..1000000")
         check(self.min_agreement is None or -1.0 <= self.min_agreement <= 1.0, "min_agreement", "must be in [-1, 1] or null")
         check(self.min_agreement is None or self.audit_size > 0, "min_agreement", "needs audit_size > 0")
+        check(self.min_pair_agreement is None or 0.0 <= self.min_pair_agreement <= 1.0, "min_pair_agreement",
+              "must be in [0, 1] or null")
+        check(self.min_pair_agreement is None or self.audit_size > 0, "min_pair_agreement", "needs audit_size > 0")
+        check(self.audit_size == 0 or self.mode != "exact", "audit_size", "needs mode first_order or projected")
         check(self.reference_size is None or self.reference_size >= 1, "reference_size", "must be >= 1 or null")
         check(1 <= self.reference_batch_size <= 1024, "reference_batch_size", "must be in 1..1024")
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")

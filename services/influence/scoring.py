@@ -9,12 +9,24 @@ in place before every candidate: no reload from disk, no per-candidate deep copy
 Weights stay fp32 (master weights) for exactness. The reference set is tokenised
 once and evaluated in length-sorted batches padded to the longest row; its mean is
 the mean of per-batch mean losses, as in the official code.
+
+Two estimates skip the per-candidate reference pass (METHOD.md: "fast approximations ...
+whose agreement with the exact score is measured and reported"):
+
+    first_order: influence(z) ~ lr * <g_ref, u_z>          (first-order Taylor expansion of L0 - L_after)
+    projected:   influence(z) ~ lr * <P g_ref, P u_z>      (P: a fixed random count sketch, E[P^T P] = I)
+
+where g_ref is the gradient of the reference loss at the snapshot (computed once per
+student version) and u_z the candidate's update direction: its gradient for SGD, Adam's
+preconditioned direction (from the warm-up moments) in faithful mode.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common.chat import IGNORE_INDEX, EncodedExample, encode_example, instruction_text
 from common.progress import Progress, Stopwatch, no_progress
@@ -54,6 +66,77 @@ def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's own mean response-only token loss (shape ``(batch,)``), computed in fp32 like the
+    model's own loss; padding and the other rows do not enter a row's mean. A row without response
+    tokens gets 0 (and no gradient), as the exact step skips it."""
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX
+    token_losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return (token_losses * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
+
+
+def _splitmix64(value: int) -> int:
+    """A well-mixed 64-bit hash, so that neighbouring (seed, tensor) pairs give unrelated generator seeds."""
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return value ^ (value >> 31)
+
+
+class CountSketch:
+    """A fixed random linear map ``P: R^d -> R^k`` applied one parameter tensor at a time: a count sketch
+    (Charikar et al. 2002; the sparse Johnson-Lindenstrauss / feature-hashing projection).
+
+    Coordinate ``j`` of tensor ``t`` goes to bucket ``h(j)`` in ``[0, k)`` with sign ``s(j)`` in ``{-1, +1}``,
+    both drawn uniformly and independently from a generator seeded by ``(seed, t)``:
+    ``(P x)_b = sum_{h(j) = b} s(j) x_j``. Unbiased for inner products:
+
+        E <Px, Py> = sum_j x_j y_j + sum_{j != l} x_j y_l E[s(j) s(l)] Pr[h(j) = h(l)] = <x, y>,
+
+    because distinct coordinates have independent signs of mean 0. Its variance,
+    ``(sum_{j != l} x_j^2 y_l^2 + x_j y_j x_l y_l) / k <= (|x|^2 |y|^2 + <x, y>^2) / k``, is that of a dense
+    Gaussian or Rademacher sketch of the same dimension.
+
+    Why not a dense sketch (LESS uses a dense Rademacher one through TRAK's CUDA kernel): even generated
+    block by block, a dense ``d x k`` projection costs ``O(d k)`` per candidate (1.5e11 multiply-adds for a
+    135M-parameter student at k = 4096), while the count sketch costs ``O(d)``, one ``index_add`` over the
+    update, and never needs a matrix. Bucket and sign are packed in one code ``2 h(j) + (s(j) > 0)``; with
+    ``cache`` the codes are kept per tensor (int16 while ``2k <= 32767``: 2 bytes per parameter), otherwise
+    they are regenerated from the seed at every use (no per-parameter state; one random draw per parameter
+    per use). Deterministic on CPU; on CUDA ``index_add_`` accumulates in a nondeterministic order.
+    """
+
+    def __init__(self, dim: int, seed: int, *, cache: bool = True):
+        self.dim = dim
+        self.seed = seed
+        self.cache = cache
+        self._codes: dict[int, torch.Tensor] = {}
+        self._code_dtype = torch.int16 if 2 * dim <= 32767 else torch.int32
+
+    def codes(self, index: int, numel: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The packed (bucket, sign) codes of tensor ``index`` (``numel`` coordinates), as int64."""
+        codes = self._codes.get(index)
+        if codes is None or codes.numel() != numel:
+            generator = torch.Generator().manual_seed(_splitmix64(self.seed * 0x100000001B3 + index) >> 1)
+            codes = torch.randint(0, 2 * self.dim, (numel,), generator=generator, dtype=self._code_dtype)
+            if self.cache:
+                self._codes[index] = codes
+        return codes.to(device=device, dtype=torch.long)
+
+    def project(self, index: int, values: torch.Tensor) -> torch.Tensor:
+        """``P_t x`` for tensor ``index`` with values ``x`` (any shape): ``k`` numbers in fp32."""
+        buckets = torch.zeros(2 * self.dim, dtype=torch.float32, device=values.device)
+        buckets.index_add_(0, self.codes(index, values.numel(), values.device), values.detach().reshape(-1).float())
+        return buckets[1::2] - buckets[0::2]
+
+    def transpose(self, index: int, projected: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``P_t^T y``: the tensor (shaped and typed like ``like``) whose inner product with any ``x`` is ``<y, P_t x>``."""
+        signed = torch.stack((-projected, projected), dim=1).reshape(-1)  # signed[2b + s] = (+1 if s else -1) * y_b
+        return signed[self.codes(index, like.numel(), like.device)].reshape(like.shape).to(like.dtype)
+
+
 class ReferenceLoss:
     """The mean response-only loss on a fixed reference set, batched once and reused."""
 
@@ -81,7 +164,9 @@ class InfluenceScorer:
         self.config = config
         self.max_length = min(config.max_length, int(getattr(model.config, "max_position_embeddings", config.max_length)))
         model.train(False)  # no dropout: the step must be deterministic
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names = [name for name, _ in trainable]
+        self.params = [p for _, p in trainable]
         if not self.params:
             raise ValueError("student has no trainable parameters")
         if optimizer is None:
@@ -93,6 +178,9 @@ class InfluenceScorer:
         self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
         self._group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         self._reference_gradient: list[torch.Tensor] | None = None
+        self._sketch = CountSketch(config.projection_dim, config.projection_seed, cache=config.cache_projection)
+        self._projected_reference: torch.Tensor | None = None
+        self._projected_tangent: list[torch.Tensor] | None = None
         self.base_loss = self.reference_loss(model)
 
     def restore(self) -> None:

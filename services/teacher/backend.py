@@ -132,6 +132,9 @@ class TeacherBackends(ABC):
     def versions(self) -> list[dict]:
         """Descriptions of the resident versions."""
 
+    def close(self) -> None:
+        """Release engines and worker processes (on shutdown)."""
+
 
 class BackendCache(TeacherBackends):
     """transformers: one model version resident at a time (weights merged), swapped on demand."""
