@@ -180,7 +180,7 @@ class InfluenceScorer:
         self._reference_gradient: list[torch.Tensor] | None = None
         self._sketch = CountSketch(config.projection_dim, config.projection_seed, cache=config.cache_projection)
         self._projected_reference: torch.Tensor | None = None
-        self._projected_tangent: list[torch.Tensor] | None = None
+        self._tangents: dict[str, list[torch.Tensor]] = {}
         self.base_loss = self.reference_loss(model)
 
     def restore(self) -> None:
@@ -224,18 +224,45 @@ class InfluenceScorer:
         mode = mode or self.config.mode
         encoded = [self.encode(example) for example in examples]  # every input is checked before any work
         watch = Stopwatch()
-        rows = []
-        for done, (example, tokens) in enumerate(zip(examples, encoded), start=1):
-            if mode == "first_order":
-                influence, after = self.first_order_one(tokens), None
+        influences: list[float] = [0.0] * len(examples)
+        afters: list[float | None] = [None] * len(examples)
+        done = 0
+        for chunk in self._chunks(encoded, mode):
+            if self.batched(mode):
+                for i, value in zip(chunk, self.directional_scores([encoded[i] for i in chunk], mode)):
+                    influences[i] = value
+            elif mode == "exact":
+                influences[chunk[0]], afters[chunk[0]] = self.score_one(encoded[chunk[0]])
+            elif mode == "first_order":
+                influences[chunk[0]] = self.first_order_one(encoded[chunk[0]])
+            elif mode == "projected":
+                influences[chunk[0]] = self.projected_one(encoded[chunk[0]])
             else:
-                influence, after = self.score_one(tokens)
-            rows.append({"id": example.id, "influence": influence, "reference_loss_after": after})
+                raise ValueError(f"unknown influence mode {mode!r}")
+            done += len(chunk)
             progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
         self.last_rate = len(examples) / max(watch.elapsed, 1e-9)
-        return rows
+        return [{"id": example.id, "influence": influence, "reference_loss_after": after}
+                for example, influence, after in zip(examples, influences, afters)]
 
-    # -- first-order estimate ----------------------------------------------------------------
+    def batched(self, mode: str) -> bool:
+        """Whether ``mode`` scores several candidates per pass: only the estimates, and only where the update
+        direction is the gradient itself (plain SGD), so that lr * <v, u_z> is linear in the candidate's gradient
+        and equals lr times the directional derivative of its loss along v. Adam's direction is not linear in the
+        gradient (the second moment), so faithful mode needs each candidate's own gradient: one backward each."""
+        return (mode in ("first_order", "projected") and self.config.candidate_batch_size > 1
+                and type(self.optimizer) is torch.optim.SGD)
+
+    def _chunks(self, encoded: list[EncodedExample], mode: str) -> list[list[int]]:
+        """Indices of the candidates scored together. Batches are formed from length-sorted candidates (less
+        padding), ties broken by the tokens, so they depend on the candidate set, not on its order."""
+        if not self.batched(mode):
+            return [[i] for i in range(len(encoded))]
+        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].input_ids), encoded[i].input_ids))
+        size = self.config.candidate_batch_size
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    # -- estimates -------------------------------------------------------------------------
 
     def reference_gradient(self) -> list[torch.Tensor]:
         """Gradient of the reference loss (mean of per-batch means) at the snapshot, computed once."""
@@ -249,34 +276,132 @@ class InfluenceScorer:
                 param.grad = None
         return self._reference_gradient
 
+    def projected_reference(self) -> torch.Tensor:
+        """``P g_ref`` (``projection_dim`` numbers), computed once. Each tensor's gradient is projected as soon as
+        the backward pass produces it and then dropped, so the full reference gradient is never held; by
+        linearity the sum of the projected per-batch gradients is the projection of their sum."""
+        if self._projected_reference is None:
+            projected = torch.zeros(self.config.projection_dim)
+
+            def add(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
+                projected.add_(self._sketch.project(index, grad).to(projected.device))
+                return 0.0
+
+            for batch in self.reference_loss.batches:
+                self._reduce_gradient(self.model(**batch).loss / len(self.reference_loss.batches), add)
+            self._projected_reference = projected
+        return self._projected_reference
+
+    def _reduce_gradient(self, loss: torch.Tensor, reduce) -> float:
+        """Backpropagate ``loss`` and return the sum of ``reduce(index, param, grad)`` over the trainable tensors,
+        each called as soon as its gradient is ready and the gradient dropped right after: a full gradient
+        never exists at once (peak: the largest tensor's). Tensors the loss does not reach get no call, as the
+        optimizer skips tensors without a gradient."""
+        total = 0.0
+
+        def hook(index: int):
+            def run(param: torch.Tensor) -> None:
+                nonlocal total
+                total += reduce(index, param, param.grad)
+                param.grad = None
+            return run
+
+        handles = [param.register_post_accumulate_grad_hook(hook(i)) for i, param in enumerate(self.params)]
+        try:
+            loss.backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+            for param in self.params:
+                param.grad = None
+        return total
+
     @torch.no_grad()
     def _update_direction(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """-(the step the optimizer would take) / lr for ``param`` given ``grad``, from the snapshot state."""
+        """-(the step the optimizer would take) / lr for ``param`` given ``grad``, from the snapshot state.
+        The arithmetic of torch's AdamW, in place on two fresh buffers (the hot path is memory-bound)."""
         if isinstance(self.optimizer, torch.optim.SGD):
             return grad
         group = self._group_of[id(param)]
         beta1, beta2 = group["betas"]
         state = self._optimizer_state.get(id(param), {})
         step = float(state["step"]) + 1 if "step" in state else 1.0
-        exp_avg = state["exp_avg"] * beta1 + grad * (1 - beta1) if "exp_avg" in state else grad * (1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2) if "exp_avg_sq" in state else grad * grad * (1 - beta2)
-        denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + group["eps"]
-        return exp_avg / (1 - beta1 ** step) / denom + group["weight_decay"] * param
+        if "exp_avg" in state:
+            exp_avg = torch.mul(state["exp_avg"], beta1).add_(grad, alpha=1 - beta1)
+        else:
+            exp_avg = torch.mul(grad, 1 - beta1)
+        if "exp_avg_sq" in state:
+            denom = torch.mul(state["exp_avg_sq"], beta2).addcmul_(grad, grad, value=1 - beta2)
+        else:
+            denom = torch.mul(grad, grad).mul_(1 - beta2)
+        denom.sqrt_().div_((1 - beta2 ** step) ** 0.5).add_(group["eps"])
+        direction = exp_avg.div_(denom).div_(1 - beta1 ** step)
+        return direction.add_(param, alpha=group["weight_decay"]) if group["weight_decay"] else direction
+
+    def _candidate_loss(self, encoded: EncodedExample) -> torch.Tensor | None:
+        """The candidate's loss with a graph, or None where the exact step would be skipped (no finite loss)."""
+        loss = self.model(**collate([encoded], self.tokenizer.pad_token_id)).loss
+        return loss if torch.isfinite(loss) and loss.requires_grad else None
 
     def first_order_one(self, encoded: EncodedExample) -> float:
         """lr * <grad L_ref, update direction of the candidate>: the first-order Taylor estimate of L0 - L_after."""
         reference = self.reference_gradient()
-        batch = collate([encoded], self.tokenizer.pad_token_id)
-        for param in self.params:
-            param.grad = None
-        self.model(**batch).loss.backward()
-        total = 0.0
-        for param, g_ref in zip(self.params, reference):
-            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        loss = self._candidate_loss(encoded)
+        if loss is None:
+            return 0.0
+
+        def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
             lr = self._group_of[id(param)]["lr"]
-            total += lr * float(torch.dot(g_ref.flatten(), self._update_direction(param, grad).flatten()))
-            param.grad = None
-        return total
+            return lr * float(torch.dot(reference[index].flatten(), self._update_direction(param, grad).flatten()))
+
+        return self._reduce_gradient(loss, inner)
+
+    def projected_one(self, encoded: EncodedExample) -> float:
+        """lr * <P g_ref, P u>: the first-order estimate after the random projection; the update is projected
+        tensor by tensor during the backward pass, so neither full vector is held."""
+        reference = self.projected_reference()
+        loss = self._candidate_loss(encoded)
+        if loss is None:
+            return 0.0
+
+        def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
+            lr = self._group_of[id(param)]["lr"]
+            return lr * float(torch.dot(reference, self._sketch.project(index, self._update_direction(param, grad))))
+
+        return self._reduce_gradient(loss, inner)
+
+    def _tangent(self, mode: str) -> list[torch.Tensor]:
+        """The vector v with estimate = <v, g_z> for every candidate z in (plain-SGD) batched mode:
+        lr * g_ref for first_order, lr * P^T P g_ref for projected (built once; one gradient's memory, so in
+        this mode projection saves no memory and only adds noise: it is there so that the mode means the same
+        thing under both optimizers)."""
+        if mode not in self._tangents:
+            if mode == "first_order":
+                vectors = self.reference_gradient()
+            else:
+                reference = self.projected_reference()
+                vectors = [self._sketch.transpose(i, reference, p) for i, p in enumerate(self.params)]
+            self._tangents[mode] = [self._group_of[id(p)]["lr"] * v for p, v in zip(self.params, vectors)]
+        return self._tangents[mode]
+
+    def directional_scores(self, encoded: list[EncodedExample], mode: str) -> list[float]:
+        """The estimate for several candidates in one forward-mode pass (plain SGD only, see ``batched``):
+        d/dt L_z(theta + t v) = <g_z, v> for each candidate's own mean response loss L_z, all rows at once
+        (``torch.func.jvp`` through ``functional_call``). This costs about one forward+backward of the whole
+        batch (each matmul gains two tangent matmuls), so the gain over one backward per candidate is batching
+        itself: larger kernels and less per-call overhead, much larger on a GPU than on a few CPU cores.
+        The math SDPA kernel is forced because the fused CPU/CUDA attention kernels have no forward-mode rule."""
+        batch = collate(encoded, self.tokenizer.pad_token_id)
+        primals = {name: param.detach() for name, param in zip(self.names, self.params)}
+        tangents = dict(zip(self.names, self._tangent(mode)))
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+        def losses(params):
+            return per_example_losses(functional_call(self.model, params, (), inputs).logits, batch["labels"])
+
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            _, derivatives = jvp(losses, (primals,), (tangents,))
+        return [float(d) for d in derivatives]
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -46,7 +46,8 @@ def test_collapsed_chain_equals_the_chain_merged_in_order(tiny_teacher, chain, t
     assert config["r"] == 20 and config["lora_alpha"] == 20 and not config["use_rslora"]
     expected = _logits(ModelRef(str(tiny_teacher), chain))
     assert not torch.allclose(expected, _logits(ModelRef(str(tiny_teacher))), atol=1e-3)  # the chain matters
-    assert torch.allclose(_logits(ModelRef(str(tiny_teacher), (str(tmp_path / "one"),))), expected, atol=1e-5)
+    collapsed_logits = _logits(ModelRef(str(tiny_teacher), (str(tmp_path / "one"),)))
+    assert (collapsed_logits - expected).abs().max() < 1e-4, (collapsed_logits - expected).abs().max()
 
 
 def test_a_chain_over_the_largest_rank_is_truncated_by_svd(tiny_teacher, chain, tmp_path):
