@@ -57,8 +57,10 @@ protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/montessori/v1/*.proto
 
 # The five services as local processes on loopback (ports 50050-50054, metrics 9100-9104).
+# TEACHER_BACKEND=vllm runs the teacher from the vLLM environment (adapter hot-swap).
+TEACHER_BACKEND ?= transformers
 up: setup
-	$(PY) -m cli.local_services up
+	$(PY) -m cli.local_services up --teacher-backend $(TEACHER_BACKEND)
 
 down:
 	$(PY) -m cli.local_services down

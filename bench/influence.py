@@ -4,14 +4,21 @@
       reloaded from disk before every candidate, reference rows one at a time padded to 1024 tokens;
   (b) exact: this project's scorer (state restored in memory, length-sorted padded-to-longest batches);
   (c) first_order: the first-order Taylor estimate (one backward per candidate, no reference pass);
-  (d) projected: not implemented yet (reported as such).
+  (d) projected: the same estimate through a count sketch of --projection-dim numbers (the update is
+      projected tensor by tensor during the backward pass; the reference gradient kept projected).
 
-Prints a table (candidates/s, ratio to (a), agreement with (b)) and writes JSON.
+(b)-(d) pay a once-per-student-version setup (reference loss, reference gradient or its projection),
+reported apart: "cand/s" includes it, "steady cand/s" is the per-candidate rate a large round tends to.
+A second table times candidate batching (optimizer 'sgd', where first_order/projected score
+--batch candidates per forward-mode pass) against one backward per candidate.
+
+Prints the tables (candidates/s, ratio to (a), agreement with (b)) and writes JSON.
 Usage: python bench/influence.py --student models/tiny-student [--candidates 24] [--reference 16]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -76,6 +83,18 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+def influences(scorer: InfluenceScorer, candidates, mode: str) -> list[float]:
+    return [r["influence"] for r in scorer.score(candidates, mode=mode)]
+
+
+def method_row(method: str, n: int, setup: float, seconds: float, base_rate: float, exact, values, groups) -> dict:
+    """One row of the main table; ``seconds`` excludes ``setup``."""
+    total = setup + seconds
+    return {"method": method, "candidates": n, "setup_seconds": setup, "seconds": total, "cand_per_s": n / total,
+            "speedup": n / total / base_rate, "steady_cand_per_s": n / seconds, "steady_speedup": n / seconds / base_rate,
+            "spearman_vs_exact": spearman(exact[:n], values), "pair_agreement_vs_exact": pair_agreement(groups[:n], exact[:n], values)}
+
+
 def main() -> None:
     apply_offline_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,6 +103,8 @@ def main() -> None:
     parser.add_argument("--official-candidates", type=int, default=None, help="candidates for (a) (default: all)")
     parser.add_argument("--reference", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-6, help="warm-up learning rate (the influence step's lr)")
+    parser.add_argument("--projection-dim", type=int, default=4096, help="(d)'s projection_dim")
+    parser.add_argument("--batch", type=int, default=8, help="candidate_batch_size of the batching table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -92,47 +113,67 @@ def main() -> None:
     seed = read_instruction_rows("data/seed.jsonl")
     reference_rows = read_instruction_rows("data/reference.jsonl")[: args.reference]
     candidates = examples_from_rows(seed[-args.candidates:], prefix="cand")
+    groups = [f"g{i // 4}" for i in range(len(candidates))]
     with tempfile.TemporaryDirectory() as tmp:
         warmup = Path(tmp) / "warmup"
         train_sft(ModelRef(args.student), [(instruction_text(r["instruction"], r["input"]), r["output"]) for r in seed[:8]],
                   SFTSettings(learning_rate=args.lr, batch_size=4), warmup, seed=0, save_optimizer=True)
         tokenizer = load_tokenizer(warmup, field="warmup")
         reference = examples_from_rows(reference_rows, prefix="ref")
-        config = InfluenceConfig(optimizer="faithful", reference_batch_size=16)
+        config = InfluenceConfig(optimizer="faithful", reference_batch_size=16, projection_dim=args.projection_dim)
         model = load_model(ModelRef(str(warmup)), field="warmup", trainable=True)
-        scorer = InfluenceScorer(model, tokenizer, reference, config, load_adamw(model, warmup))
+        optimizer = load_adamw(model, warmup)
+        scorer, t_setup_exact = timed(lambda: InfluenceScorer(model, tokenizer, reference, config, optimizer))  # snapshot + L0
         official_n = args.official_candidates or len(candidates)
         official, t_official = timed(lambda: official_style(warmup, tokenizer, reference, candidates[:official_n], scorer.max_length))
-        exact, t_exact = timed(lambda: [r["influence"] for r in scorer.score(candidates, mode="exact")])
-        first, t_first = timed(lambda: [r["influence"] for r in scorer.score(candidates, mode="first_order")])
-    rate = lambda n, t: n / t  # noqa: E731
-    base_rate = rate(official_n, t_official)
-    groups = [f"g{i // 4}" for i in range(len(candidates))]
+        exact, t_exact = timed(lambda: influences(scorer, candidates, "exact"))
+        _, t_setup_first = timed(scorer.reference_gradient)
+        first, t_first = timed(lambda: influences(scorer, candidates, "first_order"))
+        _, t_setup_projected = timed(scorer.projected_reference)
+        projected, t_projected = timed(lambda: influences(scorer, candidates, "projected"))
+
+        # Batching (optimizer 'sgd'): one backward per candidate vs --batch candidates per forward-mode pass,
+        # on one scorer (its setup is shared; only the batch size changes between runs).
+        sgd = InfluenceScorer(model, tokenizer, reference, dataclasses.replace(config, optimizer="sgd"))
+        sgd.reference_gradient()
+        sgd.projected_reference()
+        batching = []
+        for mode in ("first_order", "projected"):
+            runs = {}
+            for size in (1, args.batch):
+                sgd.config = dataclasses.replace(sgd.config, candidate_batch_size=size)
+                runs[size] = timed(lambda: influences(sgd, candidates, mode))
+            (one, t_one), (many, t_many) = runs[1], runs[args.batch]
+            batching.append({"mode": mode, "candidates": len(candidates), "batch": args.batch,
+                             "per_candidate_cand_per_s": len(candidates) / t_one, "batched_cand_per_s": len(candidates) / t_many,
+                             "speedup": t_one / t_many,
+                             "max_relative_difference": max(abs(a - b) for a, b in zip(one, many)) / max(map(abs, one))})
+    base_rate = official_n / t_official
     rows = [
-        {"method": "(a) official-style", "candidates": official_n, "seconds": t_official, "cand_per_s": base_rate,
-         "speedup": 1.0, "spearman_vs_exact": spearman(exact[:official_n], official),
-         "pair_agreement_vs_exact": pair_agreement(groups[:official_n], exact[:official_n], official)},
-        {"method": "(b) exact", "candidates": len(candidates), "seconds": t_exact, "cand_per_s": rate(len(candidates), t_exact),
-         "speedup": rate(len(candidates), t_exact) / base_rate, "spearman_vs_exact": 1.0, "pair_agreement_vs_exact": 1.0},
-        {"method": "(c) first_order", "candidates": len(candidates), "seconds": t_first, "cand_per_s": rate(len(candidates), t_first),
-         "speedup": rate(len(candidates), t_first) / base_rate, "spearman_vs_exact": spearman(exact, first),
-         "pair_agreement_vs_exact": pair_agreement(groups, exact, first)},
-        {"method": "(d) projected", "candidates": 0, "seconds": None, "cand_per_s": None, "speedup": None,
-         "spearman_vs_exact": None, "pair_agreement_vs_exact": None, "note": "not implemented"},
+        method_row("(a) official-style", official_n, 0.0, t_official, base_rate, exact, official, groups),
+        method_row("(b) exact", len(candidates), t_setup_exact, t_exact, base_rate, exact, exact, groups),
+        method_row("(c) first_order", len(candidates), t_setup_first, t_first, base_rate, exact, first, groups),
+        method_row(f"(d) projected k={args.projection_dim}", len(candidates), t_setup_projected, t_projected, base_rate, exact,
+                   projected, groups),
     ]
-    print(f"student={args.student} reference_rows={len(reference)} candidates={len(candidates)} threads={args.threads} "
-          f"cpu={platform.processor() or platform.machine()}")
-    print(f"{'method':<20} {'cand':>5} {'seconds':>9} {'cand/s':>9} {'x (a)':>8} {'spearman':>9} {'pairs':>6}")
+    parameters = sum(p.numel() for p in scorer.params)
+    print(f"student={args.student} parameters={parameters} reference_rows={len(reference)} candidates={len(candidates)} "
+          f"threads={args.threads} cpu={platform.processor() or platform.machine()}")
+    print(f"{'method':<24} {'cand':>5} {'setup s':>8} {'seconds':>9} {'cand/s':>9} {'x (a)':>7} {'steady/s':>9} "
+          f"{'x (a)':>7} {'spearman':>9} {'pairs':>6}")
     for r in rows:
-        if r["seconds"] is None:
-            print(f"{r['method']:<20} {'-':>5} {'-':>9} {'-':>9} {'-':>8} {'-':>9} {'-':>6}  {r['note']}")
-            continue
-        print(f"{r['method']:<20} {r['candidates']:>5} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} {r['speedup']:>8.1f} "
-              f"{r['spearman_vs_exact']:>9.3f} {r['pair_agreement_vs_exact']:>6.2f}")
+        print(f"{r['method']:<24} {r['candidates']:>5} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} "
+              f"{r['speedup']:>7.1f} {r['steady_cand_per_s']:>9.3f} {r['steady_speedup']:>7.1f} {r['spearman_vs_exact']:>9.3f} "
+              f"{r['pair_agreement_vs_exact']:>6.2f}")
+    print(f"{'batching (sgd)':<24} {'cand':>5} {'batch':>5} {'1/backward':>11} {'batched':>9} {'speedup':>8} {'max rel diff':>13}")
+    for b in batching:
+        print(f"{b['mode']:<24} {b['candidates']:>5} {b['batch']:>5} {b['per_candidate_cand_per_s']:>11.3f} "
+              f"{b['batched_cand_per_s']:>9.3f} {b['speedup']:>8.2f} {b['max_relative_difference']:>13.1e}")
     out = Path(args.out or f"bench/results/influence-{Path(args.student).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"student": args.student, "reference_rows": len(reference), "threads": args.threads,
-                               "results": rows}, indent=2))
+    out.write_text(json.dumps({"student": args.student, "parameters": parameters, "reference_rows": len(reference),
+                               "threads": args.threads, "projection_dim": args.projection_dim, "results": rows,
+                               "batching": batching}, indent=2))
     print(f"wrote {out}")
 
 

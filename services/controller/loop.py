@@ -298,6 +298,12 @@ class LoopRunner:
                 raise
             stopped = True
             log.info("loop stopped", extra={"loop_id": self.loop_id, "stage": "loop"})
+        except MontessoriError as err:
+            # A failure is final: a restarted controller must not silently retry it (StartLoop with
+            # the same loop_id does, reusing every completed stage).
+            self.state["error"] = str(err)
+            self._save_state("failed")
+            raise
         summary = {
             "loop_id": self.loop_id,
             "code_version": code_version(),

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from common.config import check, field
+
+InfluenceMode = Literal["exact", "first_order", "projected"]
+#: Every scoring mode, in the order of ``InfluenceMode``.
+INFLUENCE_MODES: tuple[str, ...] = get_args(InfluenceMode)
 
 
 @dataclass
@@ -18,7 +22,7 @@ class InfluenceConfig:
         "gradient with sgd_learning_rate (no optimizer state; measures the example alone, not warm-up momentum).",
     )
     sgd_learning_rate: float = field(1e-4, help="Step size of the 'sgd' mode.")
-    mode: Literal["exact", "first_order", "projected"] = field(
+    mode: InfluenceMode = field(
         "exact",
         help="'exact': the definition (one step, then the reference loss), per candidate. 'first_order': its "
         "first-order Taylor estimate, lr * <grad of the reference loss, the candidate's update direction> (Adam's "
@@ -30,7 +34,7 @@ class InfluenceConfig:
     projection_seed: int = field(0, help="projected: seed of the random projection (fixed for a whole round).")
     cache_projection: bool = field(
         True, help="projected: keep the projection's codes in memory (2 bytes per parameter while projection_dim "
-        "<= 16383, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
+        "<= 16384, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
         "about one random draw per parameter per candidate more).")
     candidate_batch_size: int = field(
         8, help="first_order/projected with optimizer 'sgd': candidates scored together in one forward-mode pass "

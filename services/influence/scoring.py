@@ -103,7 +103,7 @@ class CountSketch:
     block by block, a dense ``d x k`` projection costs ``O(d k)`` per candidate (1.5e11 multiply-adds for a
     135M-parameter student at k = 4096), while the count sketch costs ``O(d)``, one ``index_add`` over the
     update, and never needs a matrix. Bucket and sign are packed in one code ``2 h(j) + (s(j) > 0)``; with
-    ``cache`` the codes are kept per tensor (int16 while ``2k <= 32767``: 2 bytes per parameter), otherwise
+    ``cache`` the codes are kept per tensor (int16 while ``k <= 16384``: 2 bytes per parameter), otherwise
     they are regenerated from the seed at every use (no per-parameter state; one random draw per parameter
     per use). Deterministic on CPU; on CUDA ``index_add_`` accumulates in a nondeterministic order.
     """
@@ -113,17 +113,18 @@ class CountSketch:
         self.seed = seed
         self.cache = cache
         self._codes: dict[int, torch.Tensor] = {}
-        self._code_dtype = torch.int16 if 2 * dim <= 32767 else torch.int32
+        self._code_dtype = torch.int16 if 2 * dim <= 32768 else torch.int32
 
     def codes(self, index: int, numel: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The packed (bucket, sign) codes of tensor ``index`` (``numel`` coordinates), as int64."""
+        """The packed (bucket, sign) codes of tensor ``index`` (``numel`` coordinates), as int32 (an index type that
+        ``index_add_`` and indexing accept, half the memory traffic of int64)."""
         codes = self._codes.get(index)
         if codes is None or codes.numel() != numel:
             generator = torch.Generator().manual_seed(_splitmix64(self.seed * 0x100000001B3 + index) >> 1)
             codes = torch.randint(0, 2 * self.dim, (numel,), generator=generator, dtype=self._code_dtype)
             if self.cache:
                 self._codes[index] = codes
-        return codes.to(device=device, dtype=torch.long)
+        return codes.to(device=device, dtype=torch.int32)
 
     def project(self, index: int, values: torch.Tensor) -> torch.Tensor:
         """``P_t x`` for tensor ``index`` with values ``x`` (any shape): ``k`` numbers in fp32."""
@@ -181,6 +182,7 @@ class InfluenceScorer:
         self._sketch = CountSketch(config.projection_dim, config.projection_seed, cache=config.cache_projection)
         self._projected_reference: torch.Tensor | None = None
         self._tangents: dict[str, list[torch.Tensor]] = {}
+        self._projected_offset = 0.0
         self.base_loss = self.reference_loss(model)
 
     def restore(self) -> None:
@@ -279,17 +281,38 @@ class InfluenceScorer:
     def projected_reference(self) -> torch.Tensor:
         """``P g_ref`` (``projection_dim`` numbers), computed once. Each tensor's gradient is projected as soon as
         the backward pass produces it and then dropped, so the full reference gradient is never held; by
-        linearity the sum of the projected per-batch gradients is the projection of their sum."""
+        linearity the sum of the projected per-batch gradients is the projection of their sum.
+
+        The same pass fixes ``self._projected_offset``, a control variate for faithful mode: Adam's direction
+        ``u_z`` has a large part that does not depend on the candidate, ``u_0`` (the direction at a zero
+        gradient: warm-up momentum and weight decay). Its term ``lr <g_ref, u_0>`` is computed exactly, tensor by
+        tensor, and only ``u_z - u_0`` goes through the projection:
+        ``estimate = lr <P g_ref, P (u_z - u_0)> + lr <g_ref, u_0>``, still unbiased. Without it the projection
+        noise on the shared term shifts every score by the same random amount, which keeps the ranking but flips
+        signs and so the preference pairs. With plain SGD ``u_0 = 0`` and the offset is 0."""
         if self._projected_reference is None:
-            projected = torch.zeros(self.config.projection_dim)
+            device = self.params[0].device
+            projected = torch.zeros(self.config.projection_dim, device=device)
+            shared = torch.zeros(self.config.projection_dim, device=device)  # sum_t lr_t P_t u_0
+            exact_shared = 0.0  # sum_t lr_t <g_ref_t, u_0>, accumulated batch by batch
 
             def add(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
+                nonlocal exact_shared
                 projected.add_(self._sketch.project(index, grad).to(projected.device))
+                if not isinstance(self.optimizer, torch.optim.SGD):
+                    lr = self._group_of[id(param)]["lr"]
+                    direction = self._update_direction(param, torch.zeros_like(param))
+                    exact_shared += lr * float(torch.dot(grad.flatten(), direction.flatten()))
                 return 0.0
 
             for batch in self.reference_loss.batches:
                 self._reduce_gradient(self.model(**batch).loss / len(self.reference_loss.batches), add)
+            if not isinstance(self.optimizer, torch.optim.SGD):
+                for index, param in enumerate(self.params):
+                    lr = self._group_of[id(param)]["lr"]
+                    shared.add_(self._sketch.project(index, self._update_direction(param, torch.zeros_like(param))), alpha=lr)
             self._projected_reference = projected
+            self._projected_offset = exact_shared - float(torch.dot(projected, shared))
         return self._projected_reference
 
     def _reduce_gradient(self, loss: torch.Tensor, reduce) -> float:
@@ -357,8 +380,9 @@ class InfluenceScorer:
         return self._reduce_gradient(loss, inner)
 
     def projected_one(self, encoded: EncodedExample) -> float:
-        """lr * <P g_ref, P u>: the first-order estimate after the random projection; the update is projected
-        tensor by tensor during the backward pass, so neither full vector is held."""
+        """lr * <P g_ref, P u>: the first-order estimate after the random projection (with the exact shared term,
+        see ``projected_reference``); the update is projected tensor by tensor during the backward pass, so
+        neither full vector is held."""
         reference = self.projected_reference()
         loss = self._candidate_loss(encoded)
         if loss is None:
@@ -368,7 +392,7 @@ class InfluenceScorer:
             lr = self._group_of[id(param)]["lr"]
             return lr * float(torch.dot(reference, self._sketch.project(index, self._update_direction(param, grad))))
 
-        return self._reduce_gradient(loss, inner)
+        return self._reduce_gradient(loss, inner) + self._projected_offset
 
     def _tangent(self, mode: str) -> list[torch.Tensor]:
         """The vector v with estimate = <v, g_z> for every candidate z in (plain-SGD) batched mode:

@@ -13,7 +13,7 @@ from common.logs import get_logger
 from common.manifests import StageResult, input_ref, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
-from services.influence.config import InfluenceConfig
+from services.influence.config import INFLUENCE_MODES, InfluenceConfig
 from services.influence.optimizer_state import load_adamw
 from services.influence.scoring import (Example, InfluenceScorer, ReferenceLoss, examples_from_rows, pair_agreement,
                                         spearman)
@@ -55,32 +55,54 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
         row["group_id"] = groups[row["id"]]
         row["reference_loss_before"] = scorer.base_loss
     rate = scorer.last_rate
-    audit = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress) \
-        if config.mode == "first_order" and config.audit_size else {}
-    if audit and config.min_agreement is not None and audit["audit_spearman"] < config.min_agreement:
-        log.warning("first-order estimate disagrees with exact influence; re-scoring exactly",
-                    extra={"stage": "score", "metrics": {"spearman": audit["audit_spearman"], "threshold": config.min_agreement}})
-        exact_rows = scorer.score(examples, progress=progress, stage="exact fallback", mode="exact")
-        for row, exact in zip(rows, exact_rows):
-            row.update(influence=exact["influence"], reference_loss_after=exact["reference_loss_after"])
-        audit["fell_back_to_exact"] = 1
+    audit, scored_by = {}, config.mode
+    if config.mode != "exact" and config.audit_size:
+        audit, audited = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress)
+        below = below_thresholds(audit, config)
+        audit["fell_back_to_exact"] = int(bool(below))
+        if below:
+            log.warning(f"{config.mode} estimate disagrees with exact influence; re-scoring exactly",
+                        extra={"stage": "score", "metrics": {**below, "mode": config.mode}})
+            rescore = [i for i in range(len(examples)) if i not in audited]
+            exact_rows = scorer.score([examples[i] for i in rescore], progress=progress, stage="exact fallback", mode="exact")
+            for i, exact in zip(rescore, exact_rows):
+                audited[i] = exact
+            for i, row in enumerate(rows):
+                row.update(influence=audited[i]["influence"], reference_loss_after=audited[i]["reference_loss_after"])
+            scored_by = "exact"
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
+    # Metrics are numbers (they travel as map<string, double>): one flag per mode says which one produced the scores.
     metrics = {**score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
-               **audit}
+               **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES}, **audit}
     inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                             metrics=metrics, started=started)
 
 
 def audit_agreement(scorer: InfluenceScorer, examples: list[Example], rows: list[dict], groups: dict[str, str], size: int,
-                    progress: Progress) -> dict:
-    """Score an evenly spaced sample exactly and compare it with the estimate (Spearman, pair agreement)."""
+                    progress: Progress) -> tuple[dict, dict[int, dict]]:
+    """Score an evenly spaced sample exactly and compare it with the estimate (Spearman, pair agreement).
+    Returns the metrics and the exact rows by candidate index (reused if the round falls back to exact:
+    exact scores do not depend on which other candidates are scored)."""
     step = max(1, len(examples) // min(size, len(examples)))
     picked = list(range(0, len(examples), step))[:size]
-    exact = [r["influence"] for r in scorer.score([examples[i] for i in picked], progress=progress, stage="audit", mode="exact")]
+    exact_rows = scorer.score([examples[i] for i in picked], progress=progress, stage="audit", mode="exact")
+    exact = [r["influence"] for r in exact_rows]
     estimate = [rows[i]["influence"] for i in picked]
-    return {"audit_size": len(picked), "audit_spearman": spearman(exact, estimate),
-            "audit_pair_agreement": pair_agreement([groups[examples[i].id] for i in picked], exact, estimate)}
+    metrics = {"audit_size": len(picked), "audit_spearman": spearman(exact, estimate),
+               "audit_pair_agreement": pair_agreement([groups[examples[i].id] for i in picked], exact, estimate)}
+    return metrics, dict(zip(picked, exact_rows))
+
+
+def below_thresholds(audit: dict, config: InfluenceConfig) -> dict:
+    """The audit measures that fall below their configured minimum, with the minimum (empty: the estimate passes)."""
+    below = {}
+    for measure, field_name in (("audit_spearman", "min_agreement"), ("audit_pair_agreement", "min_pair_agreement")):
+        minimum = getattr(config, field_name)
+        if minimum is not None and audit[measure] < minimum:
+            below[measure] = audit[measure]
+            below[field_name] = minimum
+    return below
 
 
 def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: float, rate: float) -> dict:

@@ -64,8 +64,11 @@ def run_canary(engine: "VLLMEngine", version: "ResidentVersion", settings: "VLLM
     model = load_model(version.ref, field="teacher")
     expected = reference_logprobs(model, prompt_ids, continuation)
     diffs = [abs(a - b) for a, b in zip(served, expected)]
+    tolerance = settings.canary_tolerance
+    if tolerance is None:
+        tolerance = 0.05 if engine.dtype == torch.float32 else 0.5
     report = CanaryReport(tokens=len(diffs), max_abs_diff=max(diffs, default=0.0),
-                          mean_abs_diff=sum(diffs) / max(len(diffs), 1), tolerance=settings.canary_tolerance,
+                          mean_abs_diff=sum(diffs) / max(len(diffs), 1), tolerance=tolerance,
                           seconds=round(time.time() - started, 2))
     if not report.passed:
         raise FailedPrecondition(

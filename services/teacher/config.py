@@ -68,9 +68,10 @@ class VLLMSettings:
     max_loras_per_batch: int = field(1, help="Different teacher versions one engine batch may mix.")
     max_resident_versions: int = field(4, help="Teacher versions kept loaded; the least recently used is unloaded first.")
     canary_tokens: int = field(16, help="Greedy tokens the canary compares before a new version serves.")
-    canary_tolerance: float = field(
-        0.05, help="Largest per-token log-probability difference between engine and transformers+peft the canary "
-        "accepts (fp32 engine; use about 0.5 for bf16).")
+    canary_tolerance: float | None = field(
+        None, help="Largest per-token log-probability difference between engine and transformers+peft (fp32) the "
+        "canary accepts; None: 0.05 for a float32 engine, 0.5 for a 16-bit one (its rounding alone moves "
+        "log-probabilities by about 0.2).")
 
     def __post_init__(self) -> None:
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "must be auto, float32, bfloat16 or float16")
@@ -81,7 +82,8 @@ class VLLMSettings:
         check(1 <= self.max_loras_per_batch <= 64, "max_loras_per_batch", "must be in 1..64")
         check(1 <= self.max_resident_versions <= 256, "max_resident_versions", "must be in 1..256")
         check(1 <= self.canary_tokens <= 256, "canary_tokens", "must be in 1..256")
-        check(0.0 < self.canary_tolerance <= 10.0, "canary_tolerance", "must be in (0, 10]")
+        check(self.canary_tolerance is None or 0.0 < self.canary_tolerance <= 10.0, "canary_tolerance",
+              "must be in (0, 10] or null")
 
 
 @dataclass

@@ -71,8 +71,9 @@ class VLLMEngine:
                        enable_lora=True, max_lora_rank=settings.max_lora_rank, max_loras=settings.max_loras_per_batch,
                        max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
                        gpu_memory_utilization=settings.gpu_memory_utilization)
-        log.info("vLLM engine started", extra={"stage": "teacher",
-                                                 "metrics": {"seconds": round(time.time() - started, 1), "model": base_path}})
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (bf16 on CPU for fp32 weights)
+        log.info("vLLM engine started", extra={"stage": "teacher", "metrics": {
+            "seconds": round(time.time() - started, 1), "model": base_path, "dtype": str(self.dtype)}})
         self._lock = threading.RLock()  # LLM.generate is not re-entrant
         self._versions: OrderedDict[str, ResidentVersion] = OrderedDict()  # least recently used first
         self._next_lora_id = 1

@@ -164,3 +164,21 @@ def test_sigkill_a_worker_mid_job_and_the_loop_still_finishes_the_same(services,
     final = [r.event for r in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)][-1]
     assert final.loop.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.loop.error_message
     assert output_digests(store, loop.loop_id) == output_digests(store, clean.loop_id)
+
+
+def test_a_failed_loop_is_recorded_failed_and_not_resumed_on_restart(tiny_models, tmp_path):
+    from common.errors import FailedPrecondition
+    from services.controller.loops import LoopManager
+
+    config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=broken", *QUICK])
+    runner = LoopRunner(config)
+
+    def refuse(*args, **kwargs):
+        raise FailedPrecondition("canary refused teacher version", field="teacher_version")
+
+    runner.executor.train_teacher = refuse  # fault injection: the DPO stage fails
+    with pytest.raises(FailedPrecondition):
+        runner.run()
+    state = json.loads((tmp_path / "loops/broken/state.json").read_text())
+    assert state["status"] == "failed" and "canary refused" in state["error"]
+    assert LoopManager(LocalArtifactStore(tmp_path), lambda loop_id: None).resume_all() == []

@@ -1,0 +1,107 @@
+"""Teacher generation throughput: the transformers backend vs vLLM, same prompts and sampling, one run.
+
+The prompts are real synthesis prompts (8 seed examples each, completion style) and the
+sampling settings are METHOD.md's (n=4, temperature 1.0, top-p 0.9, presence penalty 1.0).
+No stop string (so samples run to the token budget unless they end); tokens/s counts the
+tokens each backend actually generated. Each backend is timed on the same prompt batches the teacher service
+sends (``--batch`` prompts per request); vLLM is also timed with all prompts in one request.
+Engine start-up is reported apart. Runs from the vLLM environment:
+
+    .venv-vllm/bin/python bench/teacher.py [--model models/smollm2-135m-instruct] [--prompts 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from common.envs import apply_offline_defaults
+from common.jsonl import read_instruction_rows
+from common.models import ModelRef
+from services.teacher.backend import GenerationBackend, SamplingParams, TransformersBackend
+from services.teacher.prompts import pick_examples, synthesis_prompt
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    seeds = [r["instruction"] for r in read_instruction_rows(REPO / "data" / "seed.jsonl")]
+    rng = random.Random(seed)
+    return [synthesis_prompt(pick_examples(seeds, [], total=8, from_generated=2, rng=rng), style="completion")
+            for _ in range(count)]
+
+
+def timed(backend: GenerationBackend, texts: list[str], params: SamplingParams, batch: int) -> dict:
+    before = backend.tokens_generated
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        backend.generate(texts[start:start + batch], SamplingParams(**{**params.to_dict(), "seed": params.seed + start}))
+    seconds = time.perf_counter() - started
+    tokens = backend.tokens_generated - before
+    return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1)}
+
+
+def device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=4, help="prompts per request (the service's prompt_batch_size)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="engine dtypes to time, comma-separated")
+    parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
+    args = parser.parse_args()
+    apply_offline_defaults()
+
+    texts = prompts(args.prompts, seed=0)
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=1)
+    results: dict = {"model": args.model, "device": device(), "prompts": len(texts), "n": params.n,
+                     "max_new_tokens": params.max_new_tokens, "batch": args.batch, "rows": {}}
+
+    transformers = TransformersBackend(ModelRef(args.model))
+    timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
+    results["rows"]["transformers (fp32)"] = timed(transformers, texts, params, args.batch)
+    del transformers
+
+    from services.teacher.config import VLLMSettings
+    from services.teacher.vllm_backend import VLLMBackends
+
+    for dtype in filter(None, args.vllm_dtypes.split(",")):
+        with tempfile.TemporaryDirectory() as cache:
+            started = time.perf_counter()
+            backends = VLLMBackends(VLLMSettings(dtype=dtype, max_model_len=2048), cache_dir=Path(cache))
+            backend = backends.get(ModelRef(args.model))
+            start_seconds = round(time.perf_counter() - started, 1)
+            timed(backend, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+            short = "fp32" if dtype == "float32" else "bf16" if dtype == "bfloat16" else dtype
+            results["rows"][f"vLLM ({short}), same batches"] = {**timed(backend, texts, params, args.batch),
+                                                               "engine_start_seconds": start_seconds}
+            results["rows"][f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
+            backends.close()
+
+    base = results["rows"]["transformers (fp32)"]["tokens_per_second"]
+    print(f"\nTeacher generation on {results['device']}: {args.model}, {len(texts)} synthesis prompts x n={params.n}, "
+          f"{params.max_new_tokens} new tokens, prompts per request {args.batch}\n")
+    print(f"{'backend':34} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs transformers':>16}")
+    for name, row in results["rows"].items():
+        row["ratio"] = round(row["tokens_per_second"] / base, 2)
+        print(f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} {row['ratio']:>15.2f}x")
+    output = Path(args.output or REPO / "bench" / "results" / f"teacher-{Path(args.model).name}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":  # vLLM starts its engine in child processes: the guard is required
+    main()
