@@ -71,8 +71,8 @@ IMAGE ?= ghcr.io/montessori-dev/montessori
 VERSION ?= 0.1.0
 images:
 	docker build -f Dockerfile.base -t $(IMAGE):$(VERSION)-cpu .
-	docker build -f Dockerfile.base --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg WITH_VLLM=1 \
-	  -t $(IMAGE):$(VERSION) .
+	docker build -f Dockerfile.base --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION) .
+	docker build -f Dockerfile.base --target teacher-vllm -t $(IMAGE)-teacher-vllm:$(VERSION) .
 
 lint-images: setup
 	$(VENV)/bin/hadolint Dockerfile.base

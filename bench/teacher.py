@@ -45,6 +45,23 @@ def timed(backend: GenerationBackend, texts: list[str], params: SamplingParams, 
     return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1)}
 
 
+def make_adapter(model: str, target: Path) -> str:
+    """A LoRA adapter shaped like the DPO trainer's (r=8, all linear layers) with non-zero weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
+                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+    peft_model.save_pretrained(target)
+    return str(target)
+
+
 def device() -> str:
     import torch
 
@@ -88,6 +105,12 @@ def main() -> None:
             results["rows"][f"vLLM ({short}), same batches"] = {**timed(backend, texts, params, args.batch),
                                                                "engine_start_seconds": start_seconds}
             results["rows"][f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
+            # A teacher version as the loop serves it after a DPO round: an r=8 adapter, hot-swapped in.
+            ref = ModelRef(args.model, (make_adapter(args.model, Path(cache) / "adapter"),))
+            backends.load_version("teacher-r1", ref)
+            version = backends.get(ref, version="teacher-r1")
+            timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+            results["rows"][f"vLLM ({short}) + r=8 adapter, same batches"] = timed(version, texts, params, args.batch)
             backends.close()
 
     base = results["rows"]["transformers (fp32)"]["tokens_per_second"]

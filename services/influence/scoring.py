@@ -418,9 +418,21 @@ class InfluenceScorer:
         batch = collate(encoded, self.tokenizer.pad_token_id)
         primals = {name: param.detach() for name, param in zip(self.names, self.params)}
         tangents = dict(zip(self.names, self._tangent(mode)))
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        embedding = self.model.get_input_embeddings()
+        padding_idx = getattr(embedding, "padding_idx", None)
+        embedding_name = dict(zip(map(id, self.params), self.names)).get(id(embedding.weight))
 
         def losses(params):
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if padding_idx is not None and embedding_name is not None:
+                # nn.Embedding's backward gives its padding row no gradient from lookups (a tied output head
+                # still does), and the step follows the backward; forward mode would count that row's tangent
+                # wherever the pad token occurs in the text (SmolLM2 pads with <|im_end|>). So the lookup sees
+                # the row without its tangent, and the rest of the model the full weight.
+                weight = params[embedding_name]
+                keep = (torch.arange(weight.shape[0], device=weight.device) != padding_idx).unsqueeze(1)
+                lookup = torch.where(keep, weight, weight.detach())
+                inputs["inputs_embeds"] = functional_call(embedding, {"weight": lookup}, (inputs.pop("input_ids"),))
             return per_example_losses(functional_call(self.model, params, (), inputs).logits, batch["labels"])
 
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):

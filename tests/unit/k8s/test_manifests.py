@@ -578,3 +578,18 @@ def test_dockerfile_keeps_its_design():
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage"
     assert re.search(r"^USER 10001(:10001)?$", text, re.M), "non-root uid 10001"
     assert 'ENTRYPOINT ["montessori"]' in text
+
+
+def test_gpu_teacher_runs_the_vllm_image_with_the_vllm_backend(rendered):
+    container = main_container(service_deployment(rendered["gpu"], "teacher"))
+    assert container["image"] == "ghcr.io/montessori-dev/montessori-teacher-vllm:0.1.0"
+    assert arg_value(container["args"], "--backend") == "vllm"
+    for service in ("influence", "trainer"):
+        assert main_container(service_deployment(rendered["gpu"], service))["image"] == "ghcr.io/montessori-dev/montessori:0.1.0"
+
+
+def test_dockerfile_builds_the_vllm_teacher_as_its_own_target_and_services_by_default():
+    text = (REPO / "Dockerfile.base").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
+    assert stages[-1] == "runtime", "a plain `docker build` must give the image of every service"
+    assert "teacher-vllm" in stages and re.search(r'pip install "vllm==\$\{VLLM_VERSION\}"', text)
