@@ -4,11 +4,13 @@
       reloaded from disk before every candidate, reference rows one at a time padded to 1024 tokens;
   (b) exact: this project's scorer (state restored in memory, length-sorted padded-to-longest batches);
   (c) first_order: the first-order Taylor estimate (one backward per candidate, no reference pass);
-  (d) projected: the same estimate through a count sketch of --projection-dim numbers (the update is
-      projected tensor by tensor during the backward pass; the reference gradient kept projected).
+  (d) projected: the same estimate through a count sketch of k numbers, for each k of --projection-dims
+      (the update is projected tensor by tensor during the backward pass; the reference gradient kept
+      projected).
 
-(b)-(d) pay a once-per-student-version setup (reference loss, reference gradient or its projection),
-reported apart: "cand/s" includes it, "steady cand/s" is the per-candidate rate a large round tends to.
+(b)-(d) pay a once-per-student-version setup (the reference loss L0, which every mode reports, plus the
+reference gradient or its projection), reported apart: "cand/s" includes it, "steady cand/s" is the
+per-candidate rate that a large round tends to.
 A second table times candidate batching (optimizer 'sgd', where first_order/projected score
 --batch candidates per forward-mode pass) against one backward per candidate.
 
@@ -92,7 +94,8 @@ def method_row(method: str, n: int, setup: float, seconds: float, base_rate: flo
     total = setup + seconds
     return {"method": method, "candidates": n, "setup_seconds": setup, "seconds": total, "cand_per_s": n / total,
             "speedup": n / total / base_rate, "steady_cand_per_s": n / seconds, "steady_speedup": n / seconds / base_rate,
-            "spearman_vs_exact": spearman(exact[:n], values), "pair_agreement_vs_exact": pair_agreement(groups[:n], exact[:n], values)}
+            "spearman_vs_exact": spearman(exact[:n], values),
+            "pair_agreement_vs_exact": pair_agreement(groups[:n], exact[:n], values)}
 
 
 def main() -> None:
@@ -103,7 +106,7 @@ def main() -> None:
     parser.add_argument("--official-candidates", type=int, default=None, help="candidates for (a) (default: all)")
     parser.add_argument("--reference", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-6, help="warm-up learning rate (the influence step's lr)")
-    parser.add_argument("--projection-dim", type=int, default=4096, help="(d)'s projection_dim")
+    parser.add_argument("--projection-dims", type=int, nargs="+", default=[4096, 16384, 65536], help="(d)'s projection_dim values")
     parser.add_argument("--batch", type=int, default=8, help="candidate_batch_size of the batching table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
@@ -120,17 +123,27 @@ def main() -> None:
                   SFTSettings(learning_rate=args.lr, batch_size=4), warmup, seed=0, save_optimizer=True)
         tokenizer = load_tokenizer(warmup, field="warmup")
         reference = examples_from_rows(reference_rows, prefix="ref")
-        config = InfluenceConfig(optimizer="faithful", reference_batch_size=16, projection_dim=args.projection_dim)
+        config = InfluenceConfig(optimizer="faithful", reference_batch_size=16)
         model = load_model(ModelRef(str(warmup)), field="warmup", trainable=True)
         optimizer = load_adamw(model, warmup)
-        scorer, t_setup_exact = timed(lambda: InfluenceScorer(model, tokenizer, reference, config, optimizer))  # snapshot + L0
+        scorer, t_base = timed(lambda: InfluenceScorer(model, tokenizer, reference, config, optimizer))  # snapshot + L0
         official_n = args.official_candidates or len(candidates)
         official, t_official = timed(lambda: official_style(warmup, tokenizer, reference, candidates[:official_n], scorer.max_length))
+        base_rate = official_n / t_official
         exact, t_exact = timed(lambda: influences(scorer, candidates, "exact"))
         _, t_setup_first = timed(scorer.reference_gradient)
         first, t_first = timed(lambda: influences(scorer, candidates, "first_order"))
-        _, t_setup_projected = timed(scorer.projected_reference)
-        projected, t_projected = timed(lambda: influences(scorer, candidates, "projected"))
+        rows = [method_row("(a) official-style", official_n, 0.0, t_official, base_rate, exact, official, groups),
+                method_row("(b) exact", len(candidates), t_base, t_exact, base_rate, exact, exact, groups),
+                method_row("(c) first_order", len(candidates), t_base + t_setup_first, t_first, base_rate, exact, first, groups)]
+        for dim in args.projection_dims:
+            # A scorer per k on the same model (its L0 is the one timed above, t_base).
+            projector = InfluenceScorer(model, tokenizer, reference, dataclasses.replace(config, projection_dim=dim), optimizer)
+            _, t_setup = timed(projector.projected_reference)
+            projected, t_projected = timed(lambda: influences(projector, candidates, "projected"))
+            rows.append(method_row(f"(d) projected k={dim}", len(candidates), t_base + t_setup, t_projected, base_rate, exact,
+                                   projected, groups))
+            del projector
 
         # Batching (optimizer 'sgd'): one backward per candidate vs --batch candidates per forward-mode pass,
         # on one scorer (its setup is shared; only the batch size changes between runs).
@@ -148,31 +161,24 @@ def main() -> None:
                              "per_candidate_cand_per_s": len(candidates) / t_one, "batched_cand_per_s": len(candidates) / t_many,
                              "speedup": t_one / t_many,
                              "max_relative_difference": max(abs(a - b) for a, b in zip(one, many)) / max(map(abs, one))})
-    base_rate = official_n / t_official
-    rows = [
-        method_row("(a) official-style", official_n, 0.0, t_official, base_rate, exact, official, groups),
-        method_row("(b) exact", len(candidates), t_setup_exact, t_exact, base_rate, exact, exact, groups),
-        method_row("(c) first_order", len(candidates), t_setup_first, t_first, base_rate, exact, first, groups),
-        method_row(f"(d) projected k={args.projection_dim}", len(candidates), t_setup_projected, t_projected, base_rate, exact,
-                   projected, groups),
-    ]
     parameters = sum(p.numel() for p in scorer.params)
     print(f"student={args.student} parameters={parameters} reference_rows={len(reference)} candidates={len(candidates)} "
           f"threads={args.threads} cpu={platform.processor() or platform.machine()}")
-    print(f"{'method':<24} {'cand':>5} {'setup s':>8} {'seconds':>9} {'cand/s':>9} {'x (a)':>7} {'steady/s':>9} "
+    print(f"{'method':<26} {'cand':>5} {'setup s':>8} {'seconds':>9} {'cand/s':>9} {'x (a)':>7} {'steady/s':>9} "
           f"{'x (a)':>7} {'spearman':>9} {'pairs':>6}")
     for r in rows:
-        print(f"{r['method']:<24} {r['candidates']:>5} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} "
+        print(f"{r['method']:<26} {r['candidates']:>5} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} "
               f"{r['speedup']:>7.1f} {r['steady_cand_per_s']:>9.3f} {r['steady_speedup']:>7.1f} {r['spearman_vs_exact']:>9.3f} "
               f"{r['pair_agreement_vs_exact']:>6.2f}")
-    print(f"{'batching (sgd)':<24} {'cand':>5} {'batch':>5} {'1/backward':>11} {'batched':>9} {'speedup':>8} {'max rel diff':>13}")
+    print(f"batching (optimizer sgd, projection_dim {config.projection_dim})")
+    print(f"{'mode':<26} {'cand':>5} {'batch':>5} {'1/backward':>11} {'batched':>9} {'speedup':>8} {'max rel diff':>13}")
     for b in batching:
-        print(f"{b['mode']:<24} {b['candidates']:>5} {b['batch']:>5} {b['per_candidate_cand_per_s']:>11.3f} "
+        print(f"{b['mode']:<26} {b['candidates']:>5} {b['batch']:>5} {b['per_candidate_cand_per_s']:>11.3f} "
               f"{b['batched_cand_per_s']:>9.3f} {b['speedup']:>8.2f} {b['max_relative_difference']:>13.1e}")
     out = Path(args.out or f"bench/results/influence-{Path(args.student).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"student": args.student, "parameters": parameters, "reference_rows": len(reference),
-                               "threads": args.threads, "projection_dim": args.projection_dim, "results": rows,
+                               "threads": args.threads, "results": rows,
                                "batching": batching}, indent=2))
     print(f"wrote {out}")
 

@@ -57,6 +57,11 @@ class IterationSummary:
     dpo_reward_margin: float | None = None
     student_reference_loss: float = 0.0
     teacher_adapters: list[str] = field(default_factory=list)
+    #: Which teacher version wrote the training set (the engine's name for it, e.g. `<loop>:teacher-r2`).
+    teacher_version: str = ""
+    #: How influence was computed and, for an approximate mode, its audit against `exact`.
+    influence_mode: str = ""
+    audit: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -220,7 +225,8 @@ class LoopRunner:
                      "config": c.preference})
         row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
                                pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
-                               influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"])
+                               influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"],
+                               influence_mode=c.influence.mode, audit=self._audit(k, scores.metrics))
         if row.pairs:
             dpo = self._stage(k, "dpo", lambda p: x.train_teacher(
                 f"{base}/dpo", teacher=teacher, pairs_uri=self._uri(pairs, "pairs"), settings=c.dpo, seed=seed + 4, progress=p),
@@ -247,6 +253,7 @@ class LoopRunner:
             f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"],
             batch_size=c.evaluation.batch_size, limit=c.influence.reference_size, progress=self._progress(k, "student"))
         row.teacher_adapters = list(teacher.adapter_uris)
+        row.teacher_version = self._served_version(train_data) or teacher.label
         row.seconds = round(watch.elapsed, 1)
         self.last_train_data, self.last_warmup = train_data, warm
         self.on_event("round_finished", k, "round", metrics={"pairs": row.pairs, "student_reference_loss": row.student_reference_loss,
@@ -320,6 +327,21 @@ class LoopRunner:
         self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
         log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
         return summary
+
+    def _served_version(self, result: StageResult) -> str:
+        """The name under which the teacher service served the version that wrote ``result`` (its manifest)."""
+        if result.manifest is None:
+            return ""
+        manifest = self.store.get_json(self.store.key_of(result.manifest.uri))
+        return manifest.get("inputs", {}).get("teacher", {}).get("served", {}).get("name", "")
+
+    def _audit(self, k: int, metrics: dict) -> dict:
+        """The approximate scorer's agreement with `exact` this round, warned about when it fell back."""
+        audit = {key: value for key, value in metrics.items() if key.startswith("audit_") or key == "fell_back_to_exact"}
+        if audit.get("fell_back_to_exact"):
+            log.warning("influence estimate disagreed with exact scoring on the audit sample; the round was re-scored exactly",
+                        extra={"loop_id": self.loop_id, "stage": "scores", "iteration": k, "metrics": audit})
+        return audit
 
     def evaluate(self, base_teacher: LoopModel, base_student: LoopModel, final_student: LoopModel, data: dict) -> dict:
         """Held-out loss of base / Montessori / Self-Instruct students, and both training sets' mean influence."""

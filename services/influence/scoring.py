@@ -96,11 +96,11 @@ class CountSketch:
         E <Px, Py> = sum_j x_j y_j + sum_{j != l} x_j y_l E[s(j) s(l)] Pr[h(j) = h(l)] = <x, y>,
 
     because distinct coordinates have independent signs of mean 0. Its variance,
-    ``(sum_{j != l} x_j^2 y_l^2 + x_j y_j x_l y_l) / k <= (|x|^2 |y|^2 + <x, y>^2) / k``, is that of a dense
-    Gaussian or Rademacher sketch of the same dimension.
+    ``(sum_{j != l} x_j^2 y_l^2 + x_j y_j x_l y_l) / k <= (|x|^2 |y|^2 + <x, y>^2) / k``, is at most that of a
+    dense Gaussian sketch of the same dimension (the right-hand side): the noise falls as ``1/sqrt(k)``.
 
     Why not a dense sketch (LESS uses a dense Rademacher one through TRAK's CUDA kernel): even generated
-    block by block, a dense ``d x k`` projection costs ``O(d k)`` per candidate (1.5e11 multiply-adds for a
+    block by block, a dense ``d x k`` projection costs ``O(d k)`` per candidate (5.5e11 multiply-adds for a
     135M-parameter student at k = 4096), while the count sketch costs ``O(d)``, one ``index_add`` over the
     update, and never needs a matrix. Bucket and sign are packed in one code ``2 h(j) + (s(j) > 0)``; with
     ``cache`` the codes are kept per tensor (int16 while ``k <= 16384``: 2 bytes per parameter), otherwise

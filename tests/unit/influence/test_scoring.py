@@ -247,7 +247,10 @@ def test_batched_estimates_equal_one_backward_per_candidate(warmup_dir, referenc
     batched = make_scorer(warmup_dir, reference, sgd_learning_rate=1e-4, candidate_batch_size=3)
     assert batched.batched(mode) and not one.batched(mode)
     assert not make_scorer(warmup_dir, reference, optimizer="faithful").batched(mode)  # Adam: per candidate
-    candidates = estimate_candidates(one, seed_rows)[:11]  # 11 = 3 + 3 + 3 + 2: a ragged last batch
+    pad = one.tokenizer.pad_token  # the embedding's padding row inside the text (SmolLM2 pads with <|im_end|>)
+    candidates = estimate_candidates(one, seed_rows)[:10] + [Example("pad", "Say it twice", f"one {pad} two {pad}")]
+    assert one.encode(candidates[-1]).input_ids.count(one.tokenizer.pad_token_id) == 2
+    # 11 = 3 + 3 + 3 + 2: a ragged last batch
     expected = [r["influence"] for r in one.score(candidates, mode=mode)]
     got = [r["influence"] for r in batched.score(candidates, mode=mode)]
     assert got == pytest.approx(expected, rel=2e-5, abs=1e-10)  # measured: <= 3.3e-6 relative
@@ -372,7 +375,8 @@ def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(warmup_dir, see
     finally:
         logger.removeHandler(caplog.handler)
     assert fallen.metrics["audit_pair_agreement"] < 1.0
-    assert (fallen.metrics["fell_back_to_exact"], fallen.metrics["scored_by_exact"], fallen.metrics["scored_by_projected"]) == (1, 1, 0)
+    metrics = fallen.metrics
+    assert (metrics["fell_back_to_exact"], metrics["scored_by_exact"], metrics["scored_by_projected"]) == (1, 1, 0)
     assert store.get_jsonl("proj/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "re-scoring exactly" in r.getMessage()]
     assert warnings and warnings[0].metrics["min_pair_agreement"] == 1.0
