@@ -40,9 +40,11 @@ class InfluenceConfig:
         "<= 16384, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
         "about one random draw per parameter per candidate more).")
     candidate_batch_size: int = field(
-        8, help="first_order/projected with optimizer 'sgd': candidates scored together in one forward-mode pass "
-        "(the directional derivative of each candidate's own loss along the reference direction). Faithful (Adam) "
-        "mode always takes one backward pass per candidate.")
+        1, help="first_order/projected with optimizer 'sgd': candidates scored together in one forward-mode pass "
+        "(the directional derivative of each candidate's own loss along the reference direction; same scores to "
+        "~1e-5 relative). It does the FLOPs of one backward per candidate, so it pays only where larger kernels do "
+        "(not on the CPUs measured in docs/benchmarks.md, hence 1: one backward per candidate). Faithful (Adam) mode "
+        "always takes one backward per candidate.")
     audit_size: int = field(
         0, help="first_order/projected: also score this many candidates exactly and report the agreement "
         "(Spearman, pair agreement).")
