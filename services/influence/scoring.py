@@ -412,8 +412,9 @@ class InfluenceScorer:
         """The estimate for several candidates in one forward-mode pass (plain SGD only, see ``batched``):
         d/dt L_z(theta + t v) = <g_z, v> for each candidate's own mean response loss L_z, all rows at once
         (``torch.func.jvp`` through ``functional_call``). This costs about one forward+backward of the whole
-        batch (each matmul gains two tangent matmuls), so the gain over one backward per candidate is batching
-        itself: larger kernels and less per-call overhead, much larger on a GPU than on a few CPU cores.
+        batch (each matmul gains two tangent matmuls), so any gain over one backward per candidate comes from batching
+        itself (larger kernels, less per-call overhead): on the CPU of docs/benchmarks.md it was 0.8-0.95x as fast
+        (hence candidate_batch_size 1 by default); on a GPU it is not measured.
         The math SDPA kernel is forced because the fused CPU/CUDA attention kernels have no forward-mode rule."""
         batch = collate(encoded, self.tokenizer.pad_token_id)
         primals = {name: param.detach() for name, param in zip(self.names, self.params)}
@@ -457,7 +458,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
     if len(a) < 2:
         return 1.0
-    ra, rb = torch.tensor(ranks(a)), torch.tensor(ranks(b))
+    ra, rb = torch.tensor(ranks(a), dtype=torch.float64), torch.tensor(ranks(b), dtype=torch.float64)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denominator if denominator else 1.0

@@ -262,7 +262,8 @@ def test_batched_estimates_equal_one_backward_per_candidate(warmup_dir, referenc
 @pytest.mark.parametrize("optimizer", ["sgd", "faithful"])
 def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optimizer):
     """lr <P g_ref, P (u - u_0)> + lr <g_ref, u_0>, computed from full vectors."""
-    scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, mode="projected", projection_dim=256, candidate_batch_size=1)
+    scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, mode="projected", projection_dim=256, candidate_batch_size=1,
+                         reference_batch_size=3)  # 3 reference batches: the projection is summed batch by batch
     candidate = examples_from_rows(seed_rows[70:71], prefix="cand")
     example = scorer.encode(candidate[0])
     g_ref = scorer.reference_gradient()
