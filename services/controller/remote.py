@@ -44,6 +44,21 @@ def _model(model: LoopModel) -> common_pb2.ModelSpec:
     return common_pb2.ModelSpec(path=model.path, uri=model.uri, adapter_uris=list(model.adapter_uris))
 
 
+def merge_audits(shard_metrics: list[dict]) -> dict:
+    """The audit of a sharded round: each shard audited its own sample, so report the worst
+    agreement, the audited total, and fallback / scoring-mode flags if any shard set them."""
+    merged: dict = {}
+    for metrics in shard_metrics:
+        for key, value in metrics.items():
+            if key in ("audit_spearman", "audit_pair_agreement"):
+                merged[key] = min(merged.get(key, value), value)
+            elif key == "audit_size":
+                merged[key] = merged.get(key, 0) + value
+            elif key == "fell_back_to_exact" or key.startswith("scored_by_"):
+                merged[key] = max(merged.get(key, 0), value)
+    return merged
+
+
 class RemoteExecutor:
     """A StageExecutor whose stages run as jobs on the worker services."""
 
@@ -177,7 +192,8 @@ class RemoteExecutor:
         ref = self.store.put_jsonl(f"{prefix}/{SCORES}", rows)
         first = shards[0].metrics
         metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
-                                   rate=len(rows) / max(time.time() - started, 1e-9)), "replicas": count}
+                                   rate=len(rows) / max(time.time() - started, 1e-9)), "replicas": count,
+                   **merge_audits([shard.metrics for shard in shards])}
         shard_inputs = self.store.get_json(self.store.key_of(shards[0].manifest.uri))["inputs"]
         inputs = {"warmup": shard_inputs["warmup"], "reference_set": shard_inputs["reference_set"],
                   "candidates": self.store.ref(self.store.key_of(candidates_uri)).to_dict(),
