@@ -13,10 +13,10 @@ from common.logs import get_logger
 from common.manifests import StageResult, input_ref, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
+from services.influence.agreement import pair_agreement, spearman
 from services.influence.config import INFLUENCE_MODES, InfluenceConfig
 from services.influence.optimizer_state import load_adamw
-from services.influence.scoring import (Example, InfluenceScorer, ReferenceLoss, examples_from_rows, pair_agreement,
-                                        spearman)
+from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, examples_from_rows
 
 SCORES = "scores.jsonl"
 log = get_logger(__name__)

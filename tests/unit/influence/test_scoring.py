@@ -129,7 +129,7 @@ def test_scoring_is_deterministic_across_scorers(warmup_dir, reference, seed_row
 @pytest.mark.parametrize("mode", ["sgd", "faithful"])
 def test_first_order_agrees_with_exact_at_a_small_step(warmup_dir, reference, seed_rows, mode):
     """The first-order estimate lr * <g_ref, update> matches the exact score when the step is small."""
-    from services.influence.scoring import pair_agreement, spearman
+    from services.influence.agreement import pair_agreement, spearman
 
     scorer = make_scorer(warmup_dir, reference, optimizer=mode, sgd_learning_rate=1e-4)
     if mode == "faithful":
@@ -148,7 +148,7 @@ def test_first_order_agrees_with_exact_at_a_small_step(warmup_dir, reference, se
 
 
 def test_spearman_and_pair_agreement_helpers():
-    from services.influence.scoring import pair_agreement, spearman
+    from services.influence.agreement import pair_agreement, spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -189,7 +189,7 @@ def estimate_candidates(scorer, seed_rows) -> list[Example]:
 
 
 def test_count_sketch_is_an_unbiased_inner_product_on_random_vectors():
-    from services.influence.scoring import CountSketch
+    from services.influence.sketch import CountSketch
 
     generator = torch.Generator().manual_seed(0)
     shapes = [(20, 10), (300,), (7, 5, 3)]  # several tensors, as a model's parameters
@@ -214,7 +214,7 @@ def test_count_sketch_is_an_unbiased_inner_product_on_random_vectors():
 
 
 def test_count_sketch_is_a_fixed_linear_map_cached_or_not():
-    from services.influence.scoring import CountSketch
+    from services.influence.sketch import CountSketch
 
     x, y = torch.randn(50, 40), torch.randn(50, 40)
     cached, regenerated, other = CountSketch(64, 7), CountSketch(64, 7, cache=False), CountSketch(64, 8)
@@ -288,7 +288,7 @@ def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optim
 def test_projected_agrees_with_exact_at_a_small_step(warmup_dir, reference, seed_rows, optimizer, lr):
     """Measured Spearman vs exact at projection_seed 0: 0.96 (sgd), 0.98 (faithful); over seeds 0-5 it ranged
     0.88-0.99 (sgd) and 0.975-0.986 (faithful), against 0.999+ for first_order: the projection's noise."""
-    from services.influence.scoring import spearman
+    from services.influence.agreement import spearman
 
     scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, sgd_learning_rate=lr, projection_dim=4096)
     for group in scorer.optimizer.param_groups:
