@@ -22,6 +22,7 @@ from pathlib import Path
 from common.envs import apply_offline_defaults
 from common.jsonl import read_instruction_rows
 from common.models import ModelRef
+from services.teacher.adapters import random_adapter
 from services.teacher.backend import GenerationBackend, SamplingParams, TransformersBackend
 from services.teacher.prompts import pick_examples, synthesis_prompt
 
@@ -43,23 +44,6 @@ def timed(backend: GenerationBackend, texts: list[str], params: SamplingParams, 
     seconds = time.perf_counter() - started
     tokens = backend.tokens_generated - before
     return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1)}
-
-
-def make_adapter(model: str, target: Path) -> str:
-    """A LoRA adapter shaped like the DPO trainer's (r=8, all linear layers) with non-zero weights."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
-                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
-    peft_model.save_pretrained(target)
-    return str(target)
 
 
 def device() -> str:
@@ -106,7 +90,7 @@ def main() -> None:
                                                                "engine_start_seconds": start_seconds}
             results["rows"][f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
             # A teacher version as the loop serves it after a DPO round: an r=8 adapter, hot-swapped in.
-            ref = ModelRef(args.model, (make_adapter(args.model, Path(cache) / "adapter"),))
+            ref = ModelRef(args.model, (random_adapter(args.model, Path(cache) / "adapter", seed=0, scale=0.01),))
             backends.load_version("teacher-r1", ref)
             version = backends.get(ref, version="teacher-r1")
             timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)

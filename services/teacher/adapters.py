@@ -133,3 +133,22 @@ def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def random_adapter(base: str, target: Path, *, seed: int, rank: int = 8, alpha: int = 16, scale: float = 0.02,
+                   use_rslora: bool = False, target_modules: str | list[str] = "all-linear") -> str:
+    """A LoRA adapter shaped like the DPO trainer's (by default r=8 on all linear layers) whose B is
+    random and non-zero, so that the version visibly differs from the base: for serving benchmarks
+    and tests, where no DPO run is needed to have an adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=rank, lora_alpha=alpha, use_rslora=use_rslora, target_modules=target_modules, task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    model.save_pretrained(target)
+    return str(target)

@@ -2,10 +2,9 @@
 attention kernels need; the tiny test models have 16) and LoRA adapters made for it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from services.teacher.adapters import random_adapter
 from tests.conftest import REPO
 
 BASE = REPO / "models" / "smollm2-135m-instruct"
@@ -17,25 +16,7 @@ def base_model() -> str:
     return str(BASE)
 
 
-def make_adapter(base: str, target: Path, *, seed: int, scale: float = 0.02) -> str:
-    """A LoRA adapter (r=8, all linear layers, as the DPO trainer makes) with random non-zero B,
-    so that the version's output visibly differs from the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    model.save_pretrained(target)
-    return str(target)
-
-
 @pytest.fixture(scope="session")
 def adapters(base_model, tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("adapters")
-    return [make_adapter(base_model, root / f"a{i}", seed=i) for i in range(1, 4)]
+    return [random_adapter(base_model, root / f"a{i}", seed=i) for i in range(1, 4)]

@@ -8,22 +8,7 @@ import torch
 
 from common.errors import FailedPrecondition, NotFound
 from common.models import ModelRef, load_model
-from services.teacher.adapters import chain_digest, collapse_chain
-
-
-def _adapter(base, target, *, seed: int, rank: int, alpha: int, rslora: bool = False, modules="all-linear") -> str:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=modules, task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    model.save_pretrained(target)
-    return str(target)
+from services.teacher.adapters import chain_digest, collapse_chain, random_adapter
 
 
 def _logits(ref: ModelRef) -> torch.Tensor:
@@ -34,9 +19,9 @@ def _logits(ref: ModelRef) -> torch.Tensor:
 @pytest.fixture
 def chain(tiny_teacher, tmp_path):
     # Different ranks, scales and module sets, as successive DPO rounds may use.
-    return (_adapter(tiny_teacher, tmp_path / "r1", seed=1, rank=8, alpha=16),
-            _adapter(tiny_teacher, tmp_path / "r2", seed=2, rank=4, alpha=32, rslora=True),
-            _adapter(tiny_teacher, tmp_path / "r3", seed=3, rank=8, alpha=8, modules=["q_proj", "v_proj"]))
+    return (random_adapter(tiny_teacher, tmp_path / "r1", seed=1, rank=8, alpha=16, scale=0.05),
+            random_adapter(tiny_teacher, tmp_path / "r2", seed=2, rank=4, alpha=32, scale=0.05, use_rslora=True),
+            random_adapter(tiny_teacher, tmp_path / "r3", seed=3, rank=8, alpha=8, scale=0.05, target_modules=["q_proj", "v_proj"]))
 
 
 def test_collapsed_chain_equals_the_chain_merged_in_order(tiny_teacher, chain, tmp_path):
@@ -66,7 +51,7 @@ def test_digest_names_the_chain_and_bad_adapters_are_refused(tiny_teacher, chain
         chain_digest((str(tmp_path / "missing"),))
     with pytest.raises(FailedPrecondition, match="no adapter"):
         collapse_chain((), tmp_path / "x", max_rank=8)
-    dora = _adapter(tiny_teacher, tmp_path / "dora", seed=4, rank=4, alpha=8)
+    dora = random_adapter(tiny_teacher, tmp_path / "dora", seed=4, rank=4, alpha=8)
     config = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
     (tmp_path / "dora" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(FailedPrecondition, match="use_dora"):
