@@ -11,8 +11,9 @@
 (b)-(d) pay a once-per-student-version setup (the reference loss L0, which every mode reports, plus the
 reference gradient or its projection), reported apart: "cand/s" includes it, "steady cand/s" is the
 per-candidate rate that a large round tends to.
-A second table times candidate batching (optimizer 'sgd', where first_order/projected score
---batch candidates per forward-mode pass) against one backward per candidate.
+A second table times candidate batching (optimizer 'sgd'; exact: one vmapped reference pass for
+--batch stepped candidates; first_order/projected: --batch candidates per forward-mode pass)
+against one candidate at a time.
 
 Prints the tables (candidates/s, ratio to (a), agreement with (b)) and writes JSON.
 Usage: python bench/influence.py --student models/tiny-student [--candidates 24] [--reference 16]
@@ -152,13 +153,13 @@ def main() -> None:
                                    projected, groups))
             del projector
 
-        # Batching (optimizer 'sgd'): one backward per candidate vs --batch candidates per forward-mode pass,
+        # Batching (optimizer 'sgd'): one candidate at a time vs --batch candidates per pass,
         # on one scorer (its setup is shared; only the batch size changes between runs).
         sgd = InfluenceScorer(model, tokenizer, reference, dataclasses.replace(config, optimizer="sgd"))
         sgd.reference_gradient()
         sgd.projected_reference()
         batching = []
-        for mode in ("first_order", "projected"):
+        for mode in ("exact", "first_order", "projected"):
             runs = {}
             for size in (1, args.batch):
                 sgd.config = dataclasses.replace(sgd.config, candidate_batch_size=size)

@@ -40,11 +40,11 @@ class InfluenceConfig:
         "<= 16384, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
         "about one random draw per parameter per candidate more).")
     candidate_batch_size: int = field(
-        1, help="first_order/projected with optimizer 'sgd': candidates scored together in one forward-mode pass "
-        "(the directional derivative of each candidate's own loss along the reference direction; same scores to "
-        "~1e-5 relative). It does the FLOPs of one backward per candidate, so it pays only where larger kernels do "
-        "(not on the CPUs measured in docs/benchmarks.md, hence 1: one backward per candidate). Faithful (Adam) mode "
-        "always takes one backward per candidate.")
+        1, help="Candidates scored together. exact: each takes its own optimizer step, then ONE vmapped reference "
+        "pass evaluates all their stepped weights (one extra weight copy per candidate in memory). first_order/"
+        "projected with optimizer 'sgd': one forward-mode pass gives every candidate's directional derivative "
+        "(faithful mode always takes one backward per candidate). Same scores to ~1e-5 relative; it pays only "
+        "where larger kernels do (not on the CPUs measured in docs/benchmarks.md, hence 1).")
     audit_size: int = field(
         0, help="first_order/projected: also score this many candidates exactly and report the agreement "
         "(Spearman, pair agreement).")

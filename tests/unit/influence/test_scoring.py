@@ -260,6 +260,21 @@ def test_batched_estimates_equal_one_backward_per_candidate(warmup_dir, referenc
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "faithful"])
+def test_batched_exact_equals_one_reference_pass_per_candidate(warmup_dir, reference, seed_rows, optimizer):
+    one = make_scorer(warmup_dir, reference, optimizer=optimizer)
+    batched = make_scorer(warmup_dir, reference, optimizer=optimizer, candidate_batch_size=4)
+    assert batched.batched("exact") and not one.batched("exact")
+    candidates = estimate_candidates(one, seed_rows)[:9] + [random_token_example(one.tokenizer)]  # 10 = 4 + 4 + 2
+    expected = one.score(candidates, mode="exact")
+    got = batched.score(candidates, mode="exact")
+    assert [r["influence"] for r in got] == pytest.approx([r["influence"] for r in expected], rel=1e-4, abs=1e-6)
+    assert [r["reference_loss_after"] for r in got] == pytest.approx([r["reference_loss_after"] for r in expected], rel=1e-6)
+    assert len({round(r["influence"], 9) for r in got}) == len(got)  # each candidate's own step, not a shared one
+    # and the student is left exactly as it was
+    assert all(torch.equal(p, w) for p, w in zip(batched.params, batched._weights))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "faithful"])
 def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optimizer):
     """lr <P g_ref, P (u - u_0)> + lr <g_ref, u_0>, computed from full vectors."""
     scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, mode="projected", projection_dim=256, candidate_batch_size=1,
