@@ -24,6 +24,7 @@ from common.errors import FailedPrecondition, NotFound
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
+COLLAPSE = "collapse.json"  # how the folder was made (rank, exact, truncation error), beside the adapter
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -105,8 +106,21 @@ def collapse_chain(adapters: tuple[str, ...], target: Path, *, max_rank: int) ->
         tensors[module + _B] = b.contiguous()
     config = {**base_config, "r": rank, "lora_alpha": rank, "use_rslora": False, "inference_mode": True,
               "target_modules": sorted({m.split("base_model.model.", 1)[-1] for m in factors})}
-    _write(target, config, tensors)
-    return CollapsedAdapter(path=target, rank=rank, exact=exact, truncation_error=worst)
+    collapsed = CollapsedAdapter(path=target, rank=rank, exact=exact, truncation_error=worst)
+    _write(target, config, tensors, {"rank": rank, "exact": exact, "truncation_error": worst, "chain": list(adapters)})
+    return collapsed
+
+
+def read_collapsed(target: Path) -> CollapsedAdapter | None:
+    """A folder :func:`collapse_chain` finished earlier (None when there is none, or only part of one)."""
+    try:
+        meta = json.loads((target / COLLAPSE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (target / CONFIG).is_file() or not (target / WEIGHTS).is_file():
+        return None
+    return CollapsedAdapter(path=target, rank=int(meta["rank"]), exact=bool(meta["exact"]),
+                            truncation_error=float(meta["truncation_error"]))
 
 
 def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -119,7 +133,7 @@ def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor
     return new_a, new_b, float((delta - new_b @ new_a).norm()) / norm if norm else 0.0
 
 
-def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     from safetensors.torch import save_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +141,7 @@ def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None
     try:
         (staging / CONFIG).write_text(json.dumps(config, indent=2))
         save_file(tensors, str(staging / WEIGHTS))
+        (staging / COLLAPSE).write_text(json.dumps(meta, indent=2))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

