@@ -35,7 +35,7 @@ class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
             raise InvalidArgument("set exactly one of num_prompts and target_examples (> 0)", field="num_prompts")
         config = from_dict(SynthesisConfig, settings_to_dict(request.synthesis), path="synthesis")
         label = request.teacher_label or f"teacher-r{len(teacher.adapters)}"
-        version = request.teacher_version or label
+        version = version_name(request.teacher_version, field="teacher_version") if request.teacher_version else label
 
         def work(progress):
             backend = self.backends.get(teacher, version=version)
@@ -63,10 +63,10 @@ class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
         return teacher_pb2.ListTeacherVersionsResponse(versions=[version_to_proto(v) for v in self.backends.versions()])
 
 
-def version_name(value: str) -> str:
+def version_name(value: str, *, field: str = "name") -> str:
     """A version name: 1-128 characters of letters, digits and ``-_.:/``."""
     if not value or len(value) > 128 or not all(ch.isalnum() or ch in "-_.:/" for ch in value):
-        raise InvalidArgument("must be 1-128 characters of letters, digits and -_.:/", field="name")
+        raise InvalidArgument("must be 1-128 characters of letters, digits and -_.:/", field=field)
     return value
 
 

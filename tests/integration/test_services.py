@@ -134,6 +134,9 @@ BAD_REQUESTS = [
     ("teacher", "Generate", "COUNT:99999999", grpc.StatusCode.INVALID_ARGUMENT, "num_prompts"),
     ("teacher", "Generate", "PREFIX:../escape", grpc.StatusCode.INVALID_ARGUMENT, "output_prefix"),
     ("teacher", "Generate", "SETTINGS:temprature", grpc.StatusCode.INVALID_ARGUMENT, "synthesis.temprature"),
+    ("teacher", "Generate", "VERSION:bad version!", grpc.StatusCode.INVALID_ARGUMENT, "teacher_version"),
+    ("teacher", "LoadTeacherVersion", teacher_pb2.LoadTeacherVersionRequest(name="x"), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
+    ("teacher", "UnloadTeacherVersion", teacher_pb2.UnloadTeacherVersionRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "name"),
     ("teacher", "GetJob", common_pb2.GetJobRequest(job_id="nope"), grpc.StatusCode.NOT_FOUND, "job_id"),
     ("teacher", "CancelJob", common_pb2.CancelJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
     ("influence", "Score", influence_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "warmup_uri"),
@@ -168,6 +171,8 @@ def _bad_request(kind: str, services, tiny_models):
         gen["output_prefix"] = value
     elif tag == "SETTINGS":
         gen["synthesis"] = dict_to_settings({value: 1.0})
+    elif tag == "VERSION":
+        gen["teacher_version"] = value
     elif tag == "SFT":
         key, _, number = value.partition("=")
         (tmp := store.put_jsonl("inputs/c.jsonl", [{"instruction": "a", "response": "b"}]))
