@@ -152,18 +152,20 @@ def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor], meta: d
 
 def random_adapter(base: str, target: Path, *, seed: int, rank: int = 8, alpha: int = 16, scale: float = 0.02,
                    use_rslora: bool = False, target_modules: str | list[str] = "all-linear") -> str:
-    """A LoRA adapter shaped like the DPO trainer's (by default r=8 on all linear layers) whose B is
-    random and non-zero, so that the version visibly differs from the base: for serving benchmarks
+    """A LoRA adapter shaped like the DPO trainer's (by default r=8 on all linear layers) with seeded
+    random weights (B non-zero, unlike a fresh adapter), so that the version visibly differs from the base: for serving benchmarks
     and tests, where no DPO run is needed to have an adapter."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
         r=rank, lora_alpha=alpha, use_rslora=use_rslora, target_modules=target_modules, task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # A and B both from it: the same seed, the same adapter
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_A" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5)
+            elif "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
     model.save_pretrained(target)
     return str(target)

@@ -19,4 +19,4 @@ def base_model() -> str:
 @pytest.fixture(scope="session")
 def adapters(base_model, tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("adapters")
-    return [random_adapter(base_model, root / f"a{i}", seed=i) for i in range(1, 4)]
+    return [random_adapter(base_model, root / f"a{i}", seed=i, scale=0.05) for i in range(1, 4)]
