@@ -36,6 +36,9 @@ def test_a_loop_hot_swaps_the_dpo_adapter_into_the_running_engine(services, base
     overrides = yaml.safe_load((REPO / "configs" / "vllm-teacher.yaml").read_text())
     for key in ("name", "iterations", "models"):
         overrides.pop(key)
+    # 8 prompt groups (32 samples) rather than 4, so that a group with both a helpful and a harmful
+    # candidate (hence DPO, hence a new version to hot-swap) does not hinge on one borderline score.
+    overrides["sizes"]["probe_prompts"] = 8
     spec = controller_pb2.LoopSpec(name="vllm", teacher=base_model, student=str(REPO / "models" / "tiny-student"),
                                    seed_set=str(DATA / "seed.jsonl"), reference_set=str(DATA / "reference.jsonl"),
                                    eval_set=str(DATA / "eval.jsonl"), iterations=1, overrides=dict_to_settings(overrides))
