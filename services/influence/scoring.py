@@ -149,16 +149,19 @@ class InfluenceScorer:
     def score_one(self, example: Example | EncodedExample) -> tuple[float, float]:
         """(influence, reference loss after the step) of one candidate; the state is restored afterwards."""
         encoded = self.encode(example) if isinstance(example, Example) else example
-        batch = collate([encoded], self.tokenizer.pad_token_id)
         try:
-            loss = self.model(**batch).loss
-            if torch.isfinite(loss) and loss.requires_grad:
-                loss.backward()
-                self.optimizer.step()
+            self._step(encoded)
             after = self.reference_loss(self.model)
         finally:
             self.restore()
         return self.base_loss - after, after
+
+    def _step(self, encoded: EncodedExample) -> None:
+        """The one optimizer step on the candidate alone (skipped when its loss is not finite); the caller restores."""
+        loss = self._candidate_loss(encoded)
+        if loss is not None:
+            loss.backward()
+            self.optimizer.step()
 
     def score_chunk(self, encoded: list[EncodedExample]) -> list[tuple[float, float]]:
         """(influence, reference loss after) of several candidates with ONE reference pass.
@@ -172,10 +175,7 @@ class InfluenceScorer:
         stacked = [torch.empty((len(encoded), *p.shape), dtype=p.dtype, device=p.device) for p in self.params]
         for slot, example in enumerate(encoded):
             try:
-                loss = self.model(**collate([example], self.tokenizer.pad_token_id)).loss
-                if torch.isfinite(loss) and loss.requires_grad:
-                    loss.backward()
-                    self.optimizer.step()
+                self._step(example)
                 with torch.no_grad():
                     for buffer, param in zip(stacked, self.params):
                         buffer[slot].copy_(param)
