@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cli.local_services import wait_serving
 from common.config import from_dict
@@ -52,7 +53,9 @@ def test_sharded_scores_equal_single_process_scores(services, tiny_models, secon
     assert sharded.metrics["replicas"] == 2 and len(sharded_rows) == 11
     assert sharded_rows == single_rows  # same ids, same order, bit-identical influences
     assert [i for i, _ in local_rows] == [i for i, _ in single_rows]
-    assert [v for _, v in local_rows] == pytest.approx([v for _, v in single_rows], abs=1e-6)
+    # Another process may reduce in another order: a few fp32 roundings of the reference loss apart, at most.
+    tolerance = 64 * torch.finfo(torch.float32).eps * single.metrics["reference_loss"]
+    assert [v for _, v in local_rows] == pytest.approx([v for _, v in single_rows], rel=0, abs=tolerance)
     shard_manifests = store.get_json("shard-test/two/manifest.json")["inputs"]["shards"]
     assert len(shard_manifests) == 2
     sizes = [store.get_json(store.key_of(m["uri"]))["metrics"]["candidates"] for m in shard_manifests]
