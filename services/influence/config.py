@@ -9,6 +9,8 @@ from common.config import check, field
 InfluenceMode = Literal["exact", "first_order", "projected"]
 #: Every scoring mode, in the order of ``InfluenceMode``.
 INFLUENCE_MODES: tuple[str, ...] = get_args(InfluenceMode)
+Centring = Literal["shared_step", "none"]
+ReferenceAveraging = Literal["row_mean", "batch_mean"]
 
 
 @dataclass
@@ -20,6 +22,14 @@ class InfluenceConfig:
         help="'faithful': AdamW whose whole state (moments, step, param-group lr) is restored from the warm-up "
         "before every candidate, as the official code does. 'sgd': one plain SGD step on the candidate's "
         "gradient with sgd_learning_rate (no optimizer state; measures the example alone, not warm-up momentum).",
+    )
+    centring: Centring = field(
+        "shared_step",
+        help="'shared_step': influence(z) = L_ref(theta + step(0)) - L_ref(theta + step(g_z)), where step(0) is the "
+        "restored optimizer's step with a zero gradient (the warm-up momentum and weight decay every candidate "
+        "shares), so the sign says whether this candidate helps. 'none': the official L0 - L_ref(theta + step(g_z)), "
+        "whose sign mostly reports the shared momentum step in faithful mode. Both are written to scores.jsonl; "
+        "with 'sgd' (no state) the two are equal.",
     )
     sgd_learning_rate: float = field(1e-4, help="Step size of the 'sgd' mode.")
     mode: InfluenceMode = field(
@@ -56,6 +66,11 @@ class InfluenceConfig:
     reference_size: int | None = field(
         None, help="Use only the first N rows of the reference set (None: all). The paper's official code uses 256.")
     reference_batch_size: int = field(16, help="Reference rows per forward pass (length-sorted, padded to the longest).")
+    reference_averaging: ReferenceAveraging = field(
+        "row_mean",
+        help="How the reference loss averages: 'row_mean', the mean of each row's own mean response-token loss "
+        "(every reference row weighs the same; reference_batch_size changes nothing); 'batch_mean', the official "
+        "code's mean of per-batch token-pooled means (a row's weight depends on which rows share its batch).")
     max_length: int = field(512, help="Token cap of one example (prompt + response); longer prompts are an error.")
 
     def __post_init__(self) -> None:

@@ -1,24 +1,32 @@
 """Local data influence (METHOD.md stage 4), exactly as defined, with in-memory restore.
 
-    L0           = mean loss of the student on the reference set (once per student version)
-    S'           = student after ONE optimizer step on candidate z alone
-    influence(z) = L0 - L(S' on the reference set)        (> 0: z helps)
+    L0            = mean loss of the student on the reference set (once per student version)
+    S'            = student after ONE optimizer step on candidate z alone
+    raw(z)        = L0 - L(S' on the reference set)                      (the official score; > 0: z helps)
+    centred(z)    = L(S + step(0)) - L(S' on the reference set)          (the default, ``centring: shared_step``)
+
+``step(0)`` is the restored optimizer's step with a zero gradient: with the warm-up's AdamW state it is the
+warm-up momentum (and weight decay) that every candidate's step shares. The probe step's first moment is
+c * (sum_k beta1^(T+1-k) g_k + g_z), mostly the warm-up's, so raw(z) ~ lr c [A + b_z] with a shared A about as
+large as the spread of b_z: the raw sign mostly reports A. ``centred = raw - raw(shared step)`` removes A and
+keeps the paper's optimizer, state and learning rate (with plain SGD the two are equal).
 
 The student's weights and the optimizer state are snapshotted once and copied back
 in place before every candidate: no reload from disk, no per-candidate deep copy.
 Weights stay fp32 (master weights) for exactness. The reference set is tokenised
 once and evaluated in length-sorted batches padded to the longest row; its mean is
-the mean of per-batch mean losses, as in the official code.
+the mean of per-row means (``reference_averaging: row_mean``, every row weighs the same)
+or the official mean of per-batch token-pooled means (``batch_mean``).
 
 Two estimates skip the per-candidate reference pass (METHOD.md: "fast approximations ...
 whose agreement with the exact score is measured and reported"):
 
-    first_order: influence(z) ~ lr * <g_ref, u_z>          (first-order Taylor expansion of L0 - L_after)
-    projected:   influence(z) ~ lr * <P g_ref, P u_z>      (P: a fixed random count sketch, E[P^T P] = I)
+    first_order: centred(z) ~ lr * <g_ref, u_z - u_0>          (first-order Taylor expansion)
+    projected:   centred(z) ~ lr * <P g_ref, P (u_z - u_0)>    (P: a fixed random count sketch, E[P^T P] = I)
 
-where g_ref is the gradient of the reference loss at the snapshot (computed once per
-student version) and u_z the candidate's update direction: its gradient for SGD, Adam's
-preconditioned direction (from the warm-up moments) in faithful mode.
+and raw(z) ~ centred(z) + lr * <g_ref, u_0>, where g_ref is the gradient of the reference loss at the snapshot
+(computed once per student version), u_z the candidate's update direction (its gradient for SGD, Adam's
+preconditioned direction from the warm-up moments in faithful mode) and u_0 the direction at a zero gradient.
 """
 from __future__ import annotations
 
@@ -79,18 +87,34 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 class ReferenceLoss:
-    """The mean response-only loss on a fixed reference set, batched once and reused."""
+    """The mean response-only loss on a fixed reference set, batched once and reused.
 
-    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int):
+    ``averaging``: 'row_mean' (mean of per-row means: a row weighs the same whatever shares its batch) or
+    'batch_mean' (the official code's mean of per-batch token-pooled means). ``term`` is one batch's
+    differentiable share of the mean, so that gradients and vmapped evaluations use the same definition."""
+
+    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int, averaging: str = "row_mean"):
+        if averaging not in ("row_mean", "batch_mean"):
+            raise ValueError(f"unknown reference averaging {averaging!r}")
         encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=r.where) for r in rows]
         encoded.sort(key=lambda e: len(e.input_ids))
         self.batches = [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
         self.rows = len(encoded)
+        self.averaging = averaging
+        # Rows whose response was cut away entirely have no loss; they do not count in the mean.
+        self._counted_rows = max(1, sum(any(label != IGNORE_INDEX for label in e.labels[1:]) for e in encoded))
+
+    def term(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This batch's share of the mean (with a graph when the model has one); ``model`` may be a
+        ``functional_call`` wrapper."""
+        if self.averaging == "batch_mean":
+            return model(**batch).loss / len(self.batches)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return per_example_losses(logits, batch["labels"]).sum() / self._counted_rows
 
     @torch.no_grad()
     def __call__(self, model) -> float:
-        losses = [model(**batch).loss for batch in self.batches]
-        return float(torch.stack(losses).mean())
+        return float(torch.stack([self.term(model, batch) for batch in self.batches]).sum())
 
 
 class InfluenceScorer:
@@ -113,7 +137,8 @@ class InfluenceScorer:
         if optimizer is None:
             optimizer = torch.optim.SGD(self.params, lr=config.sgd_learning_rate, momentum=0.0, foreach=False)
         self.optimizer = optimizer
-        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size, max_length=self.max_length)
+        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size, max_length=self.max_length,
+                                            averaging=config.reference_averaging)
         # One snapshot of everything a step mutates, taken once and copied back in place.
         self._weights = [p.detach().clone() for p in self.params]
         self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
@@ -122,8 +147,46 @@ class InfluenceScorer:
         self._sketch = CountSketch(config.projection_dim, config.projection_seed, cache=config.cache_projection)
         self._projected_reference: torch.Tensor | None = None
         self._tangents: dict[str, list[torch.Tensor]] = {}
-        self._projected_offset = 0.0
+        self._projected_shared = 0.0
+        self._projected_shared_terms: list[float] = []
+        self._shared_terms: list[float] | None = None
+        self._shared_loss: float | None = None
         self.base_loss = self.reference_loss(model)
+
+    @property
+    def centred(self) -> bool:
+        """Whether ``influence`` is the centred score (``centring: shared_step``) rather than the raw one."""
+        return self.config.centring == "shared_step"
+
+    @property
+    def shared_loss(self) -> float:
+        """L_ref(theta + step(0)): the reference loss after the restored optimizer's zero-gradient step (the part of
+        every candidate's step that does not depend on the candidate), computed once per student version."""
+        if self._shared_loss is None:
+            if type(self.optimizer) is torch.optim.SGD:
+                self._shared_loss = self.base_loss  # plain SGD (no momentum, no decay) takes no step on a zero gradient
+            else:
+                try:
+                    for param in self.params:
+                        param.grad = torch.zeros_like(param)
+                    self.optimizer.step()
+                    self._shared_loss = self.reference_loss(self.model)
+                finally:
+                    self.restore()
+        return self._shared_loss
+
+    @property
+    def shared_step_influence(self) -> float:
+        """raw influence of the zero-gradient step, L0 - L_ref(theta + step(0)): what every raw score shares."""
+        return self.base_loss - self.shared_loss
+
+    def _exact_row(self, after: float | None) -> dict:
+        """The exact scores of a candidate from its reference loss after the step (None: it took no step)."""
+        if after is None:
+            return {"influence_raw": 0.0, "influence_centred": 0.0, "reference_loss_after": None}
+        # Both are differences of fp32 values held in doubles, so raw - centred == shared_step_influence exactly.
+        return {"influence_raw": self.base_loss - after, "influence_centred": self.shared_loss - after,
+                "reference_loss_after": after}
 
     def restore(self) -> None:
         """Put weights and optimizer state back to the snapshot, bit for bit."""
@@ -146,25 +209,31 @@ class InfluenceScorer:
     def encode(self, example: Example) -> EncodedExample:
         return encode_example(self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=example.where)
 
-    def score_one(self, example: Example | EncodedExample) -> tuple[float, float]:
-        """(influence, reference loss after the step) of one candidate; the state is restored afterwards."""
+    def score_one(self, example: Example | EncodedExample) -> dict:
+        """Exact scores of one candidate (``_exact_row``); the state is restored afterwards."""
         encoded = self.encode(example) if isinstance(example, Example) else example
         try:
-            self._step(encoded)
-            after = self.reference_loss(self.model)
+            after = self.reference_loss(self.model) if self._step(encoded) else None
         finally:
             self.restore()
-        return self.base_loss - after, after
+        return self._exact_row(after)
 
-    def _step(self, encoded: EncodedExample) -> None:
-        """The one optimizer step on the candidate alone (skipped when its loss is not finite); the caller restores."""
+    def _step(self, encoded: EncodedExample) -> bool:
+        """The one optimizer step on the candidate alone; the caller restores. A tensor the loss does not reach
+        gets a zero gradient, so that its part of the step is exactly the shared zero-gradient step. A candidate
+        without a finite loss takes no step (False): it has no influence of its own."""
         loss = self._candidate_loss(encoded)
-        if loss is not None:
-            loss.backward()
-            self.optimizer.step()
+        if loss is None:
+            return False
+        loss.backward()
+        for param in self.params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        self.optimizer.step()
+        return True
 
-    def score_chunk(self, encoded: list[EncodedExample]) -> list[tuple[float, float]]:
-        """(influence, reference loss after) of several candidates with ONE reference pass.
+    def score_chunk(self, encoded: list[EncodedExample]) -> list[dict]:
+        """Exact scores (``_exact_row``) of several candidates with ONE reference pass.
 
         Each candidate takes its own real optimizer step (so the stepped weights are exactly those of
         ``score_one``), which is copied into slot i of a stacked weight buffer before the state is restored;
@@ -173,9 +242,10 @@ class InfluenceScorer:
         is why ``candidate_batch_size`` bounds it. The math SDPA kernel is used under vmap, so the reference
         losses differ from ``score_one``'s in the last bits (about 1e-6 relative)."""
         stacked = [torch.empty((len(encoded), *p.shape), dtype=p.dtype, device=p.device) for p in self.params]
+        stepped = []
         for slot, example in enumerate(encoded):
             try:
-                self._step(example)
+                stepped.append(self._step(example))
                 with torch.no_grad():
                     for buffer, param in zip(stacked, self.params):
                         buffer[slot].copy_(param)
@@ -183,42 +253,59 @@ class InfluenceScorer:
                 self.restore()
 
         def reference_loss(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-            losses = [functional_call(self.model, weights, (), batch).loss for batch in self.reference_loss.batches]
-            return torch.stack(losses).mean()
+            model = lambda **inputs: functional_call(self.model, weights, (), inputs)  # noqa: E731
+            return torch.stack([self.reference_loss.term(model, batch) for batch in self.reference_loss.batches]).sum()
 
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
             after = vmap(reference_loss)(dict(zip(self.names, stacked)))
-        return [(self.base_loss - float(value), float(value)) for value in after]
+        return [self._exact_row(float(value) if took_step else None) for value, took_step in zip(after, stepped)]
 
     def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence",
               mode: str | None = None) -> list[dict]:
-        """Rows ``{id, influence, reference_loss_after}`` in input order, with throughput in ``self.last_rate``."""
+        """Rows ``{id, influence, influence_raw, influence_centred, reference_loss_after}`` in input order, with
+        throughput in ``self.last_rate``. ``influence`` is the centred or the raw score as ``centring`` says;
+        ``reference_loss_after`` is None for the estimates (they take no step)."""
         mode = mode or self.config.mode
+        if mode not in ("exact", "first_order", "projected"):
+            raise ValueError(f"unknown influence mode {mode!r}")
         encoded = [self.encode(example) for example in examples]  # every input is checked before any work
         watch = Stopwatch()
-        influences: list[float] = [0.0] * len(examples)
-        afters: list[float | None] = [None] * len(examples)
+        scored: list[dict] = [{}] * len(examples)
         done = 0
         for chunk in self._chunks(encoded, mode):
             if self.batched(mode) and mode == "exact":
-                for i, (value, after) in zip(chunk, self.score_chunk([encoded[i] for i in chunk])):
-                    influences[i], afters[i] = value, after
+                values = self.score_chunk([encoded[i] for i in chunk])
             elif self.batched(mode):
-                for i, value in zip(chunk, self.directional_scores([encoded[i] for i in chunk], mode)):
-                    influences[i] = value
+                values = [self._estimate_row(v) for v in self.directional_scores([encoded[i] for i in chunk], mode)]
             elif mode == "exact":
-                influences[chunk[0]], afters[chunk[0]] = self.score_one(encoded[chunk[0]])
+                values = [self.score_one(encoded[chunk[0]])]
             elif mode == "first_order":
-                influences[chunk[0]] = self.first_order_one(encoded[chunk[0]])
-            elif mode == "projected":
-                influences[chunk[0]] = self.projected_one(encoded[chunk[0]])
+                values = [self._estimate_row(self.first_order_one(encoded[chunk[0]]))]
             else:
-                raise ValueError(f"unknown influence mode {mode!r}")
+                values = [self._estimate_row(self.projected_one(encoded[chunk[0]]))]
+            for i, value in zip(chunk, values):
+                scored[i] = value
             done += len(chunk)
             progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
         self.last_rate = len(examples) / max(watch.elapsed, 1e-9)
-        return [{"id": example.id, "influence": influence, "reference_loss_after": after}
-                for example, influence, after in zip(examples, influences, afters)]
+        key = "influence_centred" if self.centred else "influence_raw"
+        return [{"id": example.id, "influence": row[key], **row} for example, row in zip(examples, scored)]
+
+    def _estimate_row(self, centred: float | None) -> dict:
+        """An estimate's row from its centred value (None: the candidate took no step); raw adds the shared term."""
+        if centred is None:
+            return {"influence_raw": 0.0, "influence_centred": 0.0, "reference_loss_after": None}
+        return {"influence_raw": centred + self.estimated_shared_influence(), "influence_centred": centred,
+                "reference_loss_after": None}
+
+    def estimated_shared_influence(self) -> float:
+        """lr <g_ref, u_0>: the first-order estimate of the shared step's raw influence (exact, not projected, in
+        projected mode). 0 with plain SGD."""
+        if type(self.optimizer) is torch.optim.SGD:
+            return 0.0
+        if self._projected_reference is not None:
+            return self._projected_shared
+        return sum(self.shared_terms())
 
     def batched(self, mode: str) -> bool:
         """Whether ``mode`` scores several candidates per pass (``candidate_batch_size`` > 1).
@@ -250,47 +337,55 @@ class InfluenceScorer:
             for param in self.params:
                 param.grad = None
             for batch in self.reference_loss.batches:
-                (self.model(**batch).loss / len(self.reference_loss.batches)).backward()
+                self.reference_loss.term(self.model, batch).backward()
             self._reference_gradient = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
             for param in self.params:
                 param.grad = None
         return self._reference_gradient
+
+    def shared_terms(self) -> list[float]:
+        """lr <g_ref_t, u_0_t> per trainable tensor t (u_0: the update direction at a zero gradient), computed once:
+        what the shared step contributes to the first-order estimate, tensor by tensor."""
+        if self._shared_terms is None:
+            reference = self.reference_gradient()
+            self._shared_terms = [
+                self._group_of[id(p)]["lr"] * float(torch.dot(g.flatten(), self._update_direction(p, torch.zeros_like(p)).flatten()))
+                for p, g in zip(self.params, reference)]
+        return self._shared_terms
 
     def projected_reference(self) -> torch.Tensor:
         """``P g_ref`` (``projection_dim`` numbers), computed once. Each tensor's gradient is projected as soon as
         the backward pass produces it and then dropped, so the full reference gradient is never held; by
         linearity the sum of the projected per-batch gradients is the projection of their sum.
 
-        The same pass fixes ``self._projected_offset``, a control variate for faithful mode: Adam's direction
-        ``u_z`` has a large part that does not depend on the candidate, ``u_0`` (the direction at a zero
-        gradient: warm-up momentum and weight decay). Its term ``lr <g_ref, u_0>`` is computed exactly, tensor by
-        tensor, and only ``u_z - u_0`` goes through the projection:
-        ``estimate = lr <P g_ref, P (u_z - u_0)> + lr <g_ref, u_0>``, still unbiased. Without it the projection
-        noise on the shared term shifts every score by the same random amount, which keeps the ranking but flips
-        signs and so the preference pairs. With plain SGD ``u_0 = 0`` and the offset is 0."""
+        The same pass prepares the centring in faithful mode: Adam's direction ``u_z`` has a large part that does
+        not depend on the candidate, ``u_0`` (the direction at a zero gradient: warm-up momentum and weight
+        decay). The centred estimate is ``lr <P g_ref, P (u_z - u_0)>``; its shared part ``lr <P g_ref, P u_0>`` is
+        kept per tensor and subtracted, and the raw estimate adds back ``lr <g_ref, u_0>`` computed exactly,
+        tensor by tensor (projecting the shared term would shift every raw score by the same random amount,
+        which keeps the ranking but flips signs). With plain SGD ``u_0 = 0`` and both are 0."""
         if self._projected_reference is None:
             device = self.params[0].device
             projected = torch.zeros(self.config.projection_dim, device=device)
-            shared = torch.zeros(self.config.projection_dim, device=device)  # sum_t lr_t P_t u_0
+            adam = type(self.optimizer) is not torch.optim.SGD
             exact_shared = 0.0  # sum_t lr_t <g_ref_t, u_0>, accumulated batch by batch
 
             def add(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
                 nonlocal exact_shared
                 projected.add_(self._sketch.project(index, grad).to(projected.device))
-                if not isinstance(self.optimizer, torch.optim.SGD):
+                if adam:
                     lr = self._group_of[id(param)]["lr"]
                     direction = self._update_direction(param, torch.zeros_like(param))
                     exact_shared += lr * float(torch.dot(grad.flatten(), direction.flatten()))
                 return 0.0
 
             for batch in self.reference_loss.batches:
-                self._reduce_gradient(self.model(**batch).loss / len(self.reference_loss.batches), add)
-            if not isinstance(self.optimizer, torch.optim.SGD):
-                for index, param in enumerate(self.params):
-                    lr = self._group_of[id(param)]["lr"]
-                    shared.add_(self._sketch.project(index, self._update_direction(param, torch.zeros_like(param))), alpha=lr)
+                self._reduce_gradient(self.reference_loss.term(self.model, batch), add)
+            self._projected_shared_terms = [
+                self._group_of[id(p)]["lr"] * float(torch.dot(projected, self._sketch.project(i, self._update_direction(p, torch.zeros_like(p)))))
+                if adam else 0.0 for i, p in enumerate(self.params)]
             self._projected_reference = projected
-            self._projected_offset = exact_shared - float(torch.dot(projected, shared))
+            self._projected_shared = exact_shared
         return self._projected_reference
 
     def _reduce_gradient(self, loss: torch.Tensor, reduce) -> float:
@@ -344,33 +439,36 @@ class InfluenceScorer:
         loss = self.model(**collate([encoded], self.tokenizer.pad_token_id)).loss
         return loss if torch.isfinite(loss) and loss.requires_grad else None
 
-    def first_order_one(self, encoded: EncodedExample) -> float:
-        """lr * <grad L_ref, update direction of the candidate>: the first-order Taylor estimate of L0 - L_after."""
+    def first_order_one(self, encoded: EncodedExample) -> float | None:
+        """lr * <grad L_ref, u_z - u_0>: the first-order Taylor estimate of the centred score (None: no finite loss).
+        A tensor the loss does not reach has u_z = u_0 and adds nothing."""
         reference = self.reference_gradient()
+        shared = self.shared_terms()
         loss = self._candidate_loss(encoded)
         if loss is None:
-            return 0.0
+            return None
 
         def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
             lr = self._group_of[id(param)]["lr"]
-            return lr * float(torch.dot(reference[index].flatten(), self._update_direction(param, grad).flatten()))
+            return lr * float(torch.dot(reference[index].flatten(), self._update_direction(param, grad).flatten())) - shared[index]
 
         return self._reduce_gradient(loss, inner)
 
-    def projected_one(self, encoded: EncodedExample) -> float:
-        """lr * <P g_ref, P u>: the first-order estimate after the random projection (with the exact shared term,
-        see ``projected_reference``); the update is projected tensor by tensor during the backward pass, so
-        neither full vector is held."""
+    def projected_one(self, encoded: EncodedExample) -> float | None:
+        """lr * <P g_ref, P (u_z - u_0)>: the centred first-order estimate after the random projection (see
+        ``projected_reference``; None: no finite loss); the update is projected tensor by tensor during the
+        backward pass, so neither full vector is held."""
         reference = self.projected_reference()
+        shared = self._projected_shared_terms
         loss = self._candidate_loss(encoded)
         if loss is None:
-            return 0.0
+            return None
 
         def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
             lr = self._group_of[id(param)]["lr"]
-            return lr * float(torch.dot(reference, self._sketch.project(index, self._update_direction(param, grad))))
+            return lr * float(torch.dot(reference, self._sketch.project(index, self._update_direction(param, grad)))) - shared[index]
 
-        return self._reduce_gradient(loss, inner) + self._projected_offset
+        return self._reduce_gradient(loss, inner)
 
     def _tangent(self, mode: str) -> list[torch.Tensor]:
         """The vector v with estimate = <v, g_z> for every candidate z in (plain-SGD) batched mode:

@@ -68,11 +68,12 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
             for i, exact in zip(rescore, exact_rows):
                 audited[i] = exact
             for i, row in enumerate(rows):
-                row.update(influence=audited[i]["influence"], reference_loss_after=audited[i]["reference_loss_after"])
+                row.update({k: v for k, v in audited[i].items() if k != "id"})
             scored_by = "exact"
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
     # Metrics are numbers (they travel as map<string, double>): one flag per mode says which one produced the scores.
     metrics = {**score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
+               **shared_step_metrics(scorer, scored_by),
                **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES}, **audit}
     inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
@@ -106,14 +107,25 @@ def below_thresholds(audit: dict, config: InfluenceConfig) -> dict:
 
 
 def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: float, rate: float) -> dict:
-    """The metrics of a scores file (also used when shards scored on several replicas are merged)."""
+    """The metrics of a scores file (also used when shards scored on several replicas are merged): those of the
+    score used for pairs (``influence``), and the share of positive candidates under both raw and centred scores."""
     values = [r["influence"] for r in rows]
+    share = lambda key: sum(r.get(key, r["influence"]) > 0 for r in rows) / len(rows) if rows else 0.0  # noqa: E731
     return {
         "candidates": len(rows), "reference_rows": reference_rows, "reference_loss": reference_loss,
         "influence_mean": statistics.fmean(values) if values else 0.0, "influence_min": min(values, default=0.0),
         "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
         "negative": sum(v < 0 for v in values), "candidates_per_second": rate,
+        "positive_share_raw": share("influence_raw"), "positive_share_centred": share("influence_centred"),
     }
+
+
+def shared_step_metrics(scorer: InfluenceScorer, scored_by: str) -> dict:
+    """The raw influence of the zero-gradient step (what every raw score shares): exact when the round was scored
+    exactly, else its first-order estimate (no extra reference pass)."""
+    if scored_by == "exact":
+        return {"shared_step_influence": scorer.shared_step_influence, "reference_loss_shared_step": scorer.shared_loss}
+    return {"shared_step_influence": scorer.estimated_shared_influence()}
 
 
 def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
