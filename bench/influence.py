@@ -8,7 +8,8 @@
       (the update is projected tensor by tensor during the backward pass; the reference gradient kept
       projected).
 
-(b)-(d) pay a once-per-student-version setup (the reference loss L0, which every mode reports, plus the
+(b)-(d) score the centred faithful influence (the default; (a) the official raw score, compared with (b)'s raw
+scores) and pay a once-per-student-version setup (the reference loss L0, which every mode reports, plus the
 reference gradient or its projection), reported apart: "cand/s" includes it, "steady cand/s" is the
 per-candidate rate that a large round tends to.
 A second table times candidate batching (optimizer 'sgd'; exact: one vmapped reference pass for
@@ -38,7 +39,7 @@ from services.influence.config import InfluenceConfig
 from services.influence.optimizer_state import load_adamw
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.scoring import InfluenceScorer, collate, examples_from_rows
-from services.trainer.config import SFTSettings
+from services.trainer.config import WarmupSettings
 from services.trainer.sft import train_sft
 
 OFFICIAL_PAD = 1024
@@ -128,7 +129,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         warmup = Path(tmp) / "warmup"
         train_sft(ModelRef(args.student), [(instruction_text(r["instruction"], r["input"]), r["output"]) for r in seed[:8]],
-                  SFTSettings(learning_rate=args.lr, batch_size=4), warmup, seed=0, save_optimizer=True)
+                  WarmupSettings(learning_rate=args.lr, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant"),
+                  warmup, seed=0, save_optimizer=True)
         tokenizer = load_tokenizer(warmup, field="warmup")
         reference = examples_from_rows(reference_rows, prefix="ref")
         config = InfluenceConfig(optimizer="faithful", reference_batch_size=16)
@@ -138,10 +140,16 @@ def main() -> None:
         official_n = args.official_candidates or len(candidates)
         official, t_official = timed(lambda: official_style(warmup, tokenizer, reference, candidates[:official_n], scorer.max_length))
         base_rate = official_n / t_official
-        exact, t_exact = timed(lambda: influences(scorer, candidates, "exact"))
+        exact_rows, t_exact = timed(lambda: scorer.score(candidates, mode="exact"))
+        exact = [r["influence_centred"] for r in exact_rows]
+        exact_raw = [r["influence_raw"] for r in exact_rows]
+        signs = {"shared_step_influence": scorer.shared_step_influence,
+                 "positive_raw": sum(v > 0 for v in exact_raw), "positive_centred": sum(v > 0 for v in exact),
+                 "pairs_raw": pair_count(groups, exact_raw), "pairs_centred": pair_count(groups, exact)}
         _, t_setup_first = timed(scorer.reference_gradient)
         first, t_first = timed(lambda: influences(scorer, candidates, "first_order"))
-        rows = [method_row("(a) official-style", official_n, 0.0, t_official, base_rate, exact, official, groups),
+        # (a) computes the official raw score: it is compared with (b)'s raw scores, the rest with (b)'s centred ones.
+        rows = [method_row("(a) official-style (raw)", official_n, 0.0, t_official, base_rate, exact_raw, official, groups),
                 method_row("(b) exact", len(candidates), t_base, t_exact, base_rate, exact, exact, groups),
                 method_row("(c) first_order", len(candidates), t_base + t_setup_first, t_first, base_rate, exact, first, groups)]
         for dim in args.projection_dims:
@@ -178,6 +186,9 @@ def main() -> None:
         print(f"{r['method']:<26} {r['candidates']:>5} {r['pairs']:>6} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} "
               f"{r['speedup']:>7.1f} {r['steady_cand_per_s']:>9.3f} {r['steady_speedup']:>7.1f} {r['spearman_vs_exact']:>9.3f} "
               f"{r['pair_agreement_vs_exact']:>8.2f}")
+    print(f"faithful exact scores: shared zero-gradient step {signs['shared_step_influence']:.3e}; positive "
+          f"{signs['positive_raw']}/{len(candidates)} raw, {signs['positive_centred']}/{len(candidates)} centred; pairs "
+          f"{signs['pairs_raw']} raw, {signs['pairs_centred']} centred")
     print(f"batching (optimizer sgd, projection_dim {config.projection_dim})")
     print(f"{'mode':<26} {'cand':>5} {'batch':>5} {'1/backward':>11} {'batched':>9} {'speedup':>8} {'max rel diff':>13}")
     for b in batching:
@@ -186,7 +197,7 @@ def main() -> None:
     out = Path(args.out or f"bench/results/influence-{Path(args.student).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"student": args.student, "parameters": parameters, "reference_rows": len(reference),
-                               "threads": args.threads, "results": rows,
+                               "threads": args.threads, "results": rows, "signs": signs,
                                "batching": batching}, indent=2))
     print(f"wrote {out}")
 

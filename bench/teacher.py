@@ -24,13 +24,13 @@ from common.jsonl import read_instruction_rows
 from common.models import ModelRef
 from services.teacher.adapters import random_adapter
 from services.teacher.backend import GenerationBackend, SamplingParams, TransformersBackend
-from services.teacher.prompts import pick_examples, synthesis_prompt
+from services.teacher.prompts import pick_examples, seed_examples, synthesis_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def prompts(count: int, seed: int) -> list[str]:
-    seeds = [r["instruction"] for r in read_instruction_rows(REPO / "data" / "seed.jsonl")]
+    seeds = seed_examples(read_instruction_rows(REPO / "data" / "seed.jsonl"))
     rng = random.Random(seed)
     return [synthesis_prompt(pick_examples(seeds, [], total=8, from_generated=2, rng=rng), style="completion")
             for _ in range(count)]

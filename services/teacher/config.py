@@ -29,6 +29,9 @@ class SynthesisConfig:
     max_new_tokens: int = field(48, help="Token budget of one instruction sample (paper: 1024).")
     response_temperature: float = field(0.6, help="Sampling temperature for responses (paper: 0.6).")
     response_top_p: float = field(0.9, help="Nucleus sampling for responses (paper: 0.9).")
+    response_presence_penalty: float = field(
+        1.0, help="Presence penalty for responses (paper: 1.0, as the official code samples responses; applied "
+        "exactly as for instructions: vLLM's own, or the same logits processor on the transformers backend).")
     response_max_new_tokens: int = field(96, help="Token budget of one response (paper: 1024).")
     rouge_threshold: float = field(
         0.7, help="Drop an instruction whose ROUGE-L F1 with any seed or already kept instruction exceeds this.")
@@ -48,6 +51,7 @@ class SynthesisConfig:
         check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
         check(0.0 <= self.response_temperature <= 5.0, "response_temperature", "must be in [0, 5]")
         check(0.0 < self.response_top_p <= 1.0, "response_top_p", "must be in (0, 1]")
+        check(-2.0 <= self.response_presence_penalty <= 2.0, "response_presence_penalty", "must be in [-2, 2]")
         check(1 <= self.response_max_new_tokens <= 4096, "response_max_new_tokens", "must be in 1..4096")
         check(0.0 < self.rouge_threshold <= 1.0, "rouge_threshold", "must be in (0, 1]")
         check(self.prompt_batch_size >= 1, "prompt_batch_size", "must be >= 1")

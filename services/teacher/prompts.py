@@ -4,14 +4,36 @@ from __future__ import annotations
 import random
 from typing import Literal
 
+from common.chat import instruction_text
+
+# The official prompt's content (src/prompt.py of the authors' code) in our own words: a new
+# instruction a person would really ask, imperative or interrogative, high-quality, correct, clear
+# and concise because it trains models; an input only when the instruction cannot be answered
+# without one, written after the instruction inside the same tags.
 PREAMBLE = (
-    "You are asked to come up with a set of diverse task instructions. These task instructions will be given to "
-    "an AI assistant and we will evaluate how well it completes them. Each instruction is one or two sentences, "
-    "in English, self-contained, and something a person would really ask an assistant: writing, reasoning, coding, "
-    "math, advice, classification or extraction. Write only the instruction, inside <instruction> tags, with no "
-    "answer or explanation."
+    "Write a new instruction: a request or a question that a person would really put to an AI assistant, as a "
+    "command or as a question. The instructions you write will be used to train models, so make each one "
+    "high-quality, correct, clear and concise. If the instruction cannot be answered without some material to "
+    "work on (for example, the paragraph to summarise or the code to fix), give that input after the "
+    "instruction, separated by a blank line, inside the same tags; otherwise write the instruction alone. "
+    "Write it as <instruction>the instruction, then its input if it needs one</instruction>. "
+    "Here are examples of instructions:"
 )
+# Chat style only: the official prompt also asks for a short reason before the instruction. A
+# completion-style prompt ends in an open tag, so the sample is the instruction itself.
+CHAT_CLOSING = "Briefly say why you chose it, then write exactly one new instruction in the same form."
 OPEN_TAG, CLOSE_TAG = "<instruction>", "</instruction>"
+
+
+def seed_examples(rows: list[dict]) -> list[str]:
+    """In-context example texts of Alpaca rows: the instruction, then its ``input`` (if any) after a blank line.
+
+    The join is :func:`common.chat.instruction_text`, the same one the student is trained and
+    evaluated on, so an example shows the teacher exactly the user text its instructions become;
+    the blank line keeps the input visibly apart from the instruction (the official code joins
+    with a space).
+    """
+    return [instruction_text(row["instruction"], row.get("input", "")) for row in rows]
 
 
 def pick_examples(seeds: list[str], generated: list[str], *, total: int, from_generated: int, rng: random.Random) -> list[str]:
@@ -29,7 +51,7 @@ def synthesis_prompt(examples: list[str], *, style: Literal["completion", "chat"
         return f"{PREAMBLE}\n\n{listed}\n{OPEN_TAG}"
     if chat_template is None:
         raise ValueError("chat style needs the teacher's chat template")
-    return chat_template(f"{PREAMBLE}\n\n{listed}\n\nWrite one new instruction in the same form.")
+    return chat_template(f"{PREAMBLE}\n\n{listed}\n\n{CHAT_CLOSING}")
 
 
 def sample_text(raw: str, *, style: Literal["completion", "chat"]) -> str:

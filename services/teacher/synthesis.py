@@ -53,6 +53,8 @@ class Synthesizer:
     """Writes instruction candidates in prompt groups, then answers them, with one backend."""
 
     def __init__(self, backend: GenerationBackend, config: SynthesisConfig, seed_instructions: list[str], *, teacher_label: str):
+        """``seed_instructions``: the seeds' example texts (instruction and input, :func:`prompts.seed_examples`);
+        they are shown in context and every sample is de-duplicated against them."""
         if not seed_instructions:
             raise FailedPrecondition("seed set is empty", field="data.seed_path")
         self.backend = backend
@@ -120,6 +122,7 @@ class Synthesizer:
         for start in range(0, len(candidates), size):
             chunk = candidates[start:start + size]
             params = SamplingParams(n=1, temperature=c.response_temperature, top_p=c.response_top_p,
+                                    presence_penalty=c.response_presence_penalty,
                                     max_new_tokens=c.response_max_new_tokens, seed=seed * 1_000_003 + start)
             prompts = [self.backend.chat_prompt(instruction_text(cand.instruction)) for cand in chunk]
             for cand, (response,) in zip(chunk, self.backend.generate(prompts, params)):

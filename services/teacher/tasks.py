@@ -11,6 +11,7 @@ from common.models import ModelRef
 from common.progress import Progress, no_progress
 from services.teacher.backend import GenerationBackend
 from services.teacher.config import SynthesisConfig
+from services.teacher.prompts import seed_examples
 from services.teacher.synthesis import Synthesizer
 
 CANDIDATES = "candidates.jsonl"
@@ -21,7 +22,7 @@ def generate(store: ArtifactStore, prefix: str, *, backend: GenerationBackend, t
              target: int | None = None, progress: Progress = no_progress) -> StageResult:
     """Synthesise and answer candidates; publish ``<prefix>/candidates.jsonl`` and its manifest."""
     started = time.time()
-    seeds = [r["instruction"] for r in read_instruction_rows(seed_path)]
+    seeds = seed_examples(read_instruction_rows(seed_path))  # instruction + input, as the student sees them
     synthesizer = Synthesizer(backend, config, seeds, teacher_label=teacher_label)
     tokens_before = backend.tokens_generated
     name = prefix.rsplit("/", 1)[-1]

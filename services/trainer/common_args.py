@@ -6,15 +6,33 @@ import math
 import torch
 
 
-def schedule_kwargs(schedule: str, *, examples: int, batch_size: int, accumulation: int, epochs: float) -> dict:
-    """Scheduler arguments; warm-up-stable-decay gets 10% warm-up and 10% decay steps."""
-    steps = max(1, math.ceil(math.ceil(examples / batch_size) / accumulation * epochs))
-    if schedule == "warmup_stable_decay":
-        return {"lr_scheduler_type": schedule, "warmup_steps": max(0, steps // 10),
-                "lr_scheduler_kwargs": {"num_decay_steps": max(1, steps // 10)}}
-    if schedule == "constant_with_warmup":
-        return {"lr_scheduler_type": schedule, "warmup_steps": max(0, steps // 10)}
-    return {"lr_scheduler_type": schedule}
+def optimizer_steps(settings, *, examples: int) -> int:
+    """Optimizer steps of one run, counted as the transformers Trainer counts them (no dropped last batch).
+
+    Exact as long as the trainer keeps every example; TRL's SFT drops an example whose response is
+    truncated away entirely (a prompt longer than ``max_length``), which would make this an overcount.
+    """
+    micro_batches = math.ceil(examples / settings.batch_size)
+    per_epoch = max(math.ceil(micro_batches / settings.gradient_accumulation_steps), 1)
+    return max(math.ceil(settings.epochs * per_epoch), 1)
+
+
+def schedule_kwargs(settings, *, examples: int) -> dict:
+    """Scheduler arguments of ``settings`` (:class:`SFTSettings`, :class:`WarmupSettings` or :class:`DPOSettings`).
+
+    Phase lengths are ``int(ratio * steps)``, as the official code computes them. For
+    warm-up-stable-decay the Trainer passes the real step count, so the stable phase is whatever
+    warm-up and decay leave and the decay ends on the last step at ``min_lr_ratio`` x the peak.
+    """
+    steps = optimizer_steps(settings, examples=examples)
+    warmup = int(settings.warmup_ratio * steps)
+    if settings.lr_scheduler == "warmup_stable_decay":
+        return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup,
+                "lr_scheduler_kwargs": {"num_decay_steps": int(settings.decay_ratio * steps),
+                                        "min_lr_ratio": settings.min_lr_ratio}}
+    if settings.lr_scheduler == "constant":
+        return {"lr_scheduler_type": "constant"}
+    return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}
 
 
 def base_args(*, output_dir: str, seed: int) -> dict:

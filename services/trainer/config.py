@@ -1,4 +1,10 @@
-"""Training settings (TRL trainers); defaults are METHOD.md's, scaled to the CPU demo where noted."""
+"""Training settings (TRL trainers); defaults are METHOD.md's paper values unless a help string says otherwise.
+
+The CPU demo scales them down in ``services/controller/config.py``. Schedules: the official code
+uses transformers 4.44's warm-up-stable-decay schedule (linear warm-up from 0, a stable phase,
+a cosine decay to ``min_lr_ratio`` x the peak) for the student SFT and the teacher DPO, and for the
+warm-up a schedule that only warms up (``warmup_ratio`` 1.0) and then stays at the peak.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,27 +15,90 @@ from common.config import check, field
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
 
 
+def _check_schedule(settings) -> None:
+    """Range and cross-field rules of the schedule fields shared by SFT, warm-up and DPO settings."""
+    check(0.0 <= settings.warmup_ratio <= 1.0, "warmup_ratio", "must be in [0, 1]")
+    check(0.0 <= settings.decay_ratio <= 1.0, "decay_ratio", "must be in [0, 1]")
+    check(settings.warmup_ratio + settings.decay_ratio <= 1.0, "decay_ratio", "warmup_ratio + decay_ratio must be <= 1")
+    check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
+
+
+def final_lr_ratio(settings) -> float:
+    """The learning rate a run ends on (after its last scheduler step), as a fraction of the peak.
+
+    This is what a saved AdamW state's param groups carry, and so the learning rate of every
+    faithful influence step restored from a warm-up.
+    """
+    if settings.lr_scheduler in ("constant", "constant_with_warmup"):
+        return 1.0
+    if settings.lr_scheduler == "warmup_stable_decay":
+        return settings.min_lr_ratio
+    return 0.0  # linear and cosine decay to zero
+
+
 @dataclass
 class SFTSettings:
-    """Supervised fine-tuning of the student (response-only loss, TRL SFTTrainer)."""
+    """Supervised fine-tuning of the student on the training set (response-only loss, TRL SFTTrainer).
+
+    The warm-up before probing is the same run with :class:`WarmupSettings`' defaults.
+    """
 
     learning_rate: float = field(5e-6, help="Peak learning rate (paper: 5e-6).")
     epochs: float = field(1.0, help="Passes over the data (paper: 1).")
-    batch_size: int = field(4, help="Per-device batch size.")
-    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step (paper: effective batch 32).")
-    lr_scheduler: SCHEDULES = field(
-        "constant",
-        help="Learning-rate schedule. The warm-up must not decay to zero: influence steps use the lr it ends on.")
-    max_length: int = field(512, help="Token cap of one example; longer examples are truncated by TRL.")
-    weight_decay: float = field(0.0, help="AdamW weight decay.")
+    batch_size: int = field(
+        2, help="Per-device batch size (paper: 2 per GPU, x 2 accumulation steps x 8 GPUs = effective batch 32).")
+    gradient_accumulation_steps: int = field(
+        16, help="Micro-batches per optimizer step; batch_size x this is the effective batch (paper: 32, "
+        "here 2 x 16 on one device).")
+    lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
+    warmup_ratio: float = field(
+        0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1); every "
+        "schedule but constant has this warm-up.")
+    decay_ratio: float = field(
+        0.4, help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
+        "and decay are stable (paper: 0.4, stable 0.5).")
+    min_lr_ratio: float = field(
+        1e-4, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak "
+        "(paper: 1e-4).")
+    max_length: int = field(1024, help="Token cap of one example; longer examples are truncated by TRL (paper: 1024).")
+    weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
         check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
         check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
         check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
+        _check_schedule(self)
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
         check(0.0 <= self.weight_decay < 1.0, "weight_decay", "must be in [0, 1)")
+
+
+@dataclass
+class WarmupSettings(SFTSettings):
+    """The student's warm-up SFT before probing: its AdamW state, learning rate included, is what
+    every faithful influence step restores, so its schedule must end at the peak learning rate.
+
+    Same fields as :class:`SFTSettings` (one trainer runs both); only the defaults differ.
+    """
+
+    lr_scheduler: SCHEDULES = field(
+        "constant_with_warmup",
+        help="Learning-rate schedule; it must end at the peak learning rate, because the influence steps use the "
+        "rate the warm-up ends on (paper: warm-up-stable-decay with warm-up ratio 1.0 and min_lr_ratio 1.0, which "
+        "under the official transformers 4.44 is a linear warm-up from 0 over all steps, ending at the peak: "
+        "constant_with_warmup with warmup_ratio 1.0 here; newer transformers start a warm-up at min_lr_ratio, "
+        "which would make the official values a constant schedule).")
+    warmup_ratio: float = field(1.0, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 1.0).")
+    decay_ratio: float = field(0.0, help="warmup_stable_decay: share of the steps in the decay (paper: 0).")
+    min_lr_ratio: float = field(
+        1.0, help="warmup_stable_decay: the learning rate the schedule ends on, as a fraction of the peak; must be "
+        "1 for a warm-up (paper: 1.0).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(final_lr_ratio(self) == 1.0, "lr_scheduler",
+              "a warm-up must end at its peak learning rate (the influence steps use it): use constant, "
+              "constant_with_warmup, or warmup_stable_decay with min_lr_ratio 1")
 
 
 @dataclass
@@ -40,16 +109,25 @@ class DPOSettings:
     learning_rate: float = field(
         5e-5, help="Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one.")
     epochs: float = field(1.0, help="Passes over the pairs (paper: 1).")
-    batch_size: int = field(2, help="Per-device batch size (paper: 2).")
-    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step.")
+    batch_size: int = field(2, help="Per-device batch size (paper: 2, on one device).")
+    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step (paper: 1).")
     lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
+    warmup_ratio: float = field(0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1).")
+    decay_ratio: float = field(
+        0.4, help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
+        "and decay are stable (paper: 0.4, stable 0.5).")
+    min_lr_ratio: float = field(
+        1e-3, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak "
+        "(paper: 1e-3).")
     max_length: int = field(1024, help="Token cap of prompt + sample (paper: 1024); the prompt is never cut.")
     lora: bool = field(
         True, help="Train a LoRA adapter (hot-loadable by a serving engine) instead of all weights (paper: full).")
     lora_rank: int = field(8, help="LoRA rank r.")
     lora_alpha: int = field(16, help="LoRA alpha.")
     lora_dropout: float = field(0.0, help="LoRA dropout (0 keeps training deterministic).")
-    max_pairs: int | None = field(None, help="Train on at most this many pairs (None: all).")
+    max_pairs: int | None = field(
+        None, help="Train on at most this many pairs, balanced across prompt groups: round-robin over the groups, "
+        "each group's pairs by descending influence margin (None: all, the paper).")
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")
@@ -57,6 +135,7 @@ class DPOSettings:
         check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
         check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
         check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
+        _check_schedule(self)
         check(16 <= self.max_length <= 131072, "max_length", "must be in 16..131072")
         check(1 <= self.lora_rank <= 512, "lora_rank", "must be in 1..512")
         check(1 <= self.lora_alpha <= 4096, "lora_alpha", "must be in 1..4096")

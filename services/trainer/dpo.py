@@ -10,6 +10,7 @@ from transformers import PrinterCallback
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
+from services.preference.pairs import select_pairs
 from services.trainer.callbacks import ProgressCallback
 from services.trainer.common_args import base_args, schedule_kwargs
 from services.trainer.config import DPOSettings
@@ -34,6 +35,11 @@ class DPOResult:
                 "reward_accuracy_last": self.reward_accuracy_last, "adapter": self.is_adapter}
 
 
+def training_pairs(pairs: list[dict], settings: DPOSettings) -> list[dict]:
+    """The pairs a run trains on: all of them, or ``max_pairs`` balanced across prompt groups by influence margin."""
+    return select_pairs(pairs, settings.max_pairs)
+
+
 def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, output_dir: Path, *,
               seed: int, progress: Progress = no_progress, stage: str = "dpo") -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
@@ -44,8 +50,7 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
 
     if not pairs:
         raise FailedPrecondition("no preference pairs to train on", field="pairs")
-    if settings.max_pairs is not None:
-        pairs = pairs[: settings.max_pairs]
+    pairs = training_pairs(pairs, settings)
     tokenizer = load_tokenizer(teacher.path, field="teacher.path")
     model = load_model(teacher, field="teacher.path", trainable=not settings.lora)
     ref_model = None if settings.lora else load_model(teacher, field="teacher.path")
@@ -55,8 +60,7 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
     with tempfile.TemporaryDirectory(prefix="montessori-dpo-") as scratch:
         args = DPOConfig(
             **base_args(output_dir=scratch, seed=seed),
-            **schedule_kwargs(settings.lr_scheduler, examples=len(pairs), batch_size=settings.batch_size,
-                              accumulation=settings.gradient_accumulation_steps, epochs=settings.epochs),
+            **schedule_kwargs(settings, examples=len(pairs)),
             beta=settings.beta,
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,

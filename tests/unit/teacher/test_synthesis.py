@@ -6,6 +6,7 @@ import pytest
 from common.models import ModelRef
 from services.teacher.backend import TransformersBackend
 from services.teacher.config import SynthesisConfig
+from services.teacher.prompts import seed_examples
 from services.teacher.synthesis import Synthesizer
 
 
@@ -16,7 +17,7 @@ def backend(tiny_teacher):
 
 def synthesizer(backend, seed_rows, **overrides):
     config = SynthesisConfig(**{"max_new_tokens": 40, "response_max_new_tokens": 16, **overrides})
-    return Synthesizer(backend, config, [r["instruction"] for r in seed_rows], teacher_label="teacher-r0")
+    return Synthesizer(backend, config, seed_examples(seed_rows), teacher_label="teacher-r0")
 
 
 def test_candidates_keep_their_group_prompt_and_sampling(backend, seed_rows):

@@ -58,7 +58,8 @@ def test_sft_lowers_the_students_loss_on_its_training_data(tiny_student, seed_ro
     student = ModelRef(str(tiny_student))
     before = evaluation_loss(student, tmp_path / "train.jsonl")
     examples = [(instruction_text(r["instruction"], r["input"]), r["output"]) for r in rows]
-    result = train_sft(student, examples, SFTSettings(learning_rate=3e-3, epochs=3, batch_size=4), tmp_path / "out", seed=0)
+    settings = SFTSettings(learning_rate=3e-3, epochs=3, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
+    result = train_sft(student, examples, settings, tmp_path / "out", seed=0)
     after = evaluation_loss(ModelRef(str(tmp_path / "out")), tmp_path / "train.jsonl")
     assert result.steps == 6
     assert after < before - 0.1
