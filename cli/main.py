@@ -134,7 +134,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from services.trainer import tasks
 
         store, prefix = _out_store(args.out)
-        result = tasks.train_student(store, prefix, student=ModelRef(args.student or config.models.student),
+        result = tasks.train_student(store, prefix, student=ModelRef(args.student or config.models.student,
+                                                                        chat_template=config.models.student_chat_template),
                                      candidates_path=Path(args.candidates), settings=config.warmup if args.warmup else config.sft,
                                      seed=config.seed, save_optimizer=args.warmup, progress=progress)
     elif args.command == "score":
@@ -158,8 +159,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from services.influence.tasks import evaluation_loss
 
-        losses = {s: evaluation_loss(ModelRef(s), Path(config.data.eval_path), batch_size=config.evaluation.batch_size,
-                                     field="--student") for s in args.student}
+        template = config.models.student_chat_template
+        losses = {s: evaluation_loss(ModelRef(s, chat_template=template), Path(config.data.eval_path),
+                                     batch_size=config.evaluation.batch_size, field="--student") for s in args.student}
         print(json.dumps({"eval_path": config.data.eval_path, "eval_loss": losses}, indent=2))
         return 0
     else:  # pragma: no cover - argparse enforces the choices

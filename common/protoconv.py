@@ -81,14 +81,18 @@ def output_prefix(value: str, *, field: str = "output_prefix") -> str:
 
 
 def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:
-    """A ModelSpec as a ModelRef of local folders (base path on this node, or a model in the store)."""
+    """A ModelSpec as a ModelRef of local folders (base path on this node, or a model in the store), with its
+    chat template when the request sets one (checked against the tokenizer when it is loaded)."""
     if bool(spec.path) == bool(spec.uri):
         raise InvalidArgument("set exactly one of path and uri", field=field)
+    chat_template = spec.chat_template if spec.HasField("chat_template") else None
+    if chat_template is not None and not chat_template.strip():
+        raise InvalidArgument("must be a non-empty Jinja template when set", field=f"{field}.chat_template")
     base = str(model_dir(spec.path, field=f"{field}.path")) if spec.path else \
         str(model_dir(local_artifact(store, spec.uri, field=f"{field}.uri"), field=f"{field}.uri"))
     adapters = tuple(str(local_artifact(store, uri, field=f"{field}.adapter_uris[{i}]"))
                      for i, uri in enumerate(spec.adapter_uris))
-    return ModelRef(base, adapters)
+    return ModelRef(base, adapters, chat_template)
 
 
 def count(value: int, *, field: str, maximum: int, allow_zero: bool = True) -> int:

@@ -32,14 +32,16 @@ class ArtifactRef(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("path", "uri", "adapter_uris")
+    __slots__ = ("path", "uri", "adapter_uris", "chat_template")
     PATH_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_URIS_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     path: str
     uri: str
     adapter_uris: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, path: _Optional[str] = ..., uri: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ...) -> None: ...
+    chat_template: str
+    def __init__(self, path: _Optional[str] = ..., uri: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ..., chat_template: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "eta_seconds", "metrics")

@@ -1,8 +1,9 @@
 """The loop's config: one typed, validated document (``montessori config`` prints it with help).
 
 The embedded defaults are the CPU demo that ``make run`` runs: SmolLM2-135M-Instruct
-as teacher, a copy of it as student, sizes chosen to finish in about 10 minutes
-on 2 cores. Paper-scale settings are in the README.
+as teacher, the pretrained (base) Gemma 3 270M as student (as the paper pairs an
+instruct teacher with a base student), sizes chosen for 2 cores. Paper-scale
+settings are in the README.
 """
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from common.errors import NotFound
 from services.influence.config import InfluenceConfig
 from services.preference.config import PreferenceConfig
 from services.teacher.config import SynthesisConfig
-from services.trainer.config import DPOSettings, SFTSettings
+from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
 
 
 def _sft_demo() -> SFTSettings:
-    return SFTSettings(learning_rate=1e-5, batch_size=4)
+    # 16 examples in 4 steps: no room for a warm-up and a decay, so a constant rate at the peak.
+    return SFTSettings(learning_rate=1e-5, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
 
 
-def _warmup_demo() -> SFTSettings:
-    return SFTSettings(learning_rate=5e-6, batch_size=4, lr_scheduler="constant")
+def _warmup_demo() -> WarmupSettings:
+    # 12 examples in 3 steps: a linear warm-up would spend the first one at lr 0; constant ends at the peak too.
+    return WarmupSettings(learning_rate=5e-6, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
 
 
 def _dpo_demo() -> DPOSettings:
@@ -30,7 +33,7 @@ def _dpo_demo() -> DPOSettings:
 
 
 def _influence_demo() -> InfluenceConfig:
-    return InfluenceConfig(optimizer="sgd", reference_size=12)
+    return InfluenceConfig(reference_size=12)
 
 
 @dataclass
@@ -38,12 +41,21 @@ class ModelsConfig:
     """Which models play teacher and student (any AutoModelForCausalLM folder)."""
 
     teacher: str = field("models/smollm2-135m-instruct", help="Teacher: an instruction-tuned HF model folder.")
-    student: str = field("models/smollm2-135m-student", help="Student: the HF model folder the data is for.")
+    student: str = field("models/gemma-3-270m", help="Student: the HF model folder the data is for (a base model).")
+    student_chat_template: str | None = field(
+        None, help="Jinja chat template the student's examples are formatted with, in warm-up and student SFT, influence "
+                   "scoring and evaluation alike (saved with every trained student). null: the student folder's own "
+                   "template, or, when its tokenizer has none, a plain '### Instruction:' / '### Response:' format whose "
+                   "response ends with the eos token. The teacher always uses its own template.")
     dtype: str = field("float32", help="Weights dtype on load: float32 (CPU), bfloat16 or float16 (GPU).")
 
     def __post_init__(self) -> None:
         check(bool(self.teacher.strip()), "teacher", "must name a model folder")
         check(bool(self.student.strip()), "student", "must name a model folder")
+        # Whether it renders a prompt that the response extends needs the student's tokenizer: checked
+        # (naming this field) by the loop's input validation before any work starts.
+        check(self.student_chat_template is None or bool(self.student_chat_template.strip()), "student_chat_template",
+              "must be a non-empty Jinja template, or null for the student folder's own (or the default)")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16")
 
 
@@ -113,9 +125,10 @@ class RunConfig:
     sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig, help="Instruction synthesis and answering.")
     influence: InfluenceConfig = field(default_factory=_influence_demo,
-                                       help="Influence scoring. Demo: sgd mode on 12 reference rows (see README).")
+                                       help="Influence scoring. Demo: faithful, centred, on 12 reference rows (see README).")
     preference: PreferenceConfig = field(default_factory=PreferenceConfig, help="Preference-pair assembly.")
-    warmup: SFTSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6).")
+    warmup: WarmupSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6, "
+                                   "effective batch 32, a linear warm-up over all steps that ends at the peak).")
     dpo: DPOSettings = field(default_factory=_dpo_demo, help="Teacher DPO. Demo: at most 12 pairs per round.")
     sft: SFTSettings = field(default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32).")
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")

@@ -20,7 +20,8 @@ from services.trainer.config import DPOSettings, SFTSettings
 
 @dataclass(frozen=True)
 class LoopModel:
-    """A model version as the loop tracks it: a node-local base folder or a store URI, plus adapter URIs."""
+    """A model version as the loop tracks it: a node-local base folder or a store URI, plus adapter URIs, and the
+    chat template to load its tokenizer with (``None``: the folder's own, or the default for a templateless one)."""
 
     path: str = ""
     uri: str = ""
@@ -28,9 +29,10 @@ class LoopModel:
     #: Digests of the artifacts above (uri, then adapters): part of a stage's request fingerprint,
     #: so a stage is never reused on top of a teacher or student that was rebuilt differently.
     digests: tuple[str, ...] = field(default=())
+    chat_template: str | None = None
 
     def with_adapter(self, ref) -> "LoopModel":
-        return LoopModel(self.path, self.uri, self.adapter_uris + (ref.uri,), self.digests + (ref.sha256,))
+        return LoopModel(self.path, self.uri, self.adapter_uris + (ref.uri,), self.digests + (ref.sha256,), self.chat_template)
 
     @classmethod
     def artifact(cls, ref) -> "LoopModel":
@@ -77,7 +79,7 @@ class InProcessExecutor:
 
     def model(self, model: LoopModel) -> ModelRef:
         base = model.path or str(self._local(model.uri))
-        return ModelRef(base, tuple(str(self._local(u)) for u in model.adapter_uris))
+        return ModelRef(base, tuple(str(self._local(u)) for u in model.adapter_uris), model.chat_template)
 
     def generate(self, prefix, *, teacher, seed_uri, config, seed, num_prompts, target, progress=no_progress):
         from services.teacher import tasks

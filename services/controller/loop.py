@@ -54,6 +54,11 @@ class IterationSummary:
     influence_mean: float = 0.0
     influence_min: float = 0.0
     influence_max: float = 0.0
+    #: Share of candidates with a positive raw (official) and centred score: raw ones mostly share one sign.
+    positive_share_raw: float = 0.0
+    positive_share_centred: float = 0.0
+    #: Raw influence of the zero-gradient step that every raw score shares (0 with plain SGD).
+    shared_step_influence: float = 0.0
     dpo_reward_margin: float | None = None
     student_reference_loss: float = 0.0
     teacher_adapters: list[str] = field(default_factory=list)
@@ -73,7 +78,8 @@ def validate_inputs(config: RunConfig) -> None:
     model_dir(config.models.teacher, field="models.teacher")
     student_dir = model_dir(config.models.student, field="models.student")
     # Over-long reference/eval rows would fail mid-run: tokenise them now (tokenizer only, cheap).
-    tokenizer = load_tokenizer(student_dir, field="models.student")
+    tokenizer = load_tokenizer(student_dir, field="models.student", chat_template=config.models.student_chat_template,
+                               template_field="models.student_chat_template")
     window = json.loads((student_dir / "config.json").read_text()).get("max_position_embeddings", config.influence.max_length)
     limit = min(config.influence.max_length, int(window))
     for name in ("reference_path", "eval_path"):
@@ -105,6 +111,9 @@ class LoopRunner:
         self.rows: list[IterationSummary] = []
         self.state_extra = state_extra or {}
         self.interrupted = interrupted  # stop because this process is shutting down: resume later
+        # The student every SFT starts from; its chat template travels with it to every stage that loads it
+        # (trained students keep it in their saved tokenizer).
+        self.base_student = LoopModel(path=config.models.student, chat_template=config.models.student_chat_template)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -226,6 +235,9 @@ class LoopRunner:
         row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
                                pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
                                influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"],
+                               positive_share_raw=scores.metrics.get("positive_share_raw", 0.0),
+                               positive_share_centred=scores.metrics.get("positive_share_centred", 0.0),
+                               shared_step_influence=scores.metrics.get("shared_step_influence", 0.0),
                                influence_mode=c.influence.mode, audit=self._audit(k, scores.metrics))
         if row.pairs:
             dpo = self._stage(k, "dpo", lambda p: x.train_teacher(
@@ -244,9 +256,9 @@ class LoopRunner:
             request={"at": f"{base}/train-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
                      "seed": seed + 5, "target": c.sizes.train_examples})
         trained_student = self._stage(k, "student", lambda p: x.train_student(
-            f"{base}/student", student=LoopModel(path=c.models.student), candidates_uri=self._uri(train_data, "candidates"),
+            f"{base}/student", student=self.base_student, candidates_uri=self._uri(train_data, "candidates"),
             settings=c.sft, seed=seed + 6, save_optimizer=False, limit=None, progress=p),
-            request={"at": f"{base}/student", "student": c.models.student, "candidates": train_data.outputs["candidates"],
+            request={"at": f"{base}/student", "student": self.base_student, "candidates": train_data.outputs["candidates"],
                      "config": c.sft, "seed": seed + 6})
         student = LoopModel.artifact(trained_student.outputs["model"])
         row.student_reference_loss = x.evaluation_loss(
@@ -290,7 +302,7 @@ class LoopRunner:
         self.store.put_json(f"{self.prefix}/config.json", to_dict(c))
         data = self._import_data()
         self._save_state("running")
-        base_teacher, base_student = LoopModel(path=c.models.teacher), LoopModel(path=c.models.student)
+        base_teacher, base_student = LoopModel(path=c.models.teacher), self.base_student
         teacher, student = base_teacher, base_student
         stopped, evaluation = False, {}
         try:

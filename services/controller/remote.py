@@ -41,7 +41,8 @@ class WorkerAddresses:
 
 
 def _model(model: LoopModel) -> common_pb2.ModelSpec:
-    return common_pb2.ModelSpec(path=model.path, uri=model.uri, adapter_uris=list(model.adapter_uris))
+    return common_pb2.ModelSpec(path=model.path, uri=model.uri, adapter_uris=list(model.adapter_uris),
+                                chat_template=model.chat_template)  # None leaves the optional field unset
 
 
 def merge_audits(shard_metrics: list[dict]) -> dict:
@@ -193,6 +194,7 @@ class RemoteExecutor:
         first = shards[0].metrics
         metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
                                    rate=len(rows) / max(time.time() - started, 1e-9)), "replicas": count,
+                   **{k: first[k] for k in ("shared_step_influence", "reference_loss_shared_step") if k in first},
                    **merge_audits([shard.metrics for shard in shards])}
         shard_inputs = self.store.get_json(self.store.key_of(shards[0].manifest.uri))["inputs"]
         inputs = {"warmup": shard_inputs["warmup"], "reference_set": shard_inputs["reference_set"],

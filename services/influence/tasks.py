@@ -133,7 +133,7 @@ def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, m
     """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set."""
     if batch_size < 1:
         raise InvalidArgument("must be >= 1", field="batch_size")
-    tokenizer = load_tokenizer(model.path, field=field)
+    tokenizer = load_tokenizer(model, field=field)
     student = load_model(model, field=field)
     rows = read_instruction_rows(rows_path)
     loss = ReferenceLoss(tokenizer, examples_from_rows(rows[:limit] if limit else rows, prefix="eval", source=str(rows_path)),

@@ -1,4 +1,4 @@
-"""Student SFT with TRL (warm-up and training-set runs)."""
+"""Student SFT with TRL (warm-up and training-set runs), on the student's chat template (see common/chat.py)."""
 from __future__ import annotations
 
 import tempfile
@@ -38,14 +38,15 @@ def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTS
 
     if not examples:
         raise FailedPrecondition("no training examples", field="examples")
-    tokenizer = load_tokenizer(student.path, field="student.path")
+    # The student's chat template (explicit, the folder's, or the default) is set here and saved with the output,
+    # so influence scoring and evaluation of this model format examples exactly as it was trained on them.
+    tokenizer = load_tokenizer(student, field="student.path")
     model = load_model(student, field="student.path", trainable=True)
     dataset = Dataset.from_list([sft_record(user, response) for user, response in examples])
     with tempfile.TemporaryDirectory(prefix="montessori-sft-") as scratch:
         args = SFTConfig(
             **base_args(output_dir=scratch, seed=seed),
-            **schedule_kwargs(settings.lr_scheduler, examples=len(examples), batch_size=settings.batch_size,
-                              accumulation=settings.gradient_accumulation_steps, epochs=settings.epochs),
+            **schedule_kwargs(settings, examples=len(examples)),
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size,
