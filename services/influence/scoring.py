@@ -137,8 +137,8 @@ class InfluenceScorer:
         if optimizer is None:
             optimizer = torch.optim.SGD(self.params, lr=config.sgd_learning_rate, momentum=0.0, foreach=False)
         self.optimizer = optimizer
-        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size, max_length=self.max_length,
-                                            averaging=config.reference_averaging)
+        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size,
+                                            max_length=self.max_length, averaging=config.reference_averaging)
         # One snapshot of everything a step mutates, taken once and copied back in place.
         self._weights = [p.detach().clone() for p in self.params]
         self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
@@ -348,9 +348,8 @@ class InfluenceScorer:
         what the shared step contributes to the first-order estimate, tensor by tensor."""
         if self._shared_terms is None:
             reference = self.reference_gradient()
-            self._shared_terms = [
-                self._group_of[id(p)]["lr"] * float(torch.dot(g.flatten(), self._update_direction(p, torch.zeros_like(p)).flatten()))
-                for p, g in zip(self.params, reference)]
+            self._shared_terms = [self._group_of[id(p)]["lr"] * float(torch.dot(g.flatten(), self._shared_direction(p).flatten()))
+                                  for p, g in zip(self.params, reference)]
         return self._shared_terms
 
     def projected_reference(self) -> torch.Tensor:
@@ -382,7 +381,7 @@ class InfluenceScorer:
             for batch in self.reference_loss.batches:
                 self._reduce_gradient(self.reference_loss.term(self.model, batch), add)
             self._projected_shared_terms = [
-                self._group_of[id(p)]["lr"] * float(torch.dot(projected, self._sketch.project(i, self._update_direction(p, torch.zeros_like(p)))))
+                self._group_of[id(p)]["lr"] * float(torch.dot(projected, self._sketch.project(i, self._shared_direction(p))))
                 if adam else 0.0 for i, p in enumerate(self.params)]
             self._projected_reference = projected
             self._projected_shared = exact_shared
@@ -411,6 +410,10 @@ class InfluenceScorer:
             for param in self.params:
                 param.grad = None
         return total
+
+    def _shared_direction(self, param: torch.Tensor) -> torch.Tensor:
+        """u_0: the update direction at a zero gradient (warm-up momentum and weight decay; 0 for plain SGD)."""
+        return self._update_direction(param, torch.zeros_like(param))
 
     @torch.no_grad()
     def _update_direction(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -450,7 +453,8 @@ class InfluenceScorer:
 
         def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
             lr = self._group_of[id(param)]["lr"]
-            return lr * float(torch.dot(reference[index].flatten(), self._update_direction(param, grad).flatten())) - shared[index]
+            direction = self._update_direction(param, grad)
+            return lr * float(torch.dot(reference[index].flatten(), direction.flatten())) - shared[index]
 
         return self._reduce_gradient(loss, inner)
 
@@ -466,7 +470,8 @@ class InfluenceScorer:
 
         def inner(index: int, param: torch.Tensor, grad: torch.Tensor) -> float:
             lr = self._group_of[id(param)]["lr"]
-            return lr * float(torch.dot(reference, self._sketch.project(index, self._update_direction(param, grad)))) - shared[index]
+            direction = self._update_direction(param, grad)
+            return lr * float(torch.dot(reference, self._sketch.project(index, direction))) - shared[index]
 
         return self._reduce_gradient(loss, inner)
 
