@@ -374,8 +374,7 @@ class InfluenceScorer:
                 projected.add_(self._sketch.project(index, grad).to(projected.device))
                 if adam:
                     lr = self._group_of[id(param)]["lr"]
-                    direction = self._update_direction(param, torch.zeros_like(param))
-                    exact_shared += lr * float(torch.dot(grad.flatten(), direction.flatten()))
+                    exact_shared += lr * float(torch.dot(grad.flatten(), self._shared_direction(param).flatten()))
                 return 0.0
 
             for batch in self.reference_loss.batches:
