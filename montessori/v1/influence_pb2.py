@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xa8\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nwarmup_uri\x18\x02 \x01(\t\x12\x15\n\rreference_uri\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61ndidates_uri\x18\x04 \x01(\t\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12*\n\tinfluence\x18\x06 \x01(\x0b\x32\x17.montessori.v1.Settings\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\x83\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x10\n\x08rows_uri\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\x89\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xa8\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nwarmup_uri\x18\x02 \x01(\t\x12\x15\n\rreference_uri\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61ndidates_uri\x18\x04 \x01(\t\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12*\n\tinfluence\x18\x06 \x01(\x0b\x32\x17.montessori.v1.Settings\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\x9a\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x10\n\x08rows_uri\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\routput_prefix\x18\x06 \x01(\t\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\x89\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE']._serialized_start=247
   _globals['_SCORERESPONSE']._serialized_end=295
   _globals['_EVALUATEREQUEST']._serialized_start=298
-  _globals['_EVALUATEREQUEST']._serialized_end=429
-  _globals['_EVALUATERESPONSE']._serialized_start=431
-  _globals['_EVALUATERESPONSE']._serialized_end=482
-  _globals['_INFLUENCESERVICE']._serialized_start=485
-  _globals['_INFLUENCESERVICE']._serialized_end=878
+  _globals['_EVALUATEREQUEST']._serialized_end=452
+  _globals['_EVALUATERESPONSE']._serialized_start=454
+  _globals['_EVALUATERESPONSE']._serialized_end=505
+  _globals['_INFLUENCESERVICE']._serialized_start=508
+  _globals['_INFLUENCESERVICE']._serialized_end=901
 # @@protoc_insertion_point(module_scope)

@@ -29,18 +29,20 @@ class ScoreResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "rows_uri", "limit", "batch_size")
+    __slots__ = ("request_id", "model", "rows_uri", "limit", "batch_size", "output_prefix")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROWS_URI_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelSpec
     rows_uri: str
     limit: int
     batch_size: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., rows_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    output_prefix: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., rows_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., output_prefix: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("job",)

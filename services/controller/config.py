@@ -97,19 +97,37 @@ class SizesConfig:
 
 @dataclass
 class EvaluationConfig:
-    """The final comparison against the Self-Instruct baseline."""
+    """The final comparison: Montessori students against Self-Instruct students and the base student, on held-out rows.
 
-    baseline: bool = field(True, help="Train a Self-Instruct baseline student on the un-updated teacher's data.")
+    Each arm gets ``draws`` independent training sets (sampling seeds of its own per arm and draw); draw d of both
+    arms shares its SFT seed, so a paired difference compares data, not training noise. The spread that needs no
+    method at all (another SFT seed, another data draw) is measured beside the effect.
+    """
+
+    baseline: bool = field(True, help="Train Self-Instruct students on the un-updated teacher's data (same size, same SFT).")
+    draws: int = field(
+        1, help="Independent training sets per arm (each generated with its own sampling seed and trained into its own "
+        "student). Draw 0 of the Montessori arm is the loop's own final student.")
+    null_sft_seed: bool = field(
+        True, help="Also train Self-Instruct draw 0 again with another SFT seed: the difference that SFT noise alone "
+        "makes, reported beside the effect.")
     max_rows: int | None = field(
         40, help="Evaluate on the first N rows of the held-out set (None: all 80). Demo: 40 (each Gemma forward pass "
         "costs the output layer of a 262k vocabulary).")
-    influence_sample: int = field(
-        3, help="Training examples per data source whose influence is measured on the same student (0: skip).")
+    shift_samples: int = field(
+        0, help="Teacher shift (the paper's diagnostic): fresh examples written by each teacher version (0 = un-updated, "
+        "1..K), scored exactly on the iteration-1 warmed-up student; mean influence and share of helpful examples per "
+        "version. 0: skip. ~64 per version resolve differences near 1e-4 of reference loss.")
+    bootstrap_resamples: int = field(2000, help="Bootstrap resamples of every interval.")
+    confidence: float = field(0.95, help="Confidence level of every interval.")
     batch_size: int = field(16, help="Rows per forward pass when computing held-out loss.")
 
     def __post_init__(self) -> None:
-        check(0 <= self.influence_sample <= 100_000, "influence_sample", "must be in 0..100000")
-        check(self.max_rows is None or self.max_rows >= 1, "max_rows", "must be >= 1 or null")
+        check(1 <= self.draws <= 1000, "draws", "must be in 1..1000")
+        check(0 <= self.shift_samples <= 100_000, "shift_samples", "must be in 0..100000")
+        check(self.max_rows is None or 1 <= self.max_rows <= 10_000_000, "max_rows", "must be in 1..10000000 or null")
+        check(100 <= self.bootstrap_resamples <= 100_000, "bootstrap_resamples", "must be in 100..100000")
+        check(0.5 <= self.confidence < 1.0, "confidence", "must be in [0.5, 1)")
         check(1 <= self.batch_size <= 1024, "batch_size", "must be in 1..1024")
 
 

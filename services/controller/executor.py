@@ -44,7 +44,7 @@ class LoopModel:
 
 
 class StageExecutor(Protocol):
-    """The six units of work of a loop."""
+    """The six units of work of a loop (evaluation included)."""
 
     def generate(self, prefix: str, *, teacher: LoopModel, seed_uri: str, config: SynthesisConfig, seed: int,
                  num_prompts: int | None, target: int | None, progress: Progress) -> StageResult: ...
@@ -61,8 +61,8 @@ class StageExecutor(Protocol):
     def train_teacher(self, prefix: str, *, teacher: LoopModel, pairs_uri: str, settings: DPOSettings, seed: int,
                       progress: Progress) -> StageResult: ...
 
-    def evaluation_loss(self, key: str, *, model: LoopModel, rows_uri: str, batch_size: int, limit: int | None,
-                        progress: Progress) -> float: ...
+    def evaluate(self, prefix: str, *, model: LoopModel, rows_uri: str, batch_size: int, limit: int | None,
+                 progress: Progress) -> StageResult: ...
 
 
 class InProcessExecutor:
@@ -114,7 +114,8 @@ class InProcessExecutor:
         return tasks.train_teacher(self.store, prefix, teacher=self.model(teacher), pairs_path=self._local(pairs_uri),
                                    settings=settings, seed=seed, progress=progress)
 
-    def evaluation_loss(self, key, *, model, rows_uri, batch_size, limit, progress=no_progress):
-        from services.influence.tasks import evaluation_loss
+    def evaluate(self, prefix, *, model, rows_uri, batch_size, limit, progress=no_progress):
+        from services.influence import tasks
 
-        return evaluation_loss(self.model(model), self._local(rows_uri), batch_size=batch_size, limit=limit, field="student")
+        return tasks.evaluate(self.store, prefix, model=self.model(model), rows_path=self._local(rows_uri),
+                              batch_size=batch_size, limit=limit, field="student", progress=progress)

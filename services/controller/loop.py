@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from common.manifests import StageResult, code_version
 from common.models import load_tokenizer, model_dir
 from common.progress import Progress, Stopwatch, no_progress
 from services.controller.config import RunConfig
+from services.controller.evaluation import Evaluation, teacher_shift
 from services.controller.executor import InProcessExecutor, LoopModel, StageExecutor
 from services.influence.scoring import examples_from_rows
 
@@ -38,6 +37,8 @@ log = get_logger(__name__)
 
 #: The loop's state in the store: its config and every completed stage, by request fingerprint.
 STATE = "state.json"
+#: One line per finished round (the summary's ``iterations``), rewritten after every round.
+ROUNDS = "rounds.jsonl"
 
 #: on_event(kind, iteration, stage, metrics, progress) — stage transitions and progress for watchers.
 EventSink = Callable[..., None]
@@ -60,6 +61,11 @@ class IterationSummary:
     #: Raw influence of the zero-gradient step that every raw score shares (0 with plain SGD).
     shared_step_influence: float = 0.0
     dpo_reward_margin: float | None = None
+    dpo_reward_accuracy: float | None = None
+    #: DPO's implicit reward on the round's held-out pairs (``dpo.heldout_fraction``), which it did not train on.
+    heldout_reward_margin: float | None = None
+    heldout_reward_accuracy: float | None = None
+    heldout_pairs: int | None = None
     student_reference_loss: float = 0.0
     teacher_adapters: list[str] = field(default_factory=list)
     #: Which teacher version wrote the training set (the engine's name for it, e.g. `<loop>:teacher-r2`).
@@ -68,6 +74,10 @@ class IterationSummary:
     influence_mode: str = ""
     audit: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: Where the round's artifacts are (the report reads the scores; lineage follows the data).
+    scores_uri: str = ""
+    pairs_uri: str = ""
+    train_data_uri: str = ""
 
 
 def validate_inputs(config: RunConfig) -> None:
@@ -201,8 +211,9 @@ class LoopRunner:
                       ) -> tuple[LoopModel, LoopModel, IterationSummary]:
         """One iteration; returns the updated teacher, the new student and the summary row.
 
-        Also keeps the iteration's training data and warm-up in ``self.last_train_data`` /
-        ``self.last_warmup`` (the evaluation compares against the last ones).
+        Also keeps the iteration's training data and SFT seed in ``self.last_train_data`` / ``self.last_sft_seed``
+        (draw 0 of the evaluation's Montessori arm) and iteration 1's warm-up in ``self.first_warmup`` (the
+        student of the teacher-shift diagnostic).
         """
         c, watch, x = self.config, Stopwatch(), self.executor
         base = f"{self.prefix}/iter-{k}"
@@ -247,6 +258,11 @@ class LoopRunner:
             trained = dpo.outputs["adapter" if c.dpo.lora else "model"]
             teacher = teacher.with_adapter(trained) if c.dpo.lora else LoopModel.artifact(trained)
             row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
+            row.dpo_reward_accuracy = dpo.metrics.get("reward_accuracy_last")
+            if dpo.metrics.get("heldout_pairs"):
+                row.heldout_pairs = int(dpo.metrics["heldout_pairs"])
+                row.heldout_reward_margin = dpo.metrics.get("heldout_reward_margin")
+                row.heldout_reward_accuracy = dpo.metrics.get("heldout_reward_accuracy")
         else:
             log.warning("no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
                         extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k})
@@ -261,15 +277,26 @@ class LoopRunner:
             request={"at": f"{base}/student", "student": self.base_student, "candidates": train_data.outputs["candidates"],
                      "config": c.sft, "seed": seed + 6})
         student = LoopModel.artifact(trained_student.outputs["model"])
-        row.student_reference_loss = x.evaluation_loss(
-            f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"],
-            batch_size=c.evaluation.batch_size, limit=c.influence.reference_size, progress=self._progress(k, "student"))
+        reference_loss = self._stage(k, "student-reference-loss", lambda p: x.evaluate(
+            f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"], batch_size=c.evaluation.batch_size,
+            limit=c.influence.reference_size, progress=p),
+            request={"at": f"{base}/student-reference-loss", "model": student, "rows": data["reference_path"],
+                     "batch_size": c.evaluation.batch_size, "limit": c.influence.reference_size})
+        row.student_reference_loss = reference_loss.metrics["loss"]
         row.teacher_adapters = list(teacher.adapter_uris)
         row.teacher_version = self._served_version(train_data) or teacher.label
+        row.scores_uri, row.pairs_uri = self._uri(scores, "scores"), self._uri(pairs, "pairs")
+        row.train_data_uri = self._uri(train_data, "candidates")
         row.seconds = round(watch.elapsed, 1)
-        self.last_train_data, self.last_warmup = train_data, warm
-        self.on_event("round_finished", k, "round", metrics={"pairs": row.pairs, "student_reference_loss": row.student_reference_loss,
-                                                              "influence_mean": row.influence_mean, "seconds": row.seconds})
+        self.last_train_data, self.last_sft_seed = train_data, seed + 6
+        if k == 1:
+            self.first_warmup = warm
+        metrics = {"iteration": k, "pairs": row.pairs, "student_reference_loss": row.student_reference_loss,
+                   "influence_mean": row.influence_mean, "positive_share_raw": row.positive_share_raw,
+                   "positive_share_centred": row.positive_share_centred, "seconds": row.seconds}
+        if row.dpo_reward_margin is not None:
+            metrics["dpo_reward_margin"] = row.dpo_reward_margin
+        self.on_event("round_finished", k, "round", metrics=metrics)
         return teacher, student, row
 
     def _rounds(self):
@@ -292,8 +319,9 @@ class LoopRunner:
     def run(self) -> dict:
         """All rounds, then the evaluation; writes and returns ``summary.json``.
 
-        A stop request (``should_stop``) ends the loop between units of work with the
-        completed rounds kept and ``summary.json`` marked ``stopped``.
+        After every round ``rounds.jsonl`` gets the round's row and ``summary.json`` is refreshed (status
+        ``running``), so a report can follow a continuous loop. A stop request (``should_stop``) ends the
+        loop between units of work with the completed rounds kept and ``summary.json`` marked ``stopped``.
         """
         c, watch = self.config, Stopwatch()
         self.state = self._load_state()
@@ -304,18 +332,23 @@ class LoopRunner:
         self._save_state("running")
         base_teacher, base_student = LoopModel(path=c.models.teacher), self.base_student
         teacher, student = base_teacher, base_student
-        stopped, evaluation = False, {}
+        self.teachers = [base_teacher]  # every version that wrote data: 0 = un-updated, then one per DPO round
+        status, evaluation = "succeeded", {}
         try:
             for k in self._rounds():
                 teacher, student, row = self.run_iteration(k, teacher, student, data)
                 self.rows.append(row)
-            evaluation = self.evaluate(base_teacher, base_student, student, data)
+                if teacher != self.teachers[-1]:
+                    self.teachers.append(teacher)
+                self.store.put_jsonl(f"{self.prefix}/{ROUNDS}", [to_dict(r) for r in self.rows])
+                self._write_summary("running", {}, watch)
+            evaluation = self.evaluate(base_teacher, teacher, student, data)
         except Cancelled:
             if self.interrupted():
                 self._save_state("running")  # a restarted controller picks it up from here
                 log.info("loop interrupted by shutdown", extra={"loop_id": self.loop_id, "stage": "loop"})
                 raise
-            stopped = True
+            status = "stopped"
             log.info("loop stopped", extra={"loop_id": self.loop_id, "stage": "loop"})
         except MontessoriError as err:
             # A failure is final: a restarted controller must not silently retry it (StartLoop with
@@ -323,11 +356,19 @@ class LoopRunner:
             self.state["error"] = str(err)
             self._save_state("failed")
             raise
+        summary = self._write_summary(status, evaluation, watch)
+        self._save_state(status)
+        self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
+        log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
+        return summary
+
+    def _write_summary(self, status: str, evaluation: dict, watch: Stopwatch) -> dict:
         summary = {
             "loop_id": self.loop_id,
+            "status": status,
             "code_version": code_version(),
             "store": self.store.uri(self.prefix),
-            "stopped": stopped,
+            "stopped": status == "stopped",
             "iterations": [to_dict(r) for r in self.rows],
             "evaluation": evaluation,
             "seconds": round(watch.elapsed, 1),
@@ -335,9 +376,6 @@ class LoopRunner:
         ref = self.store.put_json(f"{self.prefix}/summary.json", summary)
         summary["summary_uri"] = ref.uri
         summary["summary_sha256"] = ref.sha256
-        self._save_state("stopped" if stopped else "succeeded")
-        self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
-        log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
         return summary
 
     def _served_version(self, result: StageResult) -> str:
@@ -355,47 +393,15 @@ class LoopRunner:
                         extra={"loop_id": self.loop_id, "stage": "scores", "iteration": k, "metrics": audit})
         return audit
 
-    def evaluate(self, base_teacher: LoopModel, base_student: LoopModel, final_student: LoopModel, data: dict) -> dict:
-        """Held-out loss of base / Montessori / Self-Instruct students, and both training sets' mean influence."""
-        c, x = self.config, self.executor
+    def evaluate(self, base_teacher: LoopModel, final_teacher: LoopModel, final_student: LoopModel, data: dict) -> dict:
+        """Held-out comparison of base / Montessori / Self-Instruct students, and the teacher shift (evaluation.py)."""
         if not self.rows:
             return {}
-        progress = self._progress(0, "evaluation")
-        rows = len(read_instruction_rows(c.data.eval_path))
-        out: dict = {"eval_rows": min(rows, c.evaluation.max_rows or rows)}
-        key = f"{self.prefix}/evaluation"
-
-        def loss(name: str, model: LoopModel) -> float:
-            return x.evaluation_loss(f"{key}/{name}", model=model, rows_uri=data["eval_path"],
-                                     batch_size=c.evaluation.batch_size, limit=c.evaluation.max_rows, progress=progress)
-
-        out["base_student_eval_loss"] = loss("base", base_student)
-        out["montessori_student_eval_loss"] = loss("montessori", final_student)
-        if not c.evaluation.baseline:
-            return out
-        seed = c.seed * 1000 + self.rows[-1].iteration * 10
-        montessori_rows = self.store.get_jsonl(self.store.key_of(self._uri(self.last_train_data, "candidates")))
-        base_data = self._stage(0, "baseline-data", lambda p: x.generate(
-            f"{self.prefix}/baseline/train-data", teacher=base_teacher, seed_uri=data["seed_path"], config=c.synthesis,
-            seed=seed + 5, num_prompts=None, target=len(montessori_rows), progress=p),
-            request={"at": "baseline/train-data", "teacher": base_teacher, "seed_set": data["seed_path"], "config": c.synthesis,
-                     "seed": seed + 5, "target": len(montessori_rows)})
-        baseline = self._stage(0, "baseline-student", lambda p: x.train_student(
-            f"{self.prefix}/baseline/student", student=base_student, candidates_uri=self._uri(base_data, "candidates"),
-            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=len(montessori_rows), progress=p),
-            request={"at": "baseline/student", "student": base_student, "candidates": base_data.outputs["candidates"],
-                     "config": c.sft, "seed": seed + 6, "limit": len(montessori_rows)})
-        out["baseline_student_eval_loss"] = loss("baseline", LoopModel.artifact(baseline.outputs["model"]))
-        out["train_examples"] = {"montessori": len(montessori_rows), "baseline": int(baseline.metrics["examples"])}
-        if c.evaluation.influence_sample:
-            for name, rows in (("montessori", montessori_rows),
-                               ("baseline", self.store.get_jsonl(self.store.key_of(self._uri(base_data, "candidates"))))):
-                sample = random.Random(c.seed).sample(rows, min(c.evaluation.influence_sample, len(rows)))
-                sample_ref = self.store.put_jsonl(f"{key}/{name}-sample/candidates.jsonl", sample)
-                scored = self._stage(0, f"{name}-influence", lambda p, uri=sample_ref.uri, n=name: x.score(
-                    f"{key}/{n}-influence", warmup_uri=self._uri(self.last_warmup, "model"),
-                    reference_uri=data["reference_path"], candidates_uri=uri, config=c.influence, progress=p),
-                    request={"at": f"evaluation/{name}-influence", "warmup": self.last_warmup.outputs["model"],
-                             "reference": data["reference_path"], "candidates": sample_ref, "config": c.influence})
-                out[f"{name}_train_influence_mean"] = scored.metrics["influence_mean"] if sample else 0.0
+        c = self.config
+        self.on_event("stage_started", 0, "evaluation")
+        out = Evaluation(self, data).run(base_teacher, final_student, self.last_train_data, self.last_sft_seed, final_teacher)
+        if c.evaluation.shift_samples:
+            out["teacher_shift"] = teacher_shift(self, data, self.teachers, self.first_warmup)
+        self.on_event("evaluation_finished", 0, "evaluation", metrics={
+            k: out[k] for k in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss") if k in out})
         return out

@@ -215,10 +215,10 @@ class RemoteExecutor:
             dpo=dict_to_settings(to_dict(settings)), seed=seed)
         return self._result("train-teacher", self._run("trainer", self.trainer, self.trainer.TrainTeacher, request, progress))
 
-    def evaluation_loss(self, key, *, model, rows_uri, batch_size, limit, progress=no_progress):
-        request = influence_pb2.EvaluateRequest(request_id=self._request_id(key), model=_model(model), rows_uri=rows_uri,
-                                                limit=limit or 0, batch_size=batch_size)
-        return float(self._run("influence", self.influence, self.influence.Evaluate, request, progress).metrics["loss"])
+    def evaluate(self, prefix, *, model, rows_uri, batch_size, limit, progress=no_progress):
+        request = influence_pb2.EvaluateRequest(request_id=self._request_id(prefix), model=_model(model), rows_uri=rows_uri,
+                                                limit=limit or 0, batch_size=batch_size, output_prefix=prefix)
+        return self._result("evaluate", self._run("influence", self.influence, self.influence.Evaluate, request, progress))
 
 
 def influence_replicas(spec: str) -> list[str]:

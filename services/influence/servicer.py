@@ -37,7 +37,12 @@ class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
         limit = count(request.limit, field="limit", maximum=10_000_000)
         batch_size = count(request.batch_size, field="batch_size", maximum=1024) or 16
 
+        prefix = output_prefix(request.output_prefix) if request.output_prefix else None
+
         def work(progress):
+            if prefix is not None:
+                return tasks.evaluate(self.store, prefix, model=model, rows_path=rows, batch_size=batch_size,
+                                      limit=limit or None, field="model", progress=progress)
             progress("evaluate", 0, 1)
             loss = tasks.evaluation_loss(model, rows, batch_size=batch_size, limit=limit or None, field="model")
             progress("evaluate", 1, 1)

@@ -5,18 +5,20 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from common.artifacts import ArtifactStore
-from common.chat import instruction_text
+from common.chat import IGNORE_INDEX, encode_example, instruction_text
 from common.errors import InvalidArgument
 from common.jsonl import read_instruction_rows, read_jsonl
 from common.logs import get_logger
-from common.manifests import StageResult, input_ref, publish_manifest
+from common.manifests import StageResult, input_ref, model_input, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.config import INFLUENCE_MODES, InfluenceConfig
 from services.influence.optimizer_state import load_adamw
-from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, examples_from_rows
+from services.influence.scoring import Example, InfluenceScorer, collate, examples_from_rows, per_example_losses
 
 SCORES = "scores.jsonl"
 log = get_logger(__name__)
@@ -128,14 +130,68 @@ def shared_step_metrics(scorer: InfluenceScorer, scored_by: str) -> dict:
     return {"shared_step_influence": scorer.estimated_shared_influence()}
 
 
-def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
-                    limit: int | None = None, field: str = "model") -> float:
-    """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set."""
+#: Per-row held-out losses written by :func:`evaluate`.
+LOSSES = "losses.jsonl"
+
+
+@torch.no_grad()
+def row_losses(model, tokenizer, examples: list[Example], *, batch_size: int, max_length: int) -> list[float | None]:
+    """Each example's mean response-only token loss, in the given order; ``None`` for a row whose response was
+    cut away entirely (it has no loss). Batches are formed by length, as for the reference loss."""
+    encoded = [encode_example(tokenizer, e.user_text, e.response, max_length=max_length, where=e.where) for e in examples]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    losses: list[float | None] = [None] * len(encoded)
+    model.train(False)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate([encoded[i] for i in chunk], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        values = per_example_losses(logits, batch["labels"])
+        for i, value in zip(chunk, values.tolist()):
+            if any(label != IGNORE_INDEX for label in encoded[i].labels[1:]):
+                losses[i] = value
+    return losses
+
+
+def _rows_and_losses(model: ModelRef, rows_path: Path, *, batch_size: int, max_length: int, limit: int | None,
+                     field: str) -> tuple[list[dict], list[float | None]]:
     if batch_size < 1:
         raise InvalidArgument("must be >= 1", field="batch_size")
     tokenizer = load_tokenizer(model, field=field)
     student = load_model(model, field=field)
     rows = read_instruction_rows(rows_path)
-    loss = ReferenceLoss(tokenizer, examples_from_rows(rows[:limit] if limit else rows, prefix="eval", source=str(rows_path)),
-                         batch_size=batch_size, max_length=max_length)
-    return loss(student)
+    rows = rows[:limit] if limit else rows
+    examples = examples_from_rows(rows, prefix="eval", source=str(rows_path))
+    window = int(getattr(student.config, "max_position_embeddings", max_length))
+    return rows, row_losses(student, tokenizer, examples, batch_size=batch_size, max_length=min(max_length, window))
+
+
+def _mean(losses: list[float | None]) -> float:
+    counted = [v for v in losses if v is not None]
+    return statistics.fmean(counted) if counted else 0.0
+
+
+def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
+                    limit: int | None = None, field: str = "model") -> float:
+    """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set: the mean of
+    the per-row means (a row weighs the same whatever its length), rows without response tokens left out."""
+    return _mean(_rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit,
+                                  field=field)[1])
+
+
+def evaluate(store: ArtifactStore, prefix: str, *, model: ModelRef, rows_path: Path, batch_size: int = 16,
+             max_length: int = 512, limit: int | None = None, field: str = "model",
+             progress: Progress = no_progress) -> StageResult:
+    """Held-out loss of ``model`` per row; publish ``<prefix>/losses.jsonl`` (row index, loss, response tokens'
+    category) so that students can be compared row by row. Metric ``loss``: the mean, as :func:`evaluation_loss`."""
+    started = time.time()
+    progress("evaluate", 0, 1)
+    rows, losses = _rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field)
+    out = [{"row": i, "loss": loss, "category": str(row.get("category", ""))} for i, (row, loss) in enumerate(zip(rows, losses))]
+    ref = store.put_jsonl(f"{prefix}/{LOSSES}", out)
+    progress("evaluate", 1, 1)
+    inputs = {"model": model_input(store, model), "rows": input_ref(store, rows_path)}
+    config = {"batch_size": batch_size, "max_length": max_length, "limit": limit}
+    return publish_manifest(store, prefix, stage="evaluate", inputs=inputs, config=config, outputs={"losses": ref},
+                            metrics={"loss": _mean(losses), "rows": len(out),
+                                     "rows_without_loss": sum(v is None for v in losses)}, started=started)

@@ -70,7 +70,7 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(ser
 
             # The leader starts a loop, then dies; the follower takes the lease over and finishes the loop.
             leader = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address_a))
-            spec = tiny_spec(tiny_models, name="elected", evaluation={"baseline": False, "influence_sample": 0})
+            spec = tiny_spec(tiny_models, name="elected", evaluation={"baseline": False, "shift_samples": 0})
             loop = leader.StartLoop(controller_pb2.StartLoopRequest(request_id="elected", spec=spec), timeout=60).loop
             for response in leader.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=300):
                 if response.event.kind == "stage_finished":

@@ -68,13 +68,46 @@ def test_pairs_come_from_scored_probe_groups(loop_run):
         assert chosen["group_id"] == rejected["group_id"] and pair["prompt"] == chosen["prompt"]
 
 
-def test_evaluation_compares_with_the_self_instruct_baseline(loop_run):
-    _, summary = loop_run
+def test_evaluation_compares_independent_draws_of_both_arms_row_by_row(loop_run):
+    store, summary = loop_run
     evaluation = summary["evaluation"]
-    for key in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss",
-                "montessori_train_influence_mean", "baseline_train_influence_mean"):
-        assert isinstance(evaluation[key], float), key
-    assert evaluation["train_examples"]["montessori"] == evaluation["train_examples"]["baseline"]
+    assert evaluation["draws"] == 2
+    assert set(evaluation["students"]) == {"base", "montessori-0", "montessori-1", "self_instruct-0", "self_instruct-1",
+                                           "self_instruct-0-sft-seed"}
+    # Every training set of the comparison was sampled with a seed of its own (the last evaluation shared one).
+    seeds = [store.get_json(store.key_of(s["train_data_uri"]).rsplit("/", 1)[0] + "/manifest.json")["config"]["seed"]
+             for name, s in evaluation["students"].items() if name != "base" and not name.endswith("sft-seed")]
+    assert len(seeds) == len(set(seeds)) == 4
+    losses = {name: [r["loss"] for r in store.get_jsonl(store.key_of(s["losses_uri"]))]
+              for name, s in evaluation["students"].items()}
+    assert {len(v) for v in losses.values()} == {evaluation["eval_rows"]}
+    # The paired difference is the mean of the per-row differences over both draws, inside its interval.
+    diff = evaluation["comparisons"]["montessori_vs_self_instruct"]
+    expected = sum(losses[f"montessori-{d}"][i] - losses[f"self_instruct-{d}"][i]
+                   for d in range(2) for i in range(evaluation["eval_rows"])) / (2 * evaluation["eval_rows"])
+    assert abs(diff["mean"] - expected) < 1e-9 and diff["ci_low"] <= diff["mean"] <= diff["ci_high"] and diff["units"] == 2
+    assert {"montessori_vs_base", "self_instruct_vs_base", "null_sft_seed", "null_data_draw"} <= set(evaluation["comparisons"])
+    assert set(evaluation["per_category"]) <= {r["category"] for r in store.get_jsonl(store.key_of(
+        evaluation["students"]["base"]["losses_uri"]))}
+
+
+def test_teacher_shift_scores_fresh_data_of_every_teacher_version_on_one_student(loop_run):
+    store, summary = loop_run
+    shift = summary["evaluation"]["teacher_shift"]
+    trained_rounds = sum(1 for row in summary["iterations"] if row["pairs"])
+    assert [v["version"] for v in shift["versions"]] == list(range(trained_rounds + 1))
+    assert shift["student_uri"].endswith("iter-1/warmup/model")
+    for v in shift["versions"]:
+        scores = store.get_jsonl(store.key_of(v["scores_uri"]))
+        assert len(scores) == v["samples"] and v["ci_low"] <= v["influence_mean"] <= v["ci_high"]
+    assert [d["version"] for d in shift["differences"]] == list(range(1, trained_rounds + 1))
+
+
+def test_rounds_are_recorded_one_line_per_round(loop_run):
+    store, summary = loop_run
+    rounds = store.get_jsonl("loops/it/rounds.jsonl")
+    assert [r["iteration"] for r in rounds] == [r["iteration"] for r in summary["iterations"]]
+    assert all(r["scores_uri"].endswith("scores.jsonl") and r["train_data_uri"] for r in rounds)
 
 
 def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
@@ -90,7 +123,7 @@ def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
 
 
 def quick_config(tmp_path, *overrides):
-    return load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "evaluation.baseline=false", "evaluation.influence_sample=0",
+    return load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "evaluation.baseline=false", "evaluation.shift_samples=0",
                                          *overrides])
 
 

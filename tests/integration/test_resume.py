@@ -26,7 +26,7 @@ from tests.integration.conftest import free_ports, s3_bucket_store
 from tests.integration.test_services import tiny_spec
 
 TINY = REPO / "configs" / "tiny.yaml"
-QUICK = ["iterations=1", "evaluation.influence_sample=2"]
+QUICK = ["iterations=1", "evaluation.shift_samples=2"]
 
 
 def output_digests(store, loop_id: str) -> dict[str, str]:
@@ -121,7 +121,7 @@ def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(serv
     store, ports, env = services["store"], services["ports"], services["env"]
     controller = services["processes"]["controller"]
     stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
-    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"influence_sample": 2})  # noqa: E731
+    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"shift_samples": 2})  # noqa: E731
     clean = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=f"clean-{kill_after}", spec=spec("clean"))).loop
     list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
     loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=f"killed-{kill_after}", spec=spec("killed"))).loop
@@ -148,7 +148,7 @@ def test_sigkill_a_worker_mid_job_and_the_loop_still_finishes_the_same(services,
     (same request id) and the loop ends with the same artifacts as an uninterrupted one."""
     store, ports, env = services["store"], services["ports"], services["env"]
     stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
-    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"baseline": False, "influence_sample": 0})  # noqa: E731
+    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"baseline": False, "shift_samples": 0})  # noqa: E731
     clean = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-clean", spec=spec("wclean"))).loop
     list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
     loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-killed", spec=spec("wkilled"))).loop

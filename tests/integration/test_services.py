@@ -74,7 +74,7 @@ def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, 
 
 
 def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
-    spec = lambda name: tiny_spec(tiny_models, evaluation={"baseline": False, "influence_sample": 0}, name=name)  # noqa: E731
+    spec = lambda name: tiny_spec(tiny_models, evaluation={"baseline": False, "shift_samples": 0}, name=name)  # noqa: E731
     ids = [controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(f"two{i}"))).loop.loop_id
            for i in range(2)]
     results = {}

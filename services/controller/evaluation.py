@@ -1,0 +1,226 @@
+"""A loop's final evaluation: is the Montessori student better, and does the updated teacher write more helpful data?
+
+Student side: ``evaluation.draws`` independent training sets per arm (the final teacher's, the un-updated
+teacher's: Self-Instruct), each from a sampling seed of its own and trained with the same SFT into a student;
+draw d of both arms shares its SFT seed. Every student and the base student are evaluated per held-out row,
+and the arms are compared by paired per-row differences with bootstrap intervals over rows and draws. Beside
+the effect, the null spread: another SFT seed on the same data, another data draw from the same teacher.
+
+Teacher side (the paper's diagnostic, ``evaluation.shift_samples``): fresh examples from every teacher version
+scored exactly on one fixed student (iteration 1's warmed-up one); mean influence and share of helpful examples
+per version, differences to version 0, the correlation of influence with response length, and the difference
+at equal length.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from common.manifests import StageResult
+from common.stats import (Interval, bootstrap_mean, difference_of_means, length_residuals, paired_difference, positive_share,
+                          spearman)
+from services.controller.executor import LoopModel
+
+if TYPE_CHECKING:  # the runner owns the stages; this module only decides what they are
+    from services.controller.loop import LoopRunner
+
+MONTESSORI, SELF_INSTRUCT, BASE = "montessori", "self_instruct", "base"
+
+
+def derived_seed(*parts) -> int:
+    """A seed of its own for each (loop seed, arm, draw, purpose): no two data draws share a sampling seed."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big") % (2**31 - 1)
+
+
+class Evaluation:
+    """Runs the evaluation's stages through a loop runner (so they resume like any stage) and computes its figures."""
+
+    def __init__(self, runner: "LoopRunner", data: dict[str, str]):
+        self.runner, self.data = runner, data
+        self.config = runner.config
+        self.settings = runner.config.evaluation
+        self.prefix = f"{runner.prefix}/evaluation"
+        self.losses: dict[str, list[float | None]] = {}
+        self.categories: list[str] = []
+        self.students: dict[str, dict] = {}
+
+    def _interval_args(self, salt: str) -> dict:
+        return {"resamples": self.settings.bootstrap_resamples, "confidence": self.settings.confidence,
+                "seed": derived_seed(self.config.seed, "bootstrap", salt)}
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def _evaluate(self, name: str, model: LoopModel, **extra) -> None:
+        r, s = self.runner, self.settings
+        result = r._stage(0, f"evaluate-{name}", lambda p: r.executor.evaluate(
+            f"{self.prefix}/{name}", model=model, rows_uri=self.data["eval_path"], batch_size=s.batch_size,
+            limit=s.max_rows, progress=p),
+            request={"at": f"{self.prefix}/{name}", "model": model, "rows": self.data["eval_path"],
+                     "batch_size": s.batch_size, "limit": s.max_rows})
+        rows = r.store.get_jsonl(r.store.key_of(result.outputs["losses"].uri))
+        self.losses[name] = [row["loss"] for row in rows]
+        self.categories = [row.get("category", "") for row in rows]
+        self.students[name] = {"loss": result.metrics["loss"], "losses_uri": result.outputs["losses"].uri, **extra}
+
+    def _draw(self, arm: str, d: int, teacher: LoopModel, *, examples: int, sft_seed: int) -> tuple[StageResult, StageResult]:
+        """One training set from ``teacher`` (a sampling seed of its own) and the student SFT makes of it."""
+        r, c, x = self.runner, self.config, self.runner.executor
+        at, seed = f"{self.prefix}/{arm}-{d}", derived_seed(c.seed, arm, d, "data")
+        data = r._stage(0, f"{arm}-{d}-data", lambda p: x.generate(
+            f"{at}/train-data", teacher=teacher, seed_uri=self.data["seed_path"], config=c.synthesis, seed=seed,
+            num_prompts=None, target=examples, progress=p),
+            request={"at": f"{at}/train-data", "teacher": teacher, "seed_set": self.data["seed_path"], "config": c.synthesis,
+                     "seed": seed, "target": examples})
+        return data, self._train(f"{at}/student", data, sft_seed=sft_seed, examples=examples, stage=f"{arm}-{d}-student")
+
+    def _train(self, at: str, data: StageResult, *, sft_seed: int, examples: int, stage: str) -> StageResult:
+        r, c = self.runner, self.config
+        return r._stage(0, stage, lambda p: r.executor.train_student(
+            at, student=r.base_student, candidates_uri=data.outputs["candidates"].uri, settings=c.sft, seed=sft_seed,
+            save_optimizer=False, limit=examples, progress=p),
+            request={"at": at, "student": r.base_student, "candidates": data.outputs["candidates"], "config": c.sft,
+                     "seed": sft_seed, "limit": examples})
+
+    # -- the evaluation ------------------------------------------------------------------------
+
+    def run(self, base_teacher: LoopModel, final_student: LoopModel, final_data: StageResult, final_sft_seed: int,
+            final_teacher: LoopModel) -> dict:
+        r, s = self.runner, self.settings
+        examples = len(r.store.get_jsonl(r.store.key_of(final_data.outputs["candidates"].uri)))
+        self._evaluate(BASE, r.base_student)
+        self._evaluate(f"{MONTESSORI}-0", final_student, train_data_uri=final_data.outputs["candidates"].uri,
+                       teacher_version=final_teacher.label)
+        out: dict = {"eval_rows": len(self.categories), "draws": s.draws, "train_examples": examples}
+        if s.baseline:
+            for d in range(s.draws):
+                sft_seed = final_sft_seed if d == 0 else derived_seed(self.config.seed, "sft", d)
+                if d > 0:
+                    data, student = self._draw(MONTESSORI, d, final_teacher, examples=examples, sft_seed=sft_seed)
+                    self._evaluate(f"{MONTESSORI}-{d}", LoopModel.artifact(student.outputs["model"]),
+                                   train_data_uri=data.outputs["candidates"].uri, teacher_version=final_teacher.label)
+                data, student = self._draw(SELF_INSTRUCT, d, base_teacher, examples=examples, sft_seed=sft_seed)
+                self._evaluate(f"{SELF_INSTRUCT}-{d}", LoopModel.artifact(student.outputs["model"]),
+                               train_data_uri=data.outputs["candidates"].uri, teacher_version=base_teacher.label)
+                if d == 0 and s.null_sft_seed:
+                    again = self._train(f"{self.prefix}/{SELF_INSTRUCT}-0-sft-seed/student", data, examples=examples,
+                                        sft_seed=derived_seed(self.config.seed, "sft", "null"),
+                                        stage=f"{SELF_INSTRUCT}-0-sft-seed-student")
+                    self._evaluate(f"{SELF_INSTRUCT}-0-sft-seed", LoopModel.artifact(again.outputs["model"]),
+                                   train_data_uri=data.outputs["candidates"].uri, teacher_version=base_teacher.label)
+        out["students"] = self.students
+        out.update(self._means())
+        out["comparisons"] = self.comparisons()
+        out["per_category"] = self.per_category()
+        return out
+
+    def _arm(self, arm: str) -> list[str]:
+        return [f"{arm}-{d}" for d in range(self.settings.draws) if f"{arm}-{d}" in self.losses]
+
+    def _means(self) -> dict:
+        """The summary table's three numbers: the base student and each arm's mean over its draws."""
+        mean = lambda names: sum(self.students[n]["loss"] for n in names) / len(names)  # noqa: E731
+        out = {"base_student_eval_loss": self.students[BASE]["loss"],
+               "montessori_student_eval_loss": mean(self._arm(MONTESSORI))}
+        if self._arm(SELF_INSTRUCT):
+            out["baseline_student_eval_loss"] = mean(self._arm(SELF_INSTRUCT))
+        return out
+
+    def _paired(self, a: list[str], b: list[str], rows: list[int], salt: str) -> dict | None:
+        """Paired per-row difference a − b (unit i pairs a[i] with b[i]) over the rows every student has a loss on."""
+        units = list(zip(a, b))
+        rows = [i for i in rows if all(self.losses[n][i] is not None for pair in units for n in pair)]
+        if not units or not rows:
+            return None
+        interval = paired_difference([[self.losses[x][i] for i in rows] for x, _ in units],
+                                     [[self.losses[y][i] for i in rows] for _, y in units], **self._interval_args(salt))
+        per_unit = [sum(self.losses[x][i] - self.losses[y][i] for i in rows) / len(rows) for x, y in units]
+        return {**interval.to_dict(), "rows": len(rows), "per_unit": per_unit}
+
+    def comparisons(self, rows: list[int] | None = None) -> dict:
+        """Montessori − Self-Instruct, each arm − base, and the two null differences (negative: the first is better)."""
+        rows = list(range(len(self.categories))) if rows is None else rows
+        m, si = self._arm(MONTESSORI), self._arm(SELF_INSTRUCT)
+        wanted = {"montessori_vs_base": (m, [BASE] * len(m))}
+        if si:
+            wanted["montessori_vs_self_instruct"] = (m, si)
+            wanted["self_instruct_vs_base"] = (si, [BASE] * len(si))
+            if len(si) > 1:
+                wanted["null_data_draw"] = (si[1:], [si[0]] * (len(si) - 1))
+            if f"{SELF_INSTRUCT}-0-sft-seed" in self.losses:
+                wanted["null_sft_seed"] = ([f"{SELF_INSTRUCT}-0-sft-seed"], [si[0]])
+        out = {}
+        for name, (a, b) in wanted.items():
+            result = self._paired(a, b, rows, salt=name)
+            if result is not None:
+                out[name] = result
+        return out
+
+    def per_category(self) -> dict:
+        categories = sorted({c for c in self.categories if c})
+        return {category: self.comparisons([i for i, c in enumerate(self.categories) if c == category])
+                for category in categories}
+
+
+def teacher_shift(runner: "LoopRunner", data: dict[str, str], teachers: list[LoopModel], warmup: StageResult) -> dict:
+    """Fresh samples from each teacher version, scored exactly on one student: does DPO make the teacher more helpful?"""
+    c, x, samples = runner.config, runner.executor, runner.config.evaluation.shift_samples
+    prefix = f"{runner.prefix}/evaluation/teacher-shift"
+    exact = replace(c.influence, mode="exact", audit_size=0)
+    versions, scores = [], []
+    for v, teacher in enumerate(teachers):
+        seed = derived_seed(c.seed, "shift", v)
+        written = runner._stage(0, f"shift-{v}-data", lambda p, t=teacher, s=seed, v=v: x.generate(
+            f"{prefix}/v{v}/data", teacher=t, seed_uri=data["seed_path"], config=c.synthesis, seed=s, num_prompts=None,
+            target=samples, progress=p),
+            request={"at": f"{prefix}/v{v}/data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
+                     "seed": seed, "target": samples})
+        scored = runner._stage(0, f"shift-{v}-scores", lambda p, w=written, v=v: x.score(
+            f"{prefix}/v{v}/scores", warmup_uri=warmup.outputs["model"].uri, reference_uri=data["reference_path"],
+            candidates_uri=w.outputs["candidates"].uri, config=exact, progress=p),
+            request={"at": f"{prefix}/v{v}/scores", "warmup": warmup.outputs["model"], "reference": data["reference_path"],
+                     "candidates": written.outputs["candidates"], "config": exact})
+        candidates = {row["id"]: row for row in runner.store.get_jsonl(runner.store.key_of(written.outputs["candidates"].uri))}
+        rows = runner.store.get_jsonl(runner.store.key_of(scored.outputs["scores"].uri))
+        values = [row["influence"] for row in rows]
+        lengths = [len(candidates[row["id"]]["response"]) for row in rows]
+        scores.append((values, lengths))
+        args = {"resamples": c.evaluation.bootstrap_resamples, "confidence": c.evaluation.confidence}
+        mean, share = (bootstrap_mean(values, seed=derived_seed(c.seed, "shift-ci", v), **args),
+                       bootstrap_mean(positive_share(values), seed=derived_seed(c.seed, "shift-share", v), **args))
+        versions.append({"version": v, "teacher": teacher.label, "samples": len(values), "influence_mean": mean.mean,
+                         "ci_low": mean.ci_low, "ci_high": mean.ci_high, "positive_share": share.mean,
+                         "positive_share_ci_low": share.ci_low, "positive_share_ci_high": share.ci_high,
+                         "length_spearman": spearman(values, lengths), "mean_response_chars": sum(lengths) / max(len(lengths), 1),
+                         "scores_uri": scored.outputs["scores"].uri, "data_uri": written.outputs["candidates"].uri})
+    return {"student_uri": warmup.outputs["model"].uri, "samples": samples, "versions": versions,
+            "differences": shift_differences(scores, runner.config), "length_spearman_pooled": spearman(
+                [v for values, _ in scores for v in values], [n for _, lengths in scores for n in lengths])}
+
+
+def shift_differences(scores: list[tuple[list[float], list[int]]], config) -> list[dict]:
+    """Each later version against version 0: mean influence, share helpful, and mean influence at equal length
+    (residuals of a pooled regression on log response length)."""
+    if len(scores) < 2:
+        return []
+    residuals = length_residuals([v for values, _ in scores for v in values], [n for _, lengths in scores for n in lengths])
+    per_version, start = [], 0
+    for values, _ in scores:
+        per_version.append(residuals[start:start + len(values)])
+        start += len(values)
+    args = {"resamples": config.evaluation.bootstrap_resamples, "confidence": config.evaluation.confidence}
+    out = []
+    for v in range(1, len(scores)):
+        salt = lambda what: derived_seed(config.seed, "shift-diff", what, v)  # noqa: E731
+        mean = difference_of_means(scores[v][0], scores[0][0], seed=salt("mean"), **args)
+        share = difference_of_means(positive_share(scores[v][0]), positive_share(scores[0][0]), seed=salt("share"), **args)
+        controlled = difference_of_means(per_version[v], per_version[0], seed=salt("length"), **args)
+        out.append({"version": v, "vs": 0, **_named(mean, ""), **_named(share, "positive_share"),
+                    **_named(controlled, "length_controlled")})
+    return out
+
+
+def _named(interval: Interval, name: str) -> dict:
+    prefix = f"{name}_" if name else ""
+    key = name or "mean"
+    return {key: interval.mean, f"{prefix}ci_low": interval.ci_low, f"{prefix}ci_high": interval.ci_high}
