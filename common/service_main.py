@@ -30,6 +30,8 @@ class ServiceParts:
     #: replica that is SERVING only while it leads) sets ``manages_health``.
     on_server: Callable[[ServiceServer], None] | None = None
     manages_health: bool = False
+    #: Called with the service's metrics before the preload (the controller feeds its loop gauges from it).
+    on_metrics: Callable[[ServiceMetrics], None] | None = None
 
 
 @dataclass
@@ -64,6 +66,8 @@ def start_service(name: str, config: ServerConfig, build: Builder) -> RunningSer
     jobs = JobManager(service=name, workers=config.workers, capacity=config.queue_capacity, on_finish=metrics.observe)
     ready = threading.Event()
     parts = build(store, jobs, ready)
+    if parts.on_metrics:
+        parts.on_metrics(metrics)
     server = ServiceServer(name, [parts.full_name], config, parts.register).start()
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.host)

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from common.artifacts import ArtifactRef, ArtifactStore
 from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound, Unavailable
 from common.logs import get_logger
+from common.metrics import ServiceMetrics
 from montessori.v1 import common_pb2, controller_pb2
 from services.controller.config import RunConfig
 from services.controller.executor import StageExecutor
@@ -95,6 +96,8 @@ class LoopManager:
         self._shutting_down = threading.Event()
         #: False on a controller replica that does not hold the leader lease.
         self.accepting = True
+        #: The service's metrics (set by servicer.build): loop events and states feed its loop gauges.
+        self.metrics: ServiceMetrics | None = None
 
     def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None) -> LoopSnapshot:
         if not self.accepting:
@@ -123,6 +126,7 @@ class LoopManager:
             self._loops[loop_id] = loop
             if request_id:
                 self._by_request[request_id] = loop_id
+        self._observe_state(loop)
         loop.thread = threading.Thread(target=self._run, args=(loop, runner, executor), name=f"loop-{loop_id}", daemon=True)
         loop.thread.start()
         log.info("loop accepted", extra={"loop_id": loop_id, "stage": "controller"})
@@ -171,6 +175,7 @@ class LoopManager:
         with self._changed:
             loop.snapshot = replace(loop.snapshot, stage="", **final)
             self._append(loop, "loop_ended", 0, "loop", {}, None)
+        self._observe_state(loop)
 
     def _append(self, loop: _Loop, kind: str, iteration: int, stage: str, metrics: dict, progress) -> None:
         loop.events.append(LoopEvent(len(loop.events) + 1, kind, iteration, stage, loop.snapshot, metrics, progress))
@@ -186,6 +191,12 @@ class LoopManager:
             if changes:
                 loop.snapshot = replace(loop.snapshot, **changes)
             self._append(loop, kind, iteration, stage, metrics, progress)
+        if self.metrics:  # the event's iteration stands in for a metrics dict without one
+            self.metrics.observe_loop_event(loop.snapshot.loop_id, kind, {"iteration": iteration, **metrics})
+
+    def _observe_state(self, loop: _Loop) -> None:
+        if self.metrics:
+            self.metrics.observe_loop_state(loop.snapshot.loop_id, loop.snapshot.state.name)
 
     def _loop(self, loop_id: str) -> _Loop:
         loop = self._loops.get(loop_id)

@@ -93,9 +93,10 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, wor
     servicer = ControllerServicer(store, loops)
     register = lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)  # noqa: E731
     name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
+    on_metrics = lambda metrics: setattr(loops, "metrics", metrics)  # noqa: E731 - loop gauges, see common/metrics.py
     if election is None:  # outside a cluster: the single leader
         return ServiceParts(register=register, full_name=name, preload=loops.resume_all,
-                            on_drain=lambda: loops.shutdown(grace=30))
+                            on_drain=lambda: loops.shutdown(grace=30), on_metrics=on_metrics)
     loops.accepting = False
     electors: list[LeaderElector] = []
 
@@ -117,4 +118,5 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, wor
         for elector in electors:
             elector.stop(release=True)
 
-    return ServiceParts(register=register, full_name=name, on_server=attach, manages_health=True, on_drain=drain)
+    return ServiceParts(register=register, full_name=name, on_server=attach, manages_health=True, on_drain=drain,
+                        on_metrics=on_metrics)

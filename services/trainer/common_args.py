@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import torch
+
+from common.errors import FailedPrecondition
+
+#: Where TRL's TensorBoard callback writes under the trainer's output_dir (transformers 5 has no logging_dir).
+TENSORBOARD_DIR = "runs"
 
 
 def optimizer_steps(settings, *, examples: int) -> int:
@@ -35,8 +42,8 @@ def schedule_kwargs(settings, *, examples: int) -> dict:
     return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}
 
 
-def base_args(*, output_dir: str, seed: int) -> dict:
-    """Arguments every montessori training run uses."""
+def base_args(*, output_dir: str, seed: int, report_to: str = "none") -> dict:
+    """Arguments every montessori training run uses; ``report_to`` is the settings' (see ``REPORT_TO_HELP``)."""
     on_gpu = torch.cuda.is_available()
     return {
         "output_dir": output_dir,
@@ -44,7 +51,7 @@ def base_args(*, output_dir: str, seed: int) -> dict:
         "data_seed": seed,
         "logging_steps": 1,
         "save_strategy": "no",
-        "report_to": [],
+        "report_to": report_to,
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),
@@ -52,3 +59,20 @@ def base_args(*, output_dir: str, seed: int) -> dict:
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
     }
+
+
+def require_reporting(report_to: str) -> None:
+    """Fail before any model loads when the named integration is not installed (transformers fails only at train())."""
+    if report_to in ("none", "all"):  # "all" means whichever are installed
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    if report_to not in get_available_reporting_integrations():
+        raise FailedPrecondition(f"{report_to} is not installed on this trainer", field="report_to")
+
+
+def keep_reports(scratch: str | Path, output_dir: Path) -> None:
+    """Move TensorBoard event files from the scratch output_dir into the published folder (before scratch is deleted)."""
+    runs = Path(scratch) / TENSORBOARD_DIR
+    if runs.is_dir():
+        shutil.move(str(runs), str(output_dir / TENSORBOARD_DIR))

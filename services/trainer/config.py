@@ -8,19 +8,26 @@ warm-up a schedule that only warms up (``warmup_ratio`` 1.0) and then stays at t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from common.config import check, field
 
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
+REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
+REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
+REPORT_TO_HELP = (
+    "Where the TRL trainer also reports its logs: none, tensorboard (event files in the output folder's runs/, "
+    "published with it; they hold wall-clock times, so that folder is no longer byte-reproducible), wandb or mlflow "
+    "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed).")
 
 
-def _check_schedule(settings) -> None:
-    """Range and cross-field rules of the schedule fields shared by SFT, warm-up and DPO settings."""
+def _check_shared(settings) -> None:
+    """Range and cross-field rules of the schedule and reporting fields shared by SFT, warm-up and DPO settings."""
     check(0.0 <= settings.warmup_ratio <= 1.0, "warmup_ratio", "must be in [0, 1]")
     check(0.0 <= settings.decay_ratio <= 1.0, "decay_ratio", "must be in [0, 1]")
     check(settings.warmup_ratio + settings.decay_ratio <= 1.0, "decay_ratio", "warmup_ratio + decay_ratio must be <= 1")
     check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
+    check(settings.report_to in REPORT_TO_VALUES, "report_to", f"must be one of {', '.join(REPORT_TO_VALUES)}")
 
 
 def final_lr_ratio(settings) -> float:
@@ -62,13 +69,14 @@ class SFTSettings:
         "(paper: 1e-4).")
     max_length: int = field(1024, help="Token cap of one example; longer examples are truncated by TRL (paper: 1024).")
     weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
+    report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
         check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
         check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
         check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
-        _check_schedule(self)
+        _check_shared(self)
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
         check(0.0 <= self.weight_decay < 1.0, "weight_decay", "must be in [0, 1)")
 
@@ -128,6 +136,12 @@ class DPOSettings:
     max_pairs: int | None = field(
         None, help="Train on at most this many pairs, balanced across prompt groups: round-robin over the groups, "
         "each group's pairs by descending influence margin (None: all, the paper).")
+    heldout_fraction: float = field(
+        0.0, help="Share of the round's pairs held out of DPO and used to measure reward accuracy and margin on pairs "
+        "the teacher did not train on (0: none, the paper). The split is deterministic from the seed and by prompt "
+        "group (the pairs' group_id, else their prompt), so a group's pairs are never on both sides; at least one "
+        "group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.")
+    report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")
@@ -135,9 +149,10 @@ class DPOSettings:
         check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
         check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
         check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
-        _check_schedule(self)
+        _check_shared(self)
         check(16 <= self.max_length <= 131072, "max_length", "must be in 16..131072")
         check(1 <= self.lora_rank <= 512, "lora_rank", "must be in 1..512")
         check(1 <= self.lora_alpha <= 4096, "lora_alpha", "must be in 1..4096")
         check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
         check(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "must be >= 1 or null")
+        check(0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", "must be in [0, 1)")

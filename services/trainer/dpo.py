@@ -1,7 +1,14 @@
-"""Teacher DPO with TRL (METHOD.md stage 6): a LoRA adapter on the current teacher by default."""
+"""Teacher DPO with TRL (METHOD.md stage 6): a LoRA adapter on the current teacher by default.
+
+With ``heldout_fraction`` some prompt groups are kept out of training and scored after it, so the
+round reports whether the teacher's implied reward ranks pairs it never saw (a diagnostic, not in
+the paper: the training-batch reward accuracy alone cannot tell learning from memorising).
+"""
 from __future__ import annotations
 
+import hashlib
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +19,7 @@ from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.preference.pairs import select_pairs
 from services.trainer.callbacks import ProgressCallback
-from services.trainer.common_args import base_args, schedule_kwargs
+from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import DPOSettings
 
 
@@ -28,11 +35,47 @@ class DPOResult:
     reward_margin_last: float
     reward_accuracy_last: float
     pairs: int
+    heldout_pairs: int = 0
+    #: TRL's eval rewards/accuracies and rewards/margins on the held-out pairs (None: nothing held out).
+    heldout_reward_accuracy: float | None = None
+    heldout_reward_margin: float | None = None
 
     def metrics(self) -> dict:
-        return {"steps": self.steps, "train_loss": self.train_loss, "pairs": self.pairs,
-                "reward_margin_first": self.reward_margin_first, "reward_margin_last": self.reward_margin_last,
-                "reward_accuracy_last": self.reward_accuracy_last, "adapter": self.is_adapter}
+        metrics = {"steps": self.steps, "train_loss": self.train_loss, "pairs": self.pairs,
+                   "reward_margin_first": self.reward_margin_first, "reward_margin_last": self.reward_margin_last,
+                   "reward_accuracy_last": self.reward_accuracy_last, "adapter": self.is_adapter,
+                   "heldout_pairs": self.heldout_pairs}
+        if self.heldout_pairs:  # absent rather than a made-up 0: job metrics are numbers only
+            metrics["heldout_reward_accuracy"] = self.heldout_reward_accuracy
+            metrics["heldout_reward_margin"] = self.heldout_reward_margin
+        return metrics
+
+
+def pair_group(pair: dict) -> str:
+    """The prompt group of a pair: its ``group_id`` (the preference stage's), else its prompt."""
+    return str(pair["group_id"]) if "group_id" in pair else f"prompt:{pair['prompt']}"
+
+
+def heldout_split(pairs: list[dict], fraction: float, *, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held_out): whole prompt groups, in a seeded order, until ``fraction`` of the pairs is held out.
+
+    A group's rank is a hash of (seed, group), so it does not depend on which other groups the round
+    has. Nothing is held out when ``fraction`` is 0 or when holding out would leave nothing to train on.
+    Both lists keep the input order.
+    """
+    if fraction <= 0.0 or not pairs:
+        return list(pairs), []
+    rank = lambda group: hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest()  # noqa: E731
+    sizes = Counter(pair_group(pair) for pair in pairs)
+    target, held, chosen = fraction * len(pairs), 0, set()
+    for group in sorted(sizes, key=rank):
+        if held >= target:
+            break
+        chosen.add(group)
+        held += sizes[group]
+    if held >= len(pairs):
+        return list(pairs), []
+    return [p for p in pairs if pair_group(p) not in chosen], [p for p in pairs if pair_group(p) in chosen]
 
 
 def training_pairs(pairs: list[dict], settings: DPOSettings) -> list[dict]:
@@ -40,47 +83,64 @@ def training_pairs(pairs: list[dict], settings: DPOSettings) -> list[dict]:
     return select_pairs(pairs, settings.max_pairs)
 
 
+def _rows(pairs: list[dict]) -> list[dict]:
+    return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+
+
 def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, output_dir: Path, *,
               seed: int, progress: Progress = no_progress, stage: str = "dpo") -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
-    frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning)."""
+    frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning).
+
+    The held-out split comes before ``max_pairs``, so held-out groups are never trained on, capped or not.
+    """
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
         raise FailedPrecondition("no preference pairs to train on", field="pairs")
+    require_reporting(settings.report_to)
+    pairs, heldout = heldout_split(pairs, settings.heldout_fraction, seed=seed)
     pairs = training_pairs(pairs, settings)
     tokenizer = load_tokenizer(teacher.path, field="teacher.path")
     model = load_model(teacher, field="teacher.path", trainable=not settings.lora)
     ref_model = None if settings.lora else load_model(teacher, field="teacher.path")
     peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM") if settings.lora else None
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
     with tempfile.TemporaryDirectory(prefix="montessori-dpo-") as scratch:
         args = DPOConfig(
-            **base_args(output_dir=scratch, seed=seed),
+            **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
             **schedule_kwargs(settings, examples=len(pairs)),
             beta=settings.beta,
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             max_length=settings.max_length,
         )
         callback = ProgressCallback(progress, stage)
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+        # eval_dataset is tokenised with the training set; it is evaluated once, after training (eval_strategy "no").
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
+                             eval_dataset=Dataset.from_list(_rows(heldout)) if heldout else None,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
         output = trainer.train()
+        # TRL logs batch means of rewards/accuracies and rewards/margins: exact when one batch holds all held-out pairs.
+        evaluation = trainer.evaluate() if heldout else {}
         output_dir.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(output_dir)
         if not settings.lora:
             tokenizer.save_pretrained(output_dir)
+        keep_reports(scratch, output_dir)
     history = [h for h in trainer.state.log_history if "rewards/margins" in h]
     margin = lambda h: float(h["rewards/margins"])  # noqa: E731
     return DPOResult(
         output_dir=output_dir, is_adapter=settings.lora, steps=int(output.global_step), train_loss=float(output.training_loss),
         reward_margin_first=margin(history[0]) if history else 0.0, reward_margin_last=margin(history[-1]) if history else 0.0,
         reward_accuracy_last=float(history[-1].get("rewards/accuracies", 0.0)) if history else 0.0, pairs=len(pairs),
+        heldout_pairs=len(heldout),
+        heldout_reward_accuracy=float(evaluation["eval_rewards/accuracies"]) if heldout else None,
+        heldout_reward_margin=float(evaluation["eval_rewards/margins"]) if heldout else None,
     )

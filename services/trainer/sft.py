@@ -13,7 +13,7 @@ from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.influence.optimizer_state import save_adamw_state
 from services.trainer.callbacks import ProgressCallback
-from services.trainer.common_args import base_args, schedule_kwargs
+from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import SFTSettings
 
 
@@ -38,6 +38,7 @@ def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTS
 
     if not examples:
         raise FailedPrecondition("no training examples", field="examples")
+    require_reporting(settings.report_to)
     # The student's chat template (explicit, the folder's, or the default) is set here and saved with the output,
     # so influence scoring and evaluation of this model format examples exactly as it was trained on them.
     tokenizer = load_tokenizer(student, field="student.path")
@@ -45,7 +46,7 @@ def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTS
     dataset = Dataset.from_list([sft_record(user, response) for user, response in examples])
     with tempfile.TemporaryDirectory(prefix="montessori-sft-") as scratch:
         args = SFTConfig(
-            **base_args(output_dir=scratch, seed=seed),
+            **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
             **schedule_kwargs(settings, examples=len(examples)),
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
@@ -62,6 +63,7 @@ def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTS
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+        keep_reports(scratch, output_dir)
         if save_optimizer:
             optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
             save_adamw_state(optimizer, model, output_dir)

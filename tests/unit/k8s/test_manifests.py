@@ -74,10 +74,14 @@ def _hadolint() -> str:
 
 def _render(target: str) -> list[dict]:
     folder = K8S / target if target == "base" else K8S / "overlays" / target
+    return _kustomize(folder, f"k8s/{target}")
+
+
+def _kustomize(folder: Path, name: str) -> list[dict]:
     result = subprocess.run([_kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize k8s/{target} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {name} failed:\n{result.stderr}"
     objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
-    assert objects, f"k8s/{target} rendered nothing"
+    assert objects, f"{name} rendered nothing"
     return objects
 
 
@@ -593,3 +597,124 @@ def test_dockerfile_builds_the_vllm_teacher_as_its_own_target_and_services_by_de
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
     assert stages[-1] == "runtime", "a plain `docker build` must give the image of every service"
     assert "teacher-vllm" in stages and re.search(r'pip install "vllm==\$\{VLLM_VERSION\}"', text)
+
+
+# ---------------------------------------------------------------- monitoring component (optional)
+
+MONITORING = K8S / "components" / "monitoring"
+MONITORING_KINDS = ("PodMonitor", "PrometheusRule")
+#: PromQL words that are neither metrics nor followed by "(" (functions and aggregations are).
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset"}
+
+
+@pytest.fixture(scope="module")
+def with_monitoring(tmp_path_factory) -> dict[str, list[dict]]:
+    """Each overlay with the component enabled, as k8s/README.md shows (kustomize takes relative paths only)."""
+    rendered = {}
+    for overlay in OVERLAYS:
+        root = tmp_path_factory.mktemp(f"{overlay}-monitoring")
+        (root / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(K8S / "overlays" / overlay, root)],
+            "components": [os.path.relpath(MONITORING, root)]}))
+        rendered[overlay] = _kustomize(root, f"k8s/overlays/{overlay} + components/monitoring")
+    return rendered
+
+
+def defined_metrics() -> set[str]:
+    """Every series name common/metrics.py exports (counters as _total, histograms as _bucket/_sum/_count)."""
+    from common.metrics import ServiceMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + suffix for family in ServiceMetrics("test").registry.collect() for suffix in suffixes[family.type]}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords or label names."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (label values, label_replace arguments)
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery windows
+    expr = re.sub(r"(?<![A-Za-z0-9_:])\d+(\.\d+)?([eE][+-]?\d+)?", "0", expr)  # numbers (1e3 is no identifier)
+    names = set()
+    for match in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\()?", expr):
+        if not match.group(2) and match.group(1) not in PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def test_promql_metric_parsing():
+    expr = 'max by (loop_id) (time() - foo_seconds{a="b c"}[5m]) > 1e3 and ignoring(state) bar == 1'
+    assert promql_metrics(expr) == {"foo_seconds", "bar"}
+    assert promql_metrics("rate(m_2xx_total[5m]) * 2") == {"m_2xx_total"}
+
+
+def test_no_overlay_enables_the_monitoring_component_by_default(rendered):
+    for target in ("base", *OVERLAYS):  # it needs the Prometheus Operator's CRDs
+        assert not [o for o in rendered[target] if o["kind"] in MONITORING_KINDS], target
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitoring_component_renders_into_the_namespace(with_monitoring, overlay):
+    import kubernetes_validate
+
+    objects = with_monitoring[overlay]
+    added = [o for o in objects if o["kind"] in MONITORING_KINDS or o["metadata"]["name"] == "montessori-grafana-dashboards"]
+    assert sorted(ident(o) for o in added) == ["ConfigMap/montessori-grafana-dashboards", "PodMonitor/montessori",
+                                               "PrometheusRule/montessori-loops"]
+    for obj in added:
+        assert obj["metadata"].get("namespace") == "montessori", ident(obj)
+        assert obj["metadata"]["labels"].get("app.kubernetes.io/part-of") == "montessori", ident(obj)
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1", ident(obj)  # CRDs: no schema to validate against
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    # The rest of the overlay is unchanged by the component.
+    assert len(objects) == len(added) + len(_render(overlay))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pod_monitor_scrapes_the_metrics_port_of_the_five_services(with_monitoring, overlay):
+    objects = with_monitoring[overlay]
+    monitor = find(objects, "PodMonitor", "montessori")
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert expression["key"] == NAME_LABEL and expression["operator"] == "In" and set(expression["values"]) == set(SERVICES)
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    for service, (_, metrics_port) in SERVICES.items():
+        ports = {p.get("name"): p["containerPort"] for p in main_container(service_deployment(objects, service))["ports"]}
+        assert ports["metrics"] == metrics_port, service
+
+
+def test_alerts_reference_only_metrics_the_services_export(with_monitoring):
+    rule = find(with_monitoring["gpu"], "PrometheusRule", "montessori-loops")
+    rules = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(rules) == {"MontessoriLoopFailed", "MontessoriLoopNoProgress", "MontessoriLoopPositiveShareCollapsed",
+                          "MontessoriLoopNoPairs"}
+    defined = defined_metrics()
+    for name, alert in rules.items():
+        used = promql_metrics(alert["expr"])
+        assert used and used <= defined, f"{name}: {sorted(used - defined)} not exported by common/metrics.py"
+        assert alert["labels"]["severity"] in ("warning", "critical") and alert["annotations"]["summary"], name
+    assert 'montessori_loop_state{state="failed"}' in rules["MontessoriLoopFailed"]["expr"]
+    assert "1800" in rules["MontessoriLoopNoProgress"]["expr"]
+    # Gauges keep the last round's value, so "for N rounds" is a for: duration.
+    for name in ("MontessoriLoopPositiveShareCollapsed", "MontessoriLoopNoPairs"):
+        assert re.fullmatch(r"\d+[smh]", rules[name].get("for", "")), f"{name}: no for: duration"
+
+
+def test_dashboard_queries_every_loop_metric_and_nothing_undefined(with_monitoring):
+    config = find(with_monitoring["gpu"], "ConfigMap", "montessori-grafana-dashboards")
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = config["data"].values()
+    assert text == (MONITORING / "dashboards" / "montessori-loops.json").read_text()
+    dashboard = json.loads(text)
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert queries and len(queries) == len(dashboard["panels"])
+    used = set().union(*(promql_metrics(q) for q in queries))
+    defined = defined_metrics()
+    assert used <= defined, f"dashboard: {sorted(used - defined)} not exported by common/metrics.py"
+    assert used == {m for m in defined if m.startswith("montessori_loop_")}, "a loop metric has no panel"
+    for variable in dashboard["templating"]["list"]:
+        for metric in re.findall(r"label_values\((\w+)", json.dumps(variable.get("query", ""))):
+            assert metric in defined, f"variable {variable['name']}: {metric}"

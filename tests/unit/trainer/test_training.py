@@ -44,6 +44,7 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny_teacher, seed_rows, tmp
     after = margin(teacher.with_adapter(str(tmp_path / "adapter")), tokenizer, pairs)
     assert after > before + 0.5
     assert result.steps == 9 and result.reward_margin_last > 0
+    assert result.metrics()["heldout_pairs"] == 0 and "heldout_reward_accuracy" not in result.metrics()  # fraction 0
 
 
 def test_full_finetune_dpo_saves_a_model(tiny_teacher, tmp_path):
