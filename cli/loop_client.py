@@ -26,6 +26,9 @@ def add_parser(commands) -> None:
         sub = actions.add_parser(name, help=f"{name} a loop")
         sub.add_argument("loop_id")
     actions.add_parser("list", help="list loops")
+    from cli import report
+
+    report.add_parser(actions)
 
 
 def _stub(args):
@@ -47,6 +50,10 @@ def _show(loop) -> dict:
 def run(args: argparse.Namespace) -> int:
     from montessori.v1 import controller_pb2
 
+    if args.action == "report":  # reads the store, not the controller
+        from cli import report
+
+        return report.run(args)
     stub = _stub(args)
     try:
         if args.action == "start":

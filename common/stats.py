@@ -70,9 +70,10 @@ def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]
     draws units and rows with replacement, independently; with one unit only rows vary.
     """
     _check(confidence, resamples)
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.ndim != 2 or d.size == 0:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2 or x.size == 0:
         raise ValueError("paired_difference needs two equal non-empty units x rows matrices")
+    d = x - y
     units, rows = d.shape
     rng = np.random.default_rng(seed)
     u = rng.integers(0, units, size=(resamples, units))

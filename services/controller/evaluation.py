@@ -126,40 +126,49 @@ class Evaluation:
             out["baseline_student_eval_loss"] = mean(self._arm(SELF_INSTRUCT))
         return out
 
-    def _paired(self, a: list[str], b: list[str], rows: list[int], salt: str) -> dict | None:
-        """Paired per-row difference a − b (unit i pairs a[i] with b[i]) over the rows every student has a loss on."""
-        units = list(zip(a, b))
-        rows = [i for i in rows if all(self.losses[n][i] is not None for pair in units for n in pair)]
-        if not units or not rows:
-            return None
-        interval = paired_difference([[self.losses[x][i] for i in rows] for x, _ in units],
-                                     [[self.losses[y][i] for i in rows] for _, y in units], **self._interval_args(salt))
-        per_unit = [sum(self.losses[x][i] - self.losses[y][i] for i in rows) / len(rows) for x, y in units]
-        return {**interval.to_dict(), "rows": len(rows), "per_unit": per_unit}
-
     def comparisons(self, rows: list[int] | None = None) -> dict:
         """Montessori − Self-Instruct, each arm − base, and the two null differences (negative: the first is better)."""
-        rows = list(range(len(self.categories))) if rows is None else rows
-        m, si = self._arm(MONTESSORI), self._arm(SELF_INSTRUCT)
-        wanted = {"montessori_vs_base": (m, [BASE] * len(m))}
-        if si:
-            wanted["montessori_vs_self_instruct"] = (m, si)
-            wanted["self_instruct_vs_base"] = (si, [BASE] * len(si))
-            if len(si) > 1:
-                wanted["null_data_draw"] = (si[1:], [si[0]] * (len(si) - 1))
-            if f"{SELF_INSTRUCT}-0-sft-seed" in self.losses:
-                wanted["null_sft_seed"] = ([f"{SELF_INSTRUCT}-0-sft-seed"], [si[0]])
-        out = {}
-        for name, (a, b) in wanted.items():
-            result = self._paired(a, b, rows, salt=name)
-            if result is not None:
-                out[name] = result
-        return out
+        return compare(self.losses, comparison_units(self.losses, self._arm(MONTESSORI), self._arm(SELF_INSTRUCT)),
+                       list(range(len(self.categories))) if rows is None else rows, self._interval_args)
 
     def per_category(self) -> dict:
         categories = sorted({c for c in self.categories if c})
         return {category: self.comparisons([i for i, c in enumerate(self.categories) if c == category])
                 for category in categories}
+
+
+def comparison_units(losses: dict, montessori: list[str], self_instruct: list[str], base: str | list[str] = BASE,
+                     sft_null: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]]:
+    """Which students each comparison pairs, unit by unit (a unit: one draw; ``base`` one name or one per unit)."""
+    bases = lambda names: base if isinstance(base, list) else [base] * len(names)  # noqa: E731
+    wanted = {"montessori_vs_base": (montessori, bases(montessori))}
+    if self_instruct:
+        wanted["montessori_vs_self_instruct"] = (montessori, self_instruct)
+        wanted["self_instruct_vs_base"] = (self_instruct, bases(self_instruct))
+        if len(self_instruct) > 1:
+            wanted["null_data_draw"] = (self_instruct[1:], [self_instruct[0]] * (len(self_instruct) - 1))
+        nulls = sft_null if sft_null is not None else (
+            [f"{SELF_INSTRUCT}-0-sft-seed"] if f"{SELF_INSTRUCT}-0-sft-seed" in losses else [])
+        if nulls:
+            wanted["null_sft_seed"] = (nulls, [n.removesuffix("-sft-seed") for n in nulls])
+    return wanted
+
+
+def compare(losses: dict[str, list[float | None]], units: dict[str, tuple[list[str], list[str]]], rows: list[int],
+            interval_args) -> dict:
+    """Paired per-row differences a − b (unit i pairs a[i] with b[i]) over the rows every student has a loss on,
+    with an interval over rows and units; ``interval_args(name)`` gives each comparison's bootstrap settings."""
+    out = {}
+    for name, (a, b) in units.items():
+        pairs = list(zip(a, b))
+        kept = [i for i in rows if all(losses[n][i] is not None for pair in pairs for n in pair)]
+        if not pairs or not kept:
+            continue
+        interval = paired_difference([[losses[x][i] for i in kept] for x, _ in pairs],
+                                     [[losses[y][i] for i in kept] for _, y in pairs], **interval_args(name))
+        per_unit = [sum(losses[x][i] - losses[y][i] for i in kept) / len(kept) for x, y in pairs]
+        out[name] = {**interval.to_dict(), "rows": len(kept), "per_unit": per_unit}
+    return out
 
 
 def teacher_shift(runner: "LoopRunner", data: dict[str, str], teachers: list[LoopModel], warmup: StageResult) -> dict:

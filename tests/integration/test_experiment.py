@@ -1,0 +1,82 @@
+"""`montessori experiment` on the tiny models: seeds pooled, a killed run resumed, and the loops run on the controller."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cli.main import main as montessori
+from common.artifacts import LocalArtifactStore
+from tests.conftest import REPO
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+QUICK = ["--set", "iterations=1", "--set", "evaluation.shift_samples=3"]
+
+
+def experiment_argv(store, out, seeds: str) -> list[str]:
+    return ["experiment", "--config", TINY, "--set", f"artifacts={store}", *QUICK, "--seeds", seeds, "--out", str(out),
+            "--no-progress"]
+
+
+def manifests(store: LocalArtifactStore, prefix: str) -> dict[str, str]:
+    return {key: store.ref(key).sha256 for key in store.list(prefix) if key.endswith("/manifest.json")}
+
+
+def test_a_killed_experiment_resumes_and_pools_its_seeds(tiny_models, tmp_path):
+    store_root, out = tmp_path / "store", tmp_path / "report"
+    argv = [sys.executable, "-m", "cli.main", *experiment_argv(store_root, out, "0,1")]
+    env = {**os.environ, "MONTESSORI_LOG_JSON": "1"}
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = store_root / "loops" / "tiny-seed0" / "iter-1" / "scores" / "manifest.json"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "seed 0 never reached its influence scores"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    store = LocalArtifactStore(store_root)
+    before = manifests(store, "loops/tiny-seed0")
+
+    assert montessori(experiment_argv(store_root, out, "0,1")) == 0
+
+    after = manifests(store, "loops/tiny-seed0")
+    assert before and all(after[key] == digest for key, digest in before.items())  # completed stages were not redone
+    experiment = json.loads((out / "experiment.json").read_text())
+    assert experiment["seeds"] == [0, 1] and experiment["draws"] == 2
+    pooled = experiment["pooled"]["comparisons"]["montessori_vs_self_instruct"]
+    per_unit = [u for seed in ("0", "1") for u in experiment["per_seed"][seed]["comparisons"]["montessori_vs_self_instruct"]["per_unit"]]
+    assert pooled["units"] == 4 and pooled["mean"] == pytest.approx(sum(per_unit) / 4)
+    assert pooled["ci_low"] <= pooled["mean"] <= pooled["ci_high"]
+    assert {"montessori_below_self_instruct_seeds", "montessori_below_self_instruct_ci_excludes_zero",
+            "montessori_below_base", "self_instruct_below_base"} <= set(experiment["verdict"])
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert store.get_json("experiments/tiny/experiment.json") == experiment
+
+    # A rerun of a finished experiment reads its loops back: nothing is trained again.
+    done = manifests(store, "loops")
+    assert montessori(experiment_argv(store_root, out, "0,1")) == 0
+    assert manifests(store, "loops") == done
+
+
+def test_bad_seeds_are_rejected_naming_the_flag(tmp_path, capsys):
+    assert montessori(experiment_argv(tmp_path / "store", tmp_path / "out", "0,zero")) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_an_experiment_runs_its_loops_on_the_controller(services, tiny_models, tmp_path, monkeypatch):
+    for key, value in services["env"].items():
+        monkeypatch.setenv(key, value)
+    store = services["store"]
+    argv = experiment_argv(store.root_uri, tmp_path / "report", "3")
+    argv[argv.index("--seeds"):argv.index("--seeds")] = ["--controller", f"127.0.0.1:{services['ports']['controller']}"]
+    assert montessori(argv) == 0
+    experiment = json.loads((tmp_path / "report" / "experiment.json").read_text())
+    assert experiment["loops"]["3"]["loop_id"] == "tiny-seed3"
+    assert store.get_json("loops/tiny-seed3/summary.json")["status"] == "succeeded"
+    assert "montessori_vs_self_instruct" in experiment["pooled"]["comparisons"]
