@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint-images clean
+.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint-images clean gpu-check
 
 # Everything: the main environment with the offline models, and the vLLM teacher's environment.
 setup: setup-main setup-vllm
@@ -89,6 +89,14 @@ test: setup
 
 test-vllm: setup
 	$(VLLM_VENV)/bin/python -m pytest -q -x --durations=10 tests/vllm
+
+# The device check (bench/gpu_check.py, docs/benchmarks.md "GPU check"): influence, generation, SFT and DPO
+# throughput at the full size on CUDA when there is one (at most ~8 minutes; --budget-s bounds it). It needs only
+# torch and transformers: on a GPU machine without this environment, `make gpu-check GPU_PYTHON=python3`.
+GPU_PYTHON ?= $(PY)
+GPU_CHECK_ARGS ?= --budget-s 420
+gpu-check: $(if $(filter $(PY),$(GPU_PYTHON)),setup-main)
+	PYTHONPATH=. $(GPU_PYTHON) bench/gpu_check.py --size full --device auto $(GPU_CHECK_ARGS)
 
 test-fast: setup-main
 	$(PY) -m pytest -q -m "not slow"

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from common.device import resolve_device
 from common.errors import FailedPrecondition, NotFound
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,8 +79,10 @@ def load_tokenizer(model: ModelRef | str | Path, *, field: str, padding_side: st
     return tokenizer
 
 
-def load_model(ref: ModelRef | str | Path, *, field: str, dtype: str = "float32", trainable: bool = False):
-    """Load a causal LM (base + merged adapters) on CPU, in eval mode unless ``trainable``."""
+def load_model(ref: ModelRef | str | Path, *, field: str, dtype: str = "float32", trainable: bool = False,
+               device: str | torch.device | None = None):
+    """Load a causal LM (base + merged adapters), in eval mode unless ``trainable``: on the CPU, or on ``device``
+    (a torch device, or a device setting resolved by :func:`common.device.resolve_device` naming ``field``)."""
     from transformers import AutoModelForCausalLM
 
     ref = ref if isinstance(ref, ModelRef) else ModelRef(str(ref))
@@ -92,6 +95,8 @@ def load_model(ref: ModelRef | str | Path, *, field: str, dtype: str = "float32"
         model = merge_adapter(model, adapter, field=field)
     model.train(trainable)
     model.requires_grad_(trainable)
+    if device is not None:
+        model.to(device if isinstance(device, torch.device) else resolve_device(device, field=field))
     return model
 
 

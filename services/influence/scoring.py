@@ -37,6 +37,7 @@ from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common.chat import IGNORE_INDEX, EncodedExample, encode_example, instruction_text
+from common.device import resolve_device
 from common.progress import Progress, Stopwatch, no_progress
 from services.influence.config import InfluenceConfig
 from services.influence.sketch import CountSketch
@@ -93,12 +94,15 @@ class ReferenceLoss:
     'batch_mean' (the official code's mean of per-batch token-pooled means). ``term`` is one batch's
     differentiable share of the mean, so that gradients and vmapped evaluations use the same definition."""
 
-    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int, averaging: str = "row_mean"):
+    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int, averaging: str = "row_mean",
+                 device: torch.device | str = "cpu"):
         if averaging not in ("row_mean", "batch_mean"):
             raise ValueError(f"unknown reference averaging {averaging!r}")
         encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=r.where) for r in rows]
         encoded.sort(key=lambda e: len(e.input_ids))
-        self.batches = [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
+        # Moved to the model's device once: the reference set is evaluated for every candidate.
+        self.batches = [{key: value.to(device) for key, value in collate(encoded[i:i + batch_size], tokenizer.pad_token_id).items()}
+                        for i in range(0, len(encoded), batch_size)]
         self.rows = len(encoded)
         self.averaging = averaging
         # Rows whose response was cut away entirely have no loss; they do not count in the mean.
@@ -117,6 +121,15 @@ class ReferenceLoss:
         return float(torch.stack([self.term(model, batch) for batch in self.batches]).sum())
 
 
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move ``optimizer``'s per-parameter tensors (the moments) to ``device`` in place. Scalar tensors (AdamW's
+    ``step``) stay where they are: the non-capturable, non-fused AdamW reads its step count on the host."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.device != device:
+                state[key] = value.to(device)
+
+
 class InfluenceScorer:
     """Scores candidates against one student state (weights + optimizer), restoring it exactly each time."""
 
@@ -124,6 +137,13 @@ class InfluenceScorer:
                  optimizer: torch.optim.Optimizer | None = None):
         if config.optimizer == "faithful" and optimizer is None:
             raise ValueError("faithful mode needs the warm-up optimizer state")
+        # The student, its optimizer state and the reference set live on config.device; the weights keep their
+        # dtype (fp32 master weights). Module.to() moves parameters in place (same Parameter objects), so an
+        # optimizer built over them, as tasks.py loads it on the CPU, still holds this model's parameters.
+        self.device = resolve_device(config.device)
+        model.to(self.device)
+        if optimizer is not None:
+            move_optimizer_state(optimizer, self.device)
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -138,7 +158,8 @@ class InfluenceScorer:
             optimizer = torch.optim.SGD(self.params, lr=config.sgd_learning_rate, momentum=0.0, foreach=False)
         self.optimizer = optimizer
         self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size,
-                                            max_length=self.max_length, averaging=config.reference_averaging)
+                                            max_length=self.max_length, averaging=config.reference_averaging,
+                                            device=self.device)
         # One snapshot of everything a step mutates, taken once and copied back in place.
         self._weights = [p.detach().clone() for p in self.params]
         self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
@@ -438,7 +459,8 @@ class InfluenceScorer:
 
     def _candidate_loss(self, encoded: EncodedExample) -> torch.Tensor | None:
         """The candidate's loss with a graph, or None where the exact step would be skipped (no finite loss)."""
-        loss = self.model(**collate([encoded], self.tokenizer.pad_token_id)).loss
+        batch = {key: value.to(self.device) for key, value in collate([encoded], self.tokenizer.pad_token_id).items()}
+        loss = self.model(**batch).loss
         return loss if torch.isfinite(loss) and loss.requires_grad else None
 
     def first_order_one(self, encoded: EncodedExample) -> float | None:
@@ -496,7 +518,7 @@ class InfluenceScorer:
         itself (larger kernels, less per-call overhead): on the CPU of docs/benchmarks.md it was 0.8-0.95x as fast
         (hence candidate_batch_size 1 by default); on a GPU it is not measured.
         The math SDPA kernel is forced because the fused CPU/CUDA attention kernels have no forward-mode rule."""
-        batch = collate(encoded, self.tokenizer.pad_token_id)
+        batch = {key: value.to(self.device) for key, value in collate(encoded, self.tokenizer.pad_token_id).items()}
         primals = {name: param.detach() for name, param in zip(self.names, self.params)}
         tangents = dict(zip(self.names, self._tangent(mode)))
         embedding = self.model.get_input_embeddings()
