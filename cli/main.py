@@ -27,7 +27,8 @@ def make_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
         return sub
 
-    command("run", "Run the whole loop (K iterations, then evaluation) and print the summary table.")
+    sub = command("run", "Run the whole loop (K iterations, then evaluation) and print the summary table.")
+    sub.add_argument("--report", default=None, help="report folder (default reports/<loop-id>)")
     command("config", "Print the resolved config as YAML, every field with its help.")
     sub = command("generate", "Teacher: write a candidate set (instructions + responses).")
     sub.add_argument("--out", required=True, help="output folder (candidates.jsonl + manifest.json)")
@@ -122,8 +123,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cli.summary_table import print_summary
         from services.controller.loop import LoopRunner
 
-        summary = LoopRunner(config, progress=progress).run()
+        runner = LoopRunner(config, progress=progress)
+        summary = runner.run()
         print_summary(summary)
+        from cli.report import render_loop_report
+
+        paths = render_loop_report(summary, Path(args.report or Path("reports") / summary["loop_id"]), store=runner.store)
+        print(f"report: {paths['html']} (and {paths['md']})")
         return 0
     if args.command == "generate":
         from services.teacher import tasks

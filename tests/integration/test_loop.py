@@ -113,10 +113,12 @@ def test_rounds_are_recorded_one_line_per_round(loop_run):
 def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
     env = {**os.environ, "MONTESSORI_LOG_JSON": "0"}
     out = subprocess.run([sys.executable, "-m", "cli.main", "run", "--config", str(TINY), "--set", f"artifacts={tmp_path}",
-                          "--set", "iterations=1", "--set", "evaluation.baseline=false"],
+                          "--set", "iterations=1", "--set", "evaluation.baseline=false", "--report", str(tmp_path / "report")],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Montessori-Instruct loop" in out.stdout and "DPO reward margin" in out.stdout
+    report = Path(out.stdout.split("report: ")[-1].split()[0])
+    assert report.name == "report.html" and "data:image/png;base64," in report.read_text()
     summary_path = Path(out.stdout.split("summary: ")[-1].split()[0].removeprefix("file://"))
     summary = json.loads(summary_path.read_text())
     assert summary_path.parent.parent == tmp_path / "loops" and len(summary["iterations"]) == 1
@@ -128,8 +130,11 @@ def quick_config(tmp_path, *overrides):
 
 
 def test_continuous_mode_runs_until_max_rounds(tiny_models, tmp_path):
-    summary = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=3")).run()
+    runner = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=3"))
+    summary = runner.run()
     assert [r["iteration"] for r in summary["iterations"]] == [1, 2, 3] and not summary["stopped"]
+    # Every round appended its line (the report follows a running loop from these).
+    assert [r["iteration"] for r in runner.store.get_jsonl(f"{runner.prefix}/rounds.jsonl")] == [1, 2, 3]
 
 
 def test_continuous_mode_stops_when_the_student_stops_improving(tiny_models, tmp_path):
