@@ -23,6 +23,12 @@ def add_parser(commands) -> None:
                      help="run each seed's loop on this controller (host:port) instead of in this process; the "
                           "config's artifacts must name the store the services share")
     sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+    judge = sub.add_mutually_exclusive_group()
+    judge.add_argument("--judge-model", help="also judge Montessori vs Self-Instruct (draw 0 of each seed) pairwise with "
+                                             "this local model folder (a 135M judge checks mechanics only)")
+    judge.add_argument("--judge-endpoint", help="... or with an OpenAI-compatible endpoint (e.g. a vLLM server's /v1)")
+    sub.add_argument("--judge-endpoint-model", help="model name the judge endpoint serves")
+    sub.add_argument("--judge-rows", type=int, default=40, help="held-out rows judged per seed (default 40; 0: all)")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -90,6 +96,33 @@ def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: 
     return summary
 
 
+def _student_dir(store, student: dict) -> str:
+    """The folder of an evaluated student (its evaluation manifest names the model it loaded)."""
+    manifest = store.get_json(store.key_of(student["losses_uri"]).rsplit("/", 1)[0] + "/manifest.json")
+    base = manifest["inputs"]["model"]["base"]
+    return str(store.local_path(store.key_of(base["uri"]))) if "uri" in base else base["path"]
+
+
+def _judge(args: argparse.Namespace, store, summaries: dict[int, dict], config) -> dict:
+    """Win rate of each seed's Montessori student (draw 0) against its Self-Instruct student (draw 0), and pooled."""
+    from cli.judge import judge_api_key, judge_students, settings_from_args
+    from common.stats import bootstrap_mean
+    from services.teacher.judge import make_judge
+
+    args.max_rows, args.max_new_tokens = args.judge_rows, 128  # the flags `montessori judge` reads
+    settings = settings_from_args(args)
+    judge = make_judge(settings, api_key=judge_api_key())
+    per_seed, scores = {}, []
+    for seed, summary in sorted(summaries.items()):
+        students = summary["evaluation"]["students"]
+        result = judge_students(_student_dir(store, students["montessori-0"]), _student_dir(store, students["self_instruct-0"]),
+                                config.data.eval_path, settings, chat_template=config.models.student_chat_template, judge=judge)
+        scores += [record["score"] for record in result["rows"]]
+        per_seed[str(seed)] = {k: v for k, v in result.items() if k != "rows"}
+    pooled = bootstrap_mean(scores, resamples=config.evaluation.bootstrap_resamples, confidence=config.evaluation.confidence)
+    return {"per_seed": per_seed, "pooled_win_rate": pooled.to_dict(), "judge": judge.describe()}
+
+
 def run(args: argparse.Namespace) -> int:
     from cli.report import render_experiment_report
     from common.artifacts import open_store
@@ -120,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         summaries[seed] = summary
     experiment = aggregate(store, name, summaries, config={"run": to_dict(base), "seeds": seeds},
                            resamples=base.evaluation.bootstrap_resamples, confidence=base.evaluation.confidence)
+    if args.judge_model or args.judge_endpoint:
+        experiment["judge"] = _judge(args, store, summaries, base)
     ref = store.put_json(f"experiments/{name}/experiment.json", experiment)
     out = Path(args.out or Path("reports") / f"experiment-{name}")
     out.mkdir(parents=True, exist_ok=True)

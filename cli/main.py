@@ -55,9 +55,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) of the current teacher")
     sub = command("evaluate", "Held-out loss of one or more students on data.eval_path.")
     sub.add_argument("--student", action="append", required=True, help="student model folder (repeatable)")
-    from cli import artifacts, experiment, loop_client, serve
+    from cli import artifacts, experiment, judge, loop_client, serve
 
     experiment.add_parser(commands)
+    judge.add_parser(commands)
     serve.add_parser(commands)
     loop_client.add_parser(commands)
     artifacts.add_parser(commands)
@@ -104,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cli import experiment
 
         return experiment.run(args)
+    if args.command == "judge":
+        from cli import judge
+
+        return judge.run(args)
     from common.config import load_config
     from common.logs import configure_logging
     from common.models import ModelRef

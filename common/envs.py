@@ -48,6 +48,7 @@ class Env:
     MINIO_ACCESS_KEY / MINIO_SECRET_KEY: S3 credentials (never logged).
     MINIO_SECURE: ``1`` for TLS (default ``0``).
     MONTESSORI_CACHE_DIR: node-local cache of downloaded artifacts, keyed by digest (default ``~/.cache/montessori``).
+    MONTESSORI_JUDGE_API_KEY: bearer token of an OpenAI-compatible judge endpoint (never logged or written).
     """
 
     models_dir: str
@@ -60,6 +61,7 @@ class Env:
     s3_secret_key: str
     s3_secure: bool
     cache_dir: str
+    judge_api_key: str | None = None
 
     @classmethod
     def read(cls) -> "Env":
@@ -75,6 +77,7 @@ class Env:
             s3_secret_key=os.environ.get("MINIO_SECRET_KEY", ""),
             s3_secure=os.environ.get("MINIO_SECURE", "0") == "1",
             cache_dir=os.environ.get("MONTESSORI_CACHE_DIR", os.path.expanduser("~/.cache/montessori")),
+            judge_api_key=os.environ.get("MONTESSORI_JUDGE_API_KEY") or None,
         )
 
     def __repr__(self) -> str:  # the secret key must never reach a log line

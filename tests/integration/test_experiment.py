@@ -63,6 +63,17 @@ def test_a_killed_experiment_resumes_and_pools_its_seeds(tiny_models, tmp_path):
     assert manifests(store, "loops") == done
 
 
+def test_the_judge_compares_each_seeds_students_pairwise(tiny_models, tmp_path):
+    # Mechanics only: the tiny teacher is no judge of quality. The experiment's loops are reused from a first run.
+    store_root, out = tmp_path / "store", tmp_path / "report"
+    assert montessori(experiment_argv(store_root, out, "0")) == 0
+    assert montessori([*experiment_argv(store_root, out, "0"), "--judge-model", str(tiny_models[0]), "--judge-rows", "3"]) == 0
+    judged = json.loads((out / "experiment.json").read_text())["judge"]
+    seed = judged["per_seed"]["0"]
+    assert seed["a"].endswith("iter-1/student/model") and seed["b"].endswith("self_instruct-0/student/model")
+    assert 0.0 <= judged["pooled_win_rate"]["mean"] <= 1.0 and judged["pooled_win_rate"]["n"] == 3
+
+
 def test_bad_seeds_are_rejected_naming_the_flag(tmp_path, capsys):
     assert montessori(experiment_argv(tmp_path / "store", tmp_path / "out", "0,zero")) == 2
     assert "--seeds" in capsys.readouterr().err
