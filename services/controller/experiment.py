@@ -96,6 +96,12 @@ def verdict(per_seed: dict, pooled: dict) -> dict:
         "montessori_below_base": bool(comparisons.get("montessori_vs_base", {}).get("ci_high", 0) < 0),
         "self_instruct_below_base": bool(comparisons.get("self_instruct_vs_base", {}).get("ci_high", 0) < 0),
     }
+    # A row interval of one training unit excludes 0 for any two models; the nulls (same method, another SFT seed
+    # or data draw) say how large a difference needs no method at all.
+    nulls = [abs(c["mean"]) for name, c in comparisons.items() if name.startswith("null_")]
+    if vs_si and nulls:
+        out["null_spread"] = max(nulls)
+        out["effect_larger_than_null_spread"] = bool(abs(vs_si["mean"]) > max(nulls))
     shift = pooled["teacher_shift"]["differences"]
     if shift:
         last = shift[-1]
