@@ -230,6 +230,9 @@ def shift_differences(scores: list[tuple[list[float], list[int]]], config) -> li
 
 
 def _named(interval: Interval, name: str) -> dict:
-    prefix = f"{name}_" if name else ""
-    key = name or "mean"
-    return {key: interval.mean, f"{prefix}ci_low": interval.ci_low, f"{prefix}ci_high": interval.ci_high}
+    """``mean``/``ci_low``/``ci_high`` for the plain difference; ``<name>`` (a share) or ``<name>_mean`` and
+    ``<name>_ci_low``/``<name>_ci_high`` for the others."""
+    if not name:
+        return {"mean": interval.mean, "ci_low": interval.ci_low, "ci_high": interval.ci_high}
+    point = name if name == "positive_share" else f"{name}_mean"
+    return {point: interval.mean, f"{name}_ci_low": interval.ci_low, f"{name}_ci_high": interval.ci_high}

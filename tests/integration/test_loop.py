@@ -101,6 +101,10 @@ def test_teacher_shift_scores_fresh_data_of_every_teacher_version_on_one_student
         scores = store.get_jsonl(store.key_of(v["scores_uri"]))
         assert len(scores) == v["samples"] and v["ci_low"] <= v["influence_mean"] <= v["ci_high"]
     assert [d["version"] for d in shift["differences"]] == list(range(1, trained_rounds + 1))
+    for d in shift["differences"]:
+        for name in ("", "positive_share_", "length_controlled_"):
+            assert d[f"{name}ci_low"] <= d[f"{name}ci_high"]
+        assert d["ci_low"] <= d["mean"] <= d["ci_high"] and "positive_share" in d and "length_controlled_mean" in d
 
 
 def test_rounds_are_recorded_one_line_per_round(loop_run):
