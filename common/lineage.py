@@ -11,7 +11,9 @@ from common.artifacts import ArtifactStore
 from common.errors import NotFound
 from common.manifests import MANIFEST
 
-LOOP_FILES = ("config.json", "state.json", "summary.json")
+LOOP_FILES = ("config.json", "state.json", "summary.json", "rounds.jsonl")
+#: Experiments (``montessori experiment``) are results, never garbage; their loops are kept like any loop.
+EXPERIMENTS = "experiments/"
 
 
 def loop_ids(store: ArtifactStore) -> list[str]:
@@ -79,9 +81,9 @@ def lineage(store: ArtifactStore, uri: str) -> LineageNode:
 
 def garbage(store: ArtifactStore, keep: list[str] | None = None) -> list[str]:
     """Keys no kept loop references: loops not in ``keep`` (when given), stage folders without a
-    manifest (a crashed stage), and anything outside ``loops/``."""
+    manifest (a crashed stage), and anything outside ``loops/`` and ``experiments/``."""
     kept_loops = set(loop_ids(store)) if keep is None else set(keep)
-    referenced_prefixes = []
+    referenced_prefixes = [EXPERIMENTS]
     for loop_id in kept_loops:
         base = f"loops/{loop_id}"
         referenced_prefixes += [f"{base}/{name}" for name in LOOP_FILES] + [f"{base}/inputs/"]

@@ -91,6 +91,7 @@ def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
     LoopRunner(config).run()
     store = LocalArtifactStore(tmp_path)
     store.put_bytes("jobs/orphan.json", b"{}")  # written outside any loop
+    store.put_bytes("experiments/e/experiment.json", b"{}")  # a result: never garbage
     store.put_bytes("loops/a/iter-9/crashed/candidates.jsonl", b"{}\n")  # a stage that never published its manifest
     before = store.list()
     doomed = garbage(store)
@@ -102,7 +103,8 @@ def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert sorted(set(before) - set(store.list())) == sorted(doomed)
-    assert garbage(store, keep=["other"]) == store.list()  # not keeping loop a makes all of it garbage
+    assert garbage(store, keep=["other"]) == [k for k in store.list() if not k.startswith("experiments/")]  # all of loop a
+    assert "loops/a/rounds.jsonl" in store.list()
 
 
 def start_service(name, ports, env, store_uri, log):
