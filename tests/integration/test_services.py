@@ -16,7 +16,8 @@ from montessori.v1 import (common_pb2, controller_pb2, controller_pb2_grpc, infl
 from tests.conftest import DATA, REPO
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-ITERATION_STAGES = ["warmup-data", "warmup", "probe-data", "scores", "pairs", "dpo", "train-data", "student"]
+ITERATION_STAGES = ["warmup-data", "warmup", "probe-data", "scores", "pairs", "dpo", "train-data", "student",
+                    "student-reference-loss"]
 
 
 def channel(services, name):
