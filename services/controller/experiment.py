@@ -56,8 +56,9 @@ def pooled_comparisons(store: ArtifactStore, summaries: dict[int, dict], *, resa
 
 
 def _within_seed_draws(self_instruct: list[str]) -> tuple[list[str], list[str]]:
-    firsts = {n.split(":")[0]: n for n in self_instruct if n.endswith("-0")}
-    later = [n for n in self_instruct if not n.endswith("-0")]
+    first = lambda n: n.rsplit("-", 1)[1] == "0"  # noqa: E731 - draw 0 (not draw 10, 20, ...)
+    firsts = {n.split(":")[0]: n for n in self_instruct if first(n)}
+    later = [n for n in self_instruct if not first(n)]
     return later, [firsts[n.split(":")[0]] for n in later]
 
 
