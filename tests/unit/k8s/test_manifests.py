@@ -35,6 +35,7 @@ SERVICES = {  # service: (gRPC port, metrics port)
     "trainer": (50054, 9103),
 }
 WORKERS = ("teacher", "influence", "preference", "trainer")
+MODEL_READERS = ("controller", "teacher", "influence", "trainer")  # preference loads no model
 GPU_SERVICES = ("teacher", "influence", "trainer")
 CPU_SERVICES = ("preference", "controller")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -287,6 +288,8 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{service}: /tmp is not an emptyDir"
         assert "/artifacts" not in mounts, f"{service}: artifacts live in MinIO, not on a shared volume"
+        if service not in MODEL_READERS:
+            continue  # preference: no models volume (test_preference_mounts_no_models_volume)
         models = volumes[mounts["/models"]["name"]]
         assert models["persistentVolumeClaim"]["claimName"] == "montessori-models"
         assert mounts["/models"].get("readOnly") is True, f"{service}: /models must be mounted read-only"
@@ -296,6 +299,139 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
     else:  # one-node dev clusters: the default storage class, ReadWriteOnce
         assert set(claims) == {"montessori-models"}
     assert all("storageClassName" not in c["spec"] for c in of_kind(rendered[target], "PersistentVolumeClaim"))
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_preference_mounts_no_models_volume(rendered, target):
+    deployment = service_deployment(rendered[target], "preference")
+    spec = pod_template(deployment)["spec"]
+    assert "montessori-models" not in json.dumps(deployment), "preference reads no model: no models claim"
+    for container in containers(deployment):
+        assert "/models" not in [m["mountPath"] for m in container.get("volumeMounts", [])], container["name"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp"], spec["volumes"]
+
+
+# ---------------------------------------------------------------- the shared pod spec (components/service-pod)
+
+SERVICE_POD = K8S / "components" / "service-pod"
+#: The component's patches and the Deployments each one must reach.
+SERVICE_POD_PATCHES = {"pod.yaml": tuple(SERVICES), "workload-account.yaml": WORKERS, "models.yaml": MODEL_READERS}
+MERGE_KEYS = ("name", "mountPath", "containerPort")  # of the lists the component patches (strategic merge)
+MAX_DEPLOYMENT_LINES = 60
+
+
+def _patch(name: str) -> dict:
+    return yaml.safe_load((SERVICE_POD / name).read_text())
+
+
+def _merge_key(item) -> str | None:
+    return next((k for k in MERGE_KEYS if isinstance(item, dict) and k in item), None)
+
+
+def _contains(actual, expected, path: str = "") -> list[str]:
+    """Where ``actual`` lacks what ``expected`` (a strategic merge patch) sets: maps by key, lists of
+    objects by their merge key, other lists item by item, anything else by equality. Two renames
+    kustomize does are accepted: an image gains its tag (images:), the ConfigMap its content hash."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: {actual!r} is not a map"]
+        return [m for k, v in expected.items() for m in
+                ([f"{path}/{k}: missing"] if k not in actual else _contains(actual[k], v, f"{path}/{k}"))]
+    if isinstance(expected, list) and expected and all(_merge_key(e) for e in expected):
+        missing = []
+        for item in expected:
+            key = _merge_key(item)
+            found = [a for a in actual or [] if isinstance(a, dict) and a.get(key) == item[key]]
+            where = f"{path}[{key}={item[key]}]"
+            missing += _contains(found[0], item, where) if found else [f"{where}: missing"]
+        return missing
+    if isinstance(expected, list) and isinstance(actual, list) and len(actual) == len(expected):  # replaced whole
+        return [m for i, (a, e) in enumerate(zip(actual, expected)) for m in _contains(a, e, f"{path}/{i}")]
+    if isinstance(expected, str) and isinstance(actual, str):
+        if actual == expected or actual.startswith((expected + ":", expected + "-")):
+            return []
+    elif actual == expected:
+        return []
+    return [f"{path}: {actual!r}, not {expected!r}"]
+
+
+def _set_fields(doc, path: str = "") -> set[str]:
+    """The fields a manifest sets, as paths (list entries by merge key; merge keys themselves left out)."""
+    if isinstance(doc, dict):
+        return {f for k, v in doc.items() for f in _set_fields(v, f"{path}/{k}")}
+    if isinstance(doc, list) and doc and all(_merge_key(e) for e in doc):
+        fields = set()
+        for item in doc:
+            key = _merge_key(item)
+            rest = {k: v for k, v in item.items() if k != key}
+            fields |= _set_fields(rest, f"{path}[{key}={item[key]}]") if rest else {f"{path}[{key}={item[key]}]"}
+        return fields
+    return {path}
+
+
+def test_base_adds_the_service_pod_component():
+    component = yaml.safe_load((SERVICE_POD / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component" and component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert sorted(p["path"] for p in component["patches"]) == sorted(SERVICE_POD_PATCHES)
+    for patch in component["patches"]:
+        assert patch["target"]["kind"] == "Deployment", patch["path"]
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert "../components/service-pod" in base.get("components", [])
+    for overlay in OVERLAYS:  # base adds it once; an overlay adding it again would patch twice
+        overlay_components = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text()).get("components")
+        assert not [c for c in overlay_components or [] if c.rstrip("/").endswith("service-pod")], overlay
+
+
+@pytest.mark.parametrize("patch", sorted(SERVICE_POD_PATCHES))
+def test_every_service_deployment_gets_the_shared_pod_spec(rendered, patch):
+    # base: the component's values as written (the overlays then resize /tmp, add GPUs, ...).
+    expected = _patch(patch)
+    for service in SERVICE_POD_PATCHES[patch]:
+        deployment = service_deployment(rendered["base"], service)
+        missing = _contains(deployment["spec"], expected["spec"])
+        assert not missing, f"Deployment/{service} lacks components/service-pod/{patch}:\n" + "\n".join(missing)
+    if patch == "workload-account.yaml":  # and no other Deployment gets it
+        account = pod_template(service_deployment(rendered["base"], "controller"))["spec"]["serviceAccountName"]
+        assert account == "montessori-controller"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_the_shared_probe_timings_and_security_contexts_reach_every_service(rendered, target):
+    shared = _patch("pod.yaml")["spec"]["template"]["spec"]
+    (shared_container,) = shared["containers"]
+    for service in SERVICES:
+        deployment = service_deployment(rendered[target], service)
+        spec = pod_template(deployment)["spec"]
+        container = main_container(deployment)
+        assert spec["securityContext"] == shared["securityContext"], service
+        assert container["securityContext"] == shared_container["securityContext"], service
+        assert spec["terminationGracePeriodSeconds"] == shared["terminationGracePeriodSeconds"], service
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            timings = {k: v for k, v in container[probe].items() if k != "grpc"}
+            assert timings == shared_container[probe], f"{service} {probe}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_base_deployment_holds_only_what_is_its_own(service):
+    path = K8S / "base" / "services" / service / "deployment.yaml"
+    lines = path.read_text().splitlines()
+    assert len(lines) < MAX_DEPLOYMENT_LINES, (
+        f"{path.relative_to(REPO)}: {len(lines)} lines; what the five services share belongs in components/service-pod")
+    own = _set_fields(yaml.safe_load(path.read_text())["spec"])
+    for patch, targets in SERVICE_POD_PATCHES.items():
+        if service in targets:
+            # The component's patches run after the resources: a field set in both is overridden silently.
+            both = own & _set_fields(_patch(patch)["spec"])
+            assert not both, f"{path.relative_to(REPO)} sets what components/service-pod/{patch} sets: {sorted(both)}"
+
+
+def test_merge_helpers():
+    patch = {"containers": [{"name": "c", "image": "img", "env": [{"name": "A", "value": "1"}]}], "n": 1}
+    assert _contains({"containers": [{"name": "c", "image": "img:1.0", "env": [{"name": "B"}, {"name": "A", "value": "1"}]}],
+                      "n": 1}, patch) == []
+    assert _contains({"containers": [{"name": "c", "image": "other", "env": []}], "n": 2}, patch) == [
+        "/containers[name=c]/image: 'other', not 'img'", "/containers[name=c]/env[name=A]: missing", "/n: 2, not 1"]
+    assert _set_fields(patch) == {"/containers[name=c]/image", "/containers[name=c]/env[name=A]/value", "/n"}
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
