@@ -36,7 +36,7 @@ from common.envs import apply_offline_defaults
 from common.jsonl import read_instruction_rows
 from common.models import ModelRef, load_model, load_tokenizer
 from services.influence.config import InfluenceConfig
-from services.influence.optimizer_state import load_adamw
+from common.optimizer_state import load_adamw
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.scoring import InfluenceScorer, collate, examples_from_rows
 from services.trainer.config import WarmupSettings

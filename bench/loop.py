@@ -20,10 +20,10 @@ from cli.local_services import ORDER, start_services, stop_services
 from common.artifacts import LocalArtifactStore
 from common.config import load_config, read_config_file
 from common.envs import apply_offline_defaults
-from common.protoconv import dict_to_settings
+from common.protoconv import loop_spec
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
-from services.controller.loop import LoopRunner
+from cli.local import local_runner
 
 
 def free_ports(n: int) -> list[int]:
@@ -55,7 +55,7 @@ def main() -> None:
         tmp = Path(tmp)
         config = load_config(RunConfig, args.config, [f"artifacts={tmp / 'inproc'}", "loop_id=bench"])
         start = time.perf_counter()
-        LoopRunner(config).run()
+        local_runner(config).run()
         inproc_wall = time.perf_counter() - start
         inproc = stage_seconds(LocalArtifactStore(tmp / "inproc"), "bench")
 
@@ -63,17 +63,17 @@ def main() -> None:
         processes = start_services(artifacts=str(tmp / "services"), ports=ports, log_dir=tmp / "logs")
         try:
             stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
-            spec = controller_pb2.LoopSpec(overrides=dict_to_settings(read_config_file(args.config)))
+            spec = loop_spec(read_config_file(args.config))
             start = time.perf_counter()
             loop = stub.StartLoop(controller_pb2.StartLoopRequest(spec=spec)).loop
             observed: dict[str, float] = defaultdict(float)
             began = {}
-            for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id)):
+            for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id, from_sequence=1)):
                 event = response.event
                 name = f"iter-{event.iteration}/{event.stage}" if event.iteration else event.stage
-                if event.kind == "stage_started":
+                if event.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_STARTED:
                     began[name] = time.perf_counter()
-                elif event.kind == "stage_finished" and name in began:
+                elif event.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED and name in began:
                     observed[name] += time.perf_counter() - began.pop(name)
             services_wall = time.perf_counter() - start
             services = stage_seconds(LocalArtifactStore(tmp / "services"), loop.loop_id)

@@ -61,9 +61,9 @@ def _finished(store, config) -> dict | None:
 
 
 def _run_in_process(config, progress) -> dict:
-    from services.controller.loop import LoopRunner
+    from cli.local import local_runner
 
-    return LoopRunner(config, progress=progress).run()
+    return local_runner(config, progress=progress).run()
 
 
 def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: str, store) -> dict:
@@ -71,7 +71,7 @@ def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: 
     import grpc
 
     from common.config import merge, parse_overrides, read_config_file
-    from common.protoconv import dict_to_settings
+    from common.protoconv import loop_spec
     from montessori.v1 import controller_pb2, controller_pb2_grpc
 
     data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(overrides))
@@ -79,7 +79,7 @@ def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: 
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         try:
             stub.StartLoop(controller_pb2.StartLoopRequest(
-                request_id=loop_id, spec=controller_pb2.LoopSpec(overrides=dict_to_settings(data))), timeout=120)
+                request_id=loop_id, spec=loop_spec(data)), timeout=120)
             while True:
                 loop = stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop_id), timeout=60).loop
                 if loop.state != controller_pb2.LOOP_STATE_RUNNING:

@@ -25,6 +25,10 @@ def add_parser(commands) -> None:
     for name in ("status", "watch", "stop"):
         sub = actions.add_parser(name, help=f"{name} a loop")
         sub.add_argument("loop_id")
+        if name == "watch":
+            sub.add_argument("--from-sequence", type=int, default=0, metavar="N",
+                             help="replay the loop's retained events from sequence N (1: from the oldest retained); "
+                                  "default 0: its current state, then live events")
     actions.add_parser("list", help="list loops")
     from cli import report
 
@@ -58,16 +62,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "start":
             from common.config import merge, parse_overrides, read_config_file
-            from common.protoconv import dict_to_settings
+            from common.protoconv import loop_spec
 
             data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(args.set))
-            spec = controller_pb2.LoopSpec(overrides=dict_to_settings(data))
+            spec = loop_spec(data)
             loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=args.request_id, spec=spec), timeout=60).loop
             print(json.dumps(_show(loop), indent=2))
             if not args.watch:
                 return 0
             args.loop_id = loop.loop_id
-            return watch(stub, args.loop_id)
+            return watch(stub, args.loop_id, from_sequence=1)  # every event since the start
         if args.action == "status":
             print(json.dumps(_show(stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2))
         elif args.action == "stop":
@@ -76,25 +80,29 @@ def run(args: argparse.Namespace) -> int:
             loops = stub.ListLoops(controller_pb2.ListLoopsRequest(), timeout=30).loops
             print(json.dumps([_show(loop) for loop in loops], indent=2))
         elif args.action == "watch":
-            return watch(stub, args.loop_id)
+            if args.from_sequence < 0:
+                print("montessori: error: --from-sequence must be >= 0", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            return watch(stub, args.loop_id, from_sequence=args.from_sequence)
         return 0
     except grpc.RpcError as err:
         print(f"montessori: error: {err.code().name}: {err.details()}", file=sys.stderr)
         return EXIT_BAD_INPUT if err.code().name in _CLIENT_ERRORS else 1
 
 
-def watch(stub, loop_id: str) -> int:
-    """Follow a loop: stage transitions as lines, live progress as bars; exit 0 unless it failed."""
+def watch(stub, loop_id: str, from_sequence: int = 0) -> int:
+    """Follow a loop (from now, or replaying from ``from_sequence``): stage transitions as lines, live progress as
+    bars; exit 0 unless it failed."""
     from tqdm import tqdm
 
     from montessori.v1 import controller_pb2
 
     bar = None
     last = None
-    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id)):
+    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id, from_sequence=from_sequence)):
         event = response.event
         last = event.loop
-        if event.kind == "progress":
+        if event.kind == controller_pb2.LOOP_EVENT_KIND_PROGRESS:
             label = event.progress.stage
             if bar is None or bar.desc != label:
                 if bar is not None:
@@ -109,7 +117,10 @@ def watch(stub, loop_id: str) -> int:
             bar = None
         metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
         where = f"iter {event.iteration} " if event.iteration else ""
-        print(f"[{event.sequence:4d}] {where}{event.stage:<18} {event.kind:<15} {metrics}", flush=True)
+        kind = str(event.kind)  # a newer server may send kinds this client does not know
+        if event.kind in controller_pb2.LoopEventKind.values():
+            kind = controller_pb2.LoopEventKind.Name(event.kind).removeprefix("LOOP_EVENT_KIND_").lower()
+        print(f"[{event.sequence:4d}] {where}{event.stage:<18} {kind:<19} {metrics}", flush=True)
     if bar is not None:
         bar.close()
     if last is None:

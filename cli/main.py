@@ -119,16 +119,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(RunConfig, args.config, args.set)
     progress = TqdmProgress(enabled=not args.no_progress and sys.stderr.isatty())
 
+    from cli.local import resolved
+
     if args.command == "config":
         from cli.config_doc import render_yaml
 
-        print(render_yaml(config))
+        print(render_yaml(resolved(config)))
         return 0
     if args.command == "run":
+        from cli.local import local_runner
         from cli.summary_table import print_summary
-        from services.controller.loop import LoopRunner
 
-        runner = LoopRunner(config, progress=progress)
+        runner = local_runner(config, progress=progress)
         summary = runner.run()
         print_summary(summary)
         from cli.report import render_loop_report
@@ -136,6 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths = render_loop_report(summary, Path(args.report or Path("reports") / summary["loop_id"]), store=runner.store)
         print(f"report: {paths['html']} (and {paths['md']})")
         return 0
+    config = resolved(config)
     if args.command == "generate":
         from services.teacher import tasks
         from services.teacher.backend import TransformersBackend
@@ -182,6 +185,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     else:  # pragma: no cover - argparse enforces the choices
         raise AssertionError(args.command)
+    # (a single stage on folders: the worker cores directly, with the stage sections resolved as a worker does)
     print(json.dumps({"stage": result.stage, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
                       "manifest": result.manifest.uri, "metrics": result.metrics}, indent=2, default=str))
     return 0

@@ -4,6 +4,10 @@ Config classes are plain dataclasses whose fields carry ``metadata={"help": ...}
 and validate themselves in ``__post_init__`` by raising :class:`InvalidArgument`
 with the field name. This module turns nested mappings into those dataclasses,
 rejecting unknown keys and wrong types with the full dotted field path.
+
+A section may also be a protobuf message (a stage's settings, as the stage request carries
+them): it holds only the fields that are set, and the worker that runs the stage resolves the
+rest from its own config dataclass. :func:`message_from_dict` / :func:`message_to_dict` convert.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from common.errors import InvalidArgument, MontessoriError, NotFound
 
@@ -53,6 +59,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
 
 def to_dict(obj: Any) -> Any:
     """Plain JSON-able view of a config dataclass (for manifests and ``summary.json``)."""
+    if isinstance(obj, Message):
+        return message_to_dict(obj)
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -125,8 +133,60 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_INTEGER_RANGES = {FieldDescriptor.CPPTYPE_INT32: (-2**31, 2**31 - 1), FieldDescriptor.CPPTYPE_INT64: (-2**63, 2**63 - 1),
+                   FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1), FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1)}
+
+
+def message_from_dict(cls: type[Message], data: Mapping[str, Any] | None, *, path: str = "") -> Message:
+    """A protobuf message holding exactly the keys of ``data`` (``None`` values stay unset); unknown keys and
+    wrong types are errors naming the dotted path, as for dataclasses."""
+    message = cls()
+    if data is None:
+        return message
+    if not isinstance(data, Mapping):
+        raise InvalidArgument(f"expected a mapping, got {type(data).__name__}", field=path or None)
+    fields = cls.DESCRIPTOR.fields_by_name
+    for key, value in data.items():
+        where = _join(path, str(key))
+        if key not in fields:
+            raise InvalidArgument(f"unknown field (known: {', '.join(sorted(fields))})", field=where)
+        descriptor = fields[key]
+        if value is None:
+            continue
+        if descriptor.message_type is not None:
+            getattr(message, key).CopyFrom(message_from_dict(type(getattr(message, key)), value, path=where))
+        else:
+            setattr(message, key, _scalar(descriptor, value, where))
+    return message
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """The fields of ``message`` that are set, as plain values (nested messages as dicts)."""
+    return {descriptor.name: message_to_dict(value) if isinstance(value, Message) else value
+            for descriptor, value in message.ListFields()}
+
+
+def _scalar(descriptor: FieldDescriptor, value: Any, path: str) -> Any:
+    cpp = descriptor.cpp_type
+    if cpp == FieldDescriptor.CPPTYPE_BOOL:
+        return _coerce(bool, value, path)
+    if cpp == FieldDescriptor.CPPTYPE_STRING:
+        return _coerce(str, value, path)
+    if cpp in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return _coerce(float, value, path)
+    if cpp in _INTEGER_RANGES:
+        value = _coerce(int, value, path)
+        low, high = _INTEGER_RANGES[cpp]
+        if not low <= value <= high:
+            raise InvalidArgument(f"must be in {low}..{high}, got {value}", field=path)
+        return value
+    raise TypeError(f"unsupported message field type at {path}")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, Message):
+        return value if isinstance(value, tp) else message_from_dict(tp, value, path=path)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, path=path)
     if origin in (typing.Union, types.UnionType):

@@ -17,6 +17,8 @@ from common.config import check, field
 from common.errors import MontessoriError
 from common.logs import get_logger
 
+#: Trailing metadata key of the request field a MontessoriError names.
+FIELD_METADATA = "montessori-field"
 log = get_logger(__name__)
 
 LIVENESS = "liveness"
@@ -64,6 +66,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             try:
                 return call()
             except MontessoriError as err:
+                if err.field:  # so a client (the controller) can re-raise it naming the field in its own terms
+                    context.set_trailing_metadata(((FIELD_METADATA, err.field),))
                 context.abort(_status(err), str(err))
             except grpc.RpcError:
                 raise

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument, Unavailable
 from common.jobs import JobManager
-from common.protoconv import job_to_proto
+from common.protoconv import fingerprint, job_to_proto
 from montessori.v1 import common_pb2
 
 
@@ -20,6 +21,17 @@ class JobRpcs:
         if not self.ready.is_set():
             raise Unavailable("the service is still loading models; retry when health is SERVING")
 
+    def submit(self, request, kind: str, stage: Callable) -> common_pb2.Job | None:
+        """Validate a stage request with ``stage(store, request)`` and submit its work as a job (idempotent on
+        request_id); a ``validate_only`` request stops after validation and gets no job."""
+        validate_only = getattr(request, "validate_only", False)
+        if not validate_only:
+            self.require_ready()
+        work = stage(self.store, request)
+        if work is None:
+            return None
+        return job_to_proto(self.jobs.submit(request.request_id, kind, work, fingerprint=fingerprint(request)))
+
     def GetJob(self, request, context):
         return common_pb2.GetJobResponse(job=job_to_proto(self.jobs.get(_job_id(request))))
 
@@ -27,8 +39,8 @@ class JobRpcs:
         return common_pb2.CancelJobResponse(job=job_to_proto(self.jobs.cancel(_job_id(request))))
 
     def WatchJob(self, request, context):
-        for snapshot in self.jobs.watch(_job_id(request), is_active=context.is_active):
-            yield common_pb2.WatchJobResponse(job=job_to_proto(snapshot))
+        for snapshot in self.jobs.watch(_job_id(request), request.from_sequence, is_active=context.is_active):
+            yield common_pb2.WatchJobResponse(job=job_to_proto(snapshot), sequence=snapshot.sequence)
 
 
 def _job_id(request) -> str:

@@ -3,12 +3,13 @@
 ``submit`` returns a job at once (the same job for a repeated client ``request_id``);
 a bounded pool of worker threads runs jobs in submission order (queued, never
 overlapped past ``workers``); ``watch`` yields a job's snapshot after every change
-until it ends; ``cancel`` makes the job's next progress report raise
-:class:`Cancelled`, so work stops between units and publishes nothing.
+until it ends (each snapshot has a ``sequence``; the last ``history`` are kept for
+``watch(from_sequence=N)``); ``cancel`` makes the job's next progress report raise
+:class:`Cancelled`, so work stops between units and publishes nothing. The registry,
+request ids and watching are :mod:`common.registry`'s, shared with the controller's loops.
 """
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
@@ -18,10 +19,11 @@ from enum import Enum
 from typing import Any, Callable, Iterator
 
 from common.artifacts import ArtifactRef
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound, ResourceExhausted, Unavailable
+from common.errors import Cancelled, MontessoriError, ResourceExhausted, Unavailable
 from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress
+from common.registry import DEFAULT_HISTORY, Entry, Registry
 
 log = get_logger(__name__)
 
@@ -46,7 +48,8 @@ class JobSnapshot:
     request_id: str
     kind: str
     state: JobState
-    version: int
+    #: Sequence of this snapshot within the job (1 for the QUEUED one; +1 on every change).
+    sequence: int
     stage: str = ""
     done: int = 0
     total: int = 0
@@ -64,29 +67,37 @@ class JobSnapshot:
 Work = Callable[[Progress], "StageResult | dict[str, float]"]
 
 
-class _Job:
-    def __init__(self, snapshot: JobSnapshot, work: Work, fingerprint: str):
-        self.snapshot = snapshot
+class _Job(Entry):
+    """A job in the registry: its latest snapshot (also the latest event), its work and its cancel flag."""
+
+    def __init__(self, job_id: str, request_id: str, work: Work, fingerprint: str, history: int):
+        super().__init__(job_id, request_id=request_id, fingerprint=fingerprint, history=history)
+        self.snapshot: JobSnapshot | None = None
         self.work = work
-        self.fingerprint = fingerprint
         self.cancel_requested = threading.Event()
         self.stage_started = time.monotonic()
 
+    @property
+    def terminal(self) -> bool:
+        return self.snapshot is not None and self.snapshot.state.terminal
+
 
 class JobManager:
-    """Jobs of one service: an in-memory registry, a FIFO queue and ``workers`` threads."""
+    """Jobs of one service: a :class:`Registry` of jobs, a FIFO queue and ``workers`` threads.
+
+    Every snapshot is an event of the job's bounded history (the last ``history`` are kept).
+    """
 
     def __init__(self, *, service: str, workers: int = 1, capacity: int = 16,
-                 on_finish: Callable[[JobSnapshot, float], None] | None = None):
+                 on_finish: Callable[[JobSnapshot, float], None] | None = None, history: int = DEFAULT_HISTORY):
         self.service = service
         self.capacity = capacity
-        self._jobs: dict[str, _Job] = {}
-        self._by_request: dict[str, str] = {}
+        self._registry: Registry[_Job] = Registry(
+            what="job", history=history, not_found=lambda job_id: f"no job {job_id!r} on the {service} service")
+        self._changed = self._registry.changed
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._changed = threading.Condition()
         self._accepting = True
         self._on_finish = on_finish
-        self._versions = itertools.count(1)
         self._threads = [threading.Thread(target=self._run, name=f"{service}-worker-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
@@ -96,23 +107,21 @@ class JobManager:
     def submit(self, request_id: str, kind: str, work: Work, *, fingerprint: str = "") -> JobSnapshot:
         """Queue ``work``; a repeated ``request_id`` returns the existing job instead."""
         with self._changed:
-            if request_id and request_id in self._by_request:
-                existing = self._jobs[self._by_request[request_id]]
-                if existing.fingerprint != fingerprint:
-                    raise FailedPrecondition("was already used for a different request", field="request_id")
+            conflict = "was already used for a different request"
+            existing = self._registry.existing(request_id, fingerprint, conflict=conflict)
+            if existing is not None:
                 return existing.snapshot
             if not self._accepting:
                 raise Unavailable(f"{self.service} is shutting down")
-            waiting = sum(1 for j in self._jobs.values() if j.snapshot.state is JobState.QUEUED)
+            waiting = sum(1 for j in self._registry.entries() if j.snapshot.state is JobState.QUEUED)
             if waiting >= self.capacity:
                 raise ResourceExhausted(f"{self.service} queue is full ({self.capacity} jobs waiting); retry later")
             job_id = f"{kind}-{uuid.uuid4().hex[:12]}"
-            job = _Job(JobSnapshot(job_id, request_id or job_id, kind, JobState.QUEUED, next(self._versions),
-                                   submitted_at=time.time()), work, fingerprint)
-            self._jobs[job_id] = job
-            if request_id:
-                self._by_request[request_id] = job_id
-            self._changed.notify_all()
+            job = _Job(job_id, request_id, work, fingerprint, self._registry.history)
+            submitted_at = time.time()
+            job.snapshot = self._registry.record(job, lambda sequence: JobSnapshot(
+                job_id, request_id or job_id, kind, JobState.QUEUED, sequence, submitted_at=submitted_at))
+            self._registry.add(job)
         self._queue.put(job)
         log.info("job queued", extra={"job_id": job_id, "service": self.service, "stage": kind})
         return job.snapshot
@@ -130,44 +139,23 @@ class JobManager:
                     self._update(job, state=JobState.CANCELLED, error_code=Cancelled.code, error_message="cancelled before it started")
             return job.snapshot
 
-    def watch(self, job_id: str, *, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0) -> Iterator[JobSnapshot]:
-        """Snapshots after every change, starting with the current one, until the job ends."""
-        last = 0
-        while True:
-            with self._changed:
-                job = self._job(job_id)
-                while job.snapshot.version == last and is_active():
-                    # Timed wait only to notice a client that went away; changes wake us at once.
-                    self._changed.wait(timeout=poll)
-                snapshot = job.snapshot
-            if not is_active():
-                return
-            last = snapshot.version
-            yield snapshot
-            if snapshot.state.terminal:
-                return
+    def watch(self, job_id: str, from_sequence: int | None = None, *, is_active: Callable[[], bool] = lambda: True,
+              poll: float = 1.0) -> Iterator[JobSnapshot]:
+        """Snapshots until the job ends: from now (None/0: the current one, then every change) or the retained
+        ones from ``from_sequence`` on (see :mod:`common.registry`)."""
+        return self._registry.watch(job_id, from_sequence, snapshot=lambda job: job.snapshot, is_active=is_active,
+                                    poll=poll)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until the job ends (or ``timeout``); returns its snapshot."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            job = self._job(job_id)
-            while not job.snapshot.state.terminal:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._changed.wait(timeout=remaining)
-            return job.snapshot
-
-    def active_jobs(self) -> list[JobSnapshot]:
-        with self._changed:
-            return [j.snapshot for j in self._jobs.values() if not j.snapshot.state.terminal]
+            return self._registry.wait(job_id, timeout).snapshot
 
     def shutdown(self, *, grace: float) -> None:
         """Stop accepting; cancel queued and running jobs; wait up to ``grace`` s for the workers."""
         with self._changed:
             self._accepting = False
-            ids = [j.snapshot.job_id for j in self._jobs.values() if not j.snapshot.state.terminal]
+            ids = [j.id for j in self._registry.entries() if not j.terminal]
         for job_id in ids:
             self.cancel(job_id)
         for _ in self._threads:
@@ -179,15 +167,11 @@ class JobManager:
     # -- worker side ---------------------------------------------------------------------
 
     def _job(self, job_id: str) -> _Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r} on the {self.service} service", field="job_id")
-        return job
+        return self._registry.get(job_id)
 
     def _update(self, job: _Job, **changes: Any) -> None:
-        """Replace the job's snapshot (caller holds the lock) and wake watchers."""
-        job.snapshot = replace(job.snapshot, version=next(self._versions), **changes)
-        self._changed.notify_all()
+        """Record the job's next snapshot (an event of its history) and wake watchers."""
+        job.snapshot = self._registry.record(job, lambda sequence: replace(job.snapshot, sequence=sequence, **changes))
 
     def _progress_sink(self, job: _Job) -> Progress:
         def progress(stage: str, done: int, total: int, metrics: dict | None = None) -> None:

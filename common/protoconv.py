@@ -1,18 +1,14 @@
-"""Proto <-> Python conversion for the montessori.v1 API, in one place."""
+"""Proto <-> Python conversion for the montessori.v1 API (refs, jobs, loop specs, fingerprints); how a worker reads
+a stage request's fields is ``common/request_fields.py``."""
 from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
-from typing import Any
 
-from google.protobuf import json_format
-
-from common.artifacts import ArtifactRef, ArtifactStore, validate_key
-from common.errors import InvalidArgument
+from common.artifacts import ArtifactRef
+from common.config import message_from_dict
 from common.jobs import JobSnapshot
-from common.models import ModelRef, model_dir
-from montessori.v1 import common_pb2
+from montessori.v1 import common_pb2, controller_pb2
 
 
 def ref_to_proto(ref: ArtifactRef | None) -> common_pb2.ArtifactRef | None:
@@ -39,15 +35,10 @@ def job_to_proto(job: JobSnapshot) -> common_pb2.Job:
     return message
 
 
-def settings_to_dict(settings: common_pb2.Settings) -> dict[str, Any]:
-    """The free-form settings of a request as a plain dict (validated later by a config dataclass)."""
-    return json_format.MessageToDict(settings.values) if settings.HasField("values") else {}
-
-
-def dict_to_settings(values: dict[str, Any]) -> common_pb2.Settings:
-    settings = common_pb2.Settings()
-    settings.values.update(values)
-    return settings
+def loop_spec(document: dict) -> controller_pb2.LoopSpec:
+    """A run-config document (a YAML config merged with ``--set`` overrides) as a typed LoopSpec; unknown fields
+    and wrong types are errors naming the field."""
+    return controller_pb2.LoopSpec(config=message_from_dict(controller_pb2.RunConfig, document))
 
 
 def fingerprint(request) -> str:
@@ -55,49 +46,3 @@ def fingerprint(request) -> str:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
-def required(value: str, field: str) -> str:
-    if not value or not value.strip():
-        raise InvalidArgument("is required", field=field)
-    return value
-
-
-def local_artifact(store: ArtifactStore, uri: str, *, field: str) -> Path:
-    """The local path of an artifact named by URI: INVALID_ARGUMENT outside the store, NOT_FOUND if absent."""
-    required(uri, field)
-    try:
-        key = store.key_of(uri)
-    except InvalidArgument as err:
-        raise InvalidArgument(err.message, field=field) from None
-    path = store.local_path(key) if store.exists(key) else None
-    if path is None:
-        from common.errors import NotFound
-
-        raise NotFound(f"no artifact at {uri}", field=field)
-    return path
-
-
-def output_prefix(value: str, *, field: str = "output_prefix") -> str:
-    return validate_key(required(value, field), field=field)
-
-
-def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:
-    """A ModelSpec as a ModelRef of local folders (base path on this node, or a model in the store), with its
-    chat template when the request sets one (checked against the tokenizer when it is loaded)."""
-    if bool(spec.path) == bool(spec.uri):
-        raise InvalidArgument("set exactly one of path and uri", field=field)
-    chat_template = spec.chat_template if spec.HasField("chat_template") else None
-    if chat_template is not None and not chat_template.strip():
-        raise InvalidArgument("must be a non-empty Jinja template when set", field=f"{field}.chat_template")
-    base = str(model_dir(spec.path, field=f"{field}.path")) if spec.path else \
-        str(model_dir(local_artifact(store, spec.uri, field=f"{field}.uri"), field=f"{field}.uri"))
-    adapters = tuple(str(local_artifact(store, uri, field=f"{field}.adapter_uris[{i}]"))
-                     for i, uri in enumerate(spec.adapter_uris))
-    return ModelRef(base, adapters, chat_template)
-
-
-def count(value: int, *, field: str, maximum: int, allow_zero: bool = True) -> int:
-    """A non-negative, bounded count from a request."""
-    if value < 0 or value > maximum or (value == 0 and not allow_zero):
-        low = 0 if allow_zero else 1
-        raise InvalidArgument(f"must be in {low}..{maximum}, got {value}", field=field)
-    return value

@@ -22,10 +22,9 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amontessori/v1/common.proto\x12\rmontessori.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"j\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_uris\x18\x03 \x03(\t\x12\x1a\n\rchat_template\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_chat_template\"\xb2\x01\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.montessori.v1.Progress.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.montessori.v1.JobState\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x30\n\x07outputs\x18\x08 \x03(\x0b\x32\x1f.montessori.v1.Job.OutputsEntry\x12,\n\x08manifest\x18\t \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.montessori.v1.Job.MetricsEntry\x12\x13\n\x0b\x61ge_seconds\x18\x0b \x01(\x01\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"3\n\x08Settings\x12\'\n\x06values\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amontessori/v1/common.proto\x12\rmontessori.v1\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa3\x01\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12,\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12,\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x1a\n\rchat_template\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_chat_template\"\xb2\x01\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.montessori.v1.Progress.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.montessori.v1.JobState\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x30\n\x07outputs\x18\x08 \x03(\x0b\x32\x1f.montessori.v1.Job.OutputsEntry\x12,\n\x08manifest\x18\t \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.montessori.v1.Job.MetricsEntry\x12\x13\n\x0b\x61ge_seconds\x18\x0b \x01(\x01\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"E\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_JOB_METRICSENTRY']._loaded_options = None
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1199
-  _globals['_JOBSTATE']._serialized_end=1353
-  _globals['_ARTIFACTREF']._serialized_start=75
-  _globals['_ARTIFACTREF']._serialized_end=117
-  _globals['_MODELSPEC']._serialized_start=119
-  _globals['_MODELSPEC']._serialized_end=225
-  _globals['_PROGRESS']._serialized_start=228
-  _globals['_PROGRESS']._serialized_end=406
-  _globals['_PROGRESS_METRICSENTRY']._serialized_start=360
-  _globals['_PROGRESS_METRICSENTRY']._serialized_end=406
-  _globals['_JOB']._serialized_start=409
-  _globals['_JOB']._serialized_end=881
-  _globals['_JOB_OUTPUTSENTRY']._serialized_start=759
-  _globals['_JOB_OUTPUTSENTRY']._serialized_end=833
-  _globals['_JOB_METRICSENTRY']._serialized_start=360
-  _globals['_JOB_METRICSENTRY']._serialized_end=406
-  _globals['_GETJOBREQUEST']._serialized_start=883
-  _globals['_GETJOBREQUEST']._serialized_end=914
-  _globals['_GETJOBRESPONSE']._serialized_start=916
-  _globals['_GETJOBRESPONSE']._serialized_end=965
-  _globals['_CANCELJOBREQUEST']._serialized_start=967
-  _globals['_CANCELJOBREQUEST']._serialized_end=1001
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1003
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1055
-  _globals['_WATCHJOBREQUEST']._serialized_start=1057
-  _globals['_WATCHJOBREQUEST']._serialized_end=1090
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1092
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1143
-  _globals['_SETTINGS']._serialized_start=1145
-  _globals['_SETTINGS']._serialized_end=1196
+  _globals['_JOBSTATE']._serialized_start=1215
+  _globals['_JOBSTATE']._serialized_end=1369
+  _globals['_ARTIFACTREF']._serialized_start=45
+  _globals['_ARTIFACTREF']._serialized_end=87
+  _globals['_MODELSPEC']._serialized_start=90
+  _globals['_MODELSPEC']._serialized_end=253
+  _globals['_PROGRESS']._serialized_start=256
+  _globals['_PROGRESS']._serialized_end=434
+  _globals['_PROGRESS_METRICSENTRY']._serialized_start=388
+  _globals['_PROGRESS_METRICSENTRY']._serialized_end=434
+  _globals['_JOB']._serialized_start=437
+  _globals['_JOB']._serialized_end=909
+  _globals['_JOB_OUTPUTSENTRY']._serialized_start=787
+  _globals['_JOB_OUTPUTSENTRY']._serialized_end=861
+  _globals['_JOB_METRICSENTRY']._serialized_start=388
+  _globals['_JOB_METRICSENTRY']._serialized_end=434
+  _globals['_GETJOBREQUEST']._serialized_start=911
+  _globals['_GETJOBREQUEST']._serialized_end=942
+  _globals['_GETJOBRESPONSE']._serialized_start=944
+  _globals['_GETJOBRESPONSE']._serialized_end=993
+  _globals['_CANCELJOBREQUEST']._serialized_start=995
+  _globals['_CANCELJOBREQUEST']._serialized_end=1029
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1031
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1083
+  _globals['_WATCHJOBREQUEST']._serialized_start=1085
+  _globals['_WATCHJOBREQUEST']._serialized_end=1141
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1143
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1212
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,3 @@
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -32,16 +31,16 @@ class ArtifactRef(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("path", "uri", "adapter_uris", "chat_template")
+    __slots__ = ("path", "artifact", "adapters", "chat_template")
     PATH_FIELD_NUMBER: _ClassVar[int]
-    URI_FIELD_NUMBER: _ClassVar[int]
-    ADAPTER_URIS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     path: str
-    uri: str
-    adapter_uris: _containers.RepeatedScalarFieldContainer[str]
+    artifact: ArtifactRef
+    adapters: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     chat_template: str
-    def __init__(self, path: _Optional[str] = ..., uri: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ..., chat_template: _Optional[str] = ...) -> None: ...
+    def __init__(self, path: _Optional[str] = ..., artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., chat_template: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "eta_seconds", "metrics")
@@ -129,19 +128,17 @@ class CancelJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "from_sequence")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    from_sequence: int
+    def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class WatchJobResponse(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "sequence")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     job: Job
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
-
-class Settings(_message.Message):
-    __slots__ = ("values",)
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    values: _struct_pb2.Struct
-    def __init__(self, values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    sequence: int
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...

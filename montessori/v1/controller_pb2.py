@@ -23,9 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
+from montessori.v1 import influence_pb2 as montessori_dot_v1_dot_influence__pb2
+from montessori.v1 import preference_pb2 as montessori_dot_v1_dot_preference__pb2
+from montessori.v1 import teacher_pb2 as montessori_dot_v1_dot_teacher__pb2
+from montessori.v1 import trainer_pb2 as montessori_dot_v1_dot_trainer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emontessori/v1/controller.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xb1\x02\n\x08LoopSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07teacher\x18\x02 \x01(\t\x12\x0f\n\x07student\x18\x03 \x01(\t\x12\x10\n\x08seed_set\x18\x04 \x01(\t\x12\x15\n\rreference_set\x18\x05 \x01(\t\x12\x10\n\x08\x65val_set\x18\x06 \x01(\t\x12\x12\n\niterations\x18\x07 \x01(\x05\x12\x12\n\ncontinuous\x18\x08 \x01(\x08\x12\x12\n\nmax_rounds\x18\t \x01(\x05\x12\x10\n\x08patience\x18\n \x01(\x05\x12\x1a\n\x12samples_per_prompt\x18\x0b \x01(\x05\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12*\n\toverrides\x18\r \x01(\x0b\x32\x17.montessori.v1.Settings\x12\x16\n\x0e\x61rtifact_store\x18\x0e \x01(\t\"\xe8\x01\n\x04Loop\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.montessori.v1.LoopState\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x18\n\x10rounds_completed\x18\x05 \x01(\x05\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12+\n\x07summary\x18\x07 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x13\n\x0b\x61ge_seconds\x18\x08 \x01(\x01\x12\x11\n\tstore_uri\x18\t \x01(\t\"\x83\x02\n\tLoopEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.montessori.v1.LoopEvent.MetricsEntry\x12!\n\x04loop\x18\x07 \x01(\x0b\x32\x13.montessori.v1.Loop\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x10StartLoopRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.montessori.v1.LoopSpec\"6\n\x11StartLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\"!\n\x0eGetLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\"4\n\x0fGetLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\"\x12\n\x10ListLoopsRequest\"7\n\x11ListLoopsResponse\x12\"\n\x05loops\x18\x01 \x03(\x0b\x32\x13.montessori.v1.Loop\"\"\n\x0fStopLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\"5\n\x10StopLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\"#\n\x10WatchLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\"<\n\x11WatchLoopResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.montessori.v1.LoopEvent*\x88\x01\n\tLoopState\x12\x1a\n\x16LOOP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOOP_STATE_RUNNING\x10\x01\x12\x18\n\x14LOOP_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11LOOP_STATE_FAILED\x10\x03\x12\x16\n\x12LOOP_STATE_STOPPED\x10\x04\x32\x9c\x03\n\x11\x43ontrollerService\x12N\n\tStartLoop\x12\x1f.montessori.v1.StartLoopRequest\x1a .montessori.v1.StartLoopResponse\x12H\n\x07GetLoop\x12\x1d.montessori.v1.GetLoopRequest\x1a\x1e.montessori.v1.GetLoopResponse\x12N\n\tListLoops\x12\x1f.montessori.v1.ListLoopsRequest\x1a .montessori.v1.ListLoopsResponse\x12K\n\x08StopLoop\x12\x1e.montessori.v1.StopLoopRequest\x1a\x1f.montessori.v1.StopLoopResponse\x12P\n\tWatchLoop\x12\x1f.montessori.v1.WatchLoopRequest\x1a .montessori.v1.WatchLoopResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emontessori/v1/controller.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\x1a\x1dmontessori/v1/influence.proto\x1a\x1emontessori/v1/preference.proto\x1a\x1bmontessori/v1/teacher.proto\x1a\x1bmontessori/v1/trainer.proto\"4\n\x08LoopSpec\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.montessori.v1.RunConfig\"\xfc\x05\n\tRunConfig\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07loop_id\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\niterations\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x17\n\ncontinuous\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x17\n\nmax_rounds\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x15\n\x08patience\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x16\n\tartifacts\x18\x08 \x01(\tH\x07\x88\x01\x01\x12+\n\x06models\x18\t \x01(\x0b\x32\x1b.montessori.v1.ModelsConfig\x12\'\n\x04\x64\x61ta\x18\n \x01(\x0b\x32\x19.montessori.v1.DataConfig\x12)\n\x05sizes\x18\x0b \x01(\x0b\x32\x1a.montessori.v1.SizesConfig\x12\x33\n\tsynthesis\x18\x0c \x01(\x0b\x32 .montessori.v1.SynthesisSettings\x12\x33\n\tinfluence\x18\r \x01(\x0b\x32 .montessori.v1.InfluenceSettings\x12\x35\n\npreference\x18\x0e \x01(\x0b\x32!.montessori.v1.PreferenceSettings\x12*\n\x06warmup\x18\x0f \x01(\x0b\x32\x1a.montessori.v1.SFTSettings\x12\'\n\x03\x64po\x18\x10 \x01(\x0b\x32\x1a.montessori.v1.DPOSettings\x12\'\n\x03sft\x18\x11 \x01(\x0b\x32\x1a.montessori.v1.SFTSettings\x12\x33\n\nevaluation\x18\x12 \x01(\x0b\x32\x1f.montessori.v1.EvaluationConfigB\x07\n\x05_nameB\n\n\x08_loop_idB\x07\n\x05_seedB\r\n\x0b_iterationsB\r\n\x0b_continuousB\r\n\x0b_max_roundsB\x0b\n\t_patienceB\x0c\n\n_artifacts\"\xae\x01\n\x0cModelsConfig\x12\x14\n\x07teacher\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07student\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\"\n\x15student_chat_template\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05\x64type\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\n\n\x08_teacherB\n\n\x08_studentB\x18\n\x16_student_chat_templateB\x08\n\x06_dtype\"\x88\x01\n\nDataConfig\x12\x16\n\tseed_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ereference_path\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x16\n\teval_path\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\x0c\n\n_seed_pathB\x11\n\x0f_reference_pathB\x0c\n\n_eval_path\"\x9d\x01\n\x0bSizesConfig\x12\x1c\n\x0fwarmup_examples\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rprobe_prompts\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0etrain_examples\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x12\n\x10_warmup_examplesB\x10\n\x0e_probe_promptsB\x11\n\x0f_train_examples\"\xde\x02\n\x10\x45valuationConfig\x12\x15\n\x08\x62\x61seline\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05\x64raws\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rnull_sft_seed\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x15\n\x08max_rows\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rshift_samples\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12 \n\x13\x62ootstrap_resamples\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x17\n\nconfidence\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\nbatch_size\x18\x08 \x01(\x05H\x07\x88\x01\x01\x42\x0b\n\t_baselineB\x08\n\x06_drawsB\x10\n\x0e_null_sft_seedB\x0b\n\t_max_rowsB\x10\n\x0e_shift_samplesB\x16\n\x14_bootstrap_resamplesB\r\n\x0b_confidenceB\r\n\x0b_batch_size\"\xe8\x01\n\x04Loop\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.montessori.v1.LoopState\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x18\n\x10rounds_completed\x18\x05 \x01(\x05\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12+\n\x07summary\x18\x07 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x13\n\x0b\x61ge_seconds\x18\x08 \x01(\x01\x12\x11\n\tstore_uri\x18\t \x01(\t\"\xa1\x02\n\tLoopEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.montessori.v1.LoopEventKind\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.montessori.v1.LoopEvent.MetricsEntry\x12!\n\x04loop\x18\x07 \x01(\x0b\x32\x13.montessori.v1.Loop\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x10StartLoopRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.montessori.v1.LoopSpec\"6\n\x11StartLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\"!\n\x0eGetLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\"4\n\x0fGetLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\"\x12\n\x10ListLoopsRequest\"7\n\x11ListLoopsResponse\x12\"\n\x05loops\x18\x01 \x03(\x0b\x32\x13.montessori.v1.Loop\"\"\n\x0fStopLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\"5\n\x10StopLoopResponse\x12!\n\x04loop\x18\x01 \x01(\x0b\x32\x13.montessori.v1.Loop\":\n\x10WatchLoopRequest\x12\x0f\n\x07loop_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"<\n\x11WatchLoopResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.montessori.v1.LoopEvent*\x88\x01\n\tLoopState\x12\x1a\n\x16LOOP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOOP_STATE_RUNNING\x10\x01\x12\x18\n\x14LOOP_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11LOOP_STATE_FAILED\x10\x03\x12\x16\n\x12LOOP_STATE_STOPPED\x10\x04*\xc3\x02\n\rLoopEventKind\x12\x1f\n\x1bLOOP_EVENT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dLOOP_EVENT_KIND_STAGE_STARTED\x10\x01\x12\"\n\x1eLOOP_EVENT_KIND_STAGE_FINISHED\x10\x02\x12\x1c\n\x18LOOP_EVENT_KIND_PROGRESS\x10\x03\x12\"\n\x1eLOOP_EVENT_KIND_ROUND_FINISHED\x10\x04\x12\'\n#LOOP_EVENT_KIND_EVALUATION_FINISHED\x10\x05\x12!\n\x1dLOOP_EVENT_KIND_LOOP_FINISHED\x10\x06\x12\x1e\n\x1aLOOP_EVENT_KIND_LOOP_ENDED\x10\x07\x12\x1c\n\x18LOOP_EVENT_KIND_SNAPSHOT\x10\x08\x32\x9c\x03\n\x11\x43ontrollerService\x12N\n\tStartLoop\x12\x1f.montessori.v1.StartLoopRequest\x1a .montessori.v1.StartLoopResponse\x12H\n\x07GetLoop\x12\x1d.montessori.v1.GetLoopRequest\x1a\x1e.montessori.v1.GetLoopResponse\x12N\n\tListLoops\x12\x1f.montessori.v1.ListLoopsRequest\x1a .montessori.v1.ListLoopsResponse\x12K\n\x08StopLoop\x12\x1e.montessori.v1.StopLoopRequest\x1a\x1f.montessori.v1.StopLoopResponse\x12P\n\tWatchLoop\x12\x1f.montessori.v1.WatchLoopRequest\x1a .montessori.v1.WatchLoopResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +38,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOOPEVENT_METRICSENTRY']._loaded_options = None
   _globals['_LOOPEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_LOOPSTATE']._serialized_start=1374
-  _globals['_LOOPSTATE']._serialized_end=1510
-  _globals['_LOOPSPEC']._serialized_start=78
-  _globals['_LOOPSPEC']._serialized_end=383
-  _globals['_LOOP']._serialized_start=386
-  _globals['_LOOP']._serialized_end=618
-  _globals['_LOOPEVENT']._serialized_start=621
-  _globals['_LOOPEVENT']._serialized_end=880
-  _globals['_LOOPEVENT_METRICSENTRY']._serialized_start=834
-  _globals['_LOOPEVENT_METRICSENTRY']._serialized_end=880
-  _globals['_STARTLOOPREQUEST']._serialized_start=882
-  _globals['_STARTLOOPREQUEST']._serialized_end=959
-  _globals['_STARTLOOPRESPONSE']._serialized_start=961
-  _globals['_STARTLOOPRESPONSE']._serialized_end=1015
-  _globals['_GETLOOPREQUEST']._serialized_start=1017
-  _globals['_GETLOOPREQUEST']._serialized_end=1050
-  _globals['_GETLOOPRESPONSE']._serialized_start=1052
-  _globals['_GETLOOPRESPONSE']._serialized_end=1104
-  _globals['_LISTLOOPSREQUEST']._serialized_start=1106
-  _globals['_LISTLOOPSREQUEST']._serialized_end=1124
-  _globals['_LISTLOOPSRESPONSE']._serialized_start=1126
-  _globals['_LISTLOOPSRESPONSE']._serialized_end=1181
-  _globals['_STOPLOOPREQUEST']._serialized_start=1183
-  _globals['_STOPLOOPREQUEST']._serialized_end=1217
-  _globals['_STOPLOOPRESPONSE']._serialized_start=1219
-  _globals['_STOPLOOPRESPONSE']._serialized_end=1272
-  _globals['_WATCHLOOPREQUEST']._serialized_start=1274
-  _globals['_WATCHLOOPREQUEST']._serialized_end=1309
-  _globals['_WATCHLOOPRESPONSE']._serialized_start=1311
-  _globals['_WATCHLOOPRESPONSE']._serialized_end=1371
-  _globals['_CONTROLLERSERVICE']._serialized_start=1513
-  _globals['_CONTROLLERSERVICE']._serialized_end=1925
+  _globals['_LOOPSTATE']._serialized_start=2890
+  _globals['_LOOPSTATE']._serialized_end=3026
+  _globals['_LOOPEVENTKIND']._serialized_start=3029
+  _globals['_LOOPEVENTKIND']._serialized_end=3352
+  _globals['_LOOPSPEC']._serialized_start=198
+  _globals['_LOOPSPEC']._serialized_end=250
+  _globals['_RUNCONFIG']._serialized_start=253
+  _globals['_RUNCONFIG']._serialized_end=1017
+  _globals['_MODELSCONFIG']._serialized_start=1020
+  _globals['_MODELSCONFIG']._serialized_end=1194
+  _globals['_DATACONFIG']._serialized_start=1197
+  _globals['_DATACONFIG']._serialized_end=1333
+  _globals['_SIZESCONFIG']._serialized_start=1336
+  _globals['_SIZESCONFIG']._serialized_end=1493
+  _globals['_EVALUATIONCONFIG']._serialized_start=1496
+  _globals['_EVALUATIONCONFIG']._serialized_end=1846
+  _globals['_LOOP']._serialized_start=1849
+  _globals['_LOOP']._serialized_end=2081
+  _globals['_LOOPEVENT']._serialized_start=2084
+  _globals['_LOOPEVENT']._serialized_end=2373
+  _globals['_LOOPEVENT_METRICSENTRY']._serialized_start=2327
+  _globals['_LOOPEVENT_METRICSENTRY']._serialized_end=2373
+  _globals['_STARTLOOPREQUEST']._serialized_start=2375
+  _globals['_STARTLOOPREQUEST']._serialized_end=2452
+  _globals['_STARTLOOPRESPONSE']._serialized_start=2454
+  _globals['_STARTLOOPRESPONSE']._serialized_end=2508
+  _globals['_GETLOOPREQUEST']._serialized_start=2510
+  _globals['_GETLOOPREQUEST']._serialized_end=2543
+  _globals['_GETLOOPRESPONSE']._serialized_start=2545
+  _globals['_GETLOOPRESPONSE']._serialized_end=2597
+  _globals['_LISTLOOPSREQUEST']._serialized_start=2599
+  _globals['_LISTLOOPSREQUEST']._serialized_end=2617
+  _globals['_LISTLOOPSRESPONSE']._serialized_start=2619
+  _globals['_LISTLOOPSRESPONSE']._serialized_end=2674
+  _globals['_STOPLOOPREQUEST']._serialized_start=2676
+  _globals['_STOPLOOPREQUEST']._serialized_end=2710
+  _globals['_STOPLOOPRESPONSE']._serialized_start=2712
+  _globals['_STOPLOOPRESPONSE']._serialized_end=2765
+  _globals['_WATCHLOOPREQUEST']._serialized_start=2767
+  _globals['_WATCHLOOPREQUEST']._serialized_end=2825
+  _globals['_WATCHLOOPRESPONSE']._serialized_start=2827
+  _globals['_WATCHLOOPRESPONSE']._serialized_end=2887
+  _globals['_CONTROLLERSERVICE']._serialized_start=3355
+  _globals['_CONTROLLERSERVICE']._serialized_end=3767
 # @@protoc_insertion_point(module_scope)

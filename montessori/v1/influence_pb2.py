@@ -25,21 +25,29 @@ _sym_db = _symbol_database.Default()
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xa8\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nwarmup_uri\x18\x02 \x01(\t\x12\x15\n\rreference_uri\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61ndidates_uri\x18\x04 \x01(\t\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12*\n\tinfluence\x18\x06 \x01(\x0b\x32\x17.montessori.v1.Settings\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\x9a\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x10\n\x08rows_uri\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\routput_prefix\x18\x06 \x01(\t\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\x89\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xfd\x05\n\x11InfluenceSettings\x12\x16\n\toptimizer\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08\x63\x65ntring\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11sgd_learning_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04mode\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0eprojection_dim\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1c\n\x0fprojection_seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x1d\n\x10\x63\x61\x63he_projection\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12!\n\x14\x63\x61ndidate_batch_size\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12\x17\n\naudit_size\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x1a\n\rmin_agreement\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1f\n\x12min_pair_agreement\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x1b\n\x0ereference_size\x18\x0c \x01(\x05H\x0b\x88\x01\x01\x12!\n\x14reference_batch_size\x18\r \x01(\x05H\x0c\x88\x01\x01\x12 \n\x13reference_averaging\x18\x0e \x01(\tH\r\x88\x01\x01\x12\x17\n\nmax_length\x18\x0f \x01(\x05H\x0e\x88\x01\x01\x12\x13\n\x06\x64\x65vice\x18\x10 \x01(\tH\x0f\x88\x01\x01\x42\x0c\n\n_optimizerB\x0b\n\t_centringB\x14\n\x12_sgd_learning_rateB\x07\n\x05_modeB\x11\n\x0f_projection_dimB\x12\n\x10_projection_seedB\x13\n\x11_cache_projectionB\x17\n\x15_candidate_batch_sizeB\r\n\x0b_audit_sizeB\x10\n\x0e_min_agreementB\x15\n\x13_min_pair_agreementB\x11\n\x0f_reference_sizeB\x17\n\x15_reference_batch_sizeB\x16\n\x14_reference_averagingB\r\n\x0b_max_lengthB\t\n\x07_device\"%\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xb4\x02\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07student\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12-\n\treference\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12.\n\ncandidates\x18\x04 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x33\n\tinfluence\x18\x06 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\x12#\n\x05shard\x18\x07 \x01(\x0b\x32\x14.montessori.v1.Shard\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xc9\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12(\n\x04rows\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\routput_prefix\x18\x06 \x01(\t\x12\x15\n\rvalidate_only\x18\x07 \x01(\x08\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xd0\x01\n\x12MergeScoresRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12*\n\x06shards\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x33\n\tinfluence\x18\x05 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\"6\n\x13MergeScoresResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\xdf\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12T\n\x0bMergeScores\x12!.montessori.v1.MergeScoresRequest\x1a\".montessori.v1.MergeScoresResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'montessori.v1.influence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOREREQUEST']._serialized_start=77
-  _globals['_SCOREREQUEST']._serialized_end=245
-  _globals['_SCORERESPONSE']._serialized_start=247
-  _globals['_SCORERESPONSE']._serialized_end=295
-  _globals['_EVALUATEREQUEST']._serialized_start=298
-  _globals['_EVALUATEREQUEST']._serialized_end=452
-  _globals['_EVALUATERESPONSE']._serialized_start=454
-  _globals['_EVALUATERESPONSE']._serialized_end=505
-  _globals['_INFLUENCESERVICE']._serialized_start=508
-  _globals['_INFLUENCESERVICE']._serialized_end=901
+  _globals['_INFLUENCESETTINGS']._serialized_start=77
+  _globals['_INFLUENCESETTINGS']._serialized_end=842
+  _globals['_SHARD']._serialized_start=844
+  _globals['_SHARD']._serialized_end=881
+  _globals['_SCOREREQUEST']._serialized_start=884
+  _globals['_SCOREREQUEST']._serialized_end=1192
+  _globals['_SCORERESPONSE']._serialized_start=1194
+  _globals['_SCORERESPONSE']._serialized_end=1242
+  _globals['_EVALUATEREQUEST']._serialized_start=1245
+  _globals['_EVALUATEREQUEST']._serialized_end=1446
+  _globals['_EVALUATERESPONSE']._serialized_start=1448
+  _globals['_EVALUATERESPONSE']._serialized_end=1499
+  _globals['_MERGESCORESREQUEST']._serialized_start=1502
+  _globals['_MERGESCORESREQUEST']._serialized_end=1710
+  _globals['_MERGESCORESRESPONSE']._serialized_start=1712
+  _globals['_MERGESCORESRESPONSE']._serialized_end=1766
+  _globals['_INFLUENCESERVICE']._serialized_start=1769
+  _globals['_INFLUENCESERVICE']._serialized_end=2248
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,11 @@ class InfluenceServiceStub:
                 request_serializer=montessori_dot_v1_dot_influence__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=montessori_dot_v1_dot_influence__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.MergeScores = channel.unary_unary(
+                '/montessori.v1.InfluenceService/MergeScores',
+                request_serializer=montessori_dot_v1_dot_influence__pb2.MergeScoresRequest.SerializeToString,
+                response_deserializer=montessori_dot_v1_dot_influence__pb2.MergeScoresResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/montessori.v1.InfluenceService/GetJob',
                 request_serializer=montessori_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
@@ -76,6 +81,14 @@ class InfluenceServiceServicer:
 
     def Evaluate(self, request, context):
         """Submit a loss-evaluation job; returns at once. Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeScores(self, request, context):
+        """Submit a job that merges the scores of a sharded Score (one shard per replica) into one
+        scores.jsonl in candidate order, as a single replica would have written it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +127,11 @@ def add_InfluenceServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=montessori_dot_v1_dot_influence__pb2.EvaluateRequest.FromString,
                     response_serializer=montessori_dot_v1_dot_influence__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'MergeScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeScores,
+                    request_deserializer=montessori_dot_v1_dot_influence__pb2.MergeScoresRequest.FromString,
+                    response_serializer=montessori_dot_v1_dot_influence__pb2.MergeScoresResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -186,6 +204,33 @@ class InfluenceService:
             '/montessori.v1.InfluenceService/Evaluate',
             montessori_dot_v1_dot_influence__pb2.EvaluateRequest.SerializeToString,
             montessori_dot_v1_dot_influence__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/montessori.v1.InfluenceService/MergeScores',
+            montessori_dot_v1_dot_influence__pb2.MergeScoresRequest.SerializeToString,
+            montessori_dot_v1_dot_influence__pb2.MergeScoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,29 +7,67 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SynthesisSettings(_message.Message):
+    __slots__ = ("prompt_style", "examples_per_prompt", "generated_examples_per_prompt", "samples_per_prompt", "temperature", "top_p", "presence_penalty", "max_new_tokens", "response_temperature", "response_top_p", "response_presence_penalty", "response_max_new_tokens", "rouge_threshold", "prompt_batch_size", "response_batch_size", "max_prompt_attempts_factor")
+    PROMPT_STYLE_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_EXAMPLES_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TOP_P_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROUGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_ATTEMPTS_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    prompt_style: str
+    examples_per_prompt: int
+    generated_examples_per_prompt: int
+    samples_per_prompt: int
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    max_new_tokens: int
+    response_temperature: float
+    response_top_p: float
+    response_presence_penalty: float
+    response_max_new_tokens: int
+    rouge_threshold: float
+    prompt_batch_size: int
+    response_batch_size: int
+    max_prompt_attempts_factor: int
+    def __init__(self, prompt_style: _Optional[str] = ..., examples_per_prompt: _Optional[int] = ..., generated_examples_per_prompt: _Optional[int] = ..., samples_per_prompt: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., response_temperature: _Optional[float] = ..., response_top_p: _Optional[float] = ..., response_presence_penalty: _Optional[float] = ..., response_max_new_tokens: _Optional[int] = ..., rouge_threshold: _Optional[float] = ..., prompt_batch_size: _Optional[int] = ..., response_batch_size: _Optional[int] = ..., max_prompt_attempts_factor: _Optional[int] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "teacher", "teacher_label", "seed_set_uri", "output_prefix", "num_prompts", "target_examples", "seed", "synthesis", "teacher_version")
+    __slots__ = ("request_id", "teacher", "teacher_label", "seed_set", "output_prefix", "num_prompts", "target_examples", "seed", "synthesis", "teacher_version", "validate_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     TEACHER_LABEL_FIELD_NUMBER: _ClassVar[int]
-    SEED_SET_URI_FIELD_NUMBER: _ClassVar[int]
+    SEED_SET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SYNTHESIS_FIELD_NUMBER: _ClassVar[int]
     TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     teacher: _common_pb2.ModelSpec
     teacher_label: str
-    seed_set_uri: str
+    seed_set: _common_pb2.ArtifactRef
     output_prefix: str
     num_prompts: int
     target_examples: int
     seed: int
-    synthesis: _common_pb2.Settings
+    synthesis: SynthesisSettings
     teacher_version: str
-    def __init__(self, request_id: _Optional[str] = ..., teacher: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., teacher_label: _Optional[str] = ..., seed_set_uri: _Optional[str] = ..., output_prefix: _Optional[str] = ..., num_prompts: _Optional[int] = ..., target_examples: _Optional[int] = ..., seed: _Optional[int] = ..., synthesis: _Optional[_Union[_common_pb2.Settings, _Mapping]] = ..., teacher_version: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., teacher: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., teacher_label: _Optional[str] = ..., seed_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., num_prompts: _Optional[int] = ..., target_examples: _Optional[int] = ..., seed: _Optional[int] = ..., synthesis: _Optional[_Union[SynthesisSettings, _Mapping]] = ..., teacher_version: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("job",)

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from common.config import check, field
 from common.errors import NotFound
-from services.influence.config import InfluenceConfig
-from services.preference.config import PreferenceConfig
-from services.teacher.config import SynthesisConfig
-from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
+from montessori.v1.influence_pb2 import InfluenceSettings
+from montessori.v1.preference_pb2 import PreferenceSettings
+from montessori.v1.teacher_pb2 import SynthesisSettings
+from montessori.v1.trainer_pb2 import DPOSettings, SFTSettings
+
+# The stage sections are the stage requests' settings messages: they hold what the run sets, the worker that
+# runs a stage resolves the rest from its own defaults and validates it (`montessori config` prints both).
 
 
 def _sft_demo() -> SFTSettings:
@@ -24,19 +27,19 @@ def _sft_demo() -> SFTSettings:
     return SFTSettings(learning_rate=5e-5, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
 
 
-def _warmup_demo() -> WarmupSettings:
+def _warmup_demo() -> SFTSettings:
     # 16 examples in 4 steps: a linear warm-up would spend the first one at lr 0; constant ends at the peak too.
     # 5e-5, ten times the paper's rate (for 8B): four steps at 5e-6 leave a base student where every candidate
     # helps it by teaching the response format (measured on Gemma 3 270M: all centred scores positive).
-    return WarmupSettings(learning_rate=5e-5, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
+    return SFTSettings(learning_rate=5e-5, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant")
 
 
 def _dpo_demo() -> DPOSettings:
     return DPOSettings(max_pairs=12)
 
 
-def _influence_demo() -> InfluenceConfig:
-    return InfluenceConfig(reference_size=8)
+def _influence_demo() -> InfluenceSettings:
+    return InfluenceSettings(reference_size=8)
 
 
 @dataclass
@@ -149,11 +152,11 @@ class RunConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig, help="Teacher and student models.")
     data: DataConfig = field(default_factory=DataConfig, help="Seed, reference and evaluation sets.")
     sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig, help="Instruction synthesis and answering.")
-    influence: InfluenceConfig = field(default_factory=_influence_demo,
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings, help="Instruction synthesis and answering.")
+    influence: InfluenceSettings = field(default_factory=_influence_demo,
                                        help="Influence scoring. Demo: faithful, centred, on 12 reference rows (see README).")
-    preference: PreferenceConfig = field(default_factory=PreferenceConfig, help="Preference-pair assembly.")
-    warmup: WarmupSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6, "
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings, help="Preference-pair assembly.")
+    warmup: SFTSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6, "
                                    "effective batch 32, a linear warm-up over all steps that ends at the peak).")
     dpo: DPOSettings = field(default_factory=_dpo_demo, help="Teacher DPO. Demo: at most 12 pairs per round.")
     sft: SFTSettings = field(default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32).")

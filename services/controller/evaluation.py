@@ -14,7 +14,6 @@ at equal length.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from common.manifests import StageResult
@@ -36,8 +35,8 @@ def derived_seed(*parts) -> int:
 class Evaluation:
     """Runs the evaluation's stages through a loop runner (so they resume like any stage) and computes its figures."""
 
-    def __init__(self, runner: "LoopRunner", data: dict[str, str]):
-        self.runner, self.data = runner, data
+    def __init__(self, runner: "LoopRunner"):
+        self.runner, self.requests = runner, runner.requests
         self.config = runner.config
         self.settings = runner.config.evaluation
         self.prefix = f"{runner.prefix}/evaluation"
@@ -52,12 +51,9 @@ class Evaluation:
     # -- stages --------------------------------------------------------------------------------
 
     def _evaluate(self, name: str, model: LoopModel, **extra) -> None:
-        r, s = self.runner, self.settings
-        result = r._stage(0, f"evaluate-{name}", lambda p: r.executor.evaluate(
-            f"{self.prefix}/{name}", model=model, rows_uri=self.data["eval_path"], batch_size=s.batch_size,
-            limit=s.max_rows, progress=p),
-            request={"at": f"{self.prefix}/{name}", "model": model, "rows": self.data["eval_path"],
-                     "batch_size": s.batch_size, "limit": s.max_rows})
+        r = self.runner
+        result = r._stage(0, f"evaluate-{name}", self.requests.evaluate(f"{self.prefix}/{name}", model, "eval",
+                                                                       limit=self.settings.max_rows or 0))
         rows = r.store.get_jsonl(r.store.key_of(result.outputs["losses"].uri))
         self.losses[name] = [row["loss"] for row in rows]
         self.categories = [row.get("category", "") for row in rows]
@@ -65,22 +61,16 @@ class Evaluation:
 
     def _draw(self, arm: str, d: int, teacher: LoopModel, *, examples: int, sft_seed: int) -> tuple[StageResult, StageResult]:
         """One training set from ``teacher`` (a sampling seed of its own) and the student SFT makes of it."""
-        r, c, x = self.runner, self.config, self.runner.executor
+        c = self.config
         at, seed = f"{self.prefix}/{arm}-{d}", derived_seed(c.seed, arm, d, "data")
-        data = r._stage(0, f"{arm}-{d}-data", lambda p: x.generate(
-            f"{at}/train-data", teacher=teacher, seed_uri=self.data["seed_path"], config=c.synthesis, seed=seed,
-            num_prompts=None, target=examples, progress=p),
-            request={"at": f"{at}/train-data", "teacher": teacher, "seed_set": self.data["seed_path"], "config": c.synthesis,
-                     "seed": seed, "target": examples})
+        data = self.runner._stage(0, f"{arm}-{d}-data", self.requests.generate(f"{at}/train-data", teacher, seed=seed,
+                                                                             target=examples))
         return data, self._train(f"{at}/student", data, sft_seed=sft_seed, examples=examples, stage=f"{arm}-{d}-student")
 
     def _train(self, at: str, data: StageResult, *, sft_seed: int, examples: int, stage: str) -> StageResult:
-        r, c = self.runner, self.config
-        return r._stage(0, stage, lambda p: r.executor.train_student(
-            at, student=r.base_student, candidates_uri=data.outputs["candidates"].uri, settings=c.sft, seed=sft_seed,
-            save_optimizer=False, limit=examples, progress=p),
-            request={"at": at, "student": r.base_student, "candidates": data.outputs["candidates"], "config": c.sft,
-                     "seed": sft_seed, "limit": examples})
+        r = self.runner
+        return r._stage(0, stage, self.requests.train_student(at, r.base_student, data.outputs["candidates"],
+                                                              seed=sft_seed, limit=examples))
 
     # -- the evaluation ------------------------------------------------------------------------
 
@@ -97,16 +87,16 @@ class Evaluation:
                 sft_seed = final_sft_seed if d == 0 else derived_seed(self.config.seed, "sft", d)
                 if d > 0:
                     data, student = self._draw(MONTESSORI, d, final_teacher, examples=examples, sft_seed=sft_seed)
-                    self._evaluate(f"{MONTESSORI}-{d}", LoopModel.artifact(student.outputs["model"]),
+                    self._evaluate(f"{MONTESSORI}-{d}", LoopModel.stored(student.outputs["model"]),
                                    train_data_uri=data.outputs["candidates"].uri, teacher_version=final_teacher.label)
                 data, student = self._draw(SELF_INSTRUCT, d, base_teacher, examples=examples, sft_seed=sft_seed)
-                self._evaluate(f"{SELF_INSTRUCT}-{d}", LoopModel.artifact(student.outputs["model"]),
+                self._evaluate(f"{SELF_INSTRUCT}-{d}", LoopModel.stored(student.outputs["model"]),
                                train_data_uri=data.outputs["candidates"].uri, teacher_version=base_teacher.label)
                 if d == 0 and s.null_sft_seed:
                     again = self._train(f"{self.prefix}/{SELF_INSTRUCT}-0-sft-seed/student", data, examples=examples,
                                         sft_seed=derived_seed(self.config.seed, "sft", "null"),
                                         stage=f"{SELF_INSTRUCT}-0-sft-seed-student")
-                    self._evaluate(f"{SELF_INSTRUCT}-0-sft-seed", LoopModel.artifact(again.outputs["model"]),
+                    self._evaluate(f"{SELF_INSTRUCT}-0-sft-seed", LoopModel.stored(again.outputs["model"]),
                                    train_data_uri=data.outputs["candidates"].uri, teacher_version=base_teacher.label)
         out["students"] = self.students
         out.update(self._means())
@@ -171,24 +161,20 @@ def compare(losses: dict[str, list[float | None]], units: dict[str, tuple[list[s
     return out
 
 
-def teacher_shift(runner: "LoopRunner", data: dict[str, str], teachers: list[LoopModel], warmup: StageResult) -> dict:
+def teacher_shift(runner: "LoopRunner", teachers: list[LoopModel], warmup: StageResult) -> dict:
     """Fresh samples from each teacher version, scored exactly on one student: does DPO make the teacher more helpful?"""
-    c, x, samples = runner.config, runner.executor, runner.config.evaluation.shift_samples
+    c, requests, samples = runner.config, runner.requests, runner.config.evaluation.shift_samples
     prefix = f"{runner.prefix}/evaluation/teacher-shift"
-    exact = replace(c.influence, mode="exact", audit_size=0)
+    exact = type(c.influence)()
+    exact.CopyFrom(c.influence)
+    exact.mode, exact.audit_size = "exact", 0
     versions, scores = [], []
     for v, teacher in enumerate(teachers):
         seed = derived_seed(c.seed, "shift", v)
-        written = runner._stage(0, f"shift-{v}-data", lambda p, t=teacher, s=seed, v=v: x.generate(
-            f"{prefix}/v{v}/data", teacher=t, seed_uri=data["seed_path"], config=c.synthesis, seed=s, num_prompts=None,
-            target=samples, progress=p),
-            request={"at": f"{prefix}/v{v}/data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
-                     "seed": seed, "target": samples})
-        scored = runner._stage(0, f"shift-{v}-scores", lambda p, w=written, v=v: x.score(
-            f"{prefix}/v{v}/scores", warmup_uri=warmup.outputs["model"].uri, reference_uri=data["reference_path"],
-            candidates_uri=w.outputs["candidates"].uri, config=exact, progress=p),
-            request={"at": f"{prefix}/v{v}/scores", "warmup": warmup.outputs["model"], "reference": data["reference_path"],
-                     "candidates": written.outputs["candidates"], "config": exact})
+        written = runner._stage(0, f"shift-{v}-data", requests.generate(f"{prefix}/v{v}/data", teacher, seed=seed,
+                                                                        target=samples))
+        scored = runner._stage(0, f"shift-{v}-scores", requests.score(
+            f"{prefix}/v{v}/scores", warmup.outputs["model"], written.outputs["candidates"], influence=exact))
         candidates = {row["id"]: row for row in runner.store.get_jsonl(runner.store.key_of(written.outputs["candidates"].uri))}
         rows = runner.store.get_jsonl(runner.store.key_of(scored.outputs["scores"].uri))
         values = [row["influence"] for row in rows]

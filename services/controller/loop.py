@@ -6,32 +6,30 @@ probing candidates; pairs are assembled; the teacher is trained with DPO; the
 updated teacher writes the training set; the student is trained with SFT from the
 base student, and that student is the one probed in iteration k+1. At the end the
 final student is compared with a Self-Instruct baseline (same budget, un-updated
-teacher). Stages run through a :class:`StageExecutor`: in process, or as jobs on
-the worker services; either way every artifact goes through the store.
+teacher). Each stage is one typed request (``requests.py``) run by a :class:`StageExecutor`:
+in process (``cli/local.py``), or as a job on a worker service (``remote.py``); either way
+every artifact goes through the store.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common.artifacts import ArtifactStore, open_store
-from common.chat import encode_example
-from common.artifacts import ArtifactRef
+from common.artifacts import ArtifactRef, ArtifactStore, open_store
 from common.config import config_digest, to_dict
 from common.errors import Cancelled, FailedPrecondition, MontessoriError
 from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
-from common.models import load_tokenizer, model_dir
 from common.progress import Progress, Stopwatch, no_progress
+from common.protoconv import fingerprint
 from services.controller.config import RunConfig
 from services.controller.evaluation import Evaluation, teacher_shift
-from services.controller.executor import InProcessExecutor, LoopModel, StageExecutor
-from services.influence.scoring import examples_from_rows
+from services.controller.executor import LoopModel, StageExecutor
+from services.controller.requests import StageRequests, renamed
 
 log = get_logger(__name__)
 
@@ -80,22 +78,16 @@ class IterationSummary:
     train_data_uri: str = ""
 
 
-def validate_inputs(config: RunConfig) -> None:
-    """Everything that can be checked before work starts (so bad input leaves no artifact)."""
+#: The loop's data sets: run-config field -> name in the store and in stage requests.
+DATA_SETS = {"seed_path": "seed", "reference_path": "reference", "eval_path": "eval"}
+
+
+def check_data_files(config: RunConfig) -> None:
+    """The data sets exist and are well-formed JSONL rows (errors name the field or file:line); what needs a
+    model (every row tokenised) is checked by the workers in :meth:`LoopRunner.prepare`."""
     config.data.check_files()
-    for name in ("seed_path", "reference_path", "eval_path"):
+    for name in DATA_SETS:
         read_instruction_rows(getattr(config.data, name))
-    model_dir(config.models.teacher, field="models.teacher")
-    student_dir = model_dir(config.models.student, field="models.student")
-    # Over-long reference/eval rows would fail mid-run: tokenise them now (tokenizer only, cheap).
-    tokenizer = load_tokenizer(student_dir, field="models.student", chat_template=config.models.student_chat_template,
-                               template_field="models.student_chat_template")
-    window = json.loads((student_dir / "config.json").read_text()).get("max_position_embeddings", config.influence.max_length)
-    limit = min(config.influence.max_length, int(window))
-    for name in ("reference_path", "eval_path"):
-        path = getattr(config.data, name)
-        for example in examples_from_rows(read_instruction_rows(path), prefix=name, source=path):
-            encode_example(tokenizer, example.user_text, example.response, max_length=limit, where=example.where)
 
 
 def new_loop_id(config: RunConfig) -> str:
@@ -105,14 +97,14 @@ def new_loop_id(config: RunConfig) -> str:
 class LoopRunner:
     """Runs one loop against one artifact store, stage by stage, recording every manifest."""
 
-    def __init__(self, config: RunConfig, *, store: ArtifactStore | None = None, executor: StageExecutor | None = None,
+    def __init__(self, config: RunConfig, *, executor: StageExecutor, store: ArtifactStore | None = None,
                  progress: Progress = no_progress, on_event: EventSink | None = None,
                  should_stop: Callable[[], bool] = lambda: False, loop_id: str | None = None,
                  state_extra: dict | None = None, interrupted: Callable[[], bool] = lambda: False):
-        validate_inputs(config)
+        check_data_files(config)
         self.config = config
         self.store = store or open_store(config.artifacts)
-        self.executor = executor or InProcessExecutor(self.store, dtype=config.models.dtype)
+        self.executor = executor
         self.user_progress = progress
         self.on_event = on_event or (lambda *a, **k: None)
         self.should_stop = should_stop
@@ -124,6 +116,8 @@ class LoopRunner:
         # The student every SFT starts from; its chat template travels with it to every stage that loads it
         # (trained students keep it in their saved tokenizer).
         self.base_student = LoopModel(path=config.models.student, chat_template=config.models.student_chat_template)
+        self.base_teacher = LoopModel(path=config.models.teacher)
+        self.prepared: StageRequests | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -136,22 +130,22 @@ class LoopRunner:
 
         return progress
 
-    def _stage(self, iteration: int, stage: str, run: Callable[[Progress], StageResult], *, request: dict) -> StageResult:
-        """Run one stage with start/finish events and a stop check before it.
+    def _stage(self, iteration: int, stage: str, request) -> StageResult:
+        """Run one stage request with start/finish events and a stop check before it.
 
-        ``request`` names everything the stage depends on (input URIs with digests, config,
-        seed). A stage whose request matches one this loop already completed, and whose
-        manifest and outputs still verify, is not recomputed: that is how a loop resumes.
+        The request names everything the stage depends on (input artifacts with digests, settings, seed).
+        A stage whose request matches one this loop already completed, and whose manifest and outputs still
+        verify, is not recomputed: that is how a loop resumes.
         """
         if self.should_stop():
             raise Cancelled("loop stopped")
-        fingerprint = config_digest(request)
+        key = fingerprint(request)
         self.on_event("stage_started", iteration, stage)
-        result = self._completed(fingerprint)
+        result = self._completed(key)
         reused = result is not None
         if result is None:
-            result = run(self._progress(iteration, stage))
-            self.state["stages"][fingerprint] = {
+            result = self.executor.run(request, self._progress(iteration, stage))
+            self.state["stages"][key] = {
                 "stage": stage, "iteration": iteration, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
                 "manifest": result.manifest.to_dict(), "metrics": result.metrics}
             self._save_state("running")
@@ -193,70 +187,64 @@ class LoopRunner:
             return None
         return StageResult(done["stage"], refs, done["metrics"], manifest)
 
-    @staticmethod
-    def _uri(result: StageResult, role: str) -> str:
-        return result.outputs[role].uri
-
-    def _import_data(self) -> dict[str, str]:
+    def _import_data(self) -> dict[str, ArtifactRef]:
         """Copy the three data sets into the store (workers read them there; manifests pin them)."""
-        uris = {}
-        for name in ("seed_path", "reference_path", "eval_path"):
-            path = Path(getattr(self.config.data, name))
-            uris[name] = self.store.put_file(f"{self.prefix}/inputs/{name.removesuffix('_path')}.jsonl", path).uri
-        return uris
+        return {name: self.store.put_file(f"{self.prefix}/inputs/{name}.jsonl", Path(getattr(self.config.data, field)))
+                for field, name in DATA_SETS.items()}
+
+    def prepare(self) -> StageRequests:
+        """Import the data sets and have the workers validate every setting and input of the loop
+        (``validate_only`` requests) before any work: a bad one is an error naming the run-config field, and
+        leaves nothing behind for a new loop. Idempotent."""
+        if self.prepared is not None:
+            return self.prepared
+        existed = self.store.exists(f"{self.prefix}/{STATE}")
+        requests = StageRequests(self.config, self.loop_id, self._import_data())
+        try:
+            for request, renames in requests.checks(self.base_student, self.base_teacher):
+                try:
+                    self.executor.check(request)
+                except MontessoriError as err:
+                    raise type(err)(err.message, field=renamed(err.field, renames)) from None
+        except MontessoriError:
+            if not existed:
+                self.store.delete(self.prefix)
+            raise
+        self.prepared = requests
+        return requests
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run_iteration(self, k: int, teacher: LoopModel, student: LoopModel, data: dict[str, str]
-                      ) -> tuple[LoopModel, LoopModel, IterationSummary]:
+    def run_iteration(self, k: int, teacher: LoopModel, student: LoopModel) -> tuple[LoopModel, LoopModel, IterationSummary]:
         """One iteration; returns the updated teacher, the new student and the summary row.
 
         Also keeps the iteration's training data and SFT seed in ``self.last_train_data`` / ``self.last_sft_seed``
         (draw 0 of the evaluation's Montessori arm) and iteration 1's warm-up in ``self.first_warmup`` (the
         student of the teacher-shift diagnostic).
         """
-        c, watch, x = self.config, Stopwatch(), self.executor
+        c, watch, r = self.config, Stopwatch(), self.requests
         base = f"{self.prefix}/iter-{k}"
         seed = c.seed * 1000 + k * 10
-        warm_data = self._stage(k, "warmup-data", lambda p: x.generate(
-            f"{base}/warmup-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 1,
-            num_prompts=None, target=c.sizes.warmup_examples, progress=p),
-            request={"at": f"{base}/warmup-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
-                     "seed": seed + 1, "target": c.sizes.warmup_examples})
-        warm = self._stage(k, "warmup", lambda p: x.train_student(
-            f"{base}/warmup", student=student, candidates_uri=self._uri(warm_data, "candidates"), settings=c.warmup,
-            seed=seed + 2, save_optimizer=True, limit=None, progress=p),
-            request={"at": f"{base}/warmup", "student": student, "candidates": warm_data.outputs["candidates"],
-                     "config": c.warmup, "seed": seed + 2})
-        probe = self._stage(k, "probe-data", lambda p: x.generate(
-            f"{base}/probe-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 3,
-            num_prompts=c.sizes.probe_prompts, target=None, progress=p),
-            request={"at": f"{base}/probe-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
-                     "seed": seed + 3, "prompts": c.sizes.probe_prompts})
-        scores = self._stage(k, "scores", lambda p: x.score(
-            f"{base}/scores", warmup_uri=self._uri(warm, "model"), reference_uri=data["reference_path"],
-            candidates_uri=self._uri(probe, "candidates"), config=c.influence, progress=p),
-            request={"at": f"{base}/scores", "warmup": warm.outputs["model"], "reference": data["reference_path"],
-                     "candidates": probe.outputs["candidates"], "config": c.influence})
-        pairs = self._stage(k, "pairs", lambda p: x.assemble(
-            f"{base}/pairs", candidates_uri=self._uri(probe, "candidates"), scores_uri=self._uri(scores, "scores"),
-            config=c.preference, progress=p),
-            request={"at": f"{base}/pairs", "candidates": probe.outputs["candidates"], "scores": scores.outputs["scores"],
-                     "config": c.preference})
+        warm_data = self._stage(k, "warmup-data", r.generate(f"{base}/warmup-data", teacher, seed=seed + 1,
+                                                             target=c.sizes.warmup_examples))
+        warm = self._stage(k, "warmup", r.train_student(f"{base}/warmup", student, warm_data.outputs["candidates"],
+                                                        seed=seed + 2, warmup=True))
+        probe = self._stage(k, "probe-data", r.generate(f"{base}/probe-data", teacher, seed=seed + 3,
+                                                        prompts=c.sizes.probe_prompts))
+        scores = self._stage(k, "scores", r.score(f"{base}/scores", warm.outputs["model"], probe.outputs["candidates"]))
+        pairs = self._stage(k, "pairs", r.assemble(f"{base}/pairs", probe.outputs["candidates"], scores.outputs["scores"]))
         row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
                                pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
                                influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"],
                                positive_share_raw=scores.metrics.get("positive_share_raw", 0.0),
                                positive_share_centred=scores.metrics.get("positive_share_centred", 0.0),
                                shared_step_influence=scores.metrics.get("shared_step_influence", 0.0),
-                               influence_mode=c.influence.mode, audit=self._audit(k, scores.metrics))
+                               influence_mode=self._manifest(scores)["config"]["mode"], audit=self._audit(k, scores.metrics))
         if row.pairs:
-            dpo = self._stage(k, "dpo", lambda p: x.train_teacher(
-                f"{base}/dpo", teacher=teacher, pairs_uri=self._uri(pairs, "pairs"), settings=c.dpo, seed=seed + 4, progress=p),
-                request={"at": f"{base}/dpo", "teacher": teacher, "pairs": pairs.outputs["pairs"], "config": c.dpo,
-                         "seed": seed + 4})
-            trained = dpo.outputs["adapter" if c.dpo.lora else "model"]
-            teacher = teacher.with_adapter(trained) if c.dpo.lora else LoopModel.artifact(trained)
+            dpo = self._stage(k, "dpo", r.train_teacher(f"{base}/dpo", teacher, pairs.outputs["pairs"], seed=seed + 4))
+            # A LoRA run publishes an adapter on top of this teacher; a full fine-tune, a whole new model.
+            teacher = teacher.with_adapter(dpo.outputs["adapter"]) if "adapter" in dpo.outputs else \
+                LoopModel.stored(dpo.outputs["model"])
             row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
             row.dpo_reward_accuracy = dpo.metrics.get("reward_accuracy_last")
             if dpo.metrics.get("heldout_pairs"):
@@ -266,27 +254,19 @@ class LoopRunner:
         else:
             log.warning("no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
                         extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k})
-        train_data = self._stage(k, "train-data", lambda p: x.generate(
-            f"{base}/train-data", teacher=teacher, seed_uri=data["seed_path"], config=c.synthesis, seed=seed + 5,
-            num_prompts=None, target=c.sizes.train_examples, progress=p),
-            request={"at": f"{base}/train-data", "teacher": teacher, "seed_set": data["seed_path"], "config": c.synthesis,
-                     "seed": seed + 5, "target": c.sizes.train_examples})
-        trained_student = self._stage(k, "student", lambda p: x.train_student(
-            f"{base}/student", student=self.base_student, candidates_uri=self._uri(train_data, "candidates"),
-            settings=c.sft, seed=seed + 6, save_optimizer=False, limit=None, progress=p),
-            request={"at": f"{base}/student", "student": self.base_student, "candidates": train_data.outputs["candidates"],
-                     "config": c.sft, "seed": seed + 6})
-        student = LoopModel.artifact(trained_student.outputs["model"])
-        reference_loss = self._stage(k, "student-reference-loss", lambda p: x.evaluate(
-            f"{base}/student-reference-loss", model=student, rows_uri=data["reference_path"], batch_size=c.evaluation.batch_size,
-            limit=c.influence.reference_size, progress=p),
-            request={"at": f"{base}/student-reference-loss", "model": student, "rows": data["reference_path"],
-                     "batch_size": c.evaluation.batch_size, "limit": c.influence.reference_size})
+        train_data = self._stage(k, "train-data", r.generate(f"{base}/train-data", teacher, seed=seed + 5,
+                                                             target=c.sizes.train_examples))
+        trained_student = self._stage(k, "student", r.train_student(f"{base}/student", self.base_student,
+                                                                    train_data.outputs["candidates"], seed=seed + 6))
+        student = LoopModel.stored(trained_student.outputs["model"])
+        # On the reference rows influence was measured on (the first influence.reference_size of them).
+        reference_loss = self._stage(k, "student-reference-loss", r.evaluate(
+            f"{base}/student-reference-loss", student, "reference", limit=int(scores.metrics["reference_rows"])))
         row.student_reference_loss = reference_loss.metrics["loss"]
         row.teacher_adapters = list(teacher.adapter_uris)
         row.teacher_version = self._served_version(train_data) or teacher.label
-        row.scores_uri, row.pairs_uri = self._uri(scores, "scores"), self._uri(pairs, "pairs")
-        row.train_data_uri = self._uri(train_data, "candidates")
+        row.scores_uri, row.pairs_uri = scores.outputs["scores"].uri, pairs.outputs["pairs"].uri
+        row.train_data_uri = train_data.outputs["candidates"].uri
         row.seconds = round(watch.elapsed, 1)
         self.last_train_data, self.last_sft_seed = train_data, seed + 6
         if k == 1:
@@ -327,22 +307,22 @@ class LoopRunner:
         self.state = self._load_state()
         resumed = bool(self.state["stages"])
         log.info("loop resumed" if resumed else "loop started", extra={"loop_id": self.loop_id, "stage": "loop"})
+        self.requests = self.prepare()
         self.store.put_json(f"{self.prefix}/config.json", to_dict(c))
-        data = self._import_data()
         self._save_state("running")
-        base_teacher, base_student = LoopModel(path=c.models.teacher), self.base_student
+        base_teacher, base_student = self.base_teacher, self.base_student
         teacher, student = base_teacher, base_student
         self.teachers = [base_teacher]  # every version that wrote data: 0 = un-updated, then one per DPO round
         status, evaluation = "succeeded", {}
         try:
             for k in self._rounds():
-                teacher, student, row = self.run_iteration(k, teacher, student, data)
+                teacher, student, row = self.run_iteration(k, teacher, student)
                 self.rows.append(row)
                 if teacher != self.teachers[-1]:
                     self.teachers.append(teacher)
                 self.store.put_jsonl(f"{self.prefix}/{ROUNDS}", [to_dict(r) for r in self.rows])
                 self._write_summary("running", {}, watch)
-            evaluation = self.evaluate(base_teacher, teacher, student, data)
+            evaluation = self.evaluate(base_teacher, teacher, student)
         except Cancelled:
             if self.interrupted():
                 self._save_state("running")  # a restarted controller picks it up from here
@@ -378,12 +358,13 @@ class LoopRunner:
         summary["summary_sha256"] = ref.sha256
         return summary
 
+    def _manifest(self, result: StageResult) -> dict:
+        """The manifest the worker published for ``result`` (its resolved settings, inputs and metrics)."""
+        return self.store.get_json(self.store.key_of(result.manifest.uri)) if result.manifest else {}
+
     def _served_version(self, result: StageResult) -> str:
         """The name under which the teacher service served the version that wrote ``result`` (its manifest)."""
-        if result.manifest is None:
-            return ""
-        manifest = self.store.get_json(self.store.key_of(result.manifest.uri))
-        return manifest.get("inputs", {}).get("teacher", {}).get("served", {}).get("name", "")
+        return self._manifest(result).get("inputs", {}).get("teacher", {}).get("served", {}).get("name", "")
 
     def _audit(self, k: int, metrics: dict) -> dict:
         """The approximate scorer's agreement with `exact` this round, warned about when it fell back."""
@@ -393,15 +374,15 @@ class LoopRunner:
                         extra={"loop_id": self.loop_id, "stage": "scores", "iteration": k, "metrics": audit})
         return audit
 
-    def evaluate(self, base_teacher: LoopModel, final_teacher: LoopModel, final_student: LoopModel, data: dict) -> dict:
+    def evaluate(self, base_teacher: LoopModel, final_teacher: LoopModel, final_student: LoopModel) -> dict:
         """Held-out comparison of base / Montessori / Self-Instruct students, and the teacher shift (evaluation.py)."""
         if not self.rows:
             return {}
         c = self.config
         self.on_event("stage_started", 0, "evaluation")
-        out = Evaluation(self, data).run(base_teacher, final_student, self.last_train_data, self.last_sft_seed, final_teacher)
+        out = Evaluation(self).run(base_teacher, final_student, self.last_train_data, self.last_sft_seed, final_teacher)
         if c.evaluation.shift_samples:
-            out["teacher_shift"] = teacher_shift(self, data, self.teachers, self.first_warmup)
+            out["teacher_shift"] = teacher_shift(self, self.teachers, self.first_warmup)
         self.on_event("evaluation_finished", 0, "evaluation", metrics={
             k: out[k] for k in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss") if k in out})
         return out

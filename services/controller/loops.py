@@ -1,6 +1,11 @@
-"""Loops run by the controller service: each in its own thread, with a state, an event log
-for watchers, and a stop flag. Several loops may run at once; the worker services queue
-their jobs."""
+"""Loops run by the controller service: each in its own thread, with a state, a bounded event
+history for watchers, and a stop flag. Several loops may run at once; the worker services queue
+their jobs. The registry (ids, request ids, events, watching) is :mod:`common.registry`'s, shared
+with the worker services' jobs.
+
+The loop runner reports events as kind strings (``on_event("stage_started", ...)``); they stay
+strings inside the controller (the metrics gauges key on them) and become :data:`EVENT_KINDS`'s
+``LoopEventKind`` values on the wire."""
 from __future__ import annotations
 
 import threading
@@ -11,15 +16,46 @@ from enum import Enum
 from typing import Callable, Iterator
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, NotFound, Unavailable
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable
 from common.logs import get_logger
 from common.metrics import ServiceMetrics
+from common.registry import DEFAULT_HISTORY, Entry, Registry
 from montessori.v1 import common_pb2, controller_pb2
 from services.controller.config import RunConfig
 from services.controller.executor import StageExecutor
 from services.controller.loop import STATE, LoopRunner, new_loop_id
 
 log = get_logger(__name__)
+
+#: The last event of every loop, recorded here when the loop reaches its final state.
+LOOP_ENDED = "loop_ended"
+#: Not an event: the loop's current state, first item of a watch from now.
+SNAPSHOT = "snapshot"
+#: Event kind (what LoopRunner's on_event and common.metrics use) -> LoopEvent.kind on the wire.
+EVENT_KINDS = {
+    "stage_started": controller_pb2.LOOP_EVENT_KIND_STAGE_STARTED,
+    "stage_finished": controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED,
+    "progress": controller_pb2.LOOP_EVENT_KIND_PROGRESS,
+    "round_finished": controller_pb2.LOOP_EVENT_KIND_ROUND_FINISHED,
+    "evaluation_finished": controller_pb2.LOOP_EVENT_KIND_EVALUATION_FINISHED,
+    "loop_finished": controller_pb2.LOOP_EVENT_KIND_LOOP_FINISHED,
+    LOOP_ENDED: controller_pb2.LOOP_EVENT_KIND_LOOP_ENDED,
+    SNAPSHOT: controller_pb2.LOOP_EVENT_KIND_SNAPSHOT,
+}
+
+
+_unknown_kinds: set[str] = set()
+
+
+def event_kind(kind: str) -> int:
+    """The wire enum of an event kind; an unknown one (a runner newer than this map) is UNSPECIFIED, not an error."""
+    value = EVENT_KINDS.get(kind)
+    if value is None:
+        if kind not in _unknown_kinds:
+            _unknown_kinds.add(kind)
+            log.warning("unknown loop event kind", extra={"stage": "controller", "metrics": {"kind": kind}})
+        return controller_pb2.LOOP_EVENT_KIND_UNSPECIFIED
+    return value
 
 
 class LoopState(Enum):
@@ -55,8 +91,10 @@ class LoopSnapshot:
 
 @dataclass(frozen=True)
 class LoopEvent:
+    """One event of a loop (or, with kind ``snapshot``, its current state; the sequence is then the latest event's)."""
+
     sequence: int
-    kind: str
+    kind: str  # a key of EVENT_KINDS
     iteration: int
     stage: str
     loop: LoopSnapshot
@@ -64,8 +102,8 @@ class LoopEvent:
     progress: tuple | None = None  # (label, done, total, metrics)
 
     def to_proto(self) -> controller_pb2.LoopEvent:
-        message = controller_pb2.LoopEvent(sequence=self.sequence, kind=self.kind, iteration=self.iteration, stage=self.stage,
-                                           metrics=self.metrics, loop=self.loop.to_proto())
+        message = controller_pb2.LoopEvent(sequence=self.sequence, kind=event_kind(self.kind), iteration=self.iteration,
+                                           stage=self.stage, metrics=self.metrics, loop=self.loop.to_proto())
         if self.progress:
             label, done, total, metrics = self.progress
             message.progress.CopyFrom(common_pb2.Progress(
@@ -74,43 +112,48 @@ class LoopEvent:
         return message
 
 
-class _Loop:
-    def __init__(self, snapshot: LoopSnapshot, request_id: str, fingerprint: str):
+class _Loop(Entry):
+    """A loop in the registry: its snapshot, its events (:class:`LoopEvent`), its stop flag and its thread."""
+
+    def __init__(self, snapshot: LoopSnapshot, request_id: str, fingerprint: str, history: int = DEFAULT_HISTORY):
+        super().__init__(snapshot.loop_id, request_id=request_id, fingerprint=fingerprint, history=history)
         self.snapshot = snapshot
-        self.request_id = request_id
-        self.fingerprint = fingerprint
-        self.events: list[LoopEvent] = []
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
+    @property
+    def terminal(self) -> bool:
+        return self.snapshot.state is not LoopState.RUNNING
+
 
 class LoopManager:
-    """All loops of this controller."""
+    """All loops of this controller; each keeps its last ``history`` events for WatchLoop."""
 
-    def __init__(self, store: ArtifactStore, executor_factory: Callable[[str], StageExecutor]):
+    def __init__(self, store: ArtifactStore, executor_factory: Callable[[str], StageExecutor], *,
+                 history: int = DEFAULT_HISTORY):
         self.store = store
         self.executor_factory = executor_factory
-        self._loops: dict[str, _Loop] = {}
-        self._by_request: dict[str, str] = {}
-        self._changed = threading.Condition()
+        self._registry: Registry[_Loop] = Registry(what="loop", history=history)
+        self._changed = self._registry.changed
         self._shutting_down = threading.Event()
         #: False on a controller replica that does not hold the leader lease.
         self.accepting = True
         #: The service's metrics (set by servicer.build): loop events and states feed its loop gauges.
         self.metrics: ServiceMetrics | None = None
 
-    def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None) -> LoopSnapshot:
+    def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None,
+              field_prefix: str = "") -> LoopSnapshot:
+        """Start (or, for a known request id, return) a loop. Its settings and inputs are validated by the workers
+        first (:meth:`LoopRunner.prepare`): a bad one is an error naming ``<field_prefix>.<run-config field>``."""
         if not self.accepting:
             raise Unavailable("this controller replica is not the leader; retry (the Service routes to the leader)")
         with self._changed:
-            if request_id and request_id in self._by_request:
-                existing = self._loops[self._by_request[request_id]]
-                if existing.fingerprint != fingerprint:
-                    raise FailedPrecondition("was already used for a different loop spec", field="request_id")
+            existing = self._existing(request_id, fingerprint, loop_id)
+            if existing is not None:
                 return existing.snapshot
             if loop_id is None:
                 loop_id = new_loop_id(config)
-                if loop_id in self._loops or self.store.exists(f"loops/{loop_id}/{STATE}"):
+                if loop_id in self._registry or self.store.exists(f"loops/{loop_id}/{STATE}"):
                     loop_id = f"{loop_id}-{uuid.uuid4().hex[:6]}"
         executor = self.executor_factory(loop_id)
         loop_holder: dict = {}
@@ -120,12 +163,25 @@ class LoopManager:
                             on_event=lambda kind, iteration, stage, metrics=None, progress=None:
                             self._event(loop_holder["loop"], kind, iteration, stage, metrics or {}, progress),
                             should_stop=lambda: loop_holder["loop"].stop.is_set())
-        loop = _Loop(LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time()), request_id, fingerprint)
+        try:
+            runner.prepare()
+        except MontessoriError as err:
+            executor.close()
+            raise err.with_prefix(field_prefix) if field_prefix and err.field else err from None
+        loop = _Loop(LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time()), request_id,
+                     fingerprint, self._registry.history)
         loop_holder["loop"] = loop
         with self._changed:
-            self._loops[loop_id] = loop
-            if request_id:
-                self._by_request[request_id] = loop_id
+            # Checked again: a concurrent start with the same request id (or loop id) may have won meanwhile.
+            existing = self._existing(request_id, fingerprint, loop_id)
+            clash = loop_id in self._registry and not self._registry.get(loop_id).terminal
+            if existing is None and not clash:
+                self._registry.add(loop)
+        if existing is not None or clash:
+            executor.close()
+            if existing is None:
+                raise FailedPrecondition(f"loop {loop_id!r} is already running", field="loop_id")
+            return existing.snapshot
         self._observe_state(loop)
         loop.thread = threading.Thread(target=self._run, args=(loop, runner, executor), name=f"loop-{loop_id}", daemon=True)
         loop.thread.start()
@@ -141,7 +197,7 @@ class LoopManager:
             if not key.endswith(f"/{STATE}") or key.count("/") != 2:
                 continue
             state = self.store.get_json(key)
-            current = self._loops.get(state["loop_id"])
+            current = self._registry.get(state["loop_id"]) if state["loop_id"] in self._registry else None
             if state.get("status") != "running" or (current and current.snapshot.state is LoopState.RUNNING):
                 continue
             try:
@@ -172,14 +228,23 @@ class LoopManager:
             close = getattr(executor, "close", None)
             if close:
                 close()
-        with self._changed:
+        with self._changed:  # the final state and the last event together: watchers see both or neither
             loop.snapshot = replace(loop.snapshot, stage="", **final)
-            self._append(loop, "loop_ended", 0, "loop", {}, None)
+            self._append(loop, LOOP_ENDED, 0, "loop", {}, None)
         self._observe_state(loop)
 
+    def _existing(self, request_id: str, fingerprint: str, loop_id: str | None) -> _Loop | None:
+        """The loop a request id started (FAILED_PRECONDITION for another spec); not when that loop, ended, is
+        the one being resumed (``loop_id``)."""
+        conflict = "was already used for a different loop spec"
+        existing = self._registry.existing(request_id, fingerprint, conflict=conflict)
+        if existing is not None and existing.id == loop_id and existing.terminal:
+            return None
+        return existing
+
     def _append(self, loop: _Loop, kind: str, iteration: int, stage: str, metrics: dict, progress) -> None:
-        loop.events.append(LoopEvent(len(loop.events) + 1, kind, iteration, stage, loop.snapshot, metrics, progress))
-        self._changed.notify_all()
+        self._registry.record(
+            loop, lambda sequence: LoopEvent(sequence, kind, iteration, stage, loop.snapshot, metrics, progress))
 
     def _event(self, loop: _Loop, kind: str, iteration: int, stage: str, metrics: dict, progress) -> None:
         with self._changed:
@@ -199,10 +264,7 @@ class LoopManager:
             self.metrics.observe_loop_state(loop.snapshot.loop_id, loop.snapshot.state.name)
 
     def _loop(self, loop_id: str) -> _Loop:
-        loop = self._loops.get(loop_id)
-        if loop is None:
-            raise NotFound(f"no loop {loop_id!r}", field="loop_id")
-        return loop
+        return self._registry.get(loop_id)
 
     def get(self, loop_id: str) -> LoopSnapshot:
         with self._changed:
@@ -210,7 +272,7 @@ class LoopManager:
 
     def list(self) -> list[LoopSnapshot]:
         with self._changed:
-            return sorted((l.snapshot for l in self._loops.values()), key=lambda s: -s.started_at)
+            return sorted((l.snapshot for l in self._registry.entries()), key=lambda s: -s.started_at)
 
     def stop(self, loop_id: str) -> LoopSnapshot:
         with self._changed:
@@ -218,23 +280,11 @@ class LoopManager:
             loop.stop.set()
             return loop.snapshot
 
-    def watch(self, loop_id: str, *, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0) -> Iterator[LoopEvent]:
-        """Every event from the first, then live ones, until the loop has ended."""
-        sent = 0
-        while True:
-            with self._changed:
-                loop = self._loop(loop_id)
-                while sent == len(loop.events) and loop.snapshot.state is LoopState.RUNNING and is_active():
-                    self._changed.wait(timeout=poll)
-                pending = loop.events[sent:]
-                ended = loop.snapshot.state is not LoopState.RUNNING
-            if not is_active():
-                return
-            for event in pending:
-                yield event
-            sent += len(pending)
-            if ended and sent == len(loop.events):
-                return
+    def watch(self, loop_id: str, from_sequence: int | None = None, *, is_active: Callable[[], bool] = lambda: True,
+              poll: float = 1.0) -> Iterator[LoopEvent]:
+        """Events until the loop has ended: from now (None/0: a ``snapshot`` event with the current state, then live
+        events), or the retained events from ``from_sequence`` on, then live ones (see :mod:`common.registry`)."""
+        return self._registry.watch(loop_id, from_sequence, snapshot=_snapshot_event, is_active=is_active, poll=poll)
 
     def shutdown(self, grace: float) -> None:
         """Interrupt every loop for good (they stay resumable in the store)."""
@@ -247,11 +297,17 @@ class LoopManager:
         The loops' state in the store stays ``running``, so the next leader resumes them.
         """
         self._shutting_down.set()
-        for loop in list(self._loops.values()):
+        loops = self._registry.entries()
+        for loop in loops:
             loop.stop.set()
         deadline = time.monotonic() + grace
-        for loop in list(self._loops.values()):
+        for loop in loops:
             if loop.thread:
                 loop.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if not final:
             self._shutting_down.clear()
+
+
+def _snapshot_event(loop: _Loop) -> LoopEvent:
+    """A loop's current state as the first item of a watch from now (sequence: the latest event's)."""
+    return LoopEvent(loop.sequence, SNAPSHOT, loop.snapshot.iteration, loop.snapshot.stage, loop.snapshot)

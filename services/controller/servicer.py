@@ -4,49 +4,26 @@ from __future__ import annotations
 import threading
 
 from common.artifacts import ArtifactStore
-from common.config import from_dict, merge
-from common.errors import InvalidArgument, MontessoriError
+from common.config import from_dict, message_to_dict
+from common.errors import InvalidArgument
 from common.jobs import JobManager
-from common.protoconv import fingerprint, settings_to_dict
+from common.protoconv import fingerprint
 from common.service_main import ServiceParts
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
 from services.controller.leader import LeaderElector, LeaseSettings, coordination_api
-from services.controller.loop import validate_inputs
 from services.controller.loops import LoopManager
 from services.controller.remote import RemoteExecutor, WorkerAddresses
 
 
 def spec_to_config(spec: controller_pb2.LoopSpec, store: ArtifactStore) -> RunConfig:
-    """A LoopSpec as a validated RunConfig; typed fields override ``overrides``; errors name ``spec.<field>``."""
-    data = settings_to_dict(spec.overrides)
-    typed: dict = {}
-    if spec.name:
-        typed["name"] = spec.name
-    models = {k: v for k, v in (("teacher", spec.teacher), ("student", spec.student)) if v}
-    if models:
-        typed["models"] = models
-    sets = {k: v for k, v in (("seed_path", spec.seed_set), ("reference_path", spec.reference_set), ("eval_path", spec.eval_set)) if v}
-    if sets:
-        typed["data"] = sets
-    for name in ("iterations", "max_rounds", "patience", "seed"):
-        value = getattr(spec, name)
-        if value < 0:
-            raise InvalidArgument(f"must be >= 0, got {value}", field=f"spec.{name}")
-        if value:
-            typed[name] = value
-    if spec.continuous:
-        typed["continuous"] = True
-    if spec.samples_per_prompt < 0:
-        raise InvalidArgument(f"must be >= 0, got {spec.samples_per_prompt}", field="spec.samples_per_prompt")
-    if spec.samples_per_prompt:
-        typed["synthesis"] = {"samples_per_prompt": spec.samples_per_prompt}
-    if spec.artifact_store and spec.artifact_store.rstrip("/") != store.root_uri:
-        raise InvalidArgument(f"this controller and its workers share the store {store.root_uri}; got {spec.artifact_store}",
-                              field="spec.artifact_store")
-    data = merge(data, typed)
-    data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
-    config = from_dict(RunConfig, data, path="spec")
+    """A LoopSpec as a validated RunConfig on this controller's store; errors name ``spec.config.<field>``."""
+    data = message_to_dict(spec.config)
+    artifacts = data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
+    if artifacts and artifacts.rstrip("/") != store.root_uri:
+        raise InvalidArgument(f"this controller and its workers share the store {store.root_uri}; got {artifacts}",
+                              field="spec.config.artifacts")
+    config = from_dict(RunConfig, data, path="spec.config")
     config.artifacts = store.root_uri
     return config
 
@@ -59,11 +36,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("is required", field="spec")
         config = spec_to_config(request.spec, self.store)
-        try:
-            validate_inputs(config)
-        except MontessoriError as err:
-            raise err.with_prefix("spec") from None
-        loop = self.loops.start(config, request_id=request.request_id, fingerprint=fingerprint(request))
+        loop = self.loops.start(config, request_id=request.request_id, fingerprint=fingerprint(request),
+                                field_prefix="spec.config")
         return controller_pb2.StartLoopResponse(loop=loop.to_proto())
 
     def GetLoop(self, request, context):
@@ -76,7 +50,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         return controller_pb2.StopLoopResponse(loop=self.loops.stop(_loop_id(request)).to_proto())
 
     def WatchLoop(self, request, context):
-        for event in self.loops.watch(_loop_id(request), is_active=context.is_active):
+        for event in self.loops.watch(_loop_id(request), request.from_sequence, is_active=context.is_active):
             yield controller_pb2.WatchLoopResponse(event=event.to_proto())
 
 

@@ -1,6 +1,7 @@
 """The influence service's units of work on artifacts: score candidates, evaluate a student's loss."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.config import INFLUENCE_MODES, InfluenceConfig
-from services.influence.optimizer_state import load_adamw
+from common.optimizer_state import load_adamw
 from services.influence.scoring import Example, InfluenceScorer, collate, examples_from_rows, per_example_losses
 
 SCORES = "scores.jsonl"
@@ -46,11 +47,22 @@ def build_scorer(warmup_dir: Path, reference_path: Path, config: InfluenceConfig
     return InfluenceScorer(model, tokenizer, reference_examples(reference_path, config.reference_size), config, optimizer)
 
 
+def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """Candidates [lo, hi) of shard ``index`` of ``count`` contiguous shards."""
+    return round(index * total / count), round((index + 1) * total / count)
+
+
 def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path: Path, candidates_path: Path,
-          config: InfluenceConfig, progress: Progress = no_progress, scorer: InfluenceScorer | None = None) -> StageResult:
-    """Influence of every candidate on the warmed-up student; publish ``<prefix>/scores.jsonl``."""
+          config: InfluenceConfig, progress: Progress = no_progress, scorer: InfluenceScorer | None = None,
+          shard: tuple[int, int] | None = None) -> StageResult:
+    """Influence of every candidate (or of shard ``(index, count)`` of them) on the warmed-up student; publish
+    ``<prefix>/scores.jsonl``. Each candidate's influence depends only on the student state and itself, so the
+    shards of a candidate set, merged by :func:`merge_scores`, equal one unsharded run."""
     started = time.time()
     examples, groups = candidate_examples(candidates_path)
+    if shard is not None:
+        lo, hi = shard_bounds(len(examples), *shard)
+        examples = examples[lo:hi]
     scorer = scorer or build_scorer(warmup_dir, reference_path, config)
     rows = scorer.score(examples, progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: influence")
     for row in rows:
@@ -78,8 +90,63 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
                **shared_step_metrics(scorer, scored_by),
                **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES}, **audit}
     inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
+    if shard is not None:
+        metrics.update(shard_index=shard[0], shard_count=shard[1])
     return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
                             metrics=metrics, started=started)
+
+
+def merge_audits(shard_metrics: list[dict]) -> dict:
+    """The audit of a sharded round: each shard audited its own sample, so report the worst
+    agreement, the audited total, and fallback / scoring-mode flags if any shard set them."""
+    merged: dict = {}
+    for metrics in shard_metrics:
+        for key, value in metrics.items():
+            if key in ("audit_spearman", "audit_pair_agreement"):
+                merged[key] = min(merged.get(key, value), value)
+            elif key == "audit_size":
+                merged[key] = merged.get(key, 0) + value
+            elif key == "fell_back_to_exact" or key.startswith("scored_by_"):
+                merged[key] = max(merged.get(key, 0), value)
+    return merged
+
+
+def merge_scores(store: ArtifactStore, prefix: str, *, candidates_path: Path, shard_manifests: list[dict],
+                 config: InfluenceConfig) -> StageResult:
+    """Concatenate the shards' scores in shard (= candidate) order; publish ``<prefix>/scores.jsonl`` and a
+    manifest whose inputs are the shards' (warm-up, reference set) plus the whole candidate set and the shards."""
+    started = time.time()
+    rows = [row for manifest in shard_manifests for row in store.get_jsonl(store.key_of(manifest["outputs"]["scores"]["uri"]))]
+    expected = len(read_jsonl(candidates_path, required=("id",), allow_empty=True))
+    if len(rows) != expected:
+        raise InvalidArgument(f"the shards hold {len(rows)} scores for {expected} candidates", field="shards")
+    ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
+    first = shard_manifests[0]["metrics"]
+    metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
+                               rate=sum(m["metrics"]["candidates_per_second"] for m in shard_manifests)),
+               "replicas": len(shard_manifests),
+               **{k: first[k] for k in ("shared_step_influence", "reference_loss_shared_step") if k in first},
+               **merge_audits([m["metrics"] for m in shard_manifests])}
+    shard_inputs = shard_manifests[0]["inputs"]
+    inputs = {"warmup": shard_inputs["warmup"], "reference_set": shard_inputs["reference_set"],
+              "candidates": input_ref(store, candidates_path), "shards": [m["ref"] for m in shard_manifests]}
+    return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
+                            metrics=metrics, started=started)
+
+
+def check_rows(model: ModelRef, rows_path: Path, *, max_length: int, limit: int | None, model_field: str,
+               rows_field: str) -> int:
+    """Tokenise (the first ``limit``) rows with the model's tokenizer as scoring and evaluation will (the cap is
+    ``max_length`` or the model's context window): an over-long row is an error naming it, before any work.
+    Loads the tokenizer and the model's config only. Returns the number of rows checked."""
+    tokenizer = load_tokenizer(model, field=model_field)
+    window = json.loads((Path(model.path) / "config.json").read_text()).get("max_position_embeddings", max_length)
+    rows = read_instruction_rows(rows_path)
+    rows = rows[:limit] if limit else rows
+    for example in examples_from_rows(rows, prefix=rows_field, source=str(rows_path)):
+        encode_example(tokenizer, example.user_text, example.response, max_length=min(max_length, int(window)),
+                       where=example.where)
+    return len(rows)
 
 
 def audit_agreement(scorer: InfluenceScorer, examples: list[Example], rows: list[dict], groups: dict[str, str], size: int,

@@ -1,35 +1,19 @@
-"""PreferenceService: the gRPC layer over ``services.preference.tasks``."""
+"""PreferenceService: the gRPC layer over ``services.preference.stages``."""
 from __future__ import annotations
 
 import threading
 
 from common.artifacts import ArtifactStore
-from common.config import from_dict
 from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
-from common.protoconv import fingerprint, job_to_proto, local_artifact, output_prefix, settings_to_dict
 from common.service_main import ServiceParts
 from montessori.v1 import preference_pb2, preference_pb2_grpc
-from services.preference import tasks
-from services.preference.config import PreferenceConfig
+from services.preference import stages
 
 
 class PreferenceServicer(JobRpcs, preference_pb2_grpc.PreferenceServiceServicer):
     def Assemble(self, request, context):
-        self.require_ready()
-        candidates = local_artifact(self.store, request.candidates_uri, field="candidates_uri")
-        scores = local_artifact(self.store, request.scores_uri, field="scores_uri")
-        prefix = output_prefix(request.output_prefix)
-        config = from_dict(PreferenceConfig, settings_to_dict(request.preference), path="preference")
-
-        def work(progress):
-            progress("pairs", 0, 1)
-            result = tasks.assemble(self.store, prefix, candidates_path=candidates, scores_path=scores, config=config)
-            progress("pairs", 1, 1)
-            return result
-
-        job = self.jobs.submit(request.request_id, "assemble", work, fingerprint=fingerprint(request))
-        return preference_pb2.AssembleResponse(job=job_to_proto(job))
+        return preference_pb2.AssembleResponse(job=self.submit(request, "assemble", stages.assemble))
 
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:

@@ -17,7 +17,7 @@ from transformers import PrinterCallback
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
-from services.preference.pairs import select_pairs
+from services.trainer.pair_selection import select_pairs
 from services.trainer.callbacks import ProgressCallback
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import DPOSettings
@@ -131,6 +131,8 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
         evaluation = trainer.evaluate() if heldout else {}
         output_dir.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(output_dir)
+        if settings.lora:
+            _sort_target_modules(output_dir / "adapter_config.json")
         if not settings.lora:
             tokenizer.save_pretrained(output_dir)
         keep_reports(scratch, output_dir)
@@ -144,3 +146,14 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
         heldout_reward_accuracy=float(evaluation["eval_rewards/accuracies"]) if heldout else None,
         heldout_reward_margin=float(evaluation["eval_rewards/margins"]) if heldout else None,
     )
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    """peft writes ``target_modules`` in set order, which differs between processes: sorted, identical weights
+    give an identical adapter folder (and digest) whichever trainer process wrote them."""
+    import json
+
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

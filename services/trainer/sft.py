@@ -11,7 +11,7 @@ from transformers import PrinterCallback
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
-from services.influence.optimizer_state import save_adamw_state
+from common.optimizer_state import save_adamw_state
 from services.trainer.callbacks import ProgressCallback
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import SFTSettings

@@ -73,7 +73,7 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(ser
             spec = tiny_spec(tiny_models, name="elected", evaluation={"baseline": False, "shift_samples": 0})
             loop = leader.StartLoop(controller_pb2.StartLoopRequest(request_id="elected", spec=spec), timeout=60).loop
             for response in leader.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=300):
-                if response.event.kind == "stage_finished":
+                if response.event.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED:
                     break
             os.killpg(replica_a.pid, signal.SIGKILL)
             wait_for(lambda: lease_api.holder(NS, LEASE) == "replica-b", 60, "replica b to take the lease over")

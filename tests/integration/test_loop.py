@@ -12,7 +12,7 @@ import pytest
 from common.artifacts import LocalArtifactStore
 from common.config import load_config
 from services.controller.config import RunConfig
-from services.controller.loop import LoopRunner
+from cli.local import local_runner
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -23,7 +23,7 @@ STAGES = ("warmup-data", "warmup", "probe-data", "scores", "pairs", "train-data"
 def loop_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=it"])
-    summary = LoopRunner(config).run()
+    summary = local_runner(config).run()
     return LocalArtifactStore(root), summary
 
 
@@ -134,7 +134,7 @@ def quick_config(tmp_path, *overrides):
 
 
 def test_continuous_mode_runs_until_max_rounds(tiny_models, tmp_path):
-    runner = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=3"))
+    runner = local_runner(quick_config(tmp_path, "continuous=true", "max_rounds=3"))
     summary = runner.run()
     assert [r["iteration"] for r in summary["iterations"]] == [1, 2, 3] and not summary["stopped"]
     # Every round appended its line (the report follows a running loop from these).
@@ -142,7 +142,7 @@ def test_continuous_mode_runs_until_max_rounds(tiny_models, tmp_path):
 
 
 def test_continuous_mode_stops_when_the_student_stops_improving(tiny_models, tmp_path):
-    runner = LoopRunner(quick_config(tmp_path, "continuous=true", "max_rounds=6", "patience=1"))
+    runner = local_runner(quick_config(tmp_path, "continuous=true", "max_rounds=6", "patience=1"))
     summary = runner.run()
     losses = [r["student_reference_loss"] for r in summary["iterations"]]
     assert len(losses) < 6 or all(b < a for a, b in zip(losses, losses[1:]))
@@ -152,7 +152,7 @@ def test_continuous_mode_stops_when_the_student_stops_improving(tiny_models, tmp
 
 def test_a_stopped_loop_keeps_its_completed_rounds(tiny_models, tmp_path):
     events = []
-    runner = LoopRunner(quick_config(tmp_path, "continuous=true"),
+    runner = local_runner(quick_config(tmp_path, "continuous=true"),
                         on_event=lambda kind, *a, **k: events.append(kind),
                         should_stop=lambda: events.count("round_finished") >= 1)
     summary = runner.run()

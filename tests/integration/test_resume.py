@@ -128,8 +128,8 @@ def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(serv
     list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
     loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=f"killed-{kill_after}", spec=spec("killed"))).loop
     finished = 0
-    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600):
-        finished += response.event.kind == "stage_finished"
+    for response in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id, from_sequence=1), timeout=600):
+        finished += response.event.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED
         if finished >= kill_after:
             os.killpg(controller.pid, signal.SIGKILL)
             break
@@ -138,9 +138,12 @@ def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(serv
         controller = services["processes"]["controller"] = start_service("controller", ports, env, store.root_uri, log)
     wait_serving(f"127.0.0.1:{ports['controller']}", timeout=120, process=controller)
     stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
-    events = [r.event for r in stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)]
+    # From the first event: the resumed loop reports its reused stages before this watch may begin.
+    request = controller_pb2.WatchLoopRequest(loop_id=loop.loop_id, from_sequence=1)
+    events = [r.event for r in stub.WatchLoop(request, timeout=600)]
     assert events[-1].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED, events[-1].loop.error_message
-    reused = [e.stage for e in events if e.kind == "stage_finished" and e.metrics.get("reused")]
+    finished = [e for e in events if e.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED]
+    reused = [e.stage for e in finished if e.metrics.get("reused")]
     assert len(reused) >= kill_after - 1  # completed stages were not recomputed (the one in flight may have been)
     assert output_digests(store, loop.loop_id) == output_digests(store, clean.loop_id)
 
@@ -156,7 +159,7 @@ def test_sigkill_a_worker_mid_job_and_the_loop_still_finishes_the_same(services,
     loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-killed", spec=spec("wkilled"))).loop
     events = stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)
     for response in events:
-        if response.event.kind == "progress" and response.event.stage == "scores":
+        if response.event.kind == controller_pb2.LOOP_EVENT_KIND_PROGRESS and response.event.stage == "scores":
             os.killpg(services["processes"]["influence"].pid, signal.SIGKILL)
             break
     services["processes"]["influence"].wait(timeout=30)

@@ -61,13 +61,14 @@ def test_health_is_serving_only_after_the_model_loads(tmp_path, tiny_models):
 
 def test_sigterm_during_a_job_cancels_it_cleanly(tmp_path, tiny_models):
     store = LocalArtifactStore(tmp_path)
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
+    seed = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl")
+    seed_set = common_pb2.ArtifactRef(uri=seed.uri, sha256=seed.sha256)
     port, process = start_teacher(tmp_path)
     try:
         wait_serving(f"127.0.0.1:{port}", timeout=120, process=process)
         stub = teacher_pb2_grpc.TeacherServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         job = stub.Generate(teacher_pb2.GenerateRequest(
-            request_id="r", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+            request_id="r", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set,
             output_prefix="jobs/long", num_prompts=5000)).job
         for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
             if event.job.progress.done >= 1:

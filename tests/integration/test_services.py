@@ -10,7 +10,7 @@ import grpc
 import pytest
 import yaml
 
-from common.protoconv import dict_to_settings
+from common.protoconv import loop_spec
 from montessori.v1 import (common_pb2, controller_pb2, controller_pb2_grpc, influence_pb2, influence_pb2_grpc, preference_pb2,
                            preference_pb2_grpc, teacher_pb2, teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
 from tests.conftest import DATA, REPO
@@ -24,12 +24,20 @@ def channel(services, name):
     return grpc.insecure_channel(f"127.0.0.1:{services['ports'][name]}")
 
 
-def tiny_spec(tiny_models, **overrides) -> controller_pb2.LoopSpec:
+def tiny_document(tiny_models, **overrides) -> dict:
     teacher, student = tiny_models
-    values = {**TINY, **overrides}
-    return controller_pb2.LoopSpec(name="svc", teacher=str(teacher), student=str(student), seed_set=str(DATA / "seed.jsonl"),
-                                   reference_set=str(DATA / "reference.jsonl"), eval_set=str(DATA / "eval.jsonl"),
-                                   iterations=1, overrides=dict_to_settings(values))
+    return {**TINY, "name": "svc", "iterations": 1, "models": {"teacher": str(teacher), "student": str(student)},
+            "data": {"seed_path": str(DATA / "seed.jsonl"), "reference_path": str(DATA / "reference.jsonl"),
+                     "eval_path": str(DATA / "eval.jsonl")}, **overrides}
+
+
+def tiny_spec(tiny_models, **overrides) -> controller_pb2.LoopSpec:
+    return loop_spec(tiny_document(tiny_models, **overrides))
+
+
+def seed_set(store) -> common_pb2.ArtifactRef:
+    seed = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl")
+    return common_pb2.ArtifactRef(uri=seed.uri, sha256=seed.sha256)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,8 @@ def controller(services):
 @pytest.fixture(scope="module")
 def finished_loop(services, controller, tiny_models):
     loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
-    events = [r.event for r in controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=900)]
+    request = controller_pb2.WatchLoopRequest(loop_id=loop.loop_id, from_sequence=1)  # every event since the start
+    events = [r.event for r in controller.WatchLoop(request, timeout=900)]
     return loop, events
 
 
@@ -48,12 +57,12 @@ def test_a_tiny_loop_runs_end_to_end_across_five_processes(services, finished_lo
     loop, events = finished_loop
     final = events[-1].loop
     assert final.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.error_message
-    started = [e.stage for e in events if e.kind == "stage_started" and e.iteration == 1]
-    finished = [e.stage for e in events if e.kind == "stage_finished" and e.iteration == 1]
+    started = [e.stage for e in events if e.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_STARTED and e.iteration == 1]
+    finished = [e.stage for e in events if e.kind == controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED and e.iteration == 1]
     expected = [s for s in ITERATION_STAGES if s in started]  # dpo only runs when pairs formed
     assert started == expected == finished and set(ITERATION_STAGES) - {"dpo"} <= set(started)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    progress = [e for e in events if e.kind == "progress"]
+    progress = [e for e in events if e.kind == controller_pb2.LOOP_EVENT_KIND_PROGRESS]
     assert progress and all(0 <= e.progress.done <= e.progress.total for e in progress)
     assert {e.stage for e in progress} >= {"warmup-data", "scores", "student"}
     store = services["store"]
@@ -95,9 +104,8 @@ def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
 def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     request = teacher_pb2.GenerateRequest(request_id="gen-1", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
-                                          seed_set_uri=seed_uri, output_prefix="jobs/gen-1", num_prompts=1, seed=1)
+                                          seed_set=seed_set(store), output_prefix="jobs/gen-1", num_prompts=1, seed=1)
     first = stub.Generate(request).job
     second = stub.Generate(request).job
     assert first.job_id == second.job_id
@@ -112,9 +120,8 @@ def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
 def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     job = stub.Generate(teacher_pb2.GenerateRequest(
-        request_id="long", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+        request_id="long", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
         output_prefix="jobs/long", num_prompts=5000, seed=2)).job
     for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
         if event.job.progress.done >= 1:
@@ -129,67 +136,79 @@ def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
 BAD_REQUESTS = [
     ("teacher", "Generate", teacher_pb2.GenerateRequest(output_prefix="x", num_prompts=1), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
     ("teacher", "Generate", "MODEL:/nope", grpc.StatusCode.NOT_FOUND, "teacher.path"),
-    ("teacher", "Generate", "SEED:file:///etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "seed_set_uri"),
-    ("teacher", "Generate", "SEED:missing", grpc.StatusCode.NOT_FOUND, "seed_set_uri"),
+    ("teacher", "Generate", "SEED:file:///etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "seed_set.uri"),
+    ("teacher", "Generate", "SEED:missing", grpc.StatusCode.NOT_FOUND, "seed_set.uri"),
+    ("teacher", "Generate", "SEED:changed", grpc.StatusCode.FAILED_PRECONDITION, "seed_set.sha256"),
     ("teacher", "Generate", "COUNT:-3", grpc.StatusCode.INVALID_ARGUMENT, "num_prompts"),
     ("teacher", "Generate", "COUNT:99999999", grpc.StatusCode.INVALID_ARGUMENT, "num_prompts"),
     ("teacher", "Generate", "PREFIX:../escape", grpc.StatusCode.INVALID_ARGUMENT, "output_prefix"),
-    ("teacher", "Generate", "SETTINGS:temprature", grpc.StatusCode.INVALID_ARGUMENT, "synthesis.temprature"),
+    ("teacher", "Generate", "SETTINGS:top_p", grpc.StatusCode.INVALID_ARGUMENT, "synthesis.top_p"),
     ("teacher", "Generate", "VERSION:bad version!", grpc.StatusCode.INVALID_ARGUMENT, "teacher_version"),
     ("teacher", "LoadTeacherVersion", teacher_pb2.LoadTeacherVersionRequest(name="x"), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
     ("teacher", "UnloadTeacherVersion", teacher_pb2.UnloadTeacherVersionRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "name"),
     ("teacher", "GetJob", common_pb2.GetJobRequest(job_id="nope"), grpc.StatusCode.NOT_FOUND, "job_id"),
     ("teacher", "CancelJob", common_pb2.CancelJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
-    ("influence", "Score", influence_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "warmup_uri"),
-    ("influence", "Evaluate", influence_pb2.EvaluateRequest(model=common_pb2.ModelSpec(path="/a", uri="b")),
-     grpc.StatusCode.INVALID_ARGUMENT, "model"),
-    ("preference", "Assemble", preference_pb2.AssembleRequest(candidates_uri="s3://elsewhere/x"),
-     grpc.StatusCode.INVALID_ARGUMENT, "candidates_uri"),
+    ("influence", "Score", influence_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "student"),
+    ("influence", "Evaluate", influence_pb2.EvaluateRequest(
+        model=common_pb2.ModelSpec(path="/a", artifact=common_pb2.ArtifactRef(uri="b"))), grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    ("influence", "MergeScores", influence_pb2.MergeScoresRequest(), grpc.StatusCode.INVALID_ARGUMENT, "shards"),
+    ("preference", "Assemble", preference_pb2.AssembleRequest(candidates=common_pb2.ArtifactRef(uri="s3://elsewhere/x")),
+     grpc.StatusCode.INVALID_ARGUMENT, "candidates.uri"),
+    ("preference", "Assemble", preference_pb2.AssembleRequest(preference=preference_pb2.PreferenceSettings(min_margin=-1),
+                                                              validate_only=True), grpc.StatusCode.INVALID_ARGUMENT,
+     "preference.min_margin"),
     ("trainer", "TrainTeacher", trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path="/missing/model")),
      grpc.StatusCode.NOT_FOUND, "teacher.path"),
     ("trainer", "TrainStudent", "SFT:batch_size=-1", grpc.StatusCode.INVALID_ARGUMENT, "sft.batch_size"),
     ("controller", "GetLoop", controller_pb2.GetLoopRequest(loop_id="nope"), grpc.StatusCode.NOT_FOUND, "loop_id"),
     ("controller", "StartLoop", controller_pb2.StartLoopRequest(), grpc.StatusCode.INVALID_ARGUMENT, "spec"),
-    ("controller", "StartLoop", "SPEC:iterations=-2", grpc.StatusCode.INVALID_ARGUMENT, "spec.iterations"),
-    ("controller", "StartLoop", "SPEC:influence.optimizer=adam", grpc.StatusCode.INVALID_ARGUMENT, "spec.influence.optimizer"),
-    ("controller", "StartLoop", "SPEC:teacher=/nope", grpc.StatusCode.NOT_FOUND, "spec.models.teacher"),
+    ("controller", "StartLoop", "SPEC:iterations=-2", grpc.StatusCode.INVALID_ARGUMENT, "spec.config.iterations"),
+    ("controller", "StartLoop", "SPEC:influence.optimizer=adam", grpc.StatusCode.INVALID_ARGUMENT,
+     "spec.config.influence.optimizer"),
+    ("controller", "StartLoop", "SPEC:warmup.lr_scheduler=cosine", grpc.StatusCode.INVALID_ARGUMENT,
+     "spec.config.warmup.lr_scheduler"),
+    ("controller", "StartLoop", "SPEC:dpo.lora_rank=0", grpc.StatusCode.INVALID_ARGUMENT, "spec.config.dpo.lora_rank"),
+    ("controller", "StartLoop", "SPEC:models.teacher=/nope", grpc.StatusCode.NOT_FOUND, "spec.config.models.teacher"),
+    ("controller", "StartLoop", "SPEC:artifacts=file:///elsewhere", grpc.StatusCode.INVALID_ARGUMENT,
+     "spec.config.artifacts"),
 ]
 
 
 def _bad_request(kind: str, services, tiny_models):
     store = services["store"]
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     tag, _, value = kind.partition(":")
-    gen = dict(request_id="", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+    gen = dict(request_id="", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
                output_prefix="jobs/bad", num_prompts=1)
     if tag == "MODEL":
         gen["teacher"] = common_pb2.ModelSpec(path=value)
     elif tag == "SEED":
-        gen["seed_set_uri"] = value if "://" in value else store.uri("inputs/missing.jsonl")
+        if value == "changed":  # a digest the artifact no longer has
+            gen["seed_set"] = common_pb2.ArtifactRef(uri=gen["seed_set"].uri, sha256="0" * 64)
+        else:
+            gen["seed_set"] = common_pb2.ArtifactRef(uri=value if "://" in value else store.uri("inputs/missing.jsonl"))
     elif tag == "COUNT":
         gen["num_prompts"] = int(value)
     elif tag == "PREFIX":
         gen["output_prefix"] = value
     elif tag == "SETTINGS":
-        gen["synthesis"] = dict_to_settings({value: 1.0})
+        gen["synthesis"] = teacher_pb2.SynthesisSettings(**{value: 0.0})
     elif tag == "VERSION":
         gen["teacher_version"] = value
     elif tag == "SFT":
         key, _, number = value.partition("=")
         (tmp := store.put_jsonl("inputs/c.jsonl", [{"instruction": "a", "response": "b"}]))
-        return trainer_pb2.TrainStudentRequest(student=common_pb2.ModelSpec(path=str(tiny_models[1])), candidates_uri=tmp.uri,
-                                               output_prefix="jobs/sft", sft=dict_to_settings({key: int(number)}))
+        return trainer_pb2.TrainStudentRequest(student=common_pb2.ModelSpec(path=str(tiny_models[1])),
+                                               candidates=common_pb2.ArtifactRef(uri=tmp.uri), output_prefix="jobs/sft",
+                                               sft=trainer_pb2.SFTSettings(**{key: int(number)}))
     elif tag == "SPEC":
         key, _, raw = value.partition("=")
-        spec = tiny_spec(tiny_models)
-        if key == "iterations":
-            spec.iterations = int(raw)
-        elif key == "teacher":
-            spec.teacher = raw
-        else:
+        document = tiny_document(tiny_models)
+        if "." in key:
             section, name = key.split(".")
-            spec.overrides.CopyFrom(dict_to_settings({**TINY, section: {name: raw}}))
-        return controller_pb2.StartLoopRequest(request_id="", spec=spec)
+            document[section] = {**document.get(section, {}), name: yaml.safe_load(raw)}
+        else:
+            document[key] = yaml.safe_load(raw)
+        return controller_pb2.StartLoopRequest(request_id="", spec=loop_spec(document))
     return teacher_pb2.GenerateRequest(**gen)
 
 
@@ -248,9 +267,8 @@ def test_logs_are_json_lines_without_credentials(services, finished_loop):
 def test_deadlines_are_honoured(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
     job = stub.Generate(teacher_pb2.GenerateRequest(
-        request_id="deadline", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set_uri=seed_uri,
+        request_id="deadline", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
         output_prefix="jobs/deadline", num_prompts=5000)).job
     with pytest.raises(grpc.RpcError) as err:
         for _ in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=0.5):

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
+from cli.local import LocalExecutor
 from cli.local_services import wait_serving
-from common.config import from_dict
-from services.controller.executor import InProcessExecutor
+from montessori.v1 import common_pb2, influence_pb2
 from services.controller.remote import RemoteExecutor, WorkerAddresses, influence_replicas
-from services.influence.config import InfluenceConfig
 from tests.conftest import DATA, REPO
 from tests.integration.conftest import free_ports
 
@@ -38,18 +37,20 @@ def test_sharded_scores_equal_single_process_scores(services, tiny_models, secon
     candidates = store.put_jsonl("shard-test/candidates.jsonl", [
         {"id": f"c{i}", "group_id": f"g{i // 3}", "instruction": r["instruction"], "response": r["output"]}
         for i, r in enumerate(seed_rows[60:71])])
-    config = from_dict(InfluenceConfig, {"optimizer": "sgd", "sgd_learning_rate": 0.05, "reference_size": 8})
+    settings = influence_pb2.InfluenceSettings(optimizer="sgd", sgd_learning_rate=0.05, reference_size=8)
+    ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
     addresses = lambda influence: WorkerAddresses(teacher="-", influence=influence, preference="-", trainer="-")  # noqa: E731
     assert influence_replicas(f"{first},{second_influence}") == [first, second_influence]
 
     def scores(executor, prefix):
-        result = executor.score(prefix, warmup_uri=warmup.uri, reference_uri=reference.uri, candidates_uri=candidates.uri,
-                                config=config)
+        result = executor.run(influence_pb2.ScoreRequest(
+            student=common_pb2.ModelSpec(artifact=ref(warmup)), reference=ref(reference), candidates=ref(candidates),
+            output_prefix=prefix, influence=settings))
         return result, [(r["id"], r["influence"]) for r in store.get_jsonl(store.key_of(result.outputs["scores"].uri))]
 
     sharded, sharded_rows = scores(RemoteExecutor(store, addresses(f"{first},{second_influence}"), request_prefix="s2"), "shard-test/two")
     single, single_rows = scores(RemoteExecutor(store, addresses(first), request_prefix="s1"), "shard-test/one")
-    _, local_rows = scores(InProcessExecutor(store), "shard-test/local")
+    _, local_rows = scores(LocalExecutor(store), "shard-test/local")
     assert sharded.metrics["replicas"] == 2 and len(sharded_rows) == 11
     assert sharded_rows == single_rows  # same ids, same order, bit-identical influences
     assert [i for i, _ in local_rows] == [i for i, _ in single_rows]

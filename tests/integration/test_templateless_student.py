@@ -9,7 +9,7 @@ from common.artifacts import LocalArtifactStore
 from common.chat import DEFAULT_CHAT_TEMPLATE
 from common.config import load_config
 from services.controller.config import RunConfig
-from services.controller.loop import LoopRunner
+from cli.local import local_runner
 from tests.conftest import REPO
 from tests.templateless import templateless_copy
 
@@ -23,7 +23,7 @@ def test_a_templateless_student_trains_and_is_evaluated_on_the_default_template(
     config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=tl", "iterations=1", f"models.student={student}",
                                            "sizes.warmup_examples=4", "sizes.probe_prompts=4", "sizes.train_examples=4",
                                            "evaluation.baseline=false"])
-    summary = LoopRunner(config).run()
+    summary = local_runner(config).run()
 
     assert [row["iteration"] for row in summary["iterations"]] == [1] and not summary["stopped"]
     assert summary["iterations"][0]["candidates"] > 0

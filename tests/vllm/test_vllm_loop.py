@@ -11,7 +11,7 @@ import yaml
 
 from cli.local_services import ORDER, start_services, stop_services
 from common.artifacts import LocalArtifactStore
-from common.protoconv import dict_to_settings
+from common.protoconv import loop_spec
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from tests.conftest import DATA, REPO
 from tests.integration.conftest import free_ports
@@ -34,14 +34,13 @@ def services(tmp_path_factory):
 
 def test_a_loop_hot_swaps_the_dpo_adapter_into_the_running_engine(services, base_model):
     overrides = yaml.safe_load((REPO / "configs" / "vllm-teacher.yaml").read_text())
-    for key in ("name", "iterations", "models"):
-        overrides.pop(key)
+    overrides.update(name="vllm", iterations=1, models={"teacher": base_model, "student": str(REPO / "models" / "tiny-student")},
+                     data={"seed_path": str(DATA / "seed.jsonl"), "reference_path": str(DATA / "reference.jsonl"),
+                           "eval_path": str(DATA / "eval.jsonl")})
     # 8 prompt groups (32 samples) rather than 4, so that a group with both a helpful and a harmful
     # candidate (hence DPO, hence a new version to hot-swap) does not hinge on one borderline score.
     overrides["sizes"]["probe_prompts"] = 8
-    spec = controller_pb2.LoopSpec(name="vllm", teacher=base_model, student=str(REPO / "models" / "tiny-student"),
-                                   seed_set=str(DATA / "seed.jsonl"), reference_set=str(DATA / "reference.jsonl"),
-                                   eval_set=str(DATA / "eval.jsonl"), iterations=1, overrides=dict_to_settings(overrides))
+    spec = loop_spec(overrides)
     with grpc.insecure_channel(f"127.0.0.1:{services['ports']['controller']}") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="vllm-loop", spec=spec)).loop

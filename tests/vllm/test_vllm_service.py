@@ -13,7 +13,6 @@ import yaml
 
 from cli.local_services import stop_services, wait_serving
 from common.artifacts import LocalArtifactStore
-from common.protoconv import dict_to_settings
 from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 from services.teacher.adapters import chain_digest
 from tests.conftest import DATA, REPO
@@ -45,18 +44,19 @@ def teacher(base_model, tmp_path_factory):
 
 def test_a_version_is_hot_swapped_in_and_writes_a_candidate_set(teacher, base_model, adapters):
     stub, store = teacher["stub"], teacher["store"]
-    adapter_uri = store.put_dir("loops/x/iter-1/dpo/adapter", adapters[0]).uri
-    seed_uri = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl").uri
-    spec = common_pb2.ModelSpec(path=base_model, adapter_uris=[adapter_uri])
+    adapter = store.put_dir("loops/x/iter-1/dpo/adapter", adapters[0])
+    seed = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl")
+    spec = common_pb2.ModelSpec(path=base_model, adapters=[common_pb2.ArtifactRef(uri=adapter.uri, sha256=adapter.sha256)])
 
     loaded = stub.LoadTeacherVersion(teacher_pb2.LoadTeacherVersionRequest(name="x:teacher-r1", teacher=spec), timeout=240)
     assert loaded.version.backend == "vllm" and loaded.version.canary.passed and loaded.version.rank == 8
     assert loaded.version.canary.max_abs_diff <= loaded.version.canary.tolerance
 
     request = teacher_pb2.GenerateRequest(
-        request_id="gen-r1", teacher=spec, teacher_label="teacher-r1", teacher_version="x:teacher-r1", seed_set_uri=seed_uri,
+        request_id="gen-r1", teacher=spec, teacher_label="teacher-r1", teacher_version="x:teacher-r1",
+        seed_set=common_pb2.ArtifactRef(uri=seed.uri, sha256=seed.sha256),
         output_prefix="loops/x/iter-2/probe-data", num_prompts=1, seed=5,
-        synthesis=dict_to_settings({"max_new_tokens": 24, "response_max_new_tokens": 24}))
+        synthesis=teacher_pb2.SynthesisSettings(max_new_tokens=24, response_max_new_tokens=24))
     job = stub.Generate(request).job
     final = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=240))[-1].job
     assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error_message
@@ -84,7 +84,7 @@ def test_a_version_is_hot_swapped_in_and_writes_a_candidate_set(teacher, base_mo
 ])
 def test_bad_load_requests_are_refused_with_the_field_named(teacher, base_model, name, uri, code, field):
     store = teacher["store"]
-    spec = common_pb2.ModelSpec(path=base_model, adapter_uris=[store.uri(uri)] if uri else [])
+    spec = common_pb2.ModelSpec(path=base_model, adapters=[common_pb2.ArtifactRef(uri=store.uri(uri))] if uri else [])
     with pytest.raises(grpc.RpcError) as err:
         teacher["stub"].LoadTeacherVersion(teacher_pb2.LoadTeacherVersionRequest(name=name, teacher=spec), timeout=60)
     assert err.value.code() == code and err.value.details().startswith(field), err.value.details()

@@ -10,12 +10,10 @@ from common.chat import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, chat_prompt, defaul
 from common.config import load_config
 from common.errors import InvalidArgument
 from common.models import ModelRef, load_tokenizer
-from common.protoconv import model_from_proto
+from common.request_fields import model_from_proto
 from montessori.v1 import common_pb2
 from services.controller.config import RunConfig
 from services.controller.executor import LoopModel
-from services.controller.loop import validate_inputs
-from services.controller.remote import _model
 from tests.templateless import templateless_copy
 
 #: A template unlike the tiny models' ChatML, so that using it is visible in the rendered text.
@@ -86,19 +84,23 @@ def test_the_config_field_is_a_non_empty_string(value, message):
     assert err.value.field == "models.student_chat_template"
 
 
-def test_the_loop_checks_the_template_against_the_student_before_any_work(tiny_teacher, tiny_student):
+def test_the_loop_checks_the_template_against_the_student_before_any_work(tiny_teacher, tiny_student, tmp_path):
+    from cli.local import local_runner
+
     config = load_config(RunConfig, None, [f"models.teacher={tiny_teacher}", f"models.student={tiny_student}",
+                                           f"artifacts={tmp_path / 'store'}", "loop_id=bad-template",
                                            "models.student_chat_template=\"{{ messages[0]['content'] }}\""])
     with pytest.raises(InvalidArgument, match="does not extend the prompt") as err:
-        validate_inputs(config)
+        local_runner(config).prepare()
     assert err.value.field == "models.student_chat_template"
+    assert not (tmp_path / "store" / "loops" / "bad-template").exists()  # the data it imported to check is gone
 
 
 def test_the_template_travels_in_model_requests(tiny_student, tmp_path):
     store = LocalArtifactStore(tmp_path / "store")
-    spec = _model(LoopModel(path=str(tiny_student), chat_template=PLAIN))
+    spec = LoopModel(path=str(tiny_student), chat_template=PLAIN).to_proto()
     assert model_from_proto(spec, store, field="student") == ModelRef(str(tiny_student), (), PLAIN)
-    unset = _model(LoopModel(path=str(tiny_student)))
+    unset = LoopModel(path=str(tiny_student)).to_proto()
     assert not unset.HasField("chat_template")
     assert model_from_proto(unset, store, field="student").chat_template is None
     with pytest.raises(InvalidArgument) as err:
@@ -120,8 +122,8 @@ def test_a_trained_student_keeps_the_template_it_was_trained_with(tiny_student, 
 def test_an_explicit_template_reaches_the_trainer_service_over_grpc(tiny_student, tmp_path):
     from common.grpc_server import ServerConfig
     from common.service_main import start_service
+    from montessori.v1 import trainer_pb2
     from services.controller.remote import RemoteExecutor, WorkerAddresses
-    from services.trainer.config import SFTSettings
     from services.trainer.servicer import build
 
     service = start_service("trainer", ServerConfig(artifacts=str(tmp_path / "store")), build)
@@ -131,9 +133,10 @@ def test_an_explicit_template_reaches_the_trainer_service_over_grpc(tiny_student
     try:
         candidates = service.store.put_jsonl("in/candidates.jsonl", [{"instruction": "Name a colour.", "response": "Blue."},
                                                                      {"instruction": "Name a fruit.", "response": "Apple."}])
-        result = executor.train_student("out", student=LoopModel(path=str(tiny_student), chat_template=PLAIN),
-                                        candidates_uri=candidates.uri, settings=SFTSettings(learning_rate=1e-3, batch_size=2),
-                                        seed=0, save_optimizer=False, limit=None)
+        result = executor.run(trainer_pb2.TrainStudentRequest(
+            output_prefix="out", student=LoopModel(path=str(tiny_student), chat_template=PLAIN).to_proto(),
+            candidates=common_pb2.ArtifactRef(uri=candidates.uri, sha256=candidates.sha256),
+            sft=trainer_pb2.SFTSettings(learning_rate=1e-3, batch_size=2), seed=0))
     finally:
         executor.close()
         service.stop()

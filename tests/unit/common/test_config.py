@@ -25,10 +25,27 @@ def test_defaults_are_valid_and_roundtrip():
     ({"warmup": {"learning_rate": True}}, "warmup.learning_rate", "expected a number"),
 ])
 def test_bad_values_name_the_field(data, field, message):
+    """Types anywhere, and the controller's own ranges, when the config is read; a stage section's ranges when its
+    worker resolves it (the in-process runner resolves every section right after reading the config)."""
+    from cli.local import resolved
+
     with pytest.raises(InvalidArgument) as err:
-        from_dict(RunConfig, data)
+        resolved(from_dict(RunConfig, data))
     assert err.value.field == field
     assert message in err.value.message
+
+
+def test_stage_sections_hold_only_what_is_set_and_the_worker_fills_in_the_rest():
+    from cli.local import resolved
+    from services.influence.config import InfluenceConfig
+
+    config = from_dict(RunConfig, {"influence": {"mode": "first_order", "audit_size": 4}})
+    assert to_dict(config)["influence"] == {"mode": "first_order", "audit_size": 4}
+    assert resolved(config).influence == InfluenceConfig(mode="first_order", audit_size=4)
+    assert to_dict(RunConfig())["influence"] == {"reference_size": 8}  # the demo's own default of the section
+    with pytest.raises(InvalidArgument) as err:
+        from_dict(RunConfig, {"influence": {"projection_dim": 2**40}})
+    assert err.value.field == "influence.projection_dim"  # an int32 of the message: out of range when read
 
 
 def test_file_then_overrides(tmp_path):

@@ -80,3 +80,65 @@ def test_failures_keep_their_code_and_unknown_errors_become_internal():
     jobs.shutdown(grace=1)
     with pytest.raises(Unavailable):
         jobs.submit("z", "k", steps(1))
+
+
+def test_every_snapshot_has_a_sequence_and_the_history_is_bounded():
+    jobs = JobManager(service="t", history=4)
+    job = jobs.submit("r", "kind", steps(10))
+    assert job.sequence == 1 and job.state is JobState.QUEUED
+    final = jobs.wait(job.job_id, timeout=10)
+    assert final.sequence == 13  # queued, running, 10 progress reports, succeeded
+    replay = list(jobs.watch(job.job_id, from_sequence=1))  # older than the oldest kept: starts at the oldest kept
+    assert [s.sequence for s in replay] == [10, 11, 12, 13] and replay[-1].state is JobState.SUCCEEDED
+    jobs.shutdown(grace=1)
+
+
+def test_watch_from_now_or_from_a_sequence():
+    gate = threading.Event()
+    jobs = JobManager(service="t")
+    job = jobs.submit("r", "kind", steps(3, gate))
+    running = next(s for s in jobs.watch(job.job_id, from_sequence=1) if s.state is JobState.RUNNING)
+    now = jobs.watch(job.job_id)  # from now: the current snapshot first, nothing older
+    assert next(now).sequence == running.sequence == 2
+    gate.set()
+    assert [s.sequence for s in now] == [3, 4, 5, 6]
+    replay = list(jobs.watch(job.job_id, from_sequence=2))
+    assert [s.sequence for s in replay] == [2, 3, 4, 5, 6] and [s.done for s in replay[1:4]] == [1, 2, 3]
+    jobs.shutdown(grace=1)
+
+
+def test_a_crash_ends_failed_with_a_message_and_the_worker_lives_on():
+    jobs = JobManager(service="svc")
+
+    def crash(progress):
+        progress("step", 1, 2)
+        raise RuntimeError("secret detail")
+
+    crashed = jobs.submit("a", "k", crash)
+    states = [s.state for s in jobs.watch(crashed.job_id, from_sequence=1)]
+    assert states[-1] is JobState.FAILED and JobState.RUNNING in states
+    final = jobs.get(crashed.job_id)
+    assert final.error_code == "INTERNAL" and "RuntimeError" in final.error_message and "svc" in final.error_message
+    assert "secret" not in final.error_message
+    assert jobs.wait(jobs.submit("b", "k", steps(1)).job_id, 10).state is JobState.SUCCEEDED
+    jobs.shutdown(grace=1)
+
+
+def test_watch_job_rpc_sends_sequences_and_honours_from_sequence():
+    from common.job_rpcs import JobRpcs
+    from montessori.v1 import common_pb2
+
+    class Context:
+        def is_active(self):
+            return True
+
+    jobs = JobManager(service="t")
+    rpcs = JobRpcs(store=None, jobs=jobs, ready=threading.Event())
+    job = jobs.submit("r", "kind", steps(2))
+    jobs.wait(job.job_id, timeout=10)
+    replay = list(rpcs.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id, from_sequence=3), Context()))
+    assert [r.sequence for r in replay] == [3, 4, 5]
+    assert replay[-1].job.state == common_pb2.JOB_STATE_SUCCEEDED and replay[0].job.progress.done == 1
+    now = list(rpcs.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), Context()))
+    assert [r.sequence for r in now] == [5]
+    jobs.shutdown(grace=1)

@@ -11,7 +11,7 @@ import torch
 from common.chat import instruction_text
 from common.models import ModelRef, load_model, load_tokenizer
 from services.influence.config import InfluenceConfig
-from services.influence.optimizer_state import load_adamw, save_adamw_state
+from common.optimizer_state import load_adamw, save_adamw_state
 from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, collate, examples_from_rows
 from services.trainer.config import SFTSettings
 from services.trainer.sft import train_sft

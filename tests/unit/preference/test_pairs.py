@@ -8,7 +8,8 @@ import pytest
 from common.artifacts import LocalArtifactStore
 from common.errors import InvalidArgument
 from services.preference.config import PreferenceConfig
-from services.preference.pairs import ScoredCandidate, assemble_pairs, pair_margin, select_pairs
+from services.preference.pairs import ScoredCandidate, assemble_pairs
+from services.trainer.pair_selection import pair_margin, select_pairs
 from services.preference.tasks import assemble
 
 

@@ -1,5 +1,5 @@
 """A sharded round's audit: the worst shard's agreement, the audited total, any fallback."""
-from services.controller.remote import merge_audits
+from services.influence.tasks import merge_audits
 
 
 def test_merged_audit_reports_the_worst_shard_and_any_fallback():

@@ -1,0 +1,74 @@
+"""The in-process runner of ``montessori run``: the loop's stage requests dispatched straight to the worker
+cores in this process (no services), through the same validation the worker services apply.
+
+It is the one place outside the services that knows both the controller and the workers: the controller
+(``services/controller``) only builds and sends montessori.v1 requests.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from common.artifacts import ArtifactStore, open_store
+from common.config import from_dict, message_to_dict
+from common.manifests import StageResult
+from common.progress import Progress, no_progress
+from montessori.v1 import influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
+from services.controller.config import RunConfig
+from services.controller.loop import LoopRunner
+from services.influence import stages as influence
+from services.influence.config import InfluenceConfig
+from services.preference import stages as preference
+from services.preference.config import PreferenceConfig
+from services.teacher import stages as teacher
+from services.teacher.backend import BackendCache
+from services.teacher.config import SynthesisConfig
+from services.trainer import stages as trainer
+from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
+
+#: The run config's stage sections and the worker config each resolves into (defaults, ranges, help).
+STAGE_SECTIONS: dict[str, type] = {"synthesis": SynthesisConfig, "influence": InfluenceConfig,
+                                   "preference": PreferenceConfig, "warmup": WarmupSettings, "dpo": DPOSettings,
+                                   "sft": SFTSettings}
+
+
+class LocalExecutor:
+    """Runs each stage request with its worker's own stage function; keeps one teacher loaded between stages."""
+
+    def __init__(self, store: ArtifactStore, *, dtype: str = "float32"):
+        self.store = store
+        self.teachers = BackendCache(dtype)
+        self._stages: dict[type, Callable[[ArtifactStore, Any], Any]] = {
+            teacher_pb2.GenerateRequest: lambda store, request: teacher.generate(store, request, self.teachers),
+            trainer_pb2.TrainStudentRequest: trainer.train_student,
+            trainer_pb2.TrainTeacherRequest: trainer.train_teacher,
+            influence_pb2.ScoreRequest: influence.score,
+            influence_pb2.EvaluateRequest: influence.evaluate,
+            preference_pb2.AssembleRequest: preference.assemble,
+        }
+
+    def run(self, request, progress: Progress = no_progress) -> StageResult:
+        return self._stages[type(request)](self.store, request)(progress)
+
+    def check(self, request) -> None:
+        message = type(request)()
+        message.CopyFrom(request)
+        message.validate_only = True
+        self._stages[type(request)](self.store, message)
+
+    def close(self) -> None:
+        self.teachers = BackendCache(self.teachers.dtype)
+
+
+def local_runner(config: RunConfig, **kwargs) -> LoopRunner:
+    """A loop whose stages run in this process, on the config's own store."""
+    store = kwargs.pop("store", None) or open_store(config.artifacts)
+    return LoopRunner(config, store=store, executor=LocalExecutor(store, dtype=config.models.dtype), **kwargs)
+
+
+def resolved(config: RunConfig) -> RunConfig:
+    """``config`` with every stage section resolved by its worker's config (defaults filled in, validated):
+    what ``montessori config`` prints."""
+    from dataclasses import replace
+
+    return replace(config, **{name: from_dict(cls, message_to_dict(getattr(config, name)), path=name)
+                              for name, cls in STAGE_SECTIONS.items()})

@@ -1,0 +1,74 @@
+"""How a worker reads the fields of a stage request: required strings, artifact refs (checked against the
+store and their pinned digests), output prefixes, model specs, bounded counts and typed settings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from common.artifacts import ArtifactStore, validate_key
+from common.config import from_dict, message_to_dict
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.models import ModelRef, model_dir
+from montessori.v1 import common_pb2
+
+T = TypeVar("T")
+
+
+def required(value: str, field: str) -> str:
+    if not value or not value.strip():
+        raise InvalidArgument("is required", field=field)
+    return value
+
+
+
+def settings(message: Message, cls: type[T], *, field: str) -> T:
+    """A stage's typed settings message resolved into its worker's config dataclass: the fields that are set
+    override the dataclass defaults, which then validates itself (errors name ``<field>.<name>``)."""
+    return from_dict(cls, message_to_dict(message), path=field)
+
+
+
+def local_artifact(store: ArtifactStore, ref: common_pb2.ArtifactRef, *, field: str) -> Path:
+    """The local path of an artifact named in a request: INVALID_ARGUMENT outside the store, NOT_FOUND if absent,
+    FAILED_PRECONDITION when the request pins a digest the artifact no longer has."""
+    uri = required(ref.uri, f"{field}.uri")
+    try:
+        key = store.key_of(uri)
+    except InvalidArgument as err:
+        raise InvalidArgument(err.message, field=f"{field}.uri") from None
+    if not store.exists(key):
+        raise NotFound(f"no artifact at {uri}", field=f"{field}.uri")
+    if ref.sha256 and store.digest(key) != ref.sha256:
+        raise FailedPrecondition(f"{uri} changed since the request was made (sha256 {ref.sha256[:12]}...)", field=f"{field}.sha256")
+    return store.local_path(key)
+
+
+
+def output_prefix(value: str, *, field: str = "output_prefix") -> str:
+    return validate_key(required(value, field), field=field)
+
+
+
+def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:
+    """A ModelSpec as a ModelRef of local folders (base path on this node, or a model in the store), with its
+    chat template when the request sets one (checked against the tokenizer when it is loaded)."""
+    if bool(spec.path) == spec.HasField("artifact"):
+        raise InvalidArgument("set exactly one of path and artifact", field=field)
+    chat_template = spec.chat_template if spec.HasField("chat_template") else None
+    if chat_template is not None and not chat_template.strip():
+        raise InvalidArgument("must be a non-empty Jinja template when set", field=f"{field}.chat_template")
+    base = str(model_dir(spec.path, field=f"{field}.path")) if spec.path else \
+        str(model_dir(local_artifact(store, spec.artifact, field=f"{field}.artifact"), field=f"{field}.artifact"))
+    adapters = tuple(str(local_artifact(store, ref, field=f"{field}.adapters[{i}]")) for i, ref in enumerate(spec.adapters))
+    return ModelRef(base, adapters, chat_template)
+
+
+
+def count(value: int, *, field: str, maximum: int, allow_zero: bool = True) -> int:
+    """A non-negative, bounded count from a request."""
+    if value < 0 or value > maximum or (value == 0 and not allow_zero):
+        low = 0 if allow_zero else 1
+        raise InvalidArgument(f"must be in {low}..{maximum}, got {value}", field=field)
+    return value
