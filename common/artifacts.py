@@ -149,8 +149,9 @@ class LocalArtifactStore(ArtifactStore):
     """Artifacts as files under a root folder (the embedded default)."""
 
     def __init__(self, root: str | Path):
+        # The root is made by the first write: a loop refused before any work leaves no folder behind.
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._made_root = not self.root.exists()
         self._verified: dict[str, tuple] = {}
 
     @property
@@ -260,6 +261,13 @@ class LocalArtifactStore(ArtifactStore):
         elif path.exists():
             path.unlink()
         self._sidecar(path).unlink(missing_ok=True)
+        # Folders the deletion left empty go too (the root only if this store made it).
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root) and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+        if parent == self.root and self._made_root and self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
 
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root

@@ -205,7 +205,10 @@ class LoopRunner:
                 try:
                     self.executor.check(request)
                 except MontessoriError as err:
-                    raise type(err)(err.message, field=renamed(err.field, renames)) from None
+                    message = err.message
+                    for field, name in DATA_SETS.items():  # a row is named in the user's file, not in the store's copy
+                        message = message.replace(requests.data[name].uri, getattr(self.config.data, field))
+                    raise type(err)(message, field=renamed(err.field, renames)) from None
         except MontessoriError:
             if not existed:
                 self.store.delete(self.prefix)

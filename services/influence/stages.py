@@ -30,7 +30,7 @@ def score(store: ArtifactStore, request: influence_pb2.ScoreRequest) -> Work | N
     reference = local_artifact(store, request.reference, field="reference")
     if request.validate_only:
         tasks.check_rows(student, reference, max_length=config.max_length, limit=config.reference_size,
-                         model_field="student", rows_field="reference")
+                         model_field="student", rows_field="reference", source=request.reference.uri)
         return None
     if student.adapters:
         raise InvalidArgument("must be a warmed-up student folder, without adapters", field="student.adapters")
@@ -72,7 +72,8 @@ def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Wo
     limit = count(request.limit, field="limit", maximum=10_000_000)
     batch_size = count(request.batch_size, field="batch_size", maximum=1024) or DEFAULT_EVAL_BATCH
     if request.validate_only:
-        tasks.check_rows(model, rows, max_length=EVAL_MAX_LENGTH, limit=limit or None, model_field="model", rows_field="rows")
+        tasks.check_rows(model, rows, max_length=EVAL_MAX_LENGTH, limit=limit or None, model_field="model", rows_field="rows",
+                         source=request.rows.uri)
         return None
     prefix = output_prefix(request.output_prefix) if request.output_prefix else None
 

@@ -135,15 +135,16 @@ def merge_scores(store: ArtifactStore, prefix: str, *, candidates_path: Path, sh
 
 
 def check_rows(model: ModelRef, rows_path: Path, *, max_length: int, limit: int | None, model_field: str,
-               rows_field: str) -> int:
+               rows_field: str, source: str) -> int:
     """Tokenise (the first ``limit``) rows with the model's tokenizer as scoring and evaluation will (the cap is
     ``max_length`` or the model's context window): an over-long row is an error naming it, before any work.
-    Loads the tokenizer and the model's config only. Returns the number of rows checked."""
+    Loads the tokenizer and the model's config only; errors name a row as ``<source>:<line>``. Returns the number
+    of rows checked."""
     tokenizer = load_tokenizer(model, field=model_field)
     window = json.loads((Path(model.path) / "config.json").read_text()).get("max_position_embeddings", max_length)
     rows = read_instruction_rows(rows_path)
     rows = rows[:limit] if limit else rows
-    for example in examples_from_rows(rows, prefix=rows_field, source=str(rows_path)):
+    for example in examples_from_rows(rows, prefix=rows_field, source=source):
         encode_example(tokenizer, example.user_text, example.response, max_length=min(max_length, int(window)),
                        where=example.where)
     return len(rows)

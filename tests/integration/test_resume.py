@@ -13,6 +13,7 @@ import uuid
 import grpc
 import pytest
 
+from cli.local import local_runner
 from cli.local_services import wait_serving
 from common.artifacts import LocalArtifactStore
 from common.config import load_config
@@ -20,7 +21,6 @@ from common.errors import Cancelled
 from common.lineage import garbage, lineage
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
-from services.controller.loop import LoopRunner
 from tests.conftest import REPO
 from tests.integration.conftest import free_ports, s3_bucket_store
 from tests.integration.test_services import tiny_spec
@@ -30,8 +30,9 @@ QUICK = ["iterations=1", "evaluation.shift_samples=2"]
 
 
 def output_digests(store, loop_id: str) -> dict[str, str]:
-    """Content digests of every stage output of a loop (data files whole, model folders by weights file),
-    keyed by the stage path inside the loop, so two loops can be compared."""
+    """Content digests of every file of every stage output of a loop (data files, and every file of a model or
+    adapter folder: weights, configs, tokenizer), keyed by the stage path inside the loop, so two loops can be
+    compared. Training reports (``runs/``, wall-clock event files) are the one exception."""
     out = {}
     for key in store.list(f"loops/{loop_id}"):
         if not key.endswith("manifest.json"):
@@ -40,9 +41,11 @@ def output_digests(store, loop_id: str) -> dict[str, str]:
         stage = key.removeprefix(f"loops/{loop_id}/").removesuffix("/manifest.json")
         for role, ref in manifest["outputs"].items():
             path = store.local_path(store.key_of(ref["uri"]))
-            weights = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-            for file in weights:
-                out[f"{stage}/{role}/{file.name}"] = hashlib.sha256(file.read_bytes()).hexdigest()
+            files = sorted(p for p in path.rglob("*") if p.is_file() and "runs" not in p.relative_to(path).parts) \
+                if path.is_dir() else [path]
+            for file in files:
+                name = file.relative_to(path).as_posix() if path.is_dir() else file.name
+                out[f"{stage}/{role}/{name}"] = hashlib.sha256(file.read_bytes()).hexdigest()
     return out
 
 
@@ -50,7 +53,7 @@ def output_digests(store, loop_id: str) -> dict[str, str]:
 def reference_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference-run")
     config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=ref", *QUICK])
-    summary = LoopRunner(config).run()
+    summary = local_runner(config).run()
     return LocalArtifactStore(root), summary
 
 
@@ -58,14 +61,14 @@ def test_in_process_resume_reuses_completed_stages_and_matches(reference_run, tm
     store_ref, _ = reference_run
     config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=ref", *QUICK])
     finished = []
-    interrupted = LoopRunner(config, on_event=lambda kind, it, stage, **k: finished.append(stage) if kind == "stage_finished" else None,
+    interrupted = local_runner(config, on_event=lambda kind, it, stage, **k: finished.append(stage) if kind == "stage_finished" else None,
                              should_stop=lambda: len(finished) >= 4, interrupted=lambda: True)
     with pytest.raises(Cancelled):
         interrupted.run()
     state = json.loads((tmp_path / "loops/ref/state.json").read_text())
     assert state["status"] == "running" and len(state["stages"]) == 4
     reused = []
-    resumed = LoopRunner(config, on_event=lambda kind, it, stage, metrics=None, **k:
+    resumed = local_runner(config, on_event=lambda kind, it, stage, metrics=None, **k:
                          reused.append(stage) if kind == "stage_finished" and metrics and metrics.get("reused") else None)
     summary = resumed.run()
     assert reused == finished  # the four completed stages were not recomputed
@@ -88,7 +91,7 @@ def test_lineage_walks_from_an_adapter_to_the_teacher_and_the_candidates(referen
 
 def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
     config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=a", "iterations=1", "evaluation.baseline=false"])
-    LoopRunner(config).run()
+    local_runner(config).run()
     store = LocalArtifactStore(tmp_path)
     store.put_bytes("jobs/orphan.json", b"{}")  # written outside any loop
     store.put_bytes("experiments/e/experiment.json", b"{}")  # a result: never garbage
@@ -176,12 +179,18 @@ def test_a_failed_loop_is_recorded_failed_and_not_resumed_on_restart(tiny_models
     from services.controller.loops import LoopManager
 
     config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=broken", *QUICK])
-    runner = LoopRunner(config)
+    runner = local_runner(config)
 
-    def refuse(*args, **kwargs):
-        raise FailedPrecondition("canary refused teacher version", field="teacher_version")
+    from montessori.v1 import trainer_pb2
 
-    runner.executor.train_teacher = refuse  # fault injection: the DPO stage fails
+    run = runner.executor.run
+
+    def refuse(request, progress):
+        if isinstance(request, trainer_pb2.TrainTeacherRequest):
+            raise FailedPrecondition("canary refused teacher version", field="teacher_version")
+        return run(request, progress)
+
+    runner.executor.run = refuse  # fault injection: the DPO stage fails
     with pytest.raises(FailedPrecondition):
         runner.run()
     state = json.loads((tmp_path / "loops/broken/state.json").read_text())
