@@ -94,7 +94,8 @@ def test_the_controller_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, services.controller.servicer, services.controller.loop, services.controller.remote; "
+    code = ("import sys, cli.serve, common.service_main, services.controller.servicer, services.controller.loop, "
+            "services.controller.remote, services.controller.leader; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

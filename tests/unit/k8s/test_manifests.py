@@ -35,7 +35,7 @@ SERVICES = {  # service: (gRPC port, metrics port)
     "trainer": (50054, 9103),
 }
 WORKERS = ("teacher", "influence", "preference", "trainer")
-MODEL_READERS = ("controller", "teacher", "influence", "trainer")  # preference loads no model
+MODEL_READERS = ("teacher", "influence", "trainer")  # the controller and preference load no model
 GPU_SERVICES = ("teacher", "influence", "trainer")
 CPU_SERVICES = ("preference", "controller")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -289,7 +289,7 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
         assert "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{service}: /tmp is not an emptyDir"
         assert "/artifacts" not in mounts, f"{service}: artifacts live in MinIO, not on a shared volume"
         if service not in MODEL_READERS:
-            continue  # preference: no models volume (test_preference_mounts_no_models_volume)
+            continue  # controller, preference: no models volume (test_non_readers_mount_no_models_volume)
         models = volumes[mounts["/models"]["name"]]
         assert models["persistentVolumeClaim"]["claimName"] == "montessori-models"
         assert mounts["/models"].get("readOnly") is True, f"{service}: /models must be mounted read-only"
@@ -302,10 +302,12 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
 
 
 @pytest.mark.parametrize("target", ("base", *OVERLAYS))
-def test_preference_mounts_no_models_volume(rendered, target):
-    deployment = service_deployment(rendered[target], "preference")
+@pytest.mark.parametrize("service", [s for s in SERVICES if s not in MODEL_READERS])
+def test_non_readers_mount_no_models_volume(rendered, target, service):
+    """The controller reaches models only through the workers' requests; preference pairs scores."""
+    deployment = service_deployment(rendered[target], service)
     spec = pod_template(deployment)["spec"]
-    assert "montessori-models" not in json.dumps(deployment), "preference reads no model: no models claim"
+    assert "montessori-models" not in json.dumps(deployment), f"{service} reads no model: no models claim"
     for container in containers(deployment):
         assert "/models" not in [m["mountPath"] for m in container.get("volumeMounts", [])], container["name"]
     assert [v["name"] for v in spec["volumes"]] == ["tmp"], spec["volumes"]
