@@ -12,6 +12,8 @@ from typing import Literal, get_args
 
 from common.config import check, field
 
+#: DPO objectives for (chosen, rejected) pairs that TRL's DPOTrainer implements with one reference model.
+DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
 REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
@@ -114,6 +116,9 @@ class DPOSettings:
     """DPO of the teacher on (prompt, chosen, rejected) pairs (TRL DPOTrainer)."""
 
     beta: float = field(0.1, help="DPO beta (paper: 0.1).")
+    loss_type: DPO_LOSSES = field(
+        "sigmoid", help="DPO objective: 'sigmoid', the DPO loss (the paper); 'ipo', IPO's squared loss (beta is its "
+        "regularisation); 'hinge', the SLiC hinge loss; 'robust', DPO robust to flipped preferences.")
     learning_rate: float = field(
         5e-5, help="Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one.")
     epochs: float = field(1.0, help="Passes over the pairs (paper: 1).")
@@ -145,6 +150,7 @@ class DPOSettings:
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")
+        check(self.loss_type in get_args(DPO_LOSSES), "loss_type", f"must be one of {', '.join(get_args(DPO_LOSSES))}")
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
         check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
         check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")

@@ -113,6 +113,7 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
             **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
             **schedule_kwargs(settings, examples=len(pairs)),
             beta=settings.beta,
+            loss_type=[settings.loss_type],
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size,

@@ -76,6 +76,35 @@ def test_dpo_reports_reward_accuracy_and_margin_on_the_held_out_pairs(tiny_teach
     assert job["heldout_pairs"] == 2.0 and isinstance(job["heldout_reward_accuracy"], float)
 
 
+# ---------------------------------------------------------------- loss_type
+
+
+def test_the_dpo_objective_is_a_setting_of_the_stage_request(tiny_teacher, tmp_path):
+    """From the typed request to TRL: IPO's squared loss starts near (1 / (2 beta))^2 = 25 where DPO's sigmoid loss
+    starts near ln 2 (the policy equals its reference at the first step), so the loss says which one trained."""
+    from montessori.v1 import common_pb2, trainer_pb2
+    from services.trainer import stages
+
+    store = LocalArtifactStore(tmp_path / "store")
+    pairs = store.put_jsonl("in/pairs.jsonl", grouped_pairs(2, 2))
+    losses = {}
+    for loss_type in ("sigmoid", "ipo"):
+        request = trainer_pb2.TrainTeacherRequest(
+            teacher=common_pb2.ModelSpec(path=str(tiny_teacher)), pairs=common_pb2.ArtifactRef(uri=pairs.uri),
+            output_prefix=f"t/{loss_type}", seed=0, dpo=trainer_pb2.DPOSettings(
+                loss_type=loss_type, learning_rate=1e-6, lr_scheduler="constant", batch_size=4, max_length=64))
+        stages.train_teacher(store, request)(lambda *args: None)
+        manifest = store.get_json(f"t/{loss_type}/manifest.json")
+        assert manifest["config"]["dpo"]["loss_type"] == loss_type
+        losses[loss_type] = manifest["metrics"]["train_loss"]
+    assert losses["sigmoid"] < 1.0 < 10.0 < losses["ipo"], losses
+    with pytest.raises(InvalidArgument) as err:
+        stages.train_teacher(store, trainer_pb2.TrainTeacherRequest(
+            teacher=common_pb2.ModelSpec(path=str(tiny_teacher)), dpo=trainer_pb2.DPOSettings(loss_type="kto"),
+            validate_only=True))
+    assert err.value.field == "dpo.loss_type"
+
+
 # ---------------------------------------------------------------- report_to
 
 
