@@ -8,7 +8,9 @@ the work between units.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -17,6 +19,18 @@ class Progress(Protocol):
 
 def no_progress(stage: str, done: int, total: int, metrics: dict | None = None) -> None:
     """A progress sink that ignores everything."""
+
+
+def one_step(label: str, run: Callable[[], T]) -> Callable[[Progress], T]:
+    """A unit of work with no progress of its own, reported as one step (0 of 1, then 1 of 1)."""
+
+    def work(progress: Progress) -> T:
+        progress(label, 0, 1)
+        result = run()
+        progress(label, 1, 1)
+        return result
+
+    return work
 
 
 class TqdmProgress:

@@ -8,7 +8,7 @@ from typing import Callable
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
 from common.manifests import StageResult
-from common.progress import Progress
+from common.progress import Progress, one_step
 from common.request_fields import count, local_artifact, model_from_proto, output_prefix, settings
 from montessori.v1 import influence_pb2
 from services.influence import tasks
@@ -54,14 +54,8 @@ def merge_scores(store: ArtifactStore, request: influence_pb2.MergeScoresRequest
             raise InvalidArgument(f"{path} is not the manifest of a Score job", field=f"shards[{i}]")
         manifests.append({**manifest, "ref": {"uri": ref.uri, "sha256": store.digest(store.key_of(ref.uri))}})
     prefix = output_prefix(request.output_prefix)
-
-    def work(progress: Progress) -> StageResult:
-        progress("merge", 0, 1)
-        result = tasks.merge_scores(store, prefix, candidates_path=candidates, shard_manifests=manifests, config=config)
-        progress("merge", 1, 1)
-        return result
-
-    return work
+    return one_step("merge", lambda: tasks.merge_scores(store, prefix, candidates_path=candidates,
+                                                        shard_manifests=manifests, config=config))
 
 
 def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Work | None:
@@ -75,19 +69,13 @@ def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Wo
         tasks.check_rows(model, rows, max_length=EVAL_MAX_LENGTH, limit=limit or None, model_field="model", rows_field="rows",
                          source=request.rows.uri)
         return None
-    prefix = output_prefix(request.output_prefix) if request.output_prefix else None
-
-    def work(progress: Progress):
-        if prefix is not None:
-            return tasks.evaluate(store, prefix, model=model, rows_path=rows, batch_size=batch_size,
-                                  max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model", progress=progress)
-        progress("evaluate", 0, 1)
-        loss = tasks.evaluation_loss(model, rows, batch_size=batch_size, max_length=EVAL_MAX_LENGTH, limit=limit or None,
-                                     field="model")
-        progress("evaluate", 1, 1)
-        return {"loss": loss}
-
-    return work
+    if not request.output_prefix:  # only the mean, as the job's metric
+        return one_step("evaluate", lambda: {"loss": tasks.evaluation_loss(
+            model, rows, batch_size=batch_size, max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model")})
+    prefix = output_prefix(request.output_prefix)
+    return lambda progress: tasks.evaluate(store, prefix, model=model, rows_path=rows, batch_size=batch_size,
+                                           max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model",
+                                           progress=progress)
 
 
 def _shard(request: influence_pb2.ScoreRequest) -> tuple[int, int]:

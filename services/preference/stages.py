@@ -6,7 +6,7 @@ from typing import Callable
 
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
-from common.progress import Progress
+from common.progress import Progress, one_step
 from common.request_fields import local_artifact, output_prefix, settings
 from montessori.v1 import preference_pb2
 from services.preference import tasks
@@ -23,11 +23,5 @@ def assemble(store: ArtifactStore, request: preference_pb2.AssembleRequest) -> W
     candidates = local_artifact(store, request.candidates, field="candidates")
     scores = local_artifact(store, request.scores, field="scores")
     prefix = output_prefix(request.output_prefix)
-
-    def work(progress: Progress) -> StageResult:
-        progress("pairs", 0, 1)
-        result = tasks.assemble(store, prefix, candidates_path=candidates, scores_path=scores, config=config)
-        progress("pairs", 1, 1)
-        return result
-
-    return work
+    return one_step("pairs", lambda: tasks.assemble(store, prefix, candidates_path=candidates, scores_path=scores,
+                                                    config=config))
