@@ -47,6 +47,7 @@ def make_round(store: LocalArtifactStore, k: int) -> dict:
 
 @pytest.fixture
 def store(tmp_path):
+    (tmp_path / "store").mkdir()  # an existing (empty) store: the root is otherwise made by the first write
     return LocalArtifactStore(tmp_path / "store")
 
 
