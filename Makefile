@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint-images clean gpu-check
+.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint lint-images clean gpu-check
 
 # Everything: the main environment with the offline models, and the vLLM teacher's environment.
 setup: setup-main setup-vllm
@@ -82,8 +82,14 @@ images:
 lint-images: setup
 	$(VENV)/bin/hadolint Dockerfile.base
 
-# The main suite, then the vLLM teacher's tests from its own environment.
-test: setup
+# ruff's linter and formatter (pyproject.toml [tool.ruff]) on the whole tree but the generated code; `make test`
+# runs it first. To fix what they report: ruff check --fix . && ruff format .
+lint: setup-main
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The lint, the main suite, then the vLLM teacher's tests from its own environment.
+test: setup lint
 	$(PY) -m pytest -q -x --durations=15
 	$(MAKE) --no-print-directory test-vllm
 

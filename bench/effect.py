@@ -5,6 +5,7 @@ teacher shift), then copies ``experiment.json`` to ``bench/results/effect.json``
 (markdown, html, plots) into ``docs/results/``. A rerun resumes: finished seeds are read back from the store.
 Usage: python bench/effect.py [--seeds 0,1,2] [--config configs/effect.yaml] [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse

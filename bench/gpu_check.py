@@ -30,6 +30,7 @@ run killed from outside keeps what it measured (a cell it was in reads ``running
 Usage: PYTHONPATH=. python bench/gpu_check.py --size smoke --device cpu
        PYTHONPATH=. python bench/gpu_check.py --size full --device cuda --budget-s 400   (or: make gpu-check)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,9 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -59,29 +60,89 @@ PAPER_SECONDS_PER_CANDIDATE_8B_8GPU = 11.0
 
 #: Datasheet bounds of an H100/H200 SXM (dense, no sparsity; the H200 has the H100's compute). Leads, not
 #: readings: the run also measures a large matmul of each precision and a device-to-device copy.
-H200_BOUNDS = {"bf16_tflops": 989.0, "tf32_tflops": 495.0, "fp32_tflops": 67.0, "hbm_tb_per_s": 4.8,
-               "source": "NVIDIA H100/H200 SXM datasheet, dense"}
+H200_BOUNDS = {
+    "bf16_tflops": 989.0,
+    "tf32_tflops": 495.0,
+    "fp32_tflops": 67.0,
+    "hbm_tb_per_s": 4.8,
+    "source": "NVIDIA H100/H200 SXM datasheet, dense",
+}
 
 #: The published configurations (random weights are drawn for them). RoPE scaling and other settings that do
 #: not change the cost of a step are left at the library's defaults.
 MODEL_CONFIGS: dict[str, tuple[str, dict]] = {
-    "tiny-llama": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
-                                 tie_word_embeddings=True)),
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                                   num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=True)),
-    "gemma-3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-                                         num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
-                                         max_position_embeddings=32768, sliding_window=512, query_pre_attn_scalar=256,
-                                         layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3,
-                                         tie_word_embeddings=True)),
-    "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                                   num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=True)),
-    "llama-3-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                                 rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "tiny-llama": (
+        "llama",
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "gemma-3-270m": (
+        "gemma3_text",
+        dict(
+            hidden_size=640,
+            intermediate_size=2048,
+            num_hidden_layers=18,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            vocab_size=262144,
+            max_position_embeddings=32768,
+            sliding_window=512,
+            query_pre_attn_scalar=256,
+            layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-1b": (
+        "llama",
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3-8b": (
+        "llama",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 
@@ -125,21 +186,56 @@ class Size:
 
 _8B_FIT = "fp32 weights + AdamW moments + the scorer's snapshot of both = 6 x 32 GB, over the 139 GiB of one H200"
 SIZES = {
-    "smoke": Size(models=(ModelPlan("tiny-llama", reference_batch_size=2),), prompt_tokens=8, response_tokens=24,
-                  reference_rows=4, candidates=3, official_candidates=2, projected_candidates=3, official_pad=64,
-                  generate_batch=2, generate_prompt=8, generate_new=8, train_batch=2, train_tokens=32, train_steps=2),
-    "full": Size(models=(
-        ModelPlan("smollm2-135m"), ModelPlan("gemma-3-270m"), ModelPlan("llama-3.2-1b"),
-        # The projected cell last: its host-side cost at 8e9 parameters is the least certain (it is skipped when
-        # its estimate exceeds what is left of the budget).
-        ModelPlan("llama-3-8b", influence_optimizer="sgd", reference_batch_size=4, candidates=4, official_candidates=1,
-                  train_precision="bf16", cells=("exact", "first_order", "official", "sft", "dpo", "generate", "projected"),
-                  note="influence (all modes, official-style too) with optimizer 'sgd' in fp32: faithful AdamW does "
-                       "not fit (" + _8B_FIT + "); SFT/DPO on bf16 weights with bf16 AdamW moments (fp32 master + "
-                       "moments + grads = 128 GB before activations)")),
-        prompt_tokens=64, response_tokens=192, reference_rows=16, candidates=8, official_candidates=2,
-        projected_candidates=4, official_pad=1024, generate_batch=16, generate_prompt=128, generate_new=128,
-        train_batch=2, train_tokens=512, train_steps=5),
+    "smoke": Size(
+        models=(ModelPlan("tiny-llama", reference_batch_size=2),),
+        prompt_tokens=8,
+        response_tokens=24,
+        reference_rows=4,
+        candidates=3,
+        official_candidates=2,
+        projected_candidates=3,
+        official_pad=64,
+        generate_batch=2,
+        generate_prompt=8,
+        generate_new=8,
+        train_batch=2,
+        train_tokens=32,
+        train_steps=2,
+    ),
+    "full": Size(
+        models=(
+            ModelPlan("smollm2-135m"),
+            ModelPlan("gemma-3-270m"),
+            ModelPlan("llama-3.2-1b"),
+            # The projected cell last: its host-side cost at 8e9 parameters is the least certain (it is skipped when
+            # its estimate exceeds what is left of the budget).
+            ModelPlan(
+                "llama-3-8b",
+                influence_optimizer="sgd",
+                reference_batch_size=4,
+                candidates=4,
+                official_candidates=1,
+                train_precision="bf16",
+                cells=("exact", "first_order", "official", "sft", "dpo", "generate", "projected"),
+                note="influence (all modes, official-style too) with optimizer 'sgd' in fp32: faithful AdamW does "
+                "not fit (" + _8B_FIT + "); SFT/DPO on bf16 weights with bf16 AdamW moments (fp32 master + "
+                "moments + grads = 128 GB before activations)",
+            ),
+        ),
+        prompt_tokens=64,
+        response_tokens=192,
+        reference_rows=16,
+        candidates=8,
+        official_candidates=2,
+        projected_candidates=4,
+        official_pad=1024,
+        generate_batch=16,
+        generate_prompt=128,
+        generate_new=128,
+        train_batch=2,
+        train_tokens=512,
+        train_steps=5,
+    ),
 }
 
 
@@ -161,12 +257,21 @@ def random_ids(generator: torch.Generator, vocab: int, count: int) -> list[int]:
     return torch.randint(1, vocab, (count,), generator=generator).tolist()
 
 
-def random_examples(generator: torch.Generator, vocab: int, count: int, prompt: int, response: int, prefix: str) -> list[Example]:
-    return [Example(f"{prefix}-{i}", " ".join(map(str, random_ids(generator, vocab, prompt))),
-                    " ".join(map(str, random_ids(generator, vocab, response)))) for i in range(count)]
+def random_examples(
+    generator: torch.Generator, vocab: int, count: int, prompt: int, response: int, prefix: str
+) -> list[Example]:
+    return [
+        Example(
+            f"{prefix}-{i}",
+            " ".join(map(str, random_ids(generator, vocab, prompt))),
+            " ".join(map(str, random_ids(generator, vocab, response))),
+        )
+        for i in range(count)
+    ]
 
 
 # -- model FLOPs --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -178,12 +283,15 @@ class Shape:
     attention_width: int  # heads x head_dim
 
     @classmethod
-    def of(cls, model) -> "Shape":
+    def of(cls, model) -> Shape:
         config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
-                   sum(p.numel() for p in model.parameters()), config.num_hidden_layers,
-                   config.num_attention_heads * head_dim)
+        return cls(
+            sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
+            sum(p.numel() for p in model.parameters()),
+            config.num_hidden_layers,
+            config.num_attention_heads * head_dim,
+        )
 
     def forward(self, rows: int, tokens: int) -> float:
         """Forward FLOPs of ``rows`` sequences of ``tokens`` (causal attention: half of the T x T products)."""
@@ -191,11 +299,15 @@ class Shape:
 
     def generate(self, rows: int, prompt: int, new: int) -> float:
         """Prefill of the prompt, then one token at a time attending to everything before it."""
-        decode = sum(2.0 * self.matmul_parameters + 4.0 * self.layers * self.attention_width * (prompt + t) for t in range(1, new))
+        decode = sum(
+            2.0 * self.matmul_parameters + 4.0 * self.layers * self.attention_width * (prompt + t)
+            for t in range(1, new)
+        )
         return self.forward(rows, prompt) + rows * decode
 
 
 # -- the run's bookkeeping ----------------------------------------------------------------------------------
+
 
 class Report:
     """The JSON report, rewritten (atomically) after every change."""
@@ -234,16 +346,29 @@ def free_memory(device: torch.device) -> None:
 def environment(device: torch.device) -> dict:
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "torch_cuda": torch.version.cuda, "device": str(device), "cpu_count": os.cpu_count(),
-           "machine": platform.machine(), "float32_matmul_precision": torch.get_float32_matmul_precision(),
-           "torch_threads": torch.get_num_threads(),
-           "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}  # recorded, not configuration
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "torch_threads": torch.get_num_threads(),
+        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+    }  # recorded, not configuration
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        env.update({"device_name": properties.name, "capability": f"{properties.major}.{properties.minor}",
-                    "memory_gib": round(properties.total_memory / GIB, 1),
-                    "multiprocessors": properties.multi_processor_count, "device_count": torch.cuda.device_count()})
+        env.update(
+            {
+                "device_name": properties.name,
+                "capability": f"{properties.major}.{properties.minor}",
+                "memory_gib": round(properties.total_memory / GIB, 1),
+                "multiprocessors": properties.multi_processor_count,
+                "device_count": torch.cuda.device_count(),
+            }
+        )
     return env
 
 
@@ -283,6 +408,7 @@ def host_code_cost(device: torch.device, count: int = 10_000_000) -> dict:
 
 # -- one model's measurements ------------------------------------------------------------------------------
 
+
 class ModelRun:
     """One model (built once, cast between fp32 and bf16 as cells need) and the influence state its cells share."""
 
@@ -299,11 +425,16 @@ class ModelRun:
         self.scorer: InfluenceScorer | None = None
         self.scorer_setup_seconds: float | None = None
         vocab = values["vocab_size"]
-        self.reference = random_examples(self.generator, vocab, size.reference_rows, size.prompt_tokens,
-                                         size.response_tokens, "ref")
+        self.reference = random_examples(
+            self.generator, vocab, size.reference_rows, size.prompt_tokens, size.response_tokens, "ref"
+        )
         count = plan.candidates or size.candidates
-        self.candidates = random_examples(self.generator, vocab, count, size.prompt_tokens, size.response_tokens, "cand")
-        self.warmup_candidate = random_examples(self.generator, vocab, 1, size.prompt_tokens, size.response_tokens, "warm")[0]
+        self.candidates = random_examples(
+            self.generator, vocab, count, size.prompt_tokens, size.response_tokens, "cand"
+        )
+        self.warmup_candidate = random_examples(
+            self.generator, vocab, 1, size.prompt_tokens, size.response_tokens, "warm"
+        )[0]
 
     @property
     def vocab(self) -> int:
@@ -318,7 +449,9 @@ class ModelRun:
             torch.manual_seed(0)
 
             def build():
-                with torch.device(self.device):  # drawn on the device: an 8B model's random init on the host takes minutes
+                with torch.device(
+                    self.device
+                ):  # drawn on the device: an 8B model's random init on the host takes minutes
                     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
                 return model.to(self.device)
 
@@ -335,8 +468,9 @@ class ModelRun:
         it; the per-parameter implementation that the service's ``load_adamw`` builds."""
         if self.optimizer is None:
             model = self.model(torch.float32)
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.size.learning_rate, weight_decay=0.0,
-                                               foreach=False, fused=False)
+            self.optimizer = torch.optim.AdamW(
+                model.parameters(), lr=self.size.learning_rate, weight_decay=0.0, foreach=False, fused=False
+            )
             batch = self.batch([self.warmup_candidate])
             model(**batch).loss.backward()
             self.optimizer.step()
@@ -350,9 +484,13 @@ class ModelRun:
             model = self.model(torch.float32)
             faithful = self.plan.influence_optimizer == "faithful"
             optimizer = self.adamw() if faithful else None
-            config = InfluenceConfig(optimizer=self.plan.influence_optimizer, sgd_learning_rate=self.size.learning_rate,
-                                     reference_batch_size=self.plan.reference_batch_size,
-                                     max_length=self.size.prompt_tokens + self.size.response_tokens, device=str(self.device))
+            config = InfluenceConfig(
+                optimizer=self.plan.influence_optimizer,
+                sgd_learning_rate=self.size.learning_rate,
+                reference_batch_size=self.plan.reference_batch_size,
+                max_length=self.size.prompt_tokens + self.size.response_tokens,
+                device=str(self.device),
+            )
 
             def setup():
                 scorer = InfluenceScorer(model, self.tokenizer, self.reference, config, optimizer)
@@ -378,13 +516,17 @@ class ModelRun:
         """Encoded, collated (right-padded to the longest or to ``pad_to``) and on the device."""
         from common.chat import encode_example
 
-        encoded = [encode_example(self.tokenizer, e.user_text, e.response, max_length=1 << 20, where=e.id) for e in examples]
+        encoded = [
+            encode_example(self.tokenizer, e.user_text, e.response, max_length=1 << 20, where=e.id) for e in examples
+        ]
         batch = collate(encoded, self.tokenizer.pad_token_id)
         extra = (pad_to or 0) - batch["input_ids"].shape[1]
         if extra > 0:
-            batch = {"input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=self.tokenizer.pad_token_id),
-                     "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0),
-                     "labels": torch.nn.functional.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)}
+            batch = {
+                "input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=self.tokenizer.pad_token_id),
+                "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0),
+                "labels": torch.nn.functional.pad(batch["labels"], (0, extra), value=IGNORE_INDEX),
+            }
         return {key: value.to(self.device) for key, value in batch.items()}
 
     @property
@@ -404,9 +546,16 @@ class ModelRun:
         host_optimizer = None
         if faithful:
             state = self.adamw().state_dict()
-            host_optimizer = {"param_groups": copy.deepcopy(state["param_groups"]),
-                              "state": {index: {key: value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
-                                                for key, value in entry.items()} for index, entry in state["state"].items()}}
+            host_optimizer = {
+                "param_groups": copy.deepcopy(state["param_groups"]),
+                "state": {
+                    index: {
+                        key: value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
+                        for key, value in entry.items()
+                    }
+                    for index, entry in state["state"].items()
+                },
+            }
         host_weights = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
         pad = min(self.size.official_pad, int(model.config.max_position_embeddings))
         rows = [self.batch([row], pad_to=pad) for row in self.reference]
@@ -437,11 +586,19 @@ class ModelRun:
             model.load_state_dict(host_weights)
             model.zero_grad(set_to_none=True)
         flops = 3 * self.shape.forward(1, self.candidate_tokens) + len(rows) * self.shape.forward(1, pad)
-        return {"unit": "candidates", "count": count, "seconds": seconds, "rate": count / seconds,
-                "flops_per_unit": flops, "precision": "fp32", "reference_rows": len(rows), "reference_pad": pad,
-                "optimizer": self.plan.influence_optimizer,
-                "note": "weights" + (" and AdamW state" if faithful else "") + " copied back from host memory before "
-                        "each candidate (the official code reloads them from disk)"}
+        return {
+            "unit": "candidates",
+            "count": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "flops_per_unit": flops,
+            "precision": "fp32",
+            "reference_rows": len(rows),
+            "reference_pad": pad,
+            "optimizer": self.plan.influence_optimizer,
+            "note": "weights" + (" and AdamW state" if faithful else "") + " copied back from host memory before "
+            "each candidate (the official code reloads them from disk)",
+        }
 
     def projected_cost(self, host: dict) -> float:
         """Seconds the projected cell is expected to spend on the host: drawing one count-sketch code per parameter
@@ -454,25 +611,39 @@ class ModelRun:
 
     def influence(self, mode: str) -> dict:
         scorer = self.influence_scorer()
-        mode_setup = {"exact": lambda: None, "first_order": lambda: scorer.shared_terms(),
-                      "projected": lambda: scorer.projected_reference()}[mode]
+        mode_setup = {
+            "exact": lambda: None,
+            "first_order": lambda: scorer.shared_terms(),
+            "projected": lambda: scorer.projected_reference(),
+        }[mode]
         _, setup_seconds = timed(self.device, mode_setup)
-        candidates = self.candidates[:self.size.projected_candidates] if mode == "projected" else self.candidates
+        candidates = self.candidates[: self.size.projected_candidates] if mode == "projected" else self.candidates
         scorer.score([self.warmup_candidate], mode=mode)
         rows, seconds = timed(self.device, lambda: scorer.score(candidates, mode=mode))
         count = len(rows)
         step = 3 * self.shape.forward(1, self.candidate_tokens)
         flops = step + (self.shape.forward(len(self.reference), self.candidate_tokens) if mode == "exact" else 0.0)
         setup = (self.scorer_setup_seconds or 0.0) + setup_seconds
-        figures = {"unit": "candidates", "count": count, "seconds": seconds, "rate": count / seconds,
-                   "setup_seconds": setup, "rate_with_setup": count / (seconds + setup), "flops_per_unit": flops,
-                   "precision": "fp32", "optimizer": self.plan.influence_optimizer,
-                   "reference_rows": len(self.reference), "reference_batch_size": self.plan.reference_batch_size,
-                   "influence_spread": float(torch.tensor([r["influence"] for r in rows]).std()) if count > 1 else None}
+        figures = {
+            "unit": "candidates",
+            "count": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "setup_seconds": setup,
+            "rate_with_setup": count / (seconds + setup),
+            "flops_per_unit": flops,
+            "precision": "fp32",
+            "optimizer": self.plan.influence_optimizer,
+            "reference_rows": len(self.reference),
+            "reference_batch_size": self.plan.reference_batch_size,
+            "influence_spread": float(torch.tensor([r["influence"] for r in rows]).std()) if count > 1 else None,
+        }
         if mode == "projected":
             figures["projection_dim"] = scorer.config.projection_dim
-            figures["note"] = ("the count sketch's codes are drawn and cached on the host (services/influence/sketch.py) "
-                               "and copied to the device for every tensor of every candidate")
+            figures["note"] = (
+                "the count sketch's codes are drawn and cached on the host (services/influence/sketch.py) "
+                "and copied to the device for every tensor of every candidate"
+            )
         return figures
 
     def sft(self) -> dict:
@@ -501,12 +672,19 @@ class ModelRun:
             del optimizer
             model.zero_grad(set_to_none=True)
             model.train(False)
-        return {"unit": "steps", "count": size.train_steps, "seconds": seconds, "rate": size.train_steps / seconds,
-                "tokens_per_s": size.train_steps * size.train_batch * size.train_tokens / seconds,
-                "flops_per_unit": 3 * self.shape.forward(size.train_batch, size.train_tokens), "precision": "bf16",
-                "weights": "fp32 master, bf16 autocast" if autocast else "bf16 (no fp32 master)",
-                "batch": f"{size.train_batch}x{size.train_tokens}", "optimizer": "torch AdamW (fused on CUDA)",
-                "loss_finite": bool(torch.isfinite(torch.stack(losses)).all())}
+        return {
+            "unit": "steps",
+            "count": size.train_steps,
+            "seconds": seconds,
+            "rate": size.train_steps / seconds,
+            "tokens_per_s": size.train_steps * size.train_batch * size.train_tokens / seconds,
+            "flops_per_unit": 3 * self.shape.forward(size.train_batch, size.train_tokens),
+            "precision": "bf16",
+            "weights": "fp32 master, bf16 autocast" if autocast else "bf16 (no fp32 master)",
+            "batch": f"{size.train_batch}x{size.train_tokens}",
+            "optimizer": "torch AdamW (fused on CUDA)",
+            "loss_finite": bool(torch.isfinite(torch.stack(losses)).all()),
+        }
 
     def dpo(self, beta: float = 0.1) -> dict:
         """TRL's sigmoid DPO loss, -log sigmoid(beta [(pi_c - pi_r) - (ref_c - ref_r)]), on summed response
@@ -518,9 +696,13 @@ class ModelRun:
         pairs = max(1, size.train_batch // 2)
         prompt = size.train_tokens // 4
         prompts = [" ".join(map(str, random_ids(self.generator, self.vocab, prompt))) for _ in range(pairs)]
-        responses = [" ".join(map(str, random_ids(self.generator, self.vocab, size.train_tokens - prompt)))
-                     for _ in range(2 * pairs)]
-        rows = [Example(f"dpo-{i}", prompts[i % pairs], responses[i]) for i in range(2 * pairs)]  # chosen, then rejected
+        responses = [
+            " ".join(map(str, random_ids(self.generator, self.vocab, size.train_tokens - prompt)))
+            for _ in range(2 * pairs)
+        ]
+        rows = [
+            Example(f"dpo-{i}", prompts[i % pairs], responses[i]) for i in range(2 * pairs)
+        ]  # chosen, then rejected
         batch = self.batch(rows)
         reference = copy.deepcopy(policy).to(torch.bfloat16).requires_grad_(False)
         policy.train()
@@ -529,8 +711,9 @@ class ModelRun:
         def log_probs(model) -> torch.Tensor:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             targets = batch["labels"][:, 1:]
-            return -torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                                                      reduction="none").sum(dim=1)
+            return -torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+            ).sum(dim=1)
 
         def step():
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -552,35 +735,60 @@ class ModelRun:
             policy.zero_grad(set_to_none=True)
             policy.train(False)
         rows_per_step = 2 * pairs
-        return {"unit": "steps", "count": size.train_steps, "seconds": seconds, "rate": size.train_steps / seconds,
-                "flops_per_unit": 4 * self.shape.forward(rows_per_step, size.train_tokens), "precision": "bf16",
-                "weights": "fp32 master, bf16 autocast" if autocast else "bf16 (no fp32 master)",
-                "batch": f"{pairs} pair(s) x 2 x {size.train_tokens}", "reference_model": "bf16 copy, frozen",
-                "loss": "sigmoid DPO, beta 0.1, written in torch (no TRL on the device)",
-                "loss_finite": bool(torch.isfinite(torch.stack(losses)).all())}
+        return {
+            "unit": "steps",
+            "count": size.train_steps,
+            "seconds": seconds,
+            "rate": size.train_steps / seconds,
+            "flops_per_unit": 4 * self.shape.forward(rows_per_step, size.train_tokens),
+            "precision": "bf16",
+            "weights": "fp32 master, bf16 autocast" if autocast else "bf16 (no fp32 master)",
+            "batch": f"{pairs} pair(s) x 2 x {size.train_tokens}",
+            "reference_model": "bf16 copy, frozen",
+            "loss": "sigmoid DPO, beta 0.1, written in torch (no TRL on the device)",
+            "loss_finite": bool(torch.isfinite(torch.stack(losses)).all()),
+        }
 
     def generate(self) -> dict:
         model = self.model(torch.bfloat16)
         size = self.size
-        ids = torch.randint(1, self.vocab, (size.generate_batch, size.generate_prompt), generator=self.generator).to(self.device)
+        ids = torch.randint(1, self.vocab, (size.generate_batch, size.generate_prompt), generator=self.generator).to(
+            self.device
+        )
         mask = torch.ones_like(ids)
 
         def run(new: int):
-            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                  do_sample=False, pad_token_id=0)
+            return model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
         run(min(8, size.generate_new))
         out, seconds = timed(self.device, lambda: run(size.generate_new))
         new = out.shape[1] - ids.shape[1]
         tokens = size.generate_batch * new
         bytes_per_step = 2 * self.shape.matmul_parameters  # bf16 weights read once per decoding step
-        return {"unit": "tokens", "count": tokens, "seconds": seconds, "rate": tokens / seconds,
-                "flops_per_unit": self.shape.generate(size.generate_batch, size.generate_prompt, new) / tokens,
-                "precision": "bf16", "batch": size.generate_batch, "prompt_tokens": size.generate_prompt, "new_tokens": new,
-                "weight_bytes_per_s": bytes_per_step * new / seconds, "decoding": "greedy, transformers generate, sdpa"}
+        return {
+            "unit": "tokens",
+            "count": tokens,
+            "seconds": seconds,
+            "rate": tokens / seconds,
+            "flops_per_unit": self.shape.generate(size.generate_batch, size.generate_prompt, new) / tokens,
+            "precision": "bf16",
+            "batch": size.generate_batch,
+            "prompt_tokens": size.generate_prompt,
+            "new_tokens": new,
+            "weight_bytes_per_s": bytes_per_step * new / seconds,
+            "decoding": "greedy, transformers generate, sdpa",
+        }
 
 
 # -- the run ----------------------------------------------------------------------------------------------
+
 
 def with_bounds(figures: dict, bounds: dict, measured: dict) -> dict:
     """Adds the achieved TFLOP/s and its fraction of the datasheet and the measured bound of its precision."""
@@ -619,8 +827,10 @@ def ratios(cells: list[dict]) -> dict:
         if model == "llama-3-8b" and "exact" in found:
             row["exact_seconds_per_candidate"] = 1.0 / found["exact"]["rate"]
             row["paper_seconds_per_candidate_8_gpus"] = PAPER_SECONDS_PER_CANDIDATE_8B_8GPU
-            row["note"] = ("not like for like: the paper's figure is for 8 GPUs and 256 reference rows; this is one GPU, "
-                           f"{found['exact']['reference_rows']} reference rows, optimizer {found['exact']['optimizer']}")
+            row["note"] = (
+                "not like for like: the paper's figure is for 8 GPUs and 256 reference rows; this is one GPU, "
+                f"{found['exact']['reference_rows']} reference rows, optimizer {found['exact']['optimizer']}"
+            )
         if row:
             out[model] = row
     return out
@@ -632,8 +842,10 @@ def format_rate(cell: dict) -> str:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'model':<14} {'cell':<12} {'status':<8} {'rate':>18} {'setup s':>8} {'TFLOP/s':>8} {'% bound':>8} "
-          f"{'peak GiB':>9} {'x official':>10}")
+    print(
+        f"\n{'model':<14} {'cell':<12} {'status':<8} {'rate':>18} {'setup s':>8} {'TFLOP/s':>8} {'% bound':>8} "
+        f"{'peak GiB':>9} {'x official':>10}"
+    )
     ratio = report["ratios"]
     for cell in report["cells"]:
         line = f"{cell['model']:<14} {cell['cell']:<12} {cell['status']:<8} "
@@ -643,9 +855,11 @@ def print_table(report: dict) -> None:
         bound = cell.get("fraction_of_datasheet")
         peak = cell.get("peak_memory_gib")
         speedup = ratio.get(cell["model"], {}).get(cell["cell"] + "_vs_official")
-        print(line + f"{format_rate(cell):>18} {optional(cell.get('setup_seconds'), spec='.2f'):>8} "
-              f"{optional(cell.get('tflops'), spec='.3g'):>8} {optional(bound, 100):>8} {optional(peak):>9} "
-              f"{optional(speedup):>10}")
+        print(
+            line + f"{format_rate(cell):>18} {optional(cell.get('setup_seconds'), spec='.2f'):>8} "
+            f"{optional(cell.get('tflops'), spec='.3g'):>8} {optional(bound, 100):>8} {optional(peak):>9} "
+            f"{optional(speedup):>10}"
+        )
 
 
 def optional(value: float | None, scale: float = 1.0, spec: str = ".1f") -> str:
@@ -656,8 +870,10 @@ def run_cell(run: ModelRun, name: str, *, remaining_s: float, host: dict) -> dic
     if name == "projected":
         estimate = 1.25 * run.projected_cost(host)
         if estimate > remaining_s:
-            raise Skip(f"estimated {estimate:.0f} s of host-side count-sketch work (codes drawn on the host, copied per "
-                       f"use) exceeds the {remaining_s:.0f} s left of the budget")
+            raise Skip(
+                f"estimated {estimate:.0f} s of host-side count-sketch work (codes drawn on the host, copied per "
+                f"use) exceeds the {remaining_s:.0f} s left of the budget"
+            )
         return {**run.influence(name), "estimated_host_seconds": estimate / 1.25}
     if name in ("exact", "first_order"):
         return run.influence(name)
@@ -676,11 +892,21 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.out or f"bench/results/gpu-check-{kind}.json")
     env = environment(device)
     bounds = H200_BOUNDS if "H200" in env.get("device_name", "") or "H100" in env.get("device_name", "") else {}
-    report = Report(out, {"size": args.size, "budget_s": args.budget_s, "environment": env, "datasheet_bounds": bounds,
-                          "settings": dataclasses.asdict(size),
-                          "flops": "model FLOPs: 2 x nn.Linear weights (lm head included) per token + causal attention "
-                                   "2 x layers x heads x head_dim x T^2 per sequence; backward = 2 x forward"})
-    print(f"device {env.get('device_name', device)}  torch {env['torch']}  transformers {env['transformers']}", flush=True)
+    report = Report(
+        out,
+        {
+            "size": args.size,
+            "budget_s": args.budget_s,
+            "environment": env,
+            "datasheet_bounds": bounds,
+            "settings": dataclasses.asdict(size),
+            "flops": "model FLOPs: 2 x nn.Linear weights (lm head included) per token + causal attention "
+            "2 x layers x heads x head_dim x T^2 per sequence; backward = 2 x forward",
+        },
+    )
+    print(
+        f"device {env.get('device_name', device)}  torch {env['torch']}  transformers {env['transformers']}", flush=True
+    )
     report.data["measured_ceilings"] = measured = measured_ceilings(device)
     report.data["host_code_cost"] = host = host_code_cost(device)
     report.write()
@@ -711,8 +937,11 @@ def main(args: argparse.Namespace) -> dict:
                     cell.update(status="oom", error=str(err).splitlines()[0][:300])
                     run.drop_influence()
                 except Exception as err:  # one cell's failure is recorded; the others still run
-                    cell.update(status="error", error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300],
-                                traceback=traceback.format_exc()[-1500:])
+                    cell.update(
+                        status="error",
+                        error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300],
+                        traceback=traceback.format_exc()[-1500:],
+                    )
                     run.drop_influence()
                 if run.shape is None and cell["status"] in ("oom", "error"):
                     broken = cell["error"]
@@ -724,12 +953,16 @@ def main(args: argparse.Namespace) -> dict:
             status = cell["status"] if cell["status"] != "ok" else format_rate(cell)
             print(f"[{time.monotonic() - started:6.1f} s] {plan.name:<14} {name:<12} {status}", flush=True)
         if run.shape is not None:
-            report.data["models"][plan.name] = {"family": run.family, "config": run.config_values,
-                                                "parameters": run.shape.parameters,
-                                                "matmul_parameters": run.shape.matmul_parameters,
-                                                "build_seconds": run.build_seconds, "note": plan.note or None,
-                                                "influence_optimizer": plan.influence_optimizer,
-                                                "train_precision": plan.train_precision}
+            report.data["models"][plan.name] = {
+                "family": run.family,
+                "config": run.config_values,
+                "parameters": run.shape.parameters,
+                "matmul_parameters": run.shape.matmul_parameters,
+                "build_seconds": run.build_seconds,
+                "note": plan.note or None,
+                "influence_optimizer": plan.influence_optimizer,
+                "train_precision": plan.train_precision,
+            }
         run.close()
         del run
         free_memory(device)
@@ -752,9 +985,11 @@ def render_markdown(report: dict) -> str:
     def num(value, spec=".3g"):
         return "–" if value is None else format(value, spec)
 
-    lines = ["| model (parameters) | method | optimizer | cand | cand/s | setup s | cand/s incl. setup | × official | "
-             "× official incl. setup | TFLOP/s | % fp32 datasheet | % fp32 matmul measured | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model (parameters) | method | optimizer | cand | cand/s | setup s | cand/s incl. setup | × official | "
+        "× official incl. setup | TFLOP/s | % fp32 datasheet | % fp32 matmul measured | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell in cells:
         if cell["status"] != "ok" or cell["unit"] != "candidates":
             continue
@@ -769,9 +1004,14 @@ def render_markdown(report: dict) -> str:
             f"{'1' if official else num(own.get(cell['cell'] + '_vs_official'), '.1f')} | "
             f"{'1' if official else num(own.get(cell['cell'] + '_with_setup_vs_official'), '.1f')} | "
             f"{num(cell.get('tflops'), '.3g')} | {pct(cell.get('fraction_of_datasheet'))} | "
-            f"{pct(cell.get('fraction_of_measured_matmul'))} | {num(cell.get('peak_memory_gib'), '.1f')} |")
-    lines += ["", "| model | stage | weights | rate | TFLOP/s | % bf16 datasheet | % bf16 matmul measured | "
-                  "weight reads (% copy measured) | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+            f"{pct(cell.get('fraction_of_measured_matmul'))} | {num(cell.get('peak_memory_gib'), '.1f')} |"
+        )
+    lines += [
+        "",
+        "| model | stage | weights | rate | TFLOP/s | % bf16 datasheet | % bf16 matmul measured | "
+        "weight reads (% copy measured) | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell in cells:
         if cell["status"] != "ok" or cell["unit"] == "candidates":
             continue
@@ -779,17 +1019,24 @@ def render_markdown(report: dict) -> str:
         reads = "–"
         if "weight_bytes_per_s" in cell:
             reads = f"{cell['weight_bytes_per_s'] / 1e9:.3g} GB/s ({pct(cell.get('fraction_of_measured_copy'))})"
-        lines.append(f"| {cell['model']} | {cell['cell']} | {weights} | {format_rate(cell)} | {num(cell.get('tflops'))} | "
-                     f"{pct(cell.get('fraction_of_datasheet'))} | {pct(cell.get('fraction_of_measured_matmul'))} | "
-                     f"{reads} | {num(cell.get('peak_memory_gib'), '.1f')} |")
+        lines.append(
+            f"| {cell['model']} | {cell['cell']} | {weights} | {format_rate(cell)} | {num(cell.get('tflops'))} | "
+            f"{pct(cell.get('fraction_of_datasheet'))} | {pct(cell.get('fraction_of_measured_matmul'))} | "
+            f"{reads} | {num(cell.get('peak_memory_gib'), '.1f')} |"
+        )
     missing = [cell for cell in cells if cell["status"] != "ok"]
     if missing:
-        lines += [""] + [f"- {cell['model']} {cell['cell']}: **{cell['status']}**: "
-                         f"{cell.get('reason') or cell.get('error')}" for cell in missing]
+        lines += [""] + [
+            f"- {cell['model']} {cell['cell']}: **{cell['status']}**: {cell.get('reason') or cell.get('error')}"
+            for cell in missing
+        ]
     if measured:
-        lines += ["", f"Measured in the same run: bf16 matmul {measured.get('bf16_matmul_tflops')} TFLOP/s, fp32 matmul "
-                      f"{measured.get('fp32_matmul_tflops')} TFLOP/s (8192³, random data), device-to-device copy "
-                      f"{measured.get('copy_tb_per_s')} TB/s (bytes read + written)."]
+        lines += [
+            "",
+            f"Measured in the same run: bf16 matmul {measured.get('bf16_matmul_tflops')} TFLOP/s, fp32 matmul "
+            f"{measured.get('fp32_matmul_tflops')} TFLOP/s (8192³, random data), device-to-device copy "
+            f"{measured.get('copy_tb_per_s')} TB/s (bytes read + written).",
+        ]
     return "\n".join(lines)
 
 
@@ -797,12 +1044,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="cells that would start after this many seconds are skipped")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="cells that would start after this many seconds are skipped"
+    )
     parser.add_argument("--models", nargs="*", default=None, help="only these models of the size (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON path (default: bench/results/gpu-check-<device kind>.json)")
-    parser.add_argument("--markdown", default=None, metavar="JSON",
-                        help="print docs/benchmarks.md's tables from this report and exit (measures nothing)")
+    parser.add_argument(
+        "--markdown",
+        default=None,
+        metavar="JSON",
+        help="print docs/benchmarks.md's tables from this report and exit (measures nothing)",
+    )
     return parser
 
 

@@ -4,6 +4,7 @@ Both runs use the same config and seed (so the same work); the services run star
 services as local processes on free loopback ports with their own local store.
 Usage: python bench/loop.py [--config configs/tiny.yaml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from cli.local import local_runner
 from cli.local_services import ORDER, start_services, stop_services
 from common.artifacts import LocalArtifactStore
 from common.config import load_config, read_config_file
@@ -23,7 +25,6 @@ from common.envs import apply_offline_defaults
 from common.protoconv import loop_spec
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
-from cli.local import local_runner
 
 
 def free_ports(n: int) -> list[int]:
@@ -83,19 +84,35 @@ def main() -> None:
     print(f"config={args.config}")
     print(f"{'stage':<34} {'in-process s':>13} {'service s':>10} {'observed s':>11}")
     # The controller names loop-level stages without their folder.
-    event_name = {"baseline/train-data": "baseline-data", "baseline/student": "baseline-student",
-                  "evaluation/montessori-influence": "montessori-influence", "evaluation/baseline-influence": "baseline-influence"}
+    event_name = {
+        "baseline/train-data": "baseline-data",
+        "baseline/student": "baseline-student",
+        "evaluation/montessori-influence": "montessori-influence",
+        "evaluation/baseline-influence": "baseline-influence",
+    }
     for stage in stages:
         key = event_name.get(stage, stage)
-        print(f"{stage:<34} {inproc.get(stage, 0):>13.2f} {services.get(stage, 0):>10.2f} {observed.get(key, 0):>11.2f}")
+        print(
+            f"{stage:<34} {inproc.get(stage, 0):>13.2f} {services.get(stage, 0):>10.2f} {observed.get(key, 0):>11.2f}"
+        )
     overhead = services_wall - inproc_wall
-    print(f"{'loop wall time':<34} {inproc_wall:>13.2f} {services_wall:>10.2f}   overhead {overhead:+.2f} s "
-          f"({100 * overhead / services_wall:+.1f}% of the services run)")
+    print(
+        f"{'loop wall time':<34} {inproc_wall:>13.2f} {services_wall:>10.2f}   overhead {overhead:+.2f} s "
+        f"({100 * overhead / services_wall:+.1f}% of the services run)"
+    )
     out = Path(args.out or f"bench/results/loop-{Path(args.config).stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "in_process_wall": inproc_wall, "services_wall": services_wall,
-                               "stages": {s: {"in_process": inproc.get(s), "service": services.get(s)} for s in stages}},
-                              indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "in_process_wall": inproc_wall,
+                "services_wall": services_wall,
+                "stages": {s: {"in_process": inproc.get(s), "service": services.get(s)} for s in stages},
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -9,6 +9,7 @@ Engine start-up is reported apart. Runs from the vLLM environment:
 
     .venv-vllm/bin/python bench/teacher.py [--model models/smollm2-135m-instruct] [--prompts 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 def prompts(count: int, seed: int) -> list[str]:
     seeds = seed_examples(read_instruction_rows(REPO / "data" / "seed.jsonl"))
     rng = random.Random(seed)
-    return [synthesis_prompt(pick_examples(seeds, [], total=8, from_generated=2, rng=rng), style="completion")
-            for _ in range(count)]
+    return [
+        synthesis_prompt(pick_examples(seeds, [], total=8, from_generated=2, rng=rng), style="completion")
+        for _ in range(count)
+    ]
 
 
 def timed(backend: GenerationBackend, texts: list[str], params: SamplingParams, batch: int) -> dict:
     before = backend.tokens_generated
     started = time.perf_counter()
     for start in range(0, len(texts), batch):
-        backend.generate(texts[start:start + batch], SamplingParams(**{**params.to_dict(), "seed": params.seed + start}))
+        backend.generate(
+            texts[start : start + batch], SamplingParams(**{**params.to_dict(), "seed": params.seed + start})
+        )
     seconds = time.perf_counter() - started
     tokens = backend.tokens_generated - before
     return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1)}
@@ -66,9 +71,18 @@ def main() -> None:
     apply_offline_defaults()
 
     texts = prompts(args.prompts, seed=0)
-    params = SamplingParams(n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=1)
-    results: dict = {"model": args.model, "device": device(), "prompts": len(texts), "n": params.n,
-                     "max_new_tokens": params.max_new_tokens, "batch": args.batch, "rows": {}}
+    params = SamplingParams(
+        n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=1
+    )
+    results: dict = {
+        "model": args.model,
+        "device": device(),
+        "prompts": len(texts),
+        "n": params.n,
+        "max_new_tokens": params.max_new_tokens,
+        "batch": args.batch,
+        "rows": {},
+    }
 
     transformers = TransformersBackend(ModelRef(args.model))
     timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
@@ -86,8 +100,10 @@ def main() -> None:
             start_seconds = round(time.perf_counter() - started, 1)
             timed(backend, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
             short = "fp32" if dtype == "float32" else "bf16" if dtype == "bfloat16" else dtype
-            results["rows"][f"vLLM ({short}), same batches"] = {**timed(backend, texts, params, args.batch),
-                                                               "engine_start_seconds": start_seconds}
+            results["rows"][f"vLLM ({short}), same batches"] = {
+                **timed(backend, texts, params, args.batch),
+                "engine_start_seconds": start_seconds,
+            }
             results["rows"][f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
             # A teacher version as the loop serves it after a DPO round: an r=8 adapter, hot-swapped in.
             ref = ModelRef(args.model, (random_adapter(args.model, Path(cache) / "adapter", seed=0, scale=0.01),))
@@ -98,12 +114,16 @@ def main() -> None:
             backends.close()
 
     base = results["rows"]["transformers (fp32)"]["tokens_per_second"]
-    print(f"\nTeacher generation on {results['device']}: {args.model}, {len(texts)} synthesis prompts x n={params.n}, "
-          f"{params.max_new_tokens} new tokens, prompts per request {args.batch}\n")
+    print(
+        f"\nTeacher generation on {results['device']}: {args.model}, {len(texts)} synthesis prompts x n={params.n}, "
+        f"{params.max_new_tokens} new tokens, prompts per request {args.batch}\n"
+    )
     print(f"{'backend':34} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs transformers':>16}")
     for name, row in results["rows"].items():
         row["ratio"] = round(row["tokens_per_second"] / base, 2)
-        print(f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} {row['ratio']:>15.2f}x")
+        print(
+            f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} {row['ratio']:>15.2f}x"
+        )
     output = Path(args.output or REPO / "bench" / "results" / f"teacher-{Path(args.model).name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,5 @@
 """``montessori artifacts {ls,lineage,gc}``: inspect and prune the artifact store."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,9 @@ import json
 
 def add_parser(commands) -> None:
     sub = commands.add_parser("artifacts", help="List loops' artifacts, show lineage, collect garbage.")
-    sub.add_argument("--store", default=None, help="artifact store (path, file:// or s3://bucket; default MONTESSORI_ARTIFACTS_DIR)")
+    sub.add_argument(
+        "--store", default=None, help="artifact store (path, file:// or s3://bucket; default MONTESSORI_ARTIFACTS_DIR)"
+    )
     actions = sub.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("ls", help="the stages of a loop (or all loops) with their outputs")
     ls.add_argument("loop_id", nargs="?")

@@ -1,4 +1,5 @@
 """Render a config dataclass as commented YAML (the config reference users copy from)."""
+
 from __future__ import annotations
 
 import dataclasses

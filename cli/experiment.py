@@ -1,6 +1,7 @@
 """``montessori experiment``: one loop per seed (in process, or on the controller), pooled into ``experiment.json``
 and a report. Each seed's loop id is fixed (``<name>-seed<N>``), so a rerun resumes every completed stage and a
 finished loop is read back, not rerun."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,19 +14,28 @@ from common.errors import FailedPrecondition, InvalidArgument
 
 
 def add_parser(commands) -> None:
-    sub = commands.add_parser("experiment", help="Montessori vs Self-Instruct vs base over several seeds, with intervals.",
-                              description=__doc__.splitlines()[0])
+    sub = commands.add_parser(
+        "experiment",
+        help="Montessori vs Self-Instruct vs base over several seeds, with intervals.",
+        description=__doc__.splitlines()[0],
+    )
     sub.add_argument("--config", help="YAML or TOML run config (as for `montessori run`)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     sub.add_argument("--seeds", default="0,1,2", help="comma-separated loop seeds (default 0,1,2)")
     sub.add_argument("--out", default=None, help="report folder (default reports/experiment-<name>)")
-    sub.add_argument("--controller", default=None,
-                     help="run each seed's loop on this controller (host:port) instead of in this process; the "
-                          "config's artifacts must name the store the services share")
+    sub.add_argument(
+        "--controller",
+        default=None,
+        help="run each seed's loop on this controller (host:port) instead of in this process; the "
+        "config's artifacts must name the store the services share",
+    )
     sub.add_argument("--no-progress", action="store_true", help="no progress bars")
     judge = sub.add_mutually_exclusive_group()
-    judge.add_argument("--judge-model", help="also judge Montessori vs Self-Instruct (draw 0 of each seed) pairwise with "
-                                             "this local model folder (a 135M judge checks mechanics only)")
+    judge.add_argument(
+        "--judge-model",
+        help="also judge Montessori vs Self-Instruct (draw 0 of each seed) pairwise with "
+        "this local model folder (a 135M judge checks mechanics only)",
+    )
     judge.add_argument("--judge-endpoint", help="... or with an OpenAI-compatible endpoint (e.g. a vLLM server's /v1)")
     sub.add_argument("--judge-endpoint-model", help="model name the judge endpoint serves")
     sub.add_argument("--judge-rows", type=int, default=40, help="held-out rows judged per seed (default 40; 0: all)")
@@ -78,19 +88,21 @@ def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: 
     with grpc.insecure_channel(args.controller) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         try:
-            stub.StartLoop(controller_pb2.StartLoopRequest(
-                request_id=loop_id, spec=loop_spec(data)), timeout=120)
+            stub.StartLoop(controller_pb2.StartLoopRequest(request_id=loop_id, spec=loop_spec(data)), timeout=120)
             while True:
                 loop = stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop_id), timeout=60).loop
                 if loop.state != controller_pb2.LOOP_STATE_RUNNING:
                     break
                 time.sleep(5)
         except grpc.RpcError as err:
-            raise FailedPrecondition(f"controller {args.controller}: {err.code().name}: {err.details()}",
-                                     field="--controller") from None
+            raise FailedPrecondition(
+                f"controller {args.controller}: {err.code().name}: {err.details()}", field="--controller"
+            ) from None
     if loop.state != controller_pb2.LOOP_STATE_SUCCEEDED:
-        raise FailedPrecondition(f"loop {loop_id} ended {controller_pb2.LoopState.Name(loop.state)}: {loop.error_message}",
-                                 field="--controller")
+        raise FailedPrecondition(
+            f"loop {loop_id} ended {controller_pb2.LoopState.Name(loop.state)}: {loop.error_message}",
+            field="--controller",
+        )
     summary = store.get_json(f"loops/{loop_id}/summary.json")
     summary["summary_uri"] = store.uri(f"loops/{loop_id}/summary.json")
     return summary
@@ -115,11 +127,19 @@ def _judge(args: argparse.Namespace, store, summaries: dict[int, dict], config) 
     per_seed, scores = {}, []
     for seed, summary in sorted(summaries.items()):
         students = summary["evaluation"]["students"]
-        result = judge_students(_student_dir(store, students["montessori-0"]), _student_dir(store, students["self_instruct-0"]),
-                                config.data.eval_path, settings, chat_template=config.models.student_chat_template, judge=judge)
+        result = judge_students(
+            _student_dir(store, students["montessori-0"]),
+            _student_dir(store, students["self_instruct-0"]),
+            config.data.eval_path,
+            settings,
+            chat_template=config.models.student_chat_template,
+            judge=judge,
+        )
         scores += [record["score"] for record in result["rows"]]
         per_seed[str(seed)] = {k: v for k, v in result.items() if k != "rows"}
-    pooled = bootstrap_mean(scores, resamples=config.evaluation.bootstrap_resamples, confidence=config.evaluation.confidence)
+    pooled = bootstrap_mean(
+        scores, resamples=config.evaluation.bootstrap_resamples, confidence=config.evaluation.confidence
+    )
     return {"per_seed": per_seed, "pooled_win_rate": pooled.to_dict(), "judge": judge.describe()}
 
 
@@ -148,11 +168,20 @@ def run(args: argparse.Namespace) -> int:
         summary = _finished(store, config)
         log.info("seed reused" if summary else "seed started", extra={"loop_id": config.loop_id, "stage": "experiment"})
         if summary is None:
-            summary = (_run_on_controller(args, overrides, config.loop_id, store) if args.controller
-                       else _run_in_process(config, progress))
+            summary = (
+                _run_on_controller(args, overrides, config.loop_id, store)
+                if args.controller
+                else _run_in_process(config, progress)
+            )
         summaries[seed] = summary
-    experiment = aggregate(store, name, summaries, config={"run": to_dict(base), "seeds": seeds},
-                           resamples=base.evaluation.bootstrap_resamples, confidence=base.evaluation.confidence)
+    experiment = aggregate(
+        store,
+        name,
+        summaries,
+        config={"run": to_dict(base), "seeds": seeds},
+        resamples=base.evaluation.bootstrap_resamples,
+        confidence=base.evaluation.confidence,
+    )
     if args.judge_model or args.judge_endpoint:
         experiment["judge"] = _judge(args, store, summaries, base)
     ref = store.put_json(f"experiments/{name}/experiment.json", experiment)
@@ -160,6 +189,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(experiment, indent=2, sort_keys=True) + "\n")
     paths = render_experiment_report(experiment, out, summaries={str(s): v for s, v in summaries.items()}, store=store)
-    print(json.dumps({"experiment": ref.uri, "report_html": str(paths["html"]), "report_md": str(paths["md"]),
-                      "verdict": experiment["verdict"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "experiment": ref.uri,
+                "report_html": str(paths["html"]),
+                "report_md": str(paths["md"]),
+                "verdict": experiment["verdict"],
+            },
+            indent=2,
+        )
+    )
     return 0

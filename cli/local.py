@@ -4,9 +4,11 @@ cores in this process (no services), through the same validation the worker serv
 It is the one place outside the services that knows both the controller and the workers: the controller
 (``services/controller``) only builds and sends montessori.v1 requests.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from common.artifacts import ArtifactStore, open_store
 from common.config import from_dict, message_to_dict
@@ -26,9 +28,14 @@ from services.trainer import stages as trainer
 from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
 
 #: The run config's stage sections and the worker config each resolves into (defaults, ranges, help).
-STAGE_SECTIONS: dict[str, type] = {"synthesis": SynthesisConfig, "influence": InfluenceConfig,
-                                   "preference": PreferenceConfig, "warmup": WarmupSettings, "dpo": DPOSettings,
-                                   "sft": SFTSettings}
+STAGE_SECTIONS: dict[str, type] = {
+    "synthesis": SynthesisConfig,
+    "influence": InfluenceConfig,
+    "preference": PreferenceConfig,
+    "warmup": WarmupSettings,
+    "dpo": DPOSettings,
+    "sft": SFTSettings,
+}
 
 
 class LocalExecutor:
@@ -70,5 +77,10 @@ def resolved(config: RunConfig) -> RunConfig:
     what ``montessori config`` prints."""
     from dataclasses import replace
 
-    return replace(config, **{name: from_dict(cls, message_to_dict(getattr(config, name)), path=name)
-                              for name, cls in STAGE_SECTIONS.items()})
+    return replace(
+        config,
+        **{
+            name: from_dict(cls, message_to_dict(getattr(config, name)), path=name)
+            for name, cls in STAGE_SECTIONS.items()
+        },
+    )

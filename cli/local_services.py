@@ -4,6 +4,7 @@
 and its JSON log to ``.run/<service>.log``, and returns once every health check is SERVING.
 ``down`` sends SIGTERM (graceful: jobs are cancelled cleanly), then SIGKILL after a timeout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,23 +33,50 @@ def wait_serving(address: str, *, timeout: float, process: subprocess.Popen | No
     raise TimeoutError(f"service at {address} not SERVING after {timeout:.0f} s")
 
 
-def start_services(*, artifacts: str, ports: dict[str, int], log_dir: Path, metrics_ports: dict[str, int] | None = None,
-                   extra: dict[str, list[str]] | None = None, env: dict | None = None,
-                   timeout: float = 120.0, python: dict[str, str] | None = None) -> dict[str, subprocess.Popen]:
+def start_services(
+    *,
+    artifacts: str,
+    ports: dict[str, int],
+    log_dir: Path,
+    metrics_ports: dict[str, int] | None = None,
+    extra: dict[str, list[str]] | None = None,
+    env: dict | None = None,
+    timeout: float = 120.0,
+    python: dict[str, str] | None = None,
+) -> dict[str, subprocess.Popen]:
     """Start every service (workers first), each in its own process group; wait until all are SERVING.
     ``python`` names another interpreter for a service (the vLLM teacher runs from .venv-vllm)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen] = {}
     for name in ORDER:
-        command = [(python or {}).get(name, sys.executable), "-m", "cli.main", "serve", name, "--host", "127.0.0.1", "--port", str(ports[name]),
-                   "--artifacts", artifacts, "--metrics-port", str((metrics_ports or {}).get(name, 0))]
+        command = [
+            (python or {}).get(name, sys.executable),
+            "-m",
+            "cli.main",
+            "serve",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports[name]),
+            "--artifacts",
+            artifacts,
+            "--metrics-port",
+            str((metrics_ports or {}).get(name, 0)),
+        ]
         if name == "controller":
             for worker in WORKERS:
                 command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
         command += (extra or {}).get(name, [])
         with open(log_dir / f"{name}.log", "ab") as log:
-            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                               env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[1])
+            processes[name] = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+                cwd=Path(__file__).resolve().parents[1],
+            )
     try:
         for name in ORDER:
             wait_serving(f"127.0.0.1:{ports[name]}", timeout=timeout, process=processes[name])
@@ -85,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--artifacts", default="artifacts")
     parser.add_argument("--run-dir", default=".run")
-    parser.add_argument("--teacher-backend", choices=("transformers", "vllm"), default="transformers",
-                        help="vllm: the teacher runs from .venv-vllm with a vLLM engine (adapter hot-swap)")
+    parser.add_argument(
+        "--teacher-backend",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="vllm: the teacher runs from .venv-vllm with a vLLM engine (adapter hot-swap)",
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if args.action == "up":
@@ -95,11 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"already running: {', '.join(running)} (make down first)", file=sys.stderr)
             return 1
         vllm = args.teacher_backend == "vllm"
-        processes = start_services(artifacts=str(Path(args.artifacts).resolve()), ports=DEFAULT_PORTS, log_dir=run_dir,
-                                   metrics_ports={n: 9100 + i for i, n in enumerate(ORDER)},
-                                   extra={"teacher": ["--backend", "vllm"]} if vllm else None,
-                                   python={"teacher": str(Path(".venv-vllm/bin/python").absolute())} if vllm else None,
-                                   timeout=300.0 if vllm else 120.0)
+        processes = start_services(
+            artifacts=str(Path(args.artifacts).resolve()),
+            ports=DEFAULT_PORTS,
+            log_dir=run_dir,
+            metrics_ports={n: 9100 + i for i, n in enumerate(ORDER)},
+            extra={"teacher": ["--backend", "vllm"]} if vllm else None,
+            python={"teacher": str(Path(".venv-vllm/bin/python").absolute())} if vllm else None,
+            timeout=300.0 if vllm else 120.0,
+        )
         for name, process in processes.items():
             (run_dir / f"{name}.pid").write_text(str(process.pid))
             print(f"{name:<11} 127.0.0.1:{DEFAULT_PORTS[name]}  pid {process.pid}  log {run_dir / (name + '.log')}")

@@ -1,4 +1,5 @@
 """``montessori loop {start,status,watch,stop,list}``: talk to the controller service."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ _CLIENT_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREA
 
 def add_parser(commands) -> None:
     loop = commands.add_parser("loop", help="Start, follow and stop loops on the controller service.")
-    loop.add_argument("--controller", default=None, help=f"controller address (default {service_address('controller')})")
+    loop.add_argument(
+        "--controller", default=None, help=f"controller address (default {service_address('controller')})"
+    )
     actions = loop.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="start a loop from a config file")
     start.add_argument("--config", help="YAML or TOML run config (as for `montessori run`)")
@@ -26,9 +29,14 @@ def add_parser(commands) -> None:
         sub = actions.add_parser(name, help=f"{name} a loop")
         sub.add_argument("loop_id")
         if name == "watch":
-            sub.add_argument("--from-sequence", type=int, default=0, metavar="N",
-                             help="replay the loop's retained events from sequence N (1: from the oldest retained); "
-                                  "default 0: its current state, then live events")
+            sub.add_argument(
+                "--from-sequence",
+                type=int,
+                default=0,
+                metavar="N",
+                help="replay the loop's retained events from sequence N (1: from the oldest retained); "
+                "default 0: its current state, then live events",
+            )
     actions.add_parser("list", help="list loops")
     from cli import report
 
@@ -45,10 +53,17 @@ def _stub(args):
 def _show(loop) -> dict:
     from montessori.v1 import controller_pb2
 
-    return {"loop_id": loop.loop_id, "state": controller_pb2.LoopState.Name(loop.state).removeprefix("LOOP_STATE_"),
-            "iteration": loop.iteration, "stage": loop.stage, "rounds_completed": loop.rounds_completed,
-            "error": loop.error_message, "summary": loop.summary.uri, "store": loop.store_uri,
-            "age_seconds": round(loop.age_seconds, 1)}
+    return {
+        "loop_id": loop.loop_id,
+        "state": controller_pb2.LoopState.Name(loop.state).removeprefix("LOOP_STATE_"),
+        "iteration": loop.iteration,
+        "stage": loop.stage,
+        "rounds_completed": loop.rounds_completed,
+        "error": loop.error_message,
+        "summary": loop.summary.uri,
+        "store": loop.store_uri,
+        "age_seconds": round(loop.age_seconds, 1),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,16 +81,27 @@ def run(args: argparse.Namespace) -> int:
 
             data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(args.set))
             spec = loop_spec(data)
-            loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id=args.request_id, spec=spec), timeout=60).loop
+            loop = stub.StartLoop(
+                controller_pb2.StartLoopRequest(request_id=args.request_id, spec=spec), timeout=60
+            ).loop
             print(json.dumps(_show(loop), indent=2))
             if not args.watch:
                 return 0
             args.loop_id = loop.loop_id
             return watch(stub, args.loop_id, from_sequence=1)  # every event since the start
         if args.action == "status":
-            print(json.dumps(_show(stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2))
+            print(
+                json.dumps(
+                    _show(stub.GetLoop(controller_pb2.GetLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2
+                )
+            )
         elif args.action == "stop":
-            print(json.dumps(_show(stub.StopLoop(controller_pb2.StopLoopRequest(loop_id=args.loop_id), timeout=30).loop), indent=2))
+            print(
+                json.dumps(
+                    _show(stub.StopLoop(controller_pb2.StopLoopRequest(loop_id=args.loop_id), timeout=30).loop),
+                    indent=2,
+                )
+            )
         elif args.action == "list":
             loops = stub.ListLoops(controller_pb2.ListLoopsRequest(), timeout=30).loops
             print(json.dumps([_show(loop) for loop in loops], indent=2))

@@ -4,6 +4,7 @@ Every subcommand reads the same typed config (``--config`` YAML/TOML, then
 ``--set key=value`` overrides). A bad input is reported on one line naming the
 field or file:line, with exit code 2, and leaves no partial artifact.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,9 @@ def make_parser() -> argparse.ArgumentParser:
     command("config", "Print the resolved config as YAML, every field with its help.")
     sub = command("generate", "Teacher: write a candidate set (instructions + responses).")
     sub.add_argument("--out", required=True, help="output folder (candidates.jsonl + manifest.json)")
-    sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) applied to the teacher, in order")
+    sub.add_argument(
+        "--adapter", action="append", default=[], help="LoRA adapter folder(s) applied to the teacher, in order"
+    )
     size = sub.add_mutually_exclusive_group(required=True)
     size.add_argument("--prompts", type=int, help="number of synthesis prompts (prompt groups)")
     size.add_argument("--examples", type=int, help="number of examples to keep")
@@ -135,7 +138,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print_summary(summary)
         from cli.report import render_loop_report
 
-        paths = render_loop_report(summary, Path(args.report or Path("reports") / summary["loop_id"]), store=runner.store)
+        paths = render_loop_report(
+            summary, Path(args.report or Path("reports") / summary["loop_id"]), store=runner.store
+        )
         print(f"report: {paths['html']} (and {paths['md']})")
         return 0
     config = resolved(config)
@@ -145,49 +150,100 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         teacher = ModelRef(config.models.teacher, tuple(args.adapter))
         store, prefix = _out_store(args.out)
-        result = tasks.generate(store, prefix, backend=TransformersBackend(teacher, dtype=config.models.dtype),
-                                teacher=teacher, teacher_label=f"teacher-r{len(args.adapter)}",
-                                seed_path=Path(config.data.seed_path), config=config.synthesis, seed=config.seed,
-                                num_prompts=args.prompts, target=args.examples, progress=progress)
+        result = tasks.generate(
+            store,
+            prefix,
+            backend=TransformersBackend(teacher, dtype=config.models.dtype),
+            teacher=teacher,
+            teacher_label=f"teacher-r{len(args.adapter)}",
+            seed_path=Path(config.data.seed_path),
+            config=config.synthesis,
+            seed=config.seed,
+            num_prompts=args.prompts,
+            target=args.examples,
+            progress=progress,
+        )
     elif args.command == "train-student":
         from services.trainer import tasks
 
         store, prefix = _out_store(args.out)
-        result = tasks.train_student(store, prefix, student=ModelRef(args.student or config.models.student,
-                                                                        chat_template=config.models.student_chat_template),
-                                     candidates_path=Path(args.candidates), settings=config.warmup if args.warmup else config.sft,
-                                     seed=config.seed, save_optimizer=args.warmup, progress=progress)
+        result = tasks.train_student(
+            store,
+            prefix,
+            student=ModelRef(args.student or config.models.student, chat_template=config.models.student_chat_template),
+            candidates_path=Path(args.candidates),
+            settings=config.warmup if args.warmup else config.sft,
+            seed=config.seed,
+            save_optimizer=args.warmup,
+            progress=progress,
+        )
     elif args.command == "score":
         from services.influence import tasks
 
         store, prefix = _out_store(args.out)
-        result = tasks.score(store, prefix, warmup_dir=Path(args.warmup), reference_path=Path(config.data.reference_path),
-                             candidates_path=Path(args.candidates), config=config.influence, progress=progress)
+        result = tasks.score(
+            store,
+            prefix,
+            warmup_dir=Path(args.warmup),
+            reference_path=Path(config.data.reference_path),
+            candidates_path=Path(args.candidates),
+            config=config.influence,
+            progress=progress,
+        )
     elif args.command == "pairs":
         from services.preference import tasks
 
         store, prefix = _out_store(args.out)
-        result = tasks.assemble(store, prefix, candidates_path=Path(args.candidates), scores_path=Path(args.scores),
-                                config=config.preference)
+        result = tasks.assemble(
+            store,
+            prefix,
+            candidates_path=Path(args.candidates),
+            scores_path=Path(args.scores),
+            config=config.preference,
+        )
     elif args.command == "train-teacher":
         from services.trainer import tasks
 
         store, prefix = _out_store(args.out)
-        result = tasks.train_teacher(store, prefix, teacher=ModelRef(config.models.teacher, tuple(args.adapter)),
-                                     pairs_path=Path(args.pairs), settings=config.dpo, seed=config.seed, progress=progress)
+        result = tasks.train_teacher(
+            store,
+            prefix,
+            teacher=ModelRef(config.models.teacher, tuple(args.adapter)),
+            pairs_path=Path(args.pairs),
+            settings=config.dpo,
+            seed=config.seed,
+            progress=progress,
+        )
     elif args.command == "evaluate":
         from services.influence.tasks import evaluation_loss
 
         template = config.models.student_chat_template
-        losses = {s: evaluation_loss(ModelRef(s, chat_template=template), Path(config.data.eval_path),
-                                     batch_size=config.evaluation.batch_size, field="--student") for s in args.student}
+        losses = {
+            s: evaluation_loss(
+                ModelRef(s, chat_template=template),
+                Path(config.data.eval_path),
+                batch_size=config.evaluation.batch_size,
+                field="--student",
+            )
+            for s in args.student
+        }
         print(json.dumps({"eval_path": config.data.eval_path, "eval_loss": losses}, indent=2))
         return 0
     else:  # pragma: no cover - argparse enforces the choices
         raise AssertionError(args.command)
     # (a single stage on folders: the worker cores directly, with the stage sections resolved as a worker does)
-    print(json.dumps({"stage": result.stage, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
-                      "manifest": result.manifest.uri, "metrics": result.metrics}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "stage": result.stage,
+                "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
+                "manifest": result.manifest.uri,
+                "metrics": result.metrics,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """``montessori serve <service>``: run one service in the foreground until SIGTERM."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,9 @@ SERVICES = ("teacher", "influence", "preference", "trainer", "controller")
 
 
 def add_parser(commands) -> None:
-    sub = commands.add_parser("serve", help="Run one gRPC service (teacher, influence, preference, trainer, controller).")
+    sub = commands.add_parser(
+        "serve", help="Run one gRPC service (teacher, influence, preference, trainer, controller)."
+    )
     sub.add_argument("service", choices=SERVICES)
     sub.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a container)")
     sub.add_argument("--port", type=int, help="gRPC port (default: the service's, see README)")
@@ -20,20 +23,38 @@ def add_parser(commands) -> None:
     sub.add_argument("--max-message-bytes", type=int, default=4 << 20, help="largest gRPC message")
     sub.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs get on SIGTERM")
     sub.add_argument("--preload", action="append", default=[], help="teacher: model folder to load before SERVING")
-    sub.add_argument("--dtype", default=None, help="teacher: weights dtype of the transformers backend (default float32)")
-    sub.add_argument("--backend", choices=("transformers", "vllm"), default=None,
-                     help="teacher: generation backend (vllm needs the vLLM environment, see README)")
-    sub.add_argument("--teacher-config", default=None,
-                     help="teacher: YAML file of TeacherServiceConfig (backend, dtype, vllm: {...}); flags override it")
+    sub.add_argument(
+        "--dtype", default=None, help="teacher: weights dtype of the transformers backend (default float32)"
+    )
+    sub.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default=None,
+        help="teacher: generation backend (vllm needs the vLLM environment, see README)",
+    )
+    sub.add_argument(
+        "--teacher-config",
+        default=None,
+        help="teacher: YAML file of TeacherServiceConfig (backend, dtype, vllm: {...}); flags override it",
+    )
     for worker in ("teacher", "influence", "preference", "trainer"):
-        sub.add_argument(f"--{worker}", default=None, help=f"controller: {worker} service address (default {service_address(worker)})")
-    sub.add_argument("--leader-election", action="store_true",
-                     help="controller: run loops only while holding a coordination.k8s.io Lease (for 2+ replicas)")
+        sub.add_argument(
+            f"--{worker}",
+            default=None,
+            help=f"controller: {worker} service address (default {service_address(worker)})",
+        )
+    sub.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="controller: run loops only while holding a coordination.k8s.io Lease (for 2+ replicas)",
+    )
     sub.add_argument("--lease-name", default="montessori-controller", help="controller: Lease name")
     sub.add_argument("--lease-namespace", default=None, help="controller: Lease namespace (default $POD_NAMESPACE)")
     sub.add_argument("--identity", default=None, help="controller: this replica's identity (default $POD_NAME)")
     sub.add_argument("--lease-seconds", type=float, default=15.0, help="controller: lease duration")
-    sub.add_argument("--renew-deadline", type=float, default=10.0, help="controller: step down after this long without renewing")
+    sub.add_argument(
+        "--renew-deadline", type=float, default=10.0, help="controller: step down after this long without renewing"
+    )
     sub.add_argument("--retry-period", type=float, default=2.0, help="controller: seconds between lease rounds")
     sub.add_argument("--kube-api", default=None, help="controller: API server URL (default: in-cluster config)")
 
@@ -43,20 +64,33 @@ def run(args: argparse.Namespace) -> int:
     from common.grpc_server import ServerConfig
     from common.service_main import serve_forever
 
-    config = from_dict(ServerConfig, {
-        "host": args.host, "port": DEFAULT_PORTS[args.service] if args.port is None else args.port,
-        "metrics_port": args.metrics_port, "artifacts": args.artifacts, "workers": args.workers,
-        "queue_capacity": args.queue_capacity, "max_message_bytes": args.max_message_bytes, "grace_seconds": args.grace})
+    config = from_dict(
+        ServerConfig,
+        {
+            "host": args.host,
+            "port": DEFAULT_PORTS[args.service] if args.port is None else args.port,
+            "metrics_port": args.metrics_port,
+            "artifacts": args.artifacts,
+            "workers": args.workers,
+            "queue_capacity": args.queue_capacity,
+            "max_message_bytes": args.max_message_bytes,
+            "grace_seconds": args.grace,
+        },
+    )
     if args.service == "teacher":
         from services.teacher.servicer import build as teacher_build
 
         teacher_config = _teacher_config(args)
-        build = lambda store, jobs, ready: teacher_build(store, jobs, ready, preload=args.preload, config=teacher_config)  # noqa: E731
+        build = lambda store, jobs, ready: teacher_build(
+            store, jobs, ready, preload=args.preload, config=teacher_config
+        )  # noqa: E731
     elif args.service == "controller":
         from services.controller.remote import WorkerAddresses
         from services.controller.servicer import build as controller_build
 
-        workers = WorkerAddresses(**{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")})
+        workers = WorkerAddresses(
+            **{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")}
+        )
         election = None
         if args.leader_election:
             import os
@@ -65,11 +99,21 @@ def run(args: argparse.Namespace) -> int:
             from services.controller.leader import LeaseSettings
 
             election = LeaseSettings(
-                namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "montessori"), name=args.lease_name,
+                namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "montessori"),
+                name=args.lease_name,
                 identity=args.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-                lease_seconds=args.lease_seconds, renew_deadline_seconds=args.renew_deadline, retry_seconds=args.retry_period)
-        build = lambda store, jobs, ready: controller_build(store, jobs, ready, workers=workers, election=election,  # noqa: E731
-                                                            kube_api=args.kube_api)
+                lease_seconds=args.lease_seconds,
+                renew_deadline_seconds=args.renew_deadline,
+                retry_seconds=args.retry_period,
+            )
+        build = lambda store, jobs, ready: controller_build(
+            store,
+            jobs,
+            ready,
+            workers=workers,
+            election=election,  # noqa: E731
+            kube_api=args.kube_api,
+        )
     else:
         import importlib
 

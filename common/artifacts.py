@@ -7,6 +7,7 @@ target, then renamed into place) and returns an :class:`ArtifactRef` with the
 content's SHA-256, so readers never see half-written data and manifests can pin
 exactly what a stage consumed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,10 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -40,7 +42,9 @@ class ArtifactRef:
 def validate_key(key: str, *, field: str = "key") -> str:
     """Reject absolute keys, ``..`` segments and characters outside a safe set."""
     if not key or key.startswith("/") or not _KEY_RE.match(key) or any(p in ("..", ".") for p in key.split("/")):
-        raise InvalidArgument(f"invalid artifact key {key!r} (relative, no '..', letters/digits/._=+- only)", field=field)
+        raise InvalidArgument(
+            f"invalid artifact key {key!r} (relative, no '..', letters/digits/._=+- only)", field=field
+        )
     return key
 
 
@@ -223,7 +227,9 @@ class LocalArtifactStore(ArtifactStore):
     @staticmethod
     def _stamp(path: Path) -> tuple:
         if path.is_dir():
-            return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()))
+            return tuple(
+                sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+            )
         stat = path.stat()
         return (stat.st_size, stat.st_mtime_ns)
 
@@ -237,8 +243,11 @@ class LocalArtifactStore(ArtifactStore):
             return
         actual = sha256_tree(path) if path.is_dir() else sha256_file(path)
         if actual != expected:
-            raise FailedPrecondition(f"digest mismatch for {path.as_uri()}: expected {expected[:12]}, got {actual[:12]} "
-                                     "(corrupted artifact)", field="uri")
+            raise FailedPrecondition(
+                f"digest mismatch for {path.as_uri()}: expected {expected[:12]}, got {actual[:12]} "
+                "(corrupted artifact)",
+                field="uri",
+            )
         self._verified[str(path)] = (stamp, expected)
 
     def local_path(self, key: str) -> Path:
@@ -293,8 +302,16 @@ def open_store(uri: str) -> ArtifactStore:
         if not bucket or "/" in bucket:
             raise InvalidArgument(f"expected s3://<bucket>, got {uri!r}", field="artifacts")
         env = Env.read()
-        return S3ArtifactStore(endpoint=env.s3_endpoint, access_key=env.s3_access_key, secret_key=env.s3_secret_key,
-                               bucket=bucket, secure=env.s3_secure, cache_dir=env.cache_dir)
+        return S3ArtifactStore(
+            endpoint=env.s3_endpoint,
+            access_key=env.s3_access_key,
+            secret_key=env.s3_secret_key,
+            bucket=bucket,
+            secure=env.s3_secure,
+            cache_dir=env.cache_dir,
+        )
     if "://" in uri:
-        raise InvalidArgument(f"unsupported artifact store URI {uri!r} (use a path, file:// or s3://)", field="artifacts")
+        raise InvalidArgument(
+            f"unsupported artifact store URI {uri!r} (use a path, file:// or s3://)", field="artifacts"
+        )
     return LocalArtifactStore(uri)

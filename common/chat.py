@@ -7,6 +7,7 @@ Which template a tokenizer carries is decided once, when it is loaded
 else the model folder's own, else :func:`default_chat_template`. A fine-tuned student
 is saved with the template it was trained with, so every later load agrees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ def instruction_text(instruction: str, input_text: str = "") -> str:
 
 def chat_prompt(tokenizer, user_text: str) -> str:
     """The chat-template text that asks the model to answer ``user_text`` (ends at the assistant header)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def sft_record(user_text: str, response: str) -> dict:
@@ -80,16 +83,20 @@ def check_chat_template(tokenizer, *, field: str) -> None:
     try:
         prompt = chat_prompt(tokenizer, _PROBE_USER)
         full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_RESPONSE}], tokenize=False)
+            [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_RESPONSE}],
+            tokenize=False,
+        )
     except Exception as err:  # jinja raises several types (syntax, undefined, raise_exception); the user needs one line
         lines = str(err).strip().splitlines()
-        raise InvalidArgument(f"chat template does not render: {type(err).__name__}: {lines[0] if lines else ''}",
-                              field=field) from None
+        raise InvalidArgument(
+            f"chat template does not render: {type(err).__name__}: {lines[0] if lines else ''}", field=field
+        ) from None
     if _PROBE_USER not in prompt:
         raise InvalidArgument("chat template does not render the user turn's content", field=field)
-    if not full.startswith(prompt) or _PROBE_RESPONSE not in full[len(prompt):]:
-        raise InvalidArgument("chat template does not extend the prompt (with the generation prompt) with the response",
-                              field=field)
+    if not full.startswith(prompt) or _PROBE_RESPONSE not in full[len(prompt) :]:
+        raise InvalidArgument(
+            "chat template does not extend the prompt (with the generation prompt) with the response", field=field
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def encode_example(tokenizer, user_text: str, response: str, *, max_length: int,
     if not full.startswith(prompt):
         raise InvalidArgument(f"{where}: chat template does not extend the prompt with the response")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + 1 > max_length:
         raise InvalidArgument(
             f"{where}: instruction is {len(prompt_ids)} tokens with the chat template, longer than the context window ({max_length})"

@@ -9,6 +9,7 @@ A section may also be a protobuf message (a stage's settings, as the stage reque
 them): it holds only the fields that are set, and the worker that runs the stage resolves the
 rest from its own config dataclass. :func:`message_from_dict` / :func:`message_to_dict` convert.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from google.protobuf.descriptor import FieldDescriptor
@@ -90,8 +92,10 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
-        raise InvalidArgument(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
-                              f"{str(err).splitlines()[0]}", field="--config") from None
+        raise InvalidArgument(
+            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {str(err).splitlines()[0]}",
+            field="--config",
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -133,8 +137,12 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-_INTEGER_RANGES = {FieldDescriptor.CPPTYPE_INT32: (-2**31, 2**31 - 1), FieldDescriptor.CPPTYPE_INT64: (-2**63, 2**63 - 1),
-                   FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1), FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1)}
+_INTEGER_RANGES = {
+    FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
 
 
 def message_from_dict(cls: type[Message], data: Mapping[str, Any] | None, *, path: str = "") -> Message:
@@ -162,8 +170,10 @@ def message_from_dict(cls: type[Message], data: Mapping[str, Any] | None, *, pat
 
 def message_to_dict(message: Message) -> dict[str, Any]:
     """The fields of ``message`` that are set, as plain values (nested messages as dicts)."""
-    return {descriptor.name: message_to_dict(value) if isinstance(value, Message) else value
-            for descriptor, value in message.ListFields()}
+    return {
+        descriptor.name: message_to_dict(value) if isinstance(value, Message) else value
+        for descriptor, value in message.ListFields()
+    }
 
 
 def _scalar(descriptor: FieldDescriptor, value: Any, path: str) -> Any:

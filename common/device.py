@@ -5,6 +5,7 @@ CPU), ``cpu``, ``cuda`` (the current CUDA device) or ``cuda:N``. The spelling is
 built (:func:`is_device_setting`, no CUDA needed: a controller without a GPU validates a worker's config);
 whether the device exists is checked where the models are placed (:func:`resolve_device`).
 """
+
 from __future__ import annotations
 
 import re
@@ -36,6 +37,7 @@ def resolve_device(setting: str, *, field: str = "device") -> torch.device:
         raise FailedPrecondition(f"{setting!r} asked for, but torch sees no CUDA device on this machine", field=field)
     device = torch.device(setting)
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise FailedPrecondition(f"{setting!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                                 "device(s)", field=field)
+        raise FailedPrecondition(
+            f"{setting!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)", field=field
+        )
     return device

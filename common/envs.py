@@ -2,6 +2,7 @@
 
 Nothing else in the code base reads ``os.environ`` for configuration.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,7 @@ class Env:
     judge_api_key: str | None = None
 
     @classmethod
-    def read(cls) -> "Env":
+    def read(cls) -> Env:
         threads = os.environ.get("MONTESSORI_TORCH_THREADS")
         return cls(
             models_dir=os.environ.get("MONTESSORI_MODELS_DIR", "models"),

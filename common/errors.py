@@ -3,6 +3,7 @@
 Raise these from core code with a message that names the offending field or
 file (and line); transports translate them in one place, never by hand.
 """
+
 from __future__ import annotations
 
 
@@ -17,7 +18,7 @@ class MontessoriError(Exception):
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
 
-    def with_prefix(self, prefix: str) -> "MontessoriError":
+    def with_prefix(self, prefix: str) -> MontessoriError:
         """The same error with ``prefix.`` added to its field path (for nested configs)."""
         field = f"{prefix}.{self.field}" if self.field else prefix
         return type(self)(self.message, field=field)

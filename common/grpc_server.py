@@ -1,13 +1,14 @@
 """The gRPC server every montessori service runs: one error interceptor, the stock health
 and reflection services, a Prometheus endpoint, size limits and graceful SIGTERM."""
+
 from __future__ import annotations
 
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -74,13 +75,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a status
                 incident = uuid.uuid4().hex[:8]
                 log.exception("unexpected error", extra={"service": self.service, "stage": method, "job_id": incident})
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the {self.service} log")
+                context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the {self.service} log"
+                )
 
         if handler.unary_unary:
             inner = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
                 lambda request, context: guard(context, lambda: inner(request, context)),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
@@ -94,26 +99,37 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
 
 class ServiceServer:
     """A started gRPC server with health (NOT_SERVING until ``mark_ready``) and reflection."""
 
-    def __init__(self, name: str, full_service_names: list[str], config: ServerConfig,
-                 register: Callable[[grpc.Server], None]):
+    def __init__(
+        self, name: str, full_service_names: list[str], config: ServerConfig, register: Callable[[grpc.Server], None]
+    ):
         self.name = name
         self.config = config
         self.service_names = full_service_names
-        options = [("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.max_receive_message_length", config.max_message_bytes)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{name}-rpc"),
-                                  interceptors=[ErrorInterceptor(name)], options=options)
+        options = [
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{name}-rpc"),
+            interceptors=[ErrorInterceptor(name)],
+            options=options,
+        )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         register(self.server)
-        reflection.enable_server_reflection([*full_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [*full_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.stopped = threading.Event()
@@ -123,7 +139,7 @@ class ServiceServer:
         for service in self.service_names:
             self.health.set(service, status)
 
-    def start(self) -> "ServiceServer":
+    def start(self) -> ServiceServer:
         self.server.start()
         # "liveness": SERVING while the process serves gRPC, whatever its readiness (a loading
         # worker, a follower controller); Kubernetes liveness probes ask for it.

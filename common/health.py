@@ -1,4 +1,5 @@
 """Client side of the standard gRPC health service."""
+
 from __future__ import annotations
 
 import grpc
@@ -9,7 +10,9 @@ def health_status(address: str, timeout: float = 1.0, service: str = "") -> str:
     """SERVING / NOT_SERVING / UNREACHABLE of the server at ``address`` (or of one health entry)."""
     with grpc.insecure_channel(address) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError:
             return "UNREACHABLE"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

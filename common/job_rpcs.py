@@ -1,8 +1,9 @@
 """GetJob / CancelJob / WatchJob: the same three RPCs on every worker service."""
+
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument, Unavailable

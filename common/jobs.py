@@ -8,15 +8,17 @@ until it ends (each snapshot has a ``sequence``; the last ``history`` are kept f
 :class:`Cancelled`, so work stops between units and publishes nothing. The registry,
 request ids and watching are :mod:`common.registry`'s, shared with the controller's loops.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from common.artifacts import ArtifactRef
 from common.errors import Cancelled, MontessoriError, ResourceExhausted, Unavailable
@@ -88,17 +90,27 @@ class JobManager:
     Every snapshot is an event of the job's bounded history (the last ``history`` are kept).
     """
 
-    def __init__(self, *, service: str, workers: int = 1, capacity: int = 16,
-                 on_finish: Callable[[JobSnapshot, float], None] | None = None, history: int = DEFAULT_HISTORY):
+    def __init__(
+        self,
+        *,
+        service: str,
+        workers: int = 1,
+        capacity: int = 16,
+        on_finish: Callable[[JobSnapshot, float], None] | None = None,
+        history: int = DEFAULT_HISTORY,
+    ):
         self.service = service
         self.capacity = capacity
         self._registry: Registry[_Job] = Registry(
-            what="job", history=history, not_found=lambda job_id: f"no job {job_id!r} on the {service} service")
+            what="job", history=history, not_found=lambda job_id: f"no job {job_id!r} on the {service} service"
+        )
         self._changed = self._registry.changed
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._accepting = True
         self._on_finish = on_finish
-        self._threads = [threading.Thread(target=self._run, name=f"{service}-worker-{i}", daemon=True) for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{service}-worker-{i}", daemon=True) for i in range(workers)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -119,8 +131,12 @@ class JobManager:
             job_id = f"{kind}-{uuid.uuid4().hex[:12]}"
             job = _Job(job_id, request_id, work, fingerprint, self._registry.history)
             submitted_at = time.time()
-            job.snapshot = self._registry.record(job, lambda sequence: JobSnapshot(
-                job_id, request_id or job_id, kind, JobState.QUEUED, sequence, submitted_at=submitted_at))
+            job.snapshot = self._registry.record(
+                job,
+                lambda sequence: JobSnapshot(
+                    job_id, request_id or job_id, kind, JobState.QUEUED, sequence, submitted_at=submitted_at
+                ),
+            )
             self._registry.add(job)
         self._queue.put(job)
         log.info("job queued", extra={"job_id": job_id, "service": self.service, "stage": kind})
@@ -136,15 +152,27 @@ class JobManager:
             if not job.snapshot.state.terminal:
                 job.cancel_requested.set()
                 if job.snapshot.state is JobState.QUEUED:
-                    self._update(job, state=JobState.CANCELLED, error_code=Cancelled.code, error_message="cancelled before it started")
+                    self._update(
+                        job,
+                        state=JobState.CANCELLED,
+                        error_code=Cancelled.code,
+                        error_message="cancelled before it started",
+                    )
             return job.snapshot
 
-    def watch(self, job_id: str, from_sequence: int | None = None, *, is_active: Callable[[], bool] = lambda: True,
-              poll: float = 1.0) -> Iterator[JobSnapshot]:
+    def watch(
+        self,
+        job_id: str,
+        from_sequence: int | None = None,
+        *,
+        is_active: Callable[[], bool] = lambda: True,
+        poll: float = 1.0,
+    ) -> Iterator[JobSnapshot]:
         """Snapshots until the job ends: from now (None/0: the current one, then every change) or the retained
         ones from ``from_sequence`` on (see :mod:`common.registry`)."""
-        return self._registry.watch(job_id, from_sequence, snapshot=lambda job: job.snapshot, is_active=is_active,
-                                    poll=poll)
+        return self._registry.watch(
+            job_id, from_sequence, snapshot=lambda job: job.snapshot, is_active=is_active, poll=poll
+        )
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until the job ends (or ``timeout``); returns its snapshot."""
@@ -208,19 +236,33 @@ class JobManager:
                 final = {"state": JobState.FAILED, "error_code": err.code, "error_message": str(err)}
             except Exception as err:  # noqa: BLE001 - a job must end with a state, never kill the worker
                 log.exception("job crashed", extra={"job_id": job.snapshot.job_id, "service": self.service})
-                final = {"state": JobState.FAILED, "error_code": "INTERNAL",
-                         "error_message": f"internal error ({type(err).__name__}); see the {self.service} service log"}
+                final = {
+                    "state": JobState.FAILED,
+                    "error_code": "INTERNAL",
+                    "error_message": f"internal error ({type(err).__name__}); see the {self.service} service log",
+                }
             else:
                 if isinstance(result, StageResult):
-                    final = {"state": JobState.SUCCEEDED, "outputs": dict(result.outputs), "manifest": result.manifest,
-                             "metrics": _numeric(result.metrics)}
+                    final = {
+                        "state": JobState.SUCCEEDED,
+                        "outputs": dict(result.outputs),
+                        "manifest": result.manifest,
+                        "metrics": _numeric(result.metrics),
+                    }
                 else:
                     final = {"state": JobState.SUCCEEDED, "metrics": _numeric(result)}
             with self._changed:
                 self._update(job, **final)
                 snapshot = job.snapshot
-            log.info("job finished", extra={"job_id": snapshot.job_id, "service": self.service, "stage": snapshot.kind,
-                                            "metrics": {"state": snapshot.state.name, "seconds": round(time.monotonic() - started, 3)}})
+            log.info(
+                "job finished",
+                extra={
+                    "job_id": snapshot.job_id,
+                    "service": self.service,
+                    "stage": snapshot.kind,
+                    "metrics": {"state": snapshot.state.name, "seconds": round(time.monotonic() - started, 3)},
+                },
+            )
             if self._on_finish:
                 self._on_finish(snapshot, time.monotonic() - started)
 

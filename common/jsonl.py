@@ -1,4 +1,5 @@
 """JSON Lines reading with errors that name the file and line."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,9 @@ from pathlib import Path
 from common.errors import InvalidArgument, NotFound
 
 
-def read_jsonl(path: str | Path, *, label: str | None = None, required: tuple[str, ...] = (),
-               allow_empty: bool = False) -> list[dict]:
+def read_jsonl(
+    path: str | Path, *, label: str | None = None, required: tuple[str, ...] = (), allow_empty: bool = False
+) -> list[dict]:
     """Rows of a JSONL file. Empty/malformed lines and missing string fields are errors naming ``file:line``;
     so is a file with no rows, unless ``allow_empty`` (a stage's output may legitimately be empty)."""
     path = Path(path)

@@ -3,6 +3,7 @@
 Every stage publishes ``<stage-prefix>/manifest.json`` last, pinning its inputs and outputs
 by URI and SHA-256, so the manifests alone describe the whole provenance graph.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ def loop_ids(store: ArtifactStore) -> list[str]:
 
 def manifests(store: ArtifactStore, prefix: str) -> dict[str, dict]:
     """Stage prefix -> manifest, for every completed stage under ``prefix``."""
-    return {key.removesuffix(f"/{MANIFEST}"): store.get_json(key)
-            for key in store.list(prefix) if key.endswith(f"/{MANIFEST}")}
+    return {
+        key.removesuffix(f"/{MANIFEST}"): store.get_json(key)
+        for key in store.list(prefix)
+        if key.endswith(f"/{MANIFEST}")
+    }
 
 
 def _refs(node) -> list[dict]:
@@ -45,7 +49,7 @@ class LineageNode:
     sha256: str
     stage: str = ""
     manifest: str = ""
-    inputs: list["LineageNode"] = field(default_factory=list)
+    inputs: list[LineageNode] = field(default_factory=list)
 
     def render(self, indent: int = 0) -> list[str]:
         made_by = f"  <- {self.stage} ({self.manifest})" if self.stage else "  (input)"

@@ -2,6 +2,7 @@
 
 Use ``get_logger(__name__)`` and pass context as ``extra={"stage": ..., "loop_id": ...}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,14 +44,18 @@ def configure_logging(env: Env | None = None) -> None:
     if not any(getattr(h, "_montessori", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler._montessori = True  # type: ignore[attr-defined]
-        handler.setFormatter(JsonFormatter() if env.log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            JsonFormatter() if env.log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        )
         root.addHandler(handler)
     root.propagate = False
     # Library chatter (TRL/transformers warnings about defaults) is not the user's concern.
     for noisy in ("transformers", "trl", "peft", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # Deprecation notices inside the ML libraries are for their maintainers, not our users.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate|datasets)(\.|$)")
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate|datasets)(\.|$)"
+    )
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|peft|accelerate)(\.|$)")
     # Their per-call progress bars (weight loading, dataset mapping) would drown ours.
     import transformers

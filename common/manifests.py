@@ -3,6 +3,7 @@
 A manifest is written after every output is published, so its presence means the
 stage completed; it pins each input and output by SHA-256.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -22,8 +23,13 @@ MANIFEST = "manifest.json"
 def code_version() -> str:
     """``git describe`` of the checkout, or the package version outside one."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -45,8 +51,10 @@ def model_input(store: ArtifactStore, model) -> dict[str, Any]:
     """A model version as a manifest input: its base (a node-local path, or an artifact) and its adapters (artifacts)."""
     base = store.artifact_of(Path(model.path))
     adapters = [store.artifact_of(Path(a)) for a in model.adapters]
-    return {"base": base.to_dict() if base else {"path": model.path},
-            "adapters": [a.to_dict() if a else {"path": str(p)} for a, p in zip(adapters, model.adapters)]}
+    return {
+        "base": base.to_dict() if base else {"path": model.path},
+        "adapters": [a.to_dict() if a else {"path": str(p)} for a, p in zip(adapters, model.adapters)],
+    }
 
 
 @dataclass
@@ -59,8 +67,17 @@ class StageResult:
     manifest: ArtifactRef | None = None
 
 
-def publish_manifest(store: ArtifactStore, prefix: str, *, stage: str, inputs: dict[str, Any], config: Any,
-                     outputs: dict[str, ArtifactRef], metrics: dict[str, Any], started: float) -> StageResult:
+def publish_manifest(
+    store: ArtifactStore,
+    prefix: str,
+    *,
+    stage: str,
+    inputs: dict[str, Any],
+    config: Any,
+    outputs: dict[str, ArtifactRef],
+    metrics: dict[str, Any],
+    started: float,
+) -> StageResult:
     """Write ``<prefix>/manifest.json`` (last, so it marks completion) and return the stage result."""
     document = {
         "stage": stage,

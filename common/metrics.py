@@ -4,11 +4,12 @@ Besides job metrics, the controller exports per-loop quality gauges (label ``loo
 events its loops emit, so a dashboard and alerts (k8s/components/monitoring) can follow a
 synthesis loop's health: influence sign balance, pairs found, DPO margin, the student's losses.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -19,13 +20,21 @@ THROUGHPUT_KEYS = ("candidates_per_second", "tokens_per_second")
 #: Loop states as ``montessori_loop_state``'s ``state`` label (the controller's LoopState names, lower case).
 LOOP_STATES = ("running", "succeeded", "failed", "stopped")
 #: round_finished metric key -> single-series per-loop gauge.
-ROUND_GAUGES = {"iteration": "round", "pairs": "pairs", "student_reference_loss": "student_reference_loss",
-                "influence_mean": "influence_mean", "dpo_reward_margin": "dpo_reward_margin"}
+ROUND_GAUGES = {
+    "iteration": "round",
+    "pairs": "pairs",
+    "student_reference_loss": "student_reference_loss",
+    "influence_mean": "influence_mean",
+    "dpo_reward_margin": "dpo_reward_margin",
+}
 #: round_finished metric key -> ``kind`` label of montessori_loop_positive_share.
 SHARE_KINDS = {"positive_share_raw": "raw", "positive_share_centred": "centred"}
 #: evaluation_finished metric key -> ``student`` label of montessori_loop_heldout_loss.
-HELDOUT_STUDENTS = {"base_student_eval_loss": "base", "montessori_student_eval_loss": "montessori",
-                    "baseline_student_eval_loss": "self_instruct"}
+HELDOUT_STUDENTS = {
+    "base_student_eval_loss": "base",
+    "montessori_student_eval_loss": "montessori",
+    "baseline_student_eval_loss": "self_instruct",
+}
 
 
 class LoopMetrics:
@@ -35,25 +44,53 @@ class LoopMetrics:
         self.clock = clock
         loop = ["loop_id"]
         self.gauges = {
-            "round": Gauge("montessori_loop_round", "Last finished round (iteration) of the loop.", loop, registry=registry),
-            "student_reference_loss": Gauge("montessori_loop_student_reference_loss",
-                                            "The updated student's loss on the reference set after the last round.",
-                                            loop, registry=registry),
-            "influence_mean": Gauge("montessori_loop_influence_mean", "Mean local data influence of the last round's candidates.",
-                                    loop, registry=registry),
+            "round": Gauge(
+                "montessori_loop_round", "Last finished round (iteration) of the loop.", loop, registry=registry
+            ),
+            "student_reference_loss": Gauge(
+                "montessori_loop_student_reference_loss",
+                "The updated student's loss on the reference set after the last round.",
+                loop,
+                registry=registry,
+            ),
+            "influence_mean": Gauge(
+                "montessori_loop_influence_mean",
+                "Mean local data influence of the last round's candidates.",
+                loop,
+                registry=registry,
+            ),
             "pairs": Gauge("montessori_loop_pairs", "Preference pairs the last round found.", loop, registry=registry),
-            "dpo_reward_margin": Gauge("montessori_loop_dpo_reward_margin", "The last round's final DPO reward margin.",
-                                       loop, registry=registry),
+            "dpo_reward_margin": Gauge(
+                "montessori_loop_dpo_reward_margin",
+                "The last round's final DPO reward margin.",
+                loop,
+                registry=registry,
+            ),
         }
-        self.positive_share = Gauge("montessori_loop_positive_share",
-                                    "Share of the last round's candidates with positive influence (raw or centred scores).",
-                                    ["loop_id", "kind"], registry=registry)
-        self.heldout_loss = Gauge("montessori_loop_heldout_loss", "Held-out loss of the final students (base, montessori, "
-                                  "self_instruct baseline).", ["loop_id", "student"], registry=registry)
-        self.last_progress = Gauge("montessori_loop_last_progress_timestamp_seconds",
-                                   "Unix time of the loop's last event (progress, stage, round).", loop, registry=registry)
-        self.state = Gauge("montessori_loop_state", "1 for the loop's current state, 0 for the others.",
-                           ["loop_id", "state"], registry=registry)
+        self.positive_share = Gauge(
+            "montessori_loop_positive_share",
+            "Share of the last round's candidates with positive influence (raw or centred scores).",
+            ["loop_id", "kind"],
+            registry=registry,
+        )
+        self.heldout_loss = Gauge(
+            "montessori_loop_heldout_loss",
+            "Held-out loss of the final students (base, montessori, self_instruct baseline).",
+            ["loop_id", "student"],
+            registry=registry,
+        )
+        self.last_progress = Gauge(
+            "montessori_loop_last_progress_timestamp_seconds",
+            "Unix time of the loop's last event (progress, stage, round).",
+            loop,
+            registry=registry,
+        )
+        self.state = Gauge(
+            "montessori_loop_state",
+            "1 for the loop's current state, 0 for the others.",
+            ["loop_id", "state"],
+            registry=registry,
+        )
 
     def observe_event(self, loop_id: str, kind: str, metrics: Mapping[str, object]) -> None:
         """One loop event; every kind counts as progress."""
@@ -99,14 +136,28 @@ class ServiceMetrics:
     def __init__(self, service: str, clock: Callable[[], float] = time.time):
         self.service = service
         self.registry = CollectorRegistry()
-        self.jobs = Counter("montessori_jobs_total", "Jobs finished, by kind and final state.",
-                            ["service", "kind", "state"], registry=self.registry)
-        self.duration = Histogram("montessori_job_duration_seconds", "Wall time of finished jobs.", ["service", "kind"],
-                                  registry=self.registry, buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")))
-        self.throughput = Gauge("montessori_throughput", "Last job's throughput (candidates/s, tokens/s).",
-                                ["service", "metric"], registry=self.registry)
-        self.gpu_memory = Gauge("montessori_gpu_memory_bytes", "CUDA memory allocated by this process.",
-                                ["service"], registry=self.registry)
+        self.jobs = Counter(
+            "montessori_jobs_total",
+            "Jobs finished, by kind and final state.",
+            ["service", "kind", "state"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "montessori_job_duration_seconds",
+            "Wall time of finished jobs.",
+            ["service", "kind"],
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
+        )
+        self.throughput = Gauge(
+            "montessori_throughput",
+            "Last job's throughput (candidates/s, tokens/s).",
+            ["service", "metric"],
+            registry=self.registry,
+        )
+        self.gpu_memory = Gauge(
+            "montessori_gpu_memory_bytes", "CUDA memory allocated by this process.", ["service"], registry=self.registry
+        )
         self.gpu_memory.labels(service).set_function(_gpu_memory)
         self.loops = LoopMetrics(self.registry, clock)
 

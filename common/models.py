@@ -5,6 +5,7 @@ round, each trained on top of the previous version merged into the weights). A m
 version may also name the chat template its examples are formatted with (the student's
 ``models.student_chat_template``); :func:`load_tokenizer` is where that choice is made.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class ModelRef:
     adapters: tuple[str, ...] = field(default=())
     chat_template: str | None = None
 
-    def with_adapter(self, adapter_dir: str) -> "ModelRef":
+    def with_adapter(self, adapter_dir: str) -> ModelRef:
         return ModelRef(self.path, self.adapters + (adapter_dir,), self.chat_template)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,13 +43,23 @@ def model_dir(path: str | Path, *, field: str) -> Path:
     """``path`` as a folder holding an HF model, or :class:`NotFound` naming ``field``."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        hint = " (run `make setup` to build the offline models)" if "models/" in str(path) or str(path).startswith("models") else ""
+        hint = (
+            " (run `make setup` to build the offline models)"
+            if "models/" in str(path) or str(path).startswith("models")
+            else ""
+        )
         raise NotFound(f"no model folder (config.json) at {folder}{hint}", field=field)
     return folder
 
 
-def load_tokenizer(model: ModelRef | str | Path, *, field: str, padding_side: str = "right",
-                   chat_template: str | None = None, template_field: str | None = None):
+def load_tokenizer(
+    model: ModelRef | str | Path,
+    *,
+    field: str,
+    padding_side: str = "right",
+    chat_template: str | None = None,
+    template_field: str | None = None,
+):
     """The tokenizer of ``model`` (a ModelRef or a folder), with a pad token, the given padding side and a
     chat template: ``chat_template`` if given, else the ModelRef's, else the folder's own, else
     :func:`common.chat.default_chat_template` (a base model's tokenizer has none). An explicit template
@@ -79,8 +90,14 @@ def load_tokenizer(model: ModelRef | str | Path, *, field: str, padding_side: st
     return tokenizer
 
 
-def load_model(ref: ModelRef | str | Path, *, field: str, dtype: str = "float32", trainable: bool = False,
-               device: str | torch.device | None = None):
+def load_model(
+    ref: ModelRef | str | Path,
+    *,
+    field: str,
+    dtype: str = "float32",
+    trainable: bool = False,
+    device: str | torch.device | None = None,
+):
     """Load a causal LM (base + merged adapters), in eval mode unless ``trainable``: on the CPU, or on ``device``
     (a torch device, or a device setting resolved by :func:`common.device.resolve_device` naming ``field``)."""
     from transformers import AutoModelForCausalLM

@@ -15,6 +15,7 @@
   the teacher writes ``<instruction>...</instruction>`` lists: for tests and the quick
   ``configs/tiny.yaml`` loop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
 
 
 def is_model_dir(path: Path) -> bool:
@@ -99,8 +98,10 @@ def convert_smollm2(target: Path) -> None:
 def check_gemma_tokenizer(tokenizer) -> None:
     """eos and pad must be distinct real tokens, or SFT on the default template (whose responses end with eos)
     would pad away the stop token."""
-    if None in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) or \
-            tokenizer.pad_token_id == tokenizer.eos_token_id:
+    if (
+        None in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+        or tokenizer.pad_token_id == tokenizer.eos_token_id
+    ):
         raise SystemExit("gemma-3-270m: expected distinct <bos>, <eos> and <pad> tokens")
 
 
@@ -170,17 +171,36 @@ def build_tiny_model(target: Path, tokenizer, rows: list[dict], *, teacher: bool
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     dataset = Dataset.from_list([{"text": t} for t in _tiny_corpus(rows, teacher=teacher, seed=seed)])
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3,
-            lr_scheduler_type="cosine", warmup_steps=10, logging_steps=50, save_strategy="no", report_to=[],
-            max_length=256, seed=seed, dataset_text_field="text", use_cpu=True, disable_tqdm=True,
+            output_dir=out,
+            max_steps=steps,
+            per_device_train_batch_size=16,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=10,
+            logging_steps=50,
+            save_strategy="no",
+            report_to=[],
+            max_length=256,
+            seed=seed,
+            dataset_text_field="text",
+            use_cpu=True,
+            disable_tqdm=True,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
@@ -215,7 +235,11 @@ def build_all(models_dir: Path, data_dir: Path) -> None:
         log.info("converting Gemma 3 270M (pretrained) from GGUF", extra={"stage": "setup"})
         convert_gemma(student)
     build_tiny_models(models_dir, data_dir)
-    manifest = {d.name: json.loads((d / "config.json").read_text()).get("model_type") for d in sorted(models_dir.iterdir()) if is_model_dir(d)}
+    manifest = {
+        d.name: json.loads((d / "config.json").read_text()).get("model_type")
+        for d in sorted(models_dir.iterdir())
+        if is_model_dir(d)
+    }
     log.info("offline models ready", extra={"stage": "setup", "metrics": manifest})
 
 

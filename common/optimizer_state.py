@@ -4,6 +4,7 @@ The warm-up saves the student's optimizer state with this; influence scoring
 restores it so that every candidate's step uses exactly the warm-up's moments,
 step count and learning rate.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,11 @@ def save_adamw_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, f
     tensors: dict[str, torch.Tensor] = {}
     groups = []
     for group in optimizer.param_groups:
-        settings = {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool, str, list, tuple, type(None)))}
+        settings = {
+            k: v
+            for k, v in group.items()
+            if k != "params" and isinstance(v, (int, float, bool, str, list, tuple, type(None)))
+        }
         groups.append({"params": [names[id(p)] for p in group["params"]], **settings})
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
@@ -47,8 +52,12 @@ def load_adamw(model: torch.nn.Module, folder: Path) -> torch.optim.AdamW:
         missing = [n for n in group["params"] if n not in params]
         if missing:
             raise FailedPrecondition(f"optimizer state names unknown parameter {missing[0]!r}", field="warmup")
-        groups.append({**{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")},
-                       "params": [params[n] for n in group["params"]]})
+        groups.append(
+            {
+                **{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")},
+                "params": [params[n] for n in group["params"]],
+            }
+        )
     # foreach=False: the plain per-parameter update, deterministic and the same on every backend.
     optimizer = torch.optim.AdamW(groups, foreach=False, fused=False)
     tensors = load_file(str(folder / STATE_FILE))

@@ -5,10 +5,12 @@ The CLI renders it as progress bars; the job machinery of the services turns it
 into streamed events and raises :class:`common.errors.Cancelled` from it to stop
 the work between units.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 

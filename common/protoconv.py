@@ -1,5 +1,6 @@
 """Proto <-> Python conversion for the montessori.v1 API (refs, jobs, loop specs, fingerprints); how a worker reads
 a stage request's fields is ``common/request_fields.py``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,16 @@ def ref_from_proto(message: common_pb2.ArtifactRef) -> ArtifactRef:
 def job_to_proto(job: JobSnapshot) -> common_pb2.Job:
     """A job snapshot as the API's Job message."""
     message = common_pb2.Job(
-        job_id=job.job_id, request_id=job.request_id, kind=job.kind, state=job.state.value,
-        progress=common_pb2.Progress(stage=job.stage, done=job.done, total=job.total, eta_seconds=job.eta_seconds,
-                                     metrics=job.live_metrics),
-        error_code=job.error_code, error_message=job.error_message, metrics=job.metrics,
+        job_id=job.job_id,
+        request_id=job.request_id,
+        kind=job.kind,
+        state=job.state.value,
+        progress=common_pb2.Progress(
+            stage=job.stage, done=job.done, total=job.total, eta_seconds=job.eta_seconds, metrics=job.live_metrics
+        ),
+        error_code=job.error_code,
+        error_message=job.error_message,
+        metrics=job.metrics,
         age_seconds=max(0.0, time.time() - job.submitted_at),
     )
     for role, ref in job.outputs.items():
@@ -44,5 +51,3 @@ def loop_spec(document: dict) -> controller_pb2.LoopSpec:
 def fingerprint(request) -> str:
     """Digest of a request, so a reused request_id with a different request is caught."""
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-
-

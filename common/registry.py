@@ -19,13 +19,15 @@ Watching, ``from_sequence``:
 Every stream ends once the entry is terminal and its last event was yielded; when nothing at or after
 N is left to replay on a terminal entry, the stream is the current (final) state alone.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -133,8 +135,15 @@ class Registry(Generic[E]):
         with self.changed:
             self.changed.notify_all()
 
-    def watch(self, entry_id: str, from_sequence: int | None = None, *, snapshot: Callable[[E], Any],
-              is_active: Callable[[], bool] = lambda: True, poll: float = 1.0) -> Iterator[Any]:
+    def watch(
+        self,
+        entry_id: str,
+        from_sequence: int | None = None,
+        *,
+        snapshot: Callable[[E], Any],
+        is_active: Callable[[], bool] = lambda: True,
+        poll: float = 1.0,
+    ) -> Iterator[Any]:
         """The entry's current state then live events (``from_sequence`` None/0), or retained events from
         ``from_sequence`` then live ones; ends when the entry is terminal (see the module docstring)."""
         if from_sequence is not None and from_sequence < 0:

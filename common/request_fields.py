@@ -1,5 +1,6 @@
 """How a worker reads the fields of a stage request: required strings, artifact refs (checked against the
 store and their pinned digests), output prefixes, model specs, bounded counts and typed settings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +23,10 @@ def required(value: str, field: str) -> str:
     return value
 
 
-
 def settings(message: Message, cls: type[T], *, field: str) -> T:
     """A stage's typed settings message resolved into its worker's config dataclass: the fields that are set
     override the dataclass defaults, which then validates itself (errors name ``<field>.<name>``)."""
     return from_dict(cls, message_to_dict(message), path=field)
-
 
 
 def local_artifact(store: ArtifactStore, ref: common_pb2.ArtifactRef, *, field: str) -> Path:
@@ -41,14 +40,14 @@ def local_artifact(store: ArtifactStore, ref: common_pb2.ArtifactRef, *, field: 
     if not store.exists(key):
         raise NotFound(f"no artifact at {uri}", field=f"{field}.uri")
     if ref.sha256 and store.digest(key) != ref.sha256:
-        raise FailedPrecondition(f"{uri} changed since the request was made (sha256 {ref.sha256[:12]}...)", field=f"{field}.sha256")
+        raise FailedPrecondition(
+            f"{uri} changed since the request was made (sha256 {ref.sha256[:12]}...)", field=f"{field}.sha256"
+        )
     return store.local_path(key)
-
 
 
 def output_prefix(value: str, *, field: str = "output_prefix") -> str:
     return validate_key(required(value, field), field=field)
-
 
 
 def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:
@@ -59,11 +58,15 @@ def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field:
     chat_template = spec.chat_template if spec.HasField("chat_template") else None
     if chat_template is not None and not chat_template.strip():
         raise InvalidArgument("must be a non-empty Jinja template when set", field=f"{field}.chat_template")
-    base = str(model_dir(spec.path, field=f"{field}.path")) if spec.path else \
-        str(model_dir(local_artifact(store, spec.artifact, field=f"{field}.artifact"), field=f"{field}.artifact"))
-    adapters = tuple(str(local_artifact(store, ref, field=f"{field}.adapters[{i}]")) for i, ref in enumerate(spec.adapters))
+    base = (
+        str(model_dir(spec.path, field=f"{field}.path"))
+        if spec.path
+        else str(model_dir(local_artifact(store, spec.artifact, field=f"{field}.artifact"), field=f"{field}.artifact"))
+    )
+    adapters = tuple(
+        str(local_artifact(store, ref, field=f"{field}.adapters[{i}]")) for i, ref in enumerate(spec.adapters)
+    )
     return ModelRef(base, adapters, chat_template)
-
 
 
 def count(value: int, *, field: str, maximum: int, allow_zero: bool = True) -> int:

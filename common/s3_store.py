@@ -8,6 +8,7 @@ folder is never visible. Reads download into a node-local cache keyed by content
 (a model is downloaded once per node, not per job) and verify every digest, failing
 loudly on a mismatch. Credentials never appear in URIs, messages or logs.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,19 @@ _AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "
 class S3ArtifactStore(ArtifactStore):
     """Artifacts as objects in one bucket."""
 
-    def __init__(self, *, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool = False,
-                 cache_dir: str | Path, create_bucket: bool = True, retries: int = 3, timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool = False,
+        cache_dir: str | Path,
+        create_bucket: bool = True,
+        retries: int = 3,
+        timeout: float = 10.0,
+    ):
         import urllib3
         from minio import Minio
 
@@ -41,8 +53,10 @@ class S3ArtifactStore(ArtifactStore):
         self.cache.mkdir(parents=True, exist_ok=True)
         self._paths: dict[str, ArtifactRef] = {}  # local cache path -> artifact it holds (for manifests)
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 120.0)), maxsize=8,
-            retries=urllib3.Retry(total=retries, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)))
+            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 120.0)),
+            maxsize=8,
+            retries=urllib3.Retry(total=retries, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)),
+        )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
         exists = self._call(lambda: self.client.bucket_exists(bucket), what=f"bucket {bucket}")
         if not exists:
@@ -63,8 +77,9 @@ class S3ArtifactStore(ArtifactStore):
             return operation()
         except S3Error as err:
             if err.code in _AUTH_ERRORS:
-                raise FailedPrecondition(f"S3 server {self.endpoint} rejected the credentials ({err.code})",
-                                         field="MINIO_ACCESS_KEY") from None
+                raise FailedPrecondition(
+                    f"S3 server {self.endpoint} rejected the credentials ({err.code})", field="MINIO_ACCESS_KEY"
+                ) from None
             if err.code in ("NoSuchKey", "NoSuchBucket"):
                 raise NotFound(f"no artifact at {what}", field="uri") from None
             raise FailedPrecondition(f"S3 error on {what}: {err.code}", field="uri") from None
@@ -84,7 +99,7 @@ class S3ArtifactStore(ArtifactStore):
         prefix = f"s3://{self.bucket}/"
         if not uri.startswith(prefix):
             raise InvalidArgument(f"{uri!r} is not inside the artifact store s3://{self.bucket}", field="uri")
-        return validate_key(uri[len(prefix):], field="uri")
+        return validate_key(uri[len(prefix) :], field="uri")
 
     def _stat(self, name: str):
         """The object's metadata, or ``None`` when there is no such object."""
@@ -100,8 +115,12 @@ class S3ArtifactStore(ArtifactStore):
     # -- writing -----------------------------------------------------------------------------
 
     def _put(self, name: str, source: Path, digest: str) -> None:
-        self._call(lambda: self.client.fput_object(self.bucket, name, str(source), metadata={"sha256": digest},
-                                                   part_size=PART_SIZE), what=self.uri(name))
+        self._call(
+            lambda: self.client.fput_object(
+                self.bucket, name, str(source), metadata={"sha256": digest}, part_size=PART_SIZE
+            ),
+            what=self.uri(name),
+        )
 
     def put_file(self, key: str, source: Path) -> ArtifactRef:
         key = validate_key(key)
@@ -121,8 +140,12 @@ class S3ArtifactStore(ArtifactStore):
         index["sha256"] = sha256_tree(Path(source))
         blob = json.dumps(index, sort_keys=True).encode()
         # The index goes last: it is what makes the folder visible.
-        self._call(lambda: self.client.put_object(self.bucket, f"{key}/{FOLDER_INDEX}", io.BytesIO(blob), len(blob),
-                                                  metadata={"sha256": index["sha256"]}), what=self.uri(key))
+        self._call(
+            lambda: self.client.put_object(
+                self.bucket, f"{key}/{FOLDER_INDEX}", io.BytesIO(blob), len(blob), metadata={"sha256": index["sha256"]}
+            ),
+            what=self.uri(key),
+        )
         if move:
             shutil.rmtree(source, ignore_errors=True)
         return ArtifactRef(self.uri(key), index["sha256"])
@@ -136,8 +159,10 @@ class S3ArtifactStore(ArtifactStore):
         actual = sha256_file(staging)
         if actual != expected:
             staging.unlink(missing_ok=True)
-            raise FailedPrecondition(f"digest mismatch for {self.uri(name)}: expected {expected[:12]}, got {actual[:12]} "
-                                     "(corrupted object)", field="uri")
+            raise FailedPrecondition(
+                f"digest mismatch for {self.uri(name)}: expected {expected[:12]}, got {actual[:12]} (corrupted object)",
+                field="uri",
+            )
         os.replace(staging, target)
 
     def local_path(self, key: str) -> Path:
@@ -186,16 +211,21 @@ class S3ArtifactStore(ArtifactStore):
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = validate_key(prefix) + "/" if prefix else ""
-        objects = self._call(lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True)),
-                             what=f"{self.root_uri}/{prefix}")
+        objects = self._call(
+            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True)),
+            what=f"{self.root_uri}/{prefix}",
+        )
         return sorted(o.object_name for o in objects if not o.object_name.endswith(FOLDER_INDEX))
 
     def delete(self, key: str) -> None:
         key = validate_key(key)
-        names = [key] if self._stat(key) is not None else [f"{key}/{n}" for n in self._folder_files(key)] + [f"{key}/{FOLDER_INDEX}"]
+        names = (
+            [key]
+            if self._stat(key) is not None
+            else [f"{key}/{n}" for n in self._folder_files(key)] + [f"{key}/{FOLDER_INDEX}"]
+        )
         for name in names:
             self._call(lambda n=name: self.client.remove_object(self.bucket, n), what=self.uri(name))
 
     def _folder_files(self, key: str) -> list[str]:
         return [o.removeprefix(f"{key}/") for o in self.list(key)]
-

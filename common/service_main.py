@@ -1,9 +1,10 @@
 """Starting a worker or controller service: store, jobs, metrics, gRPC server, readiness."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 

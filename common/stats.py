@@ -7,11 +7,12 @@ resamples both (rows and training units independently), so an interval is not ma
 many rows while it rests on one training run. Percentile intervals, a fixed generator seed: the
 same inputs give the same interval on every machine (numpy's PCG64 and integer indexing only).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -50,8 +51,9 @@ def _check(confidence: float, resamples: int) -> None:
         raise ValueError("resamples must be >= 1")
 
 
-def bootstrap_mean(values: Sequence[float], *, resamples: int = RESAMPLES, confidence: float = 0.95,
-                   seed: int = 0) -> Interval:
+def bootstrap_mean(
+    values: Sequence[float], *, resamples: int = RESAMPLES, confidence: float = 0.95, seed: int = 0
+) -> Interval:
     """Mean of independent values with a percentile interval (resampling the values)."""
     _check(confidence, resamples)
     x = np.asarray(values, dtype=np.float64)
@@ -61,8 +63,14 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = RESAMPLES, confi
     return _interval(x.mean(), x[index].mean(axis=1), confidence, x.size)
 
 
-def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, resamples: int = RESAMPLES,
-                      confidence: float = 0.95, seed: int = 0) -> Interval:
+def paired_difference(
+    a: Sequence[Sequence[float]],
+    b: Sequence[Sequence[float]],
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """Mean of ``a − b`` over training units (rows of the matrices) and held-out rows (columns).
 
     ``a[u][r]`` and ``b[u][r]`` are two students' losses on held-out row ``r`` in unit ``u``
@@ -83,31 +91,41 @@ def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]
     return _interval(d.mean(), draws, confidence, rows, units)
 
 
-def difference_of_means(a: Sequence[float], b: Sequence[float], *, resamples: int = RESAMPLES, confidence: float = 0.95,
-                        seed: int = 0) -> Interval:
+def difference_of_means(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = RESAMPLES, confidence: float = 0.95, seed: int = 0
+) -> Interval:
     """``mean(a) − mean(b)`` for independent samples, each resampled on its own."""
     _check(confidence, resamples)
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.size == 0 or y.size == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
     rng = np.random.default_rng(seed)
-    draws = (x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-             - y[rng.integers(0, y.size, size=(resamples, y.size))].mean(axis=1))
+    draws = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1) - y[
+        rng.integers(0, y.size, size=(resamples, y.size))
+    ].mean(axis=1)
     return _interval(x.mean() - y.mean(), draws, confidence, x.size + y.size)
 
 
-def stratified_difference(strata: Sequence[tuple[Sequence[float], Sequence[float]]], *, resamples: int = RESAMPLES,
-                          confidence: float = 0.95, seed: int = 0) -> Interval:
+def stratified_difference(
+    strata: Sequence[tuple[Sequence[float], Sequence[float]]],
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """The mean over strata (e.g. seeds) of ``mean(a) − mean(b)``, each sample resampled within its stratum."""
     _check(confidence, resamples)
-    strata = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in strata if len(a) and len(b)]
+    strata = [
+        (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in strata if len(a) and len(b)
+    ]
     if not strata:
         return Interval(math.nan, math.nan, math.nan, 0)
     rng = np.random.default_rng(seed)
     draws = np.zeros(resamples)
     for x, y in strata:
-        draws += (x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-                  - y[rng.integers(0, y.size, size=(resamples, y.size))].mean(axis=1))
+        draws += x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1) - y[
+            rng.integers(0, y.size, size=(resamples, y.size))
+        ].mean(axis=1)
     point = float(np.mean([x.mean() - y.mean() for x, y in strata]))
     return _interval(point, draws / len(strata), confidence, sum(x.size + y.size for x, y in strata), len(strata))
 

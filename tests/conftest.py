@@ -1,4 +1,5 @@
 """Shared fixtures: the tiny offline models (real Llama-architecture torch models) and data paths."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -74,5 +75,10 @@ def s3_store(s3_server, tmp_path):
 
     from common.s3_store import S3ArtifactStore
 
-    return S3ArtifactStore(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key,
-                           bucket=f"t-{uuid.uuid4().hex[:12]}", cache_dir=tmp_path / "cache")
+    return S3ArtifactStore(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=f"t-{uuid.uuid4().hex[:12]}",
+        cache_dir=tmp_path / "cache",
+    )

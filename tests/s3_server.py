@@ -1,5 +1,6 @@
 """A real S3-compatible server on 127.0.0.1 for tests: a MinIO binary when one is available
 (on PATH or named by MINIO_BINARY), else nanio (PyPI, installed by `make setup`)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ class S3Server:
     process: subprocess.Popen
 
     def env(self, bucket_cache: Path) -> dict[str, str]:
-        return {"MINIO_ENDPOINT": self.endpoint, "MINIO_ACCESS_KEY": self.access_key,
-                "MINIO_SECRET_KEY": self.secret_key, "MINIO_SECURE": "0", "MONTESSORI_CACHE_DIR": str(bucket_cache)}
+        return {
+            "MINIO_ENDPOINT": self.endpoint,
+            "MINIO_ACCESS_KEY": self.access_key,
+            "MINIO_SECRET_KEY": self.secret_key,
+            "MINIO_SECURE": "0",
+            "MONTESSORI_CACHE_DIR": str(bucket_cache),
+        }
 
     def stop(self) -> None:
         self.process.terminate()
@@ -39,7 +45,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_s3_server(data_dir: Path, *, access_key: str = "montessori-test", secret_key: str = "s3cr3t-test-key-123") -> S3Server:
+def start_s3_server(
+    data_dir: Path, *, access_key: str = "montessori-test", secret_key: str = "s3cr3t-test-key-123"
+) -> S3Server:
     port = _free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     minio = os.environ.get("MINIO_BINARY") or shutil.which("minio")
@@ -49,8 +57,13 @@ def start_s3_server(data_dir: Path, *, access_key: str = "montessori-test", secr
     else:
         env = {**os.environ, "NANIO_ACCESS_KEY": access_key, "NANIO_SECRET_KEY": secret_key}
         nanio = Path(sys.executable).with_name("nanio")
-        command, kind = [str(nanio), "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)], "nanio"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        command, kind = (
+            [str(nanio), "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+            "nanio",
+        )
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,4 +1,5 @@
 """A copy of a model folder whose tokenizer has no chat template (as a base model's has none)."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ per-round line panels, influence histograms per round, held-out losses and diffe
 the teacher shift per teacher version, and the per-seed and pooled forest plot. PNGs carry no version stamp, so the
 same data gives the same bytes on every run.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,7 +80,7 @@ def influence_histograms(name: str, by_round: list[tuple[int, list[float], list[
     cols = min(3, len(by_round))
     nrows = math.ceil(len(by_round) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax in axes.flat[len(by_round):]:
+    for ax in axes.flat[len(by_round) :]:
         ax.set_visible(False)
     for ax, (k, raw, centred) in zip(axes.flat, by_round):
         edges = np.histogram_bin_edges(raw + centred, bins=15)  # shared bins so the two are comparable
@@ -100,8 +101,9 @@ def heldout_figure(name: str, students: dict[str, dict], comparisons: dict[str, 
         return None
     plt = _pyplot()
     panels = int(bool(students)) + int(bool(comparisons))
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 1.2 + 0.45 * max(len(students), len(comparisons), 3)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, panels, figsize=(5.2 * panels, 1.2 + 0.45 * max(len(students), len(comparisons), 3)), squeeze=False
+    )
     axes = list(axes[0])
     if students:
         ax = axes.pop(0)
@@ -113,8 +115,13 @@ def heldout_figure(name: str, students: dict[str, dict], comparisons: dict[str, 
     if comparisons:
         ax = axes.pop(0)
         colors = ["grey" if k in NULLS else "C0" for k in comparisons]
-        _interval_axis(ax, [comparison_label(k) for k in comparisons], list(comparisons.values()), colors,
-                       "difference in held-out loss (< 0: first is better)")
+        _interval_axis(
+            ax,
+            [comparison_label(k) for k in comparisons],
+            list(comparisons.values()),
+            colors,
+            "difference in held-out loss (< 0: first is better)",
+        )
         ax.set_title("differences with CI (grey: nulls)")
     fig.tight_layout()
     return _png(fig, name, "held-out loss per student and differences with confidence intervals")
@@ -130,9 +137,13 @@ def shift_figure(name: str, by_series: dict[str, list[dict]]) -> Figure | None:
     width = 0.25 / max(1, len(by_series) - 1)
     for i, (label, versions) in enumerate(by_series.items()):
         xs = [v.get("version", 0) + (i - (len(by_series) - 1) / 2) * width for v in versions]
-        for ax, mean, low, high in ((axes[0], "influence_mean", "ci_low", "ci_high"),
-                                    (axes[1], "positive_share", "positive_share_ci_low", "positive_share_ci_high")):
-            means, err = _errors([{"mean": v.get(mean), "lo": v.get(low), "hi": v.get(high)} for v in versions], "lo", "hi")
+        for ax, mean, low, high in (
+            (axes[0], "influence_mean", "ci_low", "ci_high"),
+            (axes[1], "positive_share", "positive_share_ci_low", "positive_share_ci_high"),
+        ):
+            means, err = _errors(
+                [{"mean": v.get(mean), "lo": v.get(low), "hi": v.get(high)} for v in versions], "lo", "hi"
+            )
             ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, label=label or None)
     for ax, title in zip(axes, ("mean influence", "share of helpful candidates")):
         ax.set(title=f"{title} per teacher version", xlabel="teacher version")
@@ -146,15 +157,19 @@ def shift_figure(name: str, by_series: dict[str, list[dict]]) -> Figure | None:
 
 
 def forest_figure(name: str, per_seed: dict, pooled: dict) -> Figure | None:
-    keys = [k for k in ("montessori_vs_self_instruct", "montessori_vs_base", *NULLS)
-            if k in pooled or any(k in (s.get("comparisons") or {}) for s in per_seed.values())]
+    keys = [
+        k
+        for k in ("montessori_vs_self_instruct", "montessori_vs_base", *NULLS)
+        if k in pooled or any(k in (s.get("comparisons") or {}) for s in per_seed.values())
+    ]
     if not keys:
         return None
     plt = _pyplot()
     seeds = seed_order(per_seed)
     labels = [f"seed {s}" for s in seeds] + ["pooled"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 0.8 + 0.4 * len(labels)), sharex=True,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(3.6 * len(keys), 0.8 + 0.4 * len(labels)), sharex=True, sharey=True, squeeze=False
+    )
     for ax, key in zip(axes[0], keys):
         items = [(per_seed[s].get("comparisons") or {}).get(key, {}) for s in seeds] + [pooled.get(key, {})]
         base = "grey" if key in NULLS else "C0"

@@ -2,6 +2,7 @@
 to a self-contained HTML page (figures inlined as base64 data URIs), so the two never disagree; and the writing of a
 report folder (``report.md``, its PNGs beside it, ``report.html``), each file replaced atomically.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,10 +74,14 @@ class Doc:
 
     def html(self, title: str) -> str:
         esc = html.escape
-        out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
-               "table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:.2em .5em}"
-               "th{background:#f3f3f3}td{text-align:right}img{max-width:100%}</style></head><body>"]
+        out = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:.2em .5em}"
+            "th{background:#f3f3f3}td{text-align:right}img{max-width:100%}</style></head><body>",
+        ]
         for kind, *rest in self.blocks:
             if kind == "h":
                 out.append(f"<h{rest[0]}>{esc(rest[1])}</h{rest[0]}>")

@@ -3,6 +3,7 @@ path / file:// / s3:// URI (a loop still running has no summary.json, so its sum
 the summaries of an experiment's loops; and the rows of a JSONL artifact (such as a round's scores), which a report
 shows when it can and otherwise says why not.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,12 @@ def _summary_from_loop(loop_id: str, artifacts: str | None):
     if not store.exists(f"{prefix}/rounds.jsonl"):
         raise NotFound(f"no loop {loop_id!r} in {store.root_uri} (neither summary.json nor rounds.jsonl)", field="loop")
     state = store.get_json(f"{prefix}/state.json") if store.exists(f"{prefix}/state.json") else {}
-    summary = {"loop_id": loop_id, "status": state.get("status", "running"), "store": store.uri(prefix),
-               "iterations": store.get_jsonl(f"{prefix}/rounds.jsonl")}
+    summary = {
+        "loop_id": loop_id,
+        "status": state.get("status", "running"),
+        "store": store.uri(prefix),
+        "iterations": store.get_jsonl(f"{prefix}/rounds.jsonl"),
+    }
     return summary, store
 
 

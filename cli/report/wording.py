@@ -4,6 +4,7 @@ comparisons, the plain sentence that says what a comparison's CI shows, and the 
 Held-out differences are "first − second" in loss (``montessori_vs_base`` = Montessori − base), so a NEGATIVE value
 means the first-named student is better.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ def comparison_label(key: str) -> str:
 def comparison_sentence(key: str, item: dict) -> str:
     """One plain sentence: the difference, its CI and what the CI says."""
     verdict = ci_verdict(item.get("ci_low"), item.get("ci_high"))
-    head = (f"{comparison_label(key)}: {number(item.get('mean'))}, CI {ci_range(item)} "
-            f"({number(item.get('units'))} units, {number(item.get('rows'))} rows): {verdict}")
+    head = (
+        f"{comparison_label(key)}: {number(item.get('mean'))}, CI {ci_range(item)} "
+        f"({number(item.get('units'))} units, {number(item.get('rows'))} rows): {verdict}"
+    )
     names = _pair_names(key)
     if verdict != "CI excludes 0":
         return head + ("." if names is None else ": no difference shown.")

@@ -5,6 +5,7 @@ as teacher, the pretrained (base) Gemma 3 270M as student (as the paper pairs an
 instruct teacher with a base student), sizes chosen for 2 cores. Paper-scale
 settings are in the README.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,10 +50,12 @@ class ModelsConfig:
     teacher: str = field("models/smollm2-135m-instruct", help="Teacher: an instruction-tuned HF model folder.")
     student: str = field("models/gemma-3-270m", help="Student: the HF model folder the data is for (a base model).")
     student_chat_template: str | None = field(
-        None, help="Jinja chat template the student's examples are formatted with, in warm-up and student SFT, influence "
-                   "scoring and evaluation alike (saved with every trained student). null: the student folder's own "
-                   "template, or, when its tokenizer has none, a plain '### Instruction:' / '### Response:' format whose "
-                   "response ends with the eos token. The teacher always uses its own template.")
+        None,
+        help="Jinja chat template the student's examples are formatted with, in warm-up and student SFT, influence "
+        "scoring and evaluation alike (saved with every trained student). null: the student folder's own "
+        "template, or, when its tokenizer has none, a plain '### Instruction:' / '### Response:' format whose "
+        "response ends with the eos token. The teacher always uses its own template.",
+    )
     dtype: str = field("float32", help="Weights dtype on load: float32 (CPU), bfloat16 or float16 (GPU).")
 
     def __post_init__(self) -> None:
@@ -60,8 +63,11 @@ class ModelsConfig:
         check(bool(self.student.strip()), "student", "must name a model folder")
         # Whether it renders a prompt that the response extends needs the student's tokenizer: checked
         # (naming this field) by the loop's input validation before any work starts.
-        check(self.student_chat_template is None or bool(self.student_chat_template.strip()), "student_chat_template",
-              "must be a non-empty Jinja template, or null for the student folder's own (or the default)")
+        check(
+            self.student_chat_template is None or bool(self.student_chat_template.strip()),
+            "student_chat_template",
+            "must be a non-empty Jinja template, or null for the student folder's own (or the default)",
+        )
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16")
 
 
@@ -90,7 +96,9 @@ class SizesConfig:
 
     warmup_examples: int = field(16, help="Warm-up set size (examples) for the student before probing.")
     probe_prompts: int = field(5, help="Synthesis prompts for the probing set (each gives one prompt group).")
-    train_examples: int = field(16, help="Training-set size (examples) for the student's SFT; the baseline gets as many.")
+    train_examples: int = field(
+        16, help="Training-set size (examples) for the student's SFT; the baseline gets as many."
+    )
 
     def __post_init__(self) -> None:
         check(1 <= self.warmup_examples <= 1_000_000, "warmup_examples", "must be in 1..1000000")
@@ -107,20 +115,30 @@ class EvaluationConfig:
     method at all (another SFT seed, another data draw) is measured beside the effect.
     """
 
-    baseline: bool = field(True, help="Train Self-Instruct students on the un-updated teacher's data (same size, same SFT).")
+    baseline: bool = field(
+        True, help="Train Self-Instruct students on the un-updated teacher's data (same size, same SFT)."
+    )
     draws: int = field(
-        1, help="Independent training sets per arm (each generated with its own sampling seed and trained into its own "
-        "student). Draw 0 of the Montessori arm is the loop's own final student.")
+        1,
+        help="Independent training sets per arm (each generated with its own sampling seed and trained into its own "
+        "student). Draw 0 of the Montessori arm is the loop's own final student.",
+    )
     null_sft_seed: bool = field(
-        True, help="Also train Self-Instruct draw 0 again with another SFT seed: the difference that SFT noise alone "
-        "makes, reported beside the effect.")
+        True,
+        help="Also train Self-Instruct draw 0 again with another SFT seed: the difference that SFT noise alone "
+        "makes, reported beside the effect.",
+    )
     max_rows: int | None = field(
-        40, help="Evaluate on the first N rows of the held-out set (None: all 80). Demo: 40 (each Gemma forward pass "
-        "costs the output layer of a 262k vocabulary).")
+        40,
+        help="Evaluate on the first N rows of the held-out set (None: all 80). Demo: 40 (each Gemma forward pass "
+        "costs the output layer of a 262k vocabulary).",
+    )
     shift_samples: int = field(
-        0, help="Teacher shift (the paper's diagnostic): fresh examples written by each teacher version (0 = un-updated, "
+        0,
+        help="Teacher shift (the paper's diagnostic): fresh examples written by each teacher version (0 = un-updated, "
         "1..K), scored exactly on the iteration-1 warmed-up student; mean influence and share of helpful examples per "
-        "version. 0: skip. ~64 per version resolve differences near 1e-4 of reference loss.")
+        "version. 0: skip. ~64 per version resolve differences near 1e-4 of reference loss.",
+    )
     bootstrap_resamples: int = field(2000, help="Bootstrap resamples of every interval.")
     confidence: float = field(0.95, help="Confidence level of every interval.")
     batch_size: int = field(16, help="Rows per forward pass when computing held-out loss.")
@@ -141,31 +159,46 @@ class RunConfig:
     name: str = field("demo", help="Run name; the loop id is <name>-<UTC timestamp> unless loop_id is set.")
     loop_id: str | None = field(None, help="Fixed loop id (artifacts go under loops/<loop_id>/).")
     seed: int = field(0, help="Seed of every sampling and training step; same seed, same artifacts.")
-    iterations: int = field(1, help="Iterations K (the paper reports 2, its official code runs 1; the CPU demo runs 1 "
-                                   "to stay within 15 minutes); ignored in continuous mode.")
+    iterations: int = field(
+        1,
+        help="Iterations K (the paper reports 2, its official code runs 1; the CPU demo runs 1 "
+        "to stay within 15 minutes); ignored in continuous mode.",
+    )
     continuous: bool = field(
-        False, help="Keep iterating until stopped, max_rounds is reached, or the student stops improving (patience).")
+        False, help="Keep iterating until stopped, max_rounds is reached, or the student stops improving (patience)."
+    )
     max_rounds: int | None = field(None, help="Continuous mode: at most this many rounds (None: unbounded).")
     patience: int | None = field(
-        None, help="Continuous mode: stop after this many rounds without a lower student reference loss (None: never).")
+        None, help="Continuous mode: stop after this many rounds without a lower student reference loss (None: never)."
+    )
     artifacts: str = field("artifacts", help="Artifact store: a local folder (or file:// URI).")
     models: ModelsConfig = field(default_factory=ModelsConfig, help="Teacher and student models.")
     data: DataConfig = field(default_factory=DataConfig, help="Seed, reference and evaluation sets.")
     sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings, help="Instruction synthesis and answering.")
-    influence: InfluenceSettings = field(default_factory=_influence_demo,
-                                       help="Influence scoring. Demo: faithful, centred, on 12 reference rows (see README).")
+    influence: InfluenceSettings = field(
+        default_factory=_influence_demo,
+        help="Influence scoring. Demo: faithful, centred, on 12 reference rows (see README).",
+    )
     preference: PreferenceSettings = field(default_factory=PreferenceSettings, help="Preference-pair assembly.")
-    warmup: SFTSettings = field(default_factory=_warmup_demo, help="Student warm-up SFT before probing (paper: lr 5e-6, "
-                                   "effective batch 32, a linear warm-up over all steps that ends at the peak).")
+    warmup: SFTSettings = field(
+        default_factory=_warmup_demo,
+        help="Student warm-up SFT before probing (paper: lr 5e-6, "
+        "effective batch 32, a linear warm-up over all steps that ends at the peak).",
+    )
     dpo: DPOSettings = field(default_factory=_dpo_demo, help="Teacher DPO. Demo: at most 12 pairs per round.")
-    sft: SFTSettings = field(default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32).")
+    sft: SFTSettings = field(
+        default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32)."
+    )
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()) and "/" not in self.name, "name", "must be a non-empty name without '/'")
-        check(self.loop_id is None or (bool(self.loop_id) and "/" not in self.loop_id and ".." not in self.loop_id),
-              "loop_id", "must be a name without '/' or '..'")
+        check(
+            self.loop_id is None or (bool(self.loop_id) and "/" not in self.loop_id and ".." not in self.loop_id),
+            "loop_id",
+            "must be a name without '/' or '..'",
+        )
         check(1 <= self.iterations <= 1000, "iterations", "must be in 1..1000")
         check(self.max_rounds is None or self.max_rounds >= 1, "max_rounds", "must be >= 1 or null")
         check(self.patience is None or self.patience >= 1, "patience", "must be >= 1 or null")

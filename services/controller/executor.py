@@ -4,6 +4,7 @@
 Both executors take the same request messages and return the stage result read from the manifest
 the worker published, so the loop is the same code either way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -27,11 +28,11 @@ class LoopModel:
     adapters: tuple[ArtifactRef, ...] = field(default=())
     chat_template: str | None = None
 
-    def with_adapter(self, ref: ArtifactRef) -> "LoopModel":
+    def with_adapter(self, ref: ArtifactRef) -> LoopModel:
         return replace(self, adapters=self.adapters + (ref,))
 
     @classmethod
-    def stored(cls, ref: ArtifactRef) -> "LoopModel":
+    def stored(cls, ref: ArtifactRef) -> LoopModel:
         """A whole model folder published in the store (a trained student, a fully fine-tuned teacher)."""
         return cls(artifact=ref)
 
@@ -45,8 +46,11 @@ class LoopModel:
 
     def to_proto(self) -> common_pb2.ModelSpec:
         return common_pb2.ModelSpec(
-            path=self.path, artifact=_ref(self.artifact) if self.artifact else None,
-            adapters=[_ref(a) for a in self.adapters], chat_template=self.chat_template)  # None leaves it unset
+            path=self.path,
+            artifact=_ref(self.artifact) if self.artifact else None,
+            adapters=[_ref(a) for a in self.adapters],
+            chat_template=self.chat_template,
+        )  # None leaves it unset
 
 
 def _ref(ref: ArtifactRef) -> common_pb2.ArtifactRef:

@@ -5,6 +5,7 @@ Pooled held-out comparisons treat every (seed, draw) as a training unit and resa
 rows together; the pooled teacher shift is the mean over seeds of each seed's difference, resampled
 within seeds.
 """
+
 from __future__ import annotations
 
 from common.artifacts import ArtifactStore
@@ -16,7 +17,9 @@ FORMAT = 1
 
 
 def _losses(store: ArtifactStore, students: dict) -> dict[str, list[float | None]]:
-    return {name: [row["loss"] for row in store.get_jsonl(store.key_of(s["losses_uri"]))] for name, s in students.items()}
+    return {
+        name: [row["loss"] for row in store.get_jsonl(store.key_of(s["losses_uri"]))] for name, s in students.items()
+    }
 
 
 def _categories(store: ArtifactStore, students: dict) -> list[str]:
@@ -51,7 +54,9 @@ def pooled_comparisons(store: ArtifactStore, summaries: dict[int, dict], *, resa
     out = {"comparisons": compare(losses, units, list(range(len(categories))), args), "per_category": {}}
     for category in sorted({c for c in categories if c}):
         rows = [i for i, c in enumerate(categories) if c == category]
-        out["per_category"][category] = compare(losses, {k: v for k, v in units.items() if not k.startswith("null")}, rows, args)
+        out["per_category"][category] = compare(
+            losses, {k: v for k, v in units.items() if not k.startswith("null")}, rows, args
+        )
     return out
 
 
@@ -68,19 +73,35 @@ def pooled_shift(store: ArtifactStore, summaries: dict[int, dict], *, resamples:
     shifts = {seed: shift for seed, shift in shifts.items() if shift and len(shift["versions"]) > 1}
     if not shifts:
         return {"differences": []}
-    values = {seed: [[row["influence"] for row in store.get_jsonl(store.key_of(v["scores_uri"]))] for v in shift["versions"]]
-              for seed, shift in shifts.items()}
+    values = {
+        seed: [[row["influence"] for row in store.get_jsonl(store.key_of(v["scores_uri"]))] for v in shift["versions"]]
+        for seed, shift in shifts.items()
+    }
     common_versions = min(len(v) for v in values.values())
     out = []
     for version in range(1, common_versions):
         args = {"resamples": resamples, "confidence": confidence}
-        mean = stratified_difference([(v[version], v[0]) for v in values.values()],
-                                     seed=derived_seed("pooled-shift", version), **args)
-        share = stratified_difference([(positive_share(v[version]), positive_share(v[0])) for v in values.values()],
-                                      seed=derived_seed("pooled-shift-share", version), **args)
-        out.append({"version": version, "vs": 0, "seeds": len(values), "mean": mean.mean, "ci_low": mean.ci_low,
-                    "ci_high": mean.ci_high, "positive_share": share.mean, "positive_share_ci_low": share.ci_low,
-                    "positive_share_ci_high": share.ci_high})
+        mean = stratified_difference(
+            [(v[version], v[0]) for v in values.values()], seed=derived_seed("pooled-shift", version), **args
+        )
+        share = stratified_difference(
+            [(positive_share(v[version]), positive_share(v[0])) for v in values.values()],
+            seed=derived_seed("pooled-shift-share", version),
+            **args,
+        )
+        out.append(
+            {
+                "version": version,
+                "vs": 0,
+                "seeds": len(values),
+                "mean": mean.mean,
+                "ci_low": mean.ci_low,
+                "ci_high": mean.ci_high,
+                "positive_share": share.mean,
+                "positive_share_ci_low": share.ci_low,
+                "positive_share_ci_high": share.ci_high,
+            }
+        )
     return {"differences": out}
 
 
@@ -91,7 +112,7 @@ def verdict(per_seed: dict, pooled: dict) -> dict:
     vs_si = comparisons.get("montessori_vs_self_instruct")
     out = {
         "montessori_below_self_instruct_seeds": f"{sum(s['comparisons']['montessori_vs_self_instruct']['mean'] < 0 for s in below)}"
-                                                f"/{len(below)}",
+        f"/{len(below)}",
         "montessori_below_self_instruct_ci_excludes_zero": bool(vs_si and vs_si["ci_high"] < 0),
         "self_instruct_below_montessori_ci_excludes_zero": bool(vs_si and vs_si["ci_low"] > 0),
         "montessori_below_base": bool(comparisons.get("montessori_vs_base", {}).get("ci_high", 0) < 0),
@@ -111,29 +132,70 @@ def verdict(per_seed: dict, pooled: dict) -> dict:
     return out
 
 
-def aggregate(store: ArtifactStore, name: str, summaries: dict[int, dict], *, config: dict, resamples: int,
-              confidence: float) -> dict:
+def aggregate(
+    store: ArtifactStore, name: str, summaries: dict[int, dict], *, config: dict, resamples: int, confidence: float
+) -> dict:
     """``experiment.json``: per-seed figures (from each loop's summary), pooled figures and the verdict."""
     per_seed = {}
     for seed, summary in sorted(summaries.items()):
         evaluation = summary["evaluation"]
         per_seed[str(seed)] = {
-            "loop_id": summary["loop_id"], "summary_uri": summary.get("summary_uri", ""),
-            "losses": {k: evaluation[k] for k in ("base_student_eval_loss", "montessori_student_eval_loss",
-                                                  "baseline_student_eval_loss") if k in evaluation},
-            "comparisons": evaluation.get("comparisons", {}), "teacher_shift": evaluation.get("teacher_shift", {}),
-            "dpo": [{k: row.get(k) for k in ("iteration", "pairs", "dpo_reward_margin", "dpo_reward_accuracy",
-                                             "heldout_pairs", "heldout_reward_margin", "heldout_reward_accuracy")}
-                    for row in summary["iterations"]],
-            "rounds": [{k: row.get(k) for k in ("iteration", "candidates", "positive_share_raw", "positive_share_centred",
-                                                "student_reference_loss", "seconds")} for row in summary["iterations"]],
+            "loop_id": summary["loop_id"],
+            "summary_uri": summary.get("summary_uri", ""),
+            "losses": {
+                k: evaluation[k]
+                for k in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss")
+                if k in evaluation
+            },
+            "comparisons": evaluation.get("comparisons", {}),
+            "teacher_shift": evaluation.get("teacher_shift", {}),
+            "dpo": [
+                {
+                    k: row.get(k)
+                    for k in (
+                        "iteration",
+                        "pairs",
+                        "dpo_reward_margin",
+                        "dpo_reward_accuracy",
+                        "heldout_pairs",
+                        "heldout_reward_margin",
+                        "heldout_reward_accuracy",
+                    )
+                }
+                for row in summary["iterations"]
+            ],
+            "rounds": [
+                {
+                    k: row.get(k)
+                    for k in (
+                        "iteration",
+                        "candidates",
+                        "positive_share_raw",
+                        "positive_share_centred",
+                        "student_reference_loss",
+                        "seconds",
+                    )
+                }
+                for row in summary["iterations"]
+            ],
             "seconds": summary.get("seconds"),
         }
     pooled = pooled_comparisons(store, summaries, resamples=resamples, confidence=confidence)
     pooled["teacher_shift"] = pooled_shift(store, summaries, resamples=resamples, confidence=confidence)
     first = next(iter(summaries.values()))["evaluation"]
-    return {"format": FORMAT, "experiment": name, "seeds": sorted(summaries), "draws": first.get("draws", 1),
-            "eval_rows": first.get("eval_rows"), "train_examples": first.get("train_examples"),
-            "loops": {str(seed): {"loop_id": s["loop_id"], "summary_uri": s.get("summary_uri", "")}
-                      for seed, s in sorted(summaries.items())},
-            "config": config, "per_seed": per_seed, "pooled": pooled, "verdict": verdict(per_seed, pooled)}
+    return {
+        "format": FORMAT,
+        "experiment": name,
+        "seeds": sorted(summaries),
+        "draws": first.get("draws", 1),
+        "eval_rows": first.get("eval_rows"),
+        "train_examples": first.get("train_examples"),
+        "loops": {
+            str(seed): {"loop_id": s["loop_id"], "summary_uri": s.get("summary_uri", "")}
+            for seed, s in sorted(summaries.items())
+        },
+        "config": config,
+        "per_seed": per_seed,
+        "pooled": pooled,
+        "verdict": verdict(per_seed, pooled),
+    }

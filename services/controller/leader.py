@@ -9,13 +9,14 @@ carries the read ``resourceVersion``, so of two replicas racing for a lease exac
 (the other gets 409 Conflict). A leader that cannot renew for ``renew_deadline_seconds``
 steps down by itself, before the lease expires for the others.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from common.logs import get_logger
 
@@ -33,7 +34,7 @@ class LeaseSettings:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class LeaderElector:
@@ -49,7 +50,7 @@ class LeaderElector:
         self._last_renew = 0.0
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
-    def start(self) -> "LeaderElector":
+    def start(self) -> LeaderElector:
         self._thread.start()
         return self
 
@@ -82,9 +83,16 @@ class LeaderElector:
         except ApiException as err:
             if err.status != 404:
                 raise
-            body = V1Lease(metadata=V1ObjectMeta(name=s.name, namespace=s.namespace),
-                           spec=V1LeaseSpec(holder_identity=s.identity, lease_duration_seconds=int(s.lease_seconds),
-                                            acquire_time=_now(), renew_time=_now(), lease_transitions=0))
+            body = V1Lease(
+                metadata=V1ObjectMeta(name=s.name, namespace=s.namespace),
+                spec=V1LeaseSpec(
+                    holder_identity=s.identity,
+                    lease_duration_seconds=int(s.lease_seconds),
+                    acquire_time=_now(),
+                    renew_time=_now(),
+                    lease_transitions=0,
+                ),
+            )
             if self._write(lambda: self.api.create_namespaced_lease(s.namespace, body)):
                 self._became_leader()
             return

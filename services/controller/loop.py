@@ -10,13 +10,14 @@ teacher). Each stage is one typed request (``requests.py``) run by a :class:`Sta
 in process (``cli/local.py``), or as a job on a worker service (``remote.py``); either way
 every artifact goes through the store.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from common.artifacts import ArtifactRef, ArtifactStore, open_store
 from common.config import config_digest, to_dict
@@ -97,10 +98,19 @@ def new_loop_id(config: RunConfig) -> str:
 class LoopRunner:
     """Runs one loop against one artifact store, stage by stage, recording every manifest."""
 
-    def __init__(self, config: RunConfig, *, executor: StageExecutor, store: ArtifactStore | None = None,
-                 progress: Progress = no_progress, on_event: EventSink | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, loop_id: str | None = None,
-                 state_extra: dict | None = None, interrupted: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        executor: StageExecutor,
+        store: ArtifactStore | None = None,
+        progress: Progress = no_progress,
+        on_event: EventSink | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        loop_id: str | None = None,
+        state_extra: dict | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ):
         check_data_files(config)
         self.config = config
         self.store = store or open_store(config.artifacts)
@@ -146,13 +156,21 @@ class LoopRunner:
         if result is None:
             result = self.executor.run(request, self._progress(iteration, stage))
             self.state["stages"][key] = {
-                "stage": stage, "iteration": iteration, "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
-                "manifest": result.manifest.to_dict(), "metrics": result.metrics}
+                "stage": stage,
+                "iteration": iteration,
+                "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
+                "manifest": result.manifest.to_dict(),
+                "metrics": result.metrics,
+            }
             self._save_state("running")
-        numeric = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {
+            k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.on_event("stage_finished", iteration, stage, metrics={**numeric, "reused": float(reused)})
-        log.info("stage reused" if reused else "stage done",
-                 extra={"loop_id": self.loop_id, "stage": stage, "iteration": iteration, "metrics": numeric})
+        log.info(
+            "stage reused" if reused else "stage done",
+            extra={"loop_id": self.loop_id, "stage": stage, "iteration": iteration, "metrics": numeric},
+        )
         return result
 
     # -- loop state in the store (what a restarted controller resumes from) -----------------
@@ -164,8 +182,14 @@ class LoopRunner:
             if state.get("config_sha256") != config_digest(self.config):
                 raise FailedPrecondition(f"loop {self.loop_id} already exists with a different config", field="loop_id")
             return state
-        return {"loop_id": self.loop_id, "config": to_dict(self.config), "config_sha256": config_digest(self.config),
-                "status": "running", "stages": {}, **self.state_extra}
+        return {
+            "loop_id": self.loop_id,
+            "config": to_dict(self.config),
+            "config_sha256": config_digest(self.config),
+            "status": "running",
+            "stages": {},
+            **self.state_extra,
+        }
 
     def _save_state(self, status: str) -> None:
         self.state["status"] = status
@@ -189,8 +213,10 @@ class LoopRunner:
 
     def _import_data(self) -> dict[str, ArtifactRef]:
         """Copy the three data sets into the store (workers read them there; manifests pin them)."""
-        return {name: self.store.put_file(f"{self.prefix}/inputs/{name}.jsonl", Path(getattr(self.config.data, field)))
-                for field, name in DATA_SETS.items()}
+        return {
+            name: self.store.put_file(f"{self.prefix}/inputs/{name}.jsonl", Path(getattr(self.config.data, field)))
+            for field, name in DATA_SETS.items()
+        }
 
     def prepare(self) -> StageRequests:
         """Import the data sets and have the workers validate every setting and input of the loop
@@ -218,7 +244,9 @@ class LoopRunner:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run_iteration(self, k: int, teacher: LoopModel, student: LoopModel) -> tuple[LoopModel, LoopModel, IterationSummary]:
+    def run_iteration(
+        self, k: int, teacher: LoopModel, student: LoopModel
+    ) -> tuple[LoopModel, LoopModel, IterationSummary]:
         """One iteration; returns the updated teacher, the new student and the summary row.
 
         Also keeps the iteration's training data and SFT seed in ``self.last_train_data`` / ``self.last_sft_seed``
@@ -228,26 +256,43 @@ class LoopRunner:
         c, watch, r = self.config, Stopwatch(), self.requests
         base = f"{self.prefix}/iter-{k}"
         seed = c.seed * 1000 + k * 10
-        warm_data = self._stage(k, "warmup-data", r.generate(f"{base}/warmup-data", teacher, seed=seed + 1,
-                                                             target=c.sizes.warmup_examples))
-        warm = self._stage(k, "warmup", r.train_student(f"{base}/warmup", student, warm_data.outputs["candidates"],
-                                                        seed=seed + 2, warmup=True))
-        probe = self._stage(k, "probe-data", r.generate(f"{base}/probe-data", teacher, seed=seed + 3,
-                                                        prompts=c.sizes.probe_prompts))
+        warm_data = self._stage(
+            k, "warmup-data", r.generate(f"{base}/warmup-data", teacher, seed=seed + 1, target=c.sizes.warmup_examples)
+        )
+        warm = self._stage(
+            k,
+            "warmup",
+            r.train_student(f"{base}/warmup", student, warm_data.outputs["candidates"], seed=seed + 2, warmup=True),
+        )
+        probe = self._stage(
+            k, "probe-data", r.generate(f"{base}/probe-data", teacher, seed=seed + 3, prompts=c.sizes.probe_prompts)
+        )
         scores = self._stage(k, "scores", r.score(f"{base}/scores", warm.outputs["model"], probe.outputs["candidates"]))
-        pairs = self._stage(k, "pairs", r.assemble(f"{base}/pairs", probe.outputs["candidates"], scores.outputs["scores"]))
-        row = IterationSummary(k, candidates=int(scores.metrics["candidates"]), groups=int(pairs.metrics["groups"]),
-                               pairs=int(pairs.metrics["pairs"]), influence_mean=scores.metrics["influence_mean"],
-                               influence_min=scores.metrics["influence_min"], influence_max=scores.metrics["influence_max"],
-                               positive_share_raw=scores.metrics.get("positive_share_raw", 0.0),
-                               positive_share_centred=scores.metrics.get("positive_share_centred", 0.0),
-                               shared_step_influence=scores.metrics.get("shared_step_influence", 0.0),
-                               influence_mode=self._manifest(scores)["config"]["mode"], audit=self._audit(k, scores.metrics))
+        pairs = self._stage(
+            k, "pairs", r.assemble(f"{base}/pairs", probe.outputs["candidates"], scores.outputs["scores"])
+        )
+        row = IterationSummary(
+            k,
+            candidates=int(scores.metrics["candidates"]),
+            groups=int(pairs.metrics["groups"]),
+            pairs=int(pairs.metrics["pairs"]),
+            influence_mean=scores.metrics["influence_mean"],
+            influence_min=scores.metrics["influence_min"],
+            influence_max=scores.metrics["influence_max"],
+            positive_share_raw=scores.metrics.get("positive_share_raw", 0.0),
+            positive_share_centred=scores.metrics.get("positive_share_centred", 0.0),
+            shared_step_influence=scores.metrics.get("shared_step_influence", 0.0),
+            influence_mode=self._manifest(scores)["config"]["mode"],
+            audit=self._audit(k, scores.metrics),
+        )
         if row.pairs:
             dpo = self._stage(k, "dpo", r.train_teacher(f"{base}/dpo", teacher, pairs.outputs["pairs"], seed=seed + 4))
             # A LoRA run publishes an adapter on top of this teacher; a full fine-tune, a whole new model.
-            teacher = teacher.with_adapter(dpo.outputs["adapter"]) if "adapter" in dpo.outputs else \
-                LoopModel.stored(dpo.outputs["model"])
+            teacher = (
+                teacher.with_adapter(dpo.outputs["adapter"])
+                if "adapter" in dpo.outputs
+                else LoopModel.stored(dpo.outputs["model"])
+            )
             row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
             row.dpo_reward_accuracy = dpo.metrics.get("reward_accuracy_last")
             if dpo.metrics.get("heldout_pairs"):
@@ -255,16 +300,27 @@ class LoopRunner:
                 row.heldout_reward_margin = dpo.metrics.get("heldout_reward_margin")
                 row.heldout_reward_accuracy = dpo.metrics.get("heldout_reward_accuracy")
         else:
-            log.warning("no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
-                        extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k})
-        train_data = self._stage(k, "train-data", r.generate(f"{base}/train-data", teacher, seed=seed + 5,
-                                                             target=c.sizes.train_examples))
-        trained_student = self._stage(k, "student", r.train_student(f"{base}/student", self.base_student,
-                                                                    train_data.outputs["candidates"], seed=seed + 6))
+            log.warning(
+                "no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
+                extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k},
+            )
+        train_data = self._stage(
+            k, "train-data", r.generate(f"{base}/train-data", teacher, seed=seed + 5, target=c.sizes.train_examples)
+        )
+        trained_student = self._stage(
+            k,
+            "student",
+            r.train_student(f"{base}/student", self.base_student, train_data.outputs["candidates"], seed=seed + 6),
+        )
         student = LoopModel.stored(trained_student.outputs["model"])
         # On the reference rows influence was measured on (the first influence.reference_size of them).
-        reference_loss = self._stage(k, "student-reference-loss", r.evaluate(
-            f"{base}/student-reference-loss", student, "reference", limit=int(scores.metrics["reference_rows"])))
+        reference_loss = self._stage(
+            k,
+            "student-reference-loss",
+            r.evaluate(
+                f"{base}/student-reference-loss", student, "reference", limit=int(scores.metrics["reference_rows"])
+            ),
+        )
         row.student_reference_loss = reference_loss.metrics["loss"]
         row.teacher_adapters = list(teacher.adapter_uris)
         row.teacher_version = self._served_version(train_data) or teacher.label
@@ -274,9 +330,15 @@ class LoopRunner:
         self.last_train_data, self.last_sft_seed = train_data, seed + 6
         if k == 1:
             self.first_warmup = warm
-        metrics = {"iteration": k, "pairs": row.pairs, "student_reference_loss": row.student_reference_loss,
-                   "influence_mean": row.influence_mean, "positive_share_raw": row.positive_share_raw,
-                   "positive_share_centred": row.positive_share_centred, "seconds": row.seconds}
+        metrics = {
+            "iteration": k,
+            "pairs": row.pairs,
+            "student_reference_loss": row.student_reference_loss,
+            "influence_mean": row.influence_mean,
+            "positive_share_raw": row.positive_share_raw,
+            "positive_share_centred": row.positive_share_centred,
+            "seconds": row.seconds,
+        }
         if row.dpo_reward_margin is not None:
             metrics["dpo_reward_margin"] = row.dpo_reward_margin
         self.on_event("round_finished", k, "round", metrics=metrics)
@@ -342,7 +404,10 @@ class LoopRunner:
         summary = self._write_summary(status, evaluation, watch)
         self._save_state(status)
         self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
-        log.info("loop finished", extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}})
+        log.info(
+            "loop finished",
+            extra={"loop_id": self.loop_id, "stage": "loop", "metrics": {"seconds": summary["seconds"]}},
+        )
         return summary
 
     def _write_summary(self, status: str, evaluation: dict, watch: Stopwatch) -> dict:
@@ -371,10 +436,14 @@ class LoopRunner:
 
     def _audit(self, k: int, metrics: dict) -> dict:
         """The approximate scorer's agreement with `exact` this round, warned about when it fell back."""
-        audit = {key: value for key, value in metrics.items() if key.startswith("audit_") or key == "fell_back_to_exact"}
+        audit = {
+            key: value for key, value in metrics.items() if key.startswith("audit_") or key == "fell_back_to_exact"
+        }
         if audit.get("fell_back_to_exact"):
-            log.warning("influence estimate disagreed with exact scoring on the audit sample; the round was re-scored exactly",
-                        extra={"loop_id": self.loop_id, "stage": "scores", "iteration": k, "metrics": audit})
+            log.warning(
+                "influence estimate disagreed with exact scoring on the audit sample; the round was re-scored exactly",
+                extra={"loop_id": self.loop_id, "stage": "scores", "iteration": k, "metrics": audit},
+            )
         return audit
 
     def evaluate(self, base_teacher: LoopModel, final_teacher: LoopModel, final_student: LoopModel) -> dict:
@@ -386,6 +455,14 @@ class LoopRunner:
         out = Evaluation(self).run(base_teacher, final_student, self.last_train_data, self.last_sft_seed, final_teacher)
         if c.evaluation.shift_samples:
             out["teacher_shift"] = teacher_shift(self, self.teachers, self.first_warmup)
-        self.on_event("evaluation_finished", 0, "evaluation", metrics={
-            k: out[k] for k in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss") if k in out})
+        self.on_event(
+            "evaluation_finished",
+            0,
+            "evaluation",
+            metrics={
+                k: out[k]
+                for k in ("base_student_eval_loss", "montessori_student_eval_loss", "baseline_student_eval_loss")
+                if k in out
+            },
+        )
         return out

@@ -6,14 +6,15 @@ with the worker services' jobs.
 The loop runner reports events as kind strings (``on_event("stage_started", ...)``); they stay
 strings inside the controller (the metrics gauges key on them) and become :data:`EVENT_KINDS`'s
 ``LoopEventKind`` values on the wire."""
+
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Iterator
 
 from common.artifacts import ArtifactRef, ArtifactStore
 from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable
@@ -81,9 +82,15 @@ class LoopSnapshot:
 
     def to_proto(self) -> controller_pb2.Loop:
         message = controller_pb2.Loop(
-            loop_id=self.loop_id, state=self.state.value, iteration=self.iteration, stage=self.stage,
-            rounds_completed=self.rounds_completed, error_message=self.error_message,
-            age_seconds=time.time() - self.started_at, store_uri=self.store_uri)
+            loop_id=self.loop_id,
+            state=self.state.value,
+            iteration=self.iteration,
+            stage=self.stage,
+            rounds_completed=self.rounds_completed,
+            error_message=self.error_message,
+            age_seconds=time.time() - self.started_at,
+            store_uri=self.store_uri,
+        )
         if self.summary:
             message.summary.CopyFrom(common_pb2.ArtifactRef(uri=self.summary.uri, sha256=self.summary.sha256))
         return message
@@ -102,13 +109,24 @@ class LoopEvent:
     progress: tuple | None = None  # (label, done, total, metrics)
 
     def to_proto(self) -> controller_pb2.LoopEvent:
-        message = controller_pb2.LoopEvent(sequence=self.sequence, kind=event_kind(self.kind), iteration=self.iteration,
-                                           stage=self.stage, metrics=self.metrics, loop=self.loop.to_proto())
+        message = controller_pb2.LoopEvent(
+            sequence=self.sequence,
+            kind=event_kind(self.kind),
+            iteration=self.iteration,
+            stage=self.stage,
+            metrics=self.metrics,
+            loop=self.loop.to_proto(),
+        )
         if self.progress:
             label, done, total, metrics = self.progress
-            message.progress.CopyFrom(common_pb2.Progress(
-                stage=label, done=done, total=total,
-                metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}))
+            message.progress.CopyFrom(
+                common_pb2.Progress(
+                    stage=label,
+                    done=done,
+                    total=total,
+                    metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                )
+            )
         return message
 
 
@@ -129,8 +147,9 @@ class _Loop(Entry):
 class LoopManager:
     """All loops of this controller; each keeps its last ``history`` events for WatchLoop."""
 
-    def __init__(self, store: ArtifactStore, executor_factory: Callable[[str], StageExecutor], *,
-                 history: int = DEFAULT_HISTORY):
+    def __init__(
+        self, store: ArtifactStore, executor_factory: Callable[[str], StageExecutor], *, history: int = DEFAULT_HISTORY
+    ):
         self.store = store
         self.executor_factory = executor_factory
         self._registry: Registry[_Loop] = Registry(what="loop", history=history)
@@ -141,8 +160,15 @@ class LoopManager:
         #: The service's metrics (set by servicer.build): loop events and states feed its loop gauges.
         self.metrics: ServiceMetrics | None = None
 
-    def start(self, config: RunConfig, *, request_id: str, fingerprint: str, loop_id: str | None = None,
-              field_prefix: str = "") -> LoopSnapshot:
+    def start(
+        self,
+        config: RunConfig,
+        *,
+        request_id: str,
+        fingerprint: str,
+        loop_id: str | None = None,
+        field_prefix: str = "",
+    ) -> LoopSnapshot:
         """Start (or, for a known request id, return) a loop. Its settings and inputs are validated by the workers
         first (:meth:`LoopRunner.prepare`): a bad one is an error naming ``<field_prefix>.<run-config field>``."""
         if not self.accepting:
@@ -157,19 +183,29 @@ class LoopManager:
                     loop_id = f"{loop_id}-{uuid.uuid4().hex[:6]}"
         executor = self.executor_factory(loop_id)
         loop_holder: dict = {}
-        runner = LoopRunner(config, store=self.store, executor=executor, loop_id=loop_id,
-                            state_extra={"request_id": request_id, "request_fingerprint": fingerprint},
-                            interrupted=lambda: self._shutting_down.is_set(),
-                            on_event=lambda kind, iteration, stage, metrics=None, progress=None:
-                            self._event(loop_holder["loop"], kind, iteration, stage, metrics or {}, progress),
-                            should_stop=lambda: loop_holder["loop"].stop.is_set())
+        runner = LoopRunner(
+            config,
+            store=self.store,
+            executor=executor,
+            loop_id=loop_id,
+            state_extra={"request_id": request_id, "request_fingerprint": fingerprint},
+            interrupted=lambda: self._shutting_down.is_set(),
+            on_event=lambda kind, iteration, stage, metrics=None, progress=None: self._event(
+                loop_holder["loop"], kind, iteration, stage, metrics or {}, progress
+            ),
+            should_stop=lambda: loop_holder["loop"].stop.is_set(),
+        )
         try:
             runner.prepare()
         except MontessoriError as err:
             executor.close()
             raise err.with_prefix(field_prefix) if field_prefix and err.field else err from None
-        loop = _Loop(LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time()), request_id,
-                     fingerprint, self._registry.history)
+        loop = _Loop(
+            LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time()),
+            request_id,
+            fingerprint,
+            self._registry.history,
+        )
         loop_holder["loop"] = loop
         with self._changed:
             # Checked again: a concurrent start with the same request id (or loop id) may have won meanwhile.
@@ -183,7 +219,9 @@ class LoopManager:
                 raise FailedPrecondition(f"loop {loop_id!r} is already running", field="loop_id")
             return existing.snapshot
         self._observe_state(loop)
-        loop.thread = threading.Thread(target=self._run, args=(loop, runner, executor), name=f"loop-{loop_id}", daemon=True)
+        loop.thread = threading.Thread(
+            target=self._run, args=(loop, runner, executor), name=f"loop-{loop_id}", daemon=True
+        )
         loop.thread.start()
         log.info("loop accepted", extra={"loop_id": loop_id, "stage": "controller"})
         return loop.snapshot
@@ -202,12 +240,18 @@ class LoopManager:
                 continue
             try:
                 config = from_dict(RunConfig, state["config"])
-                self.start(config, request_id=state.get("request_id", ""), fingerprint=state.get("request_fingerprint", ""),
-                           loop_id=state["loop_id"])
+                self.start(
+                    config,
+                    request_id=state.get("request_id", ""),
+                    fingerprint=state.get("request_fingerprint", ""),
+                    loop_id=state["loop_id"],
+                )
                 resumed.append(state["loop_id"])
             except MontessoriError as err:
-                log.error("cannot resume loop", extra={"loop_id": state["loop_id"], "stage": "controller",
-                                                       "metrics": {"error": str(err)}})
+                log.error(
+                    "cannot resume loop",
+                    extra={"loop_id": state["loop_id"], "stage": "controller", "metrics": {"error": str(err)}},
+                )
         if resumed:
             log.info("loops resumed", extra={"stage": "controller", "metrics": {"loops": resumed}})
         return resumed
@@ -218,12 +262,18 @@ class LoopManager:
             state = LoopState.STOPPED if summary["stopped"] else LoopState.SUCCEEDED
             final = {"state": state, "summary": ArtifactRef(summary["summary_uri"], summary["summary_sha256"])}
         except Cancelled:  # interrupted by shutdown; the store still says running
-            final = {"state": LoopState.STOPPED, "error_message": "interrupted by controller shutdown; resumes on restart"}
+            final = {
+                "state": LoopState.STOPPED,
+                "error_message": "interrupted by controller shutdown; resumes on restart",
+            }
         except MontessoriError as err:
             final = {"state": LoopState.FAILED, "error_message": str(err)}
         except Exception as err:  # noqa: BLE001 - the loop must end in a state, whatever happened
             log.exception("loop crashed", extra={"loop_id": loop.snapshot.loop_id, "stage": "controller"})
-            final = {"state": LoopState.FAILED, "error_message": f"internal error ({type(err).__name__}); see the controller log"}
+            final = {
+                "state": LoopState.FAILED,
+                "error_message": f"internal error ({type(err).__name__}); see the controller log",
+            }
         finally:
             close = getattr(executor, "close", None)
             if close:
@@ -244,7 +294,8 @@ class LoopManager:
 
     def _append(self, loop: _Loop, kind: str, iteration: int, stage: str, metrics: dict, progress) -> None:
         self._registry.record(
-            loop, lambda sequence: LoopEvent(sequence, kind, iteration, stage, loop.snapshot, metrics, progress))
+            loop, lambda sequence: LoopEvent(sequence, kind, iteration, stage, loop.snapshot, metrics, progress)
+        )
 
     def _event(self, loop: _Loop, kind: str, iteration: int, stage: str, metrics: dict, progress) -> None:
         with self._changed:
@@ -280,8 +331,14 @@ class LoopManager:
             loop.stop.set()
             return loop.snapshot
 
-    def watch(self, loop_id: str, from_sequence: int | None = None, *, is_active: Callable[[], bool] = lambda: True,
-              poll: float = 1.0) -> Iterator[LoopEvent]:
+    def watch(
+        self,
+        loop_id: str,
+        from_sequence: int | None = None,
+        *,
+        is_active: Callable[[], bool] = lambda: True,
+        poll: float = 1.0,
+    ) -> Iterator[LoopEvent]:
         """Events until the loop has ended: from now (None/0: a ``snapshot`` event with the current state, then live
         events), or the retained events from ``from_sequence`` on, then live ones (see :mod:`common.registry`)."""
         return self._registry.watch(loop_id, from_sequence, snapshot=_snapshot_event, is_active=is_active, poll=poll)

@@ -5,6 +5,7 @@ job), followed with WatchJob, its progress forwarded, and its result read from t
 worker published in the shared store. The controller knows the workers only through these
 messages (montessori.v1).
 """
+
 from __future__ import annotations
 
 import socket
@@ -23,13 +24,30 @@ from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.protoconv import ref_from_proto
-from montessori.v1 import (common_pb2, influence_pb2, influence_pb2_grpc, preference_pb2, preference_pb2_grpc, teacher_pb2,
-                           teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
+from montessori.v1 import (
+    common_pb2,
+    influence_pb2,
+    influence_pb2_grpc,
+    preference_pb2,
+    preference_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 
 log = get_logger(__name__)
 
-_ERRORS = {cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
-                                      errors.ResourceExhausted, errors.Unavailable)}
+_ERRORS = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.NotFound,
+        errors.FailedPrecondition,
+        errors.ResourceExhausted,
+        errors.Unavailable,
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -51,26 +69,42 @@ _RPCS = {
     influence_pb2.EvaluateRequest: ("influence", "Evaluate"),
     preference_pb2.AssembleRequest: ("preference", "Assemble"),
 }
-_STUBS = {"teacher": teacher_pb2_grpc.TeacherServiceStub, "trainer": trainer_pb2_grpc.TrainerServiceStub,
-          "influence": influence_pb2_grpc.InfluenceServiceStub, "preference": preference_pb2_grpc.PreferenceServiceStub}
+_STUBS = {
+    "teacher": teacher_pb2_grpc.TeacherServiceStub,
+    "trainer": trainer_pb2_grpc.TrainerServiceStub,
+    "influence": influence_pb2_grpc.InfluenceServiceStub,
+    "preference": preference_pb2_grpc.PreferenceServiceStub,
+}
 
 
 class RemoteExecutor:
     """A StageExecutor whose stages run as jobs on the worker services."""
 
-    def __init__(self, store: ArtifactStore, addresses: WorkerAddresses, *, request_prefix: str, max_message_bytes: int = 4 << 20,
-                 attempts: int = 5, submit_timeout: float = 600.0, check_timeout: float = 120.0):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        addresses: WorkerAddresses,
+        *,
+        request_prefix: str,
+        max_message_bytes: int = 4 << 20,
+        attempts: int = 5,
+        submit_timeout: float = 600.0,
+        check_timeout: float = 120.0,
+    ):
         self.store = store
         self.request_prefix = request_prefix
         self.attempts = attempts
         self.submit_timeout = submit_timeout
         self.check_timeout = check_timeout
         self.addresses = addresses
-        self._options = [("grpc.max_send_message_length", max_message_bytes),
-                         ("grpc.max_receive_message_length", max_message_bytes)]
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         first = lambda value: value.split(",")[0].removeprefix("dns:///")  # noqa: E731 - all but Score go to one replica
-        self._channels = {name: grpc.insecure_channel(first(getattr(addresses, name)), options=self._options)
-                          for name in _STUBS}
+        self._channels = {
+            name: grpc.insecure_channel(first(getattr(addresses, name)), options=self._options) for name in _STUBS
+        }
         self._stubs = {name: stub(self._channels[name]) for name, stub in _STUBS.items()}
 
     def close(self) -> None:
@@ -95,7 +129,10 @@ class RemoteExecutor:
         message = type(request)()
         message.CopyFrom(request)
         message.validate_only = True
-        _call(service, lambda: getattr(self._stubs[service], rpc)(message, wait_for_ready=True, timeout=self.check_timeout))
+        _call(
+            service,
+            lambda: getattr(self._stubs[service], rpc)(message, wait_for_ready=True, timeout=self.check_timeout),
+        )
 
     def _with_id(self, request):
         message = type(request)()
@@ -121,7 +158,11 @@ class RemoteExecutor:
                 stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
                 raise
             except grpc.RpcError as err:
-                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED):
+                if err.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.CANCELLED,
+                ):
                     raise errors.Unavailable(f"{service} service: {err.code().name}: {err.details()}") from None
                 self._backoff(service, attempt, f"{err.code().name}: {err.details()}")
                 continue
@@ -130,21 +171,33 @@ class RemoteExecutor:
                 continue
             if job.state != common_pb2.JOB_STATE_SUCCEEDED:
                 raise _ERRORS.get(job.error_code, errors.FailedPrecondition)(
-                    f"{service} job {job.job_id} failed: {job.error_message}")
+                    f"{service} job {job.job_id} failed: {job.error_message}"
+                )
             return job
-        raise errors.Unavailable(f"{service} service: job for {request.request_id} did not complete after {self.attempts} attempts")
+        raise errors.Unavailable(
+            f"{service} service: job for {request.request_id} did not complete after {self.attempts} attempts"
+        )
 
     def _backoff(self, service: str, attempt: int, reason: str) -> None:
-        log.warning("worker lost the job; resubmitting", extra={"stage": service, "metrics": {"attempt": attempt, "reason": reason}})
+        log.warning(
+            "worker lost the job; resubmitting",
+            extra={"stage": service, "metrics": {"attempt": attempt, "reason": reason}},
+        )
         if attempt < self.attempts:
-            time.sleep(min(2.0 ** attempt, 30.0))
+            time.sleep(min(2.0**attempt, 30.0))
 
     def _result(self, job: common_pb2.Job) -> StageResult:
         manifest = self.store.get_json(self.store.key_of(job.manifest.uri))
-        return StageResult(manifest["stage"], {role: ref_from_proto(ref) for role, ref in job.outputs.items()},
-                           manifest["metrics"], ref_from_proto(job.manifest))
+        return StageResult(
+            manifest["stage"],
+            {role: ref_from_proto(ref) for role, ref in job.outputs.items()},
+            manifest["metrics"],
+            ref_from_proto(job.manifest),
+        )
 
-    def _score_sharded(self, replicas: list[str], request: influence_pb2.ScoreRequest, progress: Progress) -> StageResult:
+    def _score_sharded(
+        self, replicas: list[str], request: influence_pb2.ScoreRequest, progress: Progress
+    ) -> StageResult:
         """One contiguous shard of the candidates per ready replica, scored in parallel, then merged in candidate
         order by MergeScores. Each candidate's influence depends only on the student state and itself, so the
         merge equals a single-replica run."""
@@ -164,16 +217,20 @@ class RemoteExecutor:
                 progress(label, sum(d for d, _ in done.values()), sum(t for _, t in done.values()), metrics)
 
             try:
-                return self._result(self._run(f"influence@{replicas[index]}", stub, stub.Score, self._with_id(shard),
-                                              shard_progress))
+                return self._result(
+                    self._run(f"influence@{replicas[index]}", stub, stub.Score, self._with_id(shard), shard_progress)
+                )
             finally:
                 channel.close()
 
         with ThreadPoolExecutor(max_workers=count) as pool:
             shards = list(pool.map(run_shard, range(count)))
         merge = influence_pb2.MergeScoresRequest(
-            candidates=request.candidates, output_prefix=request.output_prefix, influence=request.influence,
-            shards=[common_pb2.ArtifactRef(uri=s.manifest.uri, sha256=s.manifest.sha256) for s in shards])
+            candidates=request.candidates,
+            output_prefix=request.output_prefix,
+            influence=request.influence,
+            shards=[common_pb2.ArtifactRef(uri=s.manifest.uri, sha256=s.manifest.sha256) for s in shards],
+        )
         stub = self._stubs["influence"]
         return self._result(self._run("influence", stub, stub.MergeScores, self._with_id(merge), progress))
 

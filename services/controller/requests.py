@@ -4,6 +4,7 @@ The message is the stage's whole description: what the executor sends (or runs i
 worker validates and runs, and, serialised canonically, the fingerprint the loop resumes by. Inputs are
 artifact refs with digests, so a stage whose inputs changed has another fingerprint.
 """
+
 from __future__ import annotations
 
 from common.artifacts import ArtifactRef
@@ -22,68 +23,135 @@ class StageRequests:
     def __init__(self, config: RunConfig, loop_id: str, data: dict[str, ArtifactRef]):
         self.config, self.loop_id, self.data = config, loop_id, data
 
-    def generate(self, at: str, teacher: LoopModel, *, seed: int, prompts: int = 0, target: int = 0
-                 ) -> teacher_pb2.GenerateRequest:
+    def generate(
+        self, at: str, teacher: LoopModel, *, seed: int, prompts: int = 0, target: int = 0
+    ) -> teacher_pb2.GenerateRequest:
         """A candidate set from ``teacher``: ``prompts`` prompt groups, or ``target`` kept examples."""
         return teacher_pb2.GenerateRequest(
-            teacher=teacher.to_proto(), teacher_label=teacher.label, seed_set=ref(self.data["seed"]),
+            teacher=teacher.to_proto(),
+            teacher_label=teacher.label,
+            seed_set=ref(self.data["seed"]),
             # One engine may serve several loops: the version name is the loop's, e.g. `<loop-id>:teacher-r2`.
-            teacher_version=f"{self.loop_id}:{teacher.label}", output_prefix=at, num_prompts=prompts,
-            target_examples=target, seed=seed, synthesis=self.config.synthesis)
+            teacher_version=f"{self.loop_id}:{teacher.label}",
+            output_prefix=at,
+            num_prompts=prompts,
+            target_examples=target,
+            seed=seed,
+            synthesis=self.config.synthesis,
+        )
 
-    def train_student(self, at: str, student: LoopModel, candidates: ArtifactRef, *, seed: int, warmup: bool = False,
-                      limit: int = 0) -> trainer_pb2.TrainStudentRequest:
+    def train_student(
+        self, at: str, student: LoopModel, candidates: ArtifactRef, *, seed: int, warmup: bool = False, limit: int = 0
+    ) -> trainer_pb2.TrainStudentRequest:
         """SFT of ``student`` on a candidate set: the warm-up (its settings, AdamW state kept) or the training SFT."""
         return trainer_pb2.TrainStudentRequest(
-            student=student.to_proto(), candidates=ref(candidates), output_prefix=at,
-            sft=self.config.warmup if warmup else self.config.sft, seed=seed, warmup=warmup, limit=limit)
+            student=student.to_proto(),
+            candidates=ref(candidates),
+            output_prefix=at,
+            sft=self.config.warmup if warmup else self.config.sft,
+            seed=seed,
+            warmup=warmup,
+            limit=limit,
+        )
 
-    def score(self, at: str, warmed_up: ArtifactRef, candidates: ArtifactRef, *,
-              influence: influence_pb2.InfluenceSettings | None = None) -> influence_pb2.ScoreRequest:
+    def score(
+        self,
+        at: str,
+        warmed_up: ArtifactRef,
+        candidates: ArtifactRef,
+        *,
+        influence: influence_pb2.InfluenceSettings | None = None,
+    ) -> influence_pb2.ScoreRequest:
         """Influence of each candidate on the warmed-up student, against the reference set."""
         return influence_pb2.ScoreRequest(
-            student=LoopModel.stored(warmed_up).to_proto(), reference=ref(self.data["reference"]),
-            candidates=ref(candidates), output_prefix=at, influence=influence or self.config.influence)
+            student=LoopModel.stored(warmed_up).to_proto(),
+            reference=ref(self.data["reference"]),
+            candidates=ref(candidates),
+            output_prefix=at,
+            influence=influence or self.config.influence,
+        )
 
     def assemble(self, at: str, candidates: ArtifactRef, scores: ArtifactRef) -> preference_pb2.AssembleRequest:
-        return preference_pb2.AssembleRequest(candidates=ref(candidates), scores=ref(scores), output_prefix=at,
-                                              preference=self.config.preference)
+        return preference_pb2.AssembleRequest(
+            candidates=ref(candidates), scores=ref(scores), output_prefix=at, preference=self.config.preference
+        )
 
-    def train_teacher(self, at: str, teacher: LoopModel, pairs: ArtifactRef, *, seed: int) -> trainer_pb2.TrainTeacherRequest:
-        return trainer_pb2.TrainTeacherRequest(teacher=teacher.to_proto(), pairs=ref(pairs), output_prefix=at,
-                                               dpo=self.config.dpo, seed=seed)
+    def train_teacher(
+        self, at: str, teacher: LoopModel, pairs: ArtifactRef, *, seed: int
+    ) -> trainer_pb2.TrainTeacherRequest:
+        return trainer_pb2.TrainTeacherRequest(
+            teacher=teacher.to_proto(), pairs=ref(pairs), output_prefix=at, dpo=self.config.dpo, seed=seed
+        )
 
     def evaluate(self, at: str, model: LoopModel, rows: str, *, limit: int) -> influence_pb2.EvaluateRequest:
         """Per-row held-out loss of ``model`` on a data set (``rows``: "reference" or "eval")."""
-        return influence_pb2.EvaluateRequest(model=model.to_proto(), rows=ref(self.data[rows]), limit=limit,
-                                             batch_size=self.config.evaluation.batch_size, output_prefix=at)
+        return influence_pb2.EvaluateRequest(
+            model=model.to_proto(),
+            rows=ref(self.data[rows]),
+            limit=limit,
+            batch_size=self.config.evaluation.batch_size,
+            output_prefix=at,
+        )
 
     def checks(self, student: LoopModel, teacher: LoopModel) -> list[tuple[object, dict[str, str]]]:
         """Every setting and input of the loop as ``validate_only`` requests, each with the renames that turn the
         request's field names into the run config's (so an error names the field the user wrote)."""
         c = self.config
         teacher_fields = {"teacher": "models.teacher", "teacher.path": "models.teacher", "synthesis": "synthesis"}
-        student_fields = {"student.chat_template": "models.student_chat_template", "student": "models.student",
-                          "student.path": "models.student"}
+        student_fields = {
+            "student.chat_template": "models.student_chat_template",
+            "student": "models.student",
+            "student.path": "models.student",
+        }
         no_data: common_pb2.ArtifactRef = common_pb2.ArtifactRef()
         return [
-            (teacher_pb2.GenerateRequest(teacher=teacher.to_proto(), synthesis=c.synthesis, validate_only=True),
-             teacher_fields),
-            (trainer_pb2.TrainStudentRequest(student=student.to_proto(), sft=c.warmup, warmup=True, validate_only=True),
-             {**student_fields, "sft": "warmup"}),
-            (trainer_pb2.TrainStudentRequest(student=student.to_proto(), sft=c.sft, validate_only=True),
-             {**student_fields, "sft": "sft"}),
-            (trainer_pb2.TrainTeacherRequest(teacher=teacher.to_proto(), dpo=c.dpo, validate_only=True),
-             {"teacher": "models.teacher", "teacher.path": "models.teacher", "dpo": "dpo"}),
-            (preference_pb2.AssembleRequest(candidates=no_data, scores=no_data, preference=c.preference, validate_only=True),
-             {"preference": "preference"}),
-            (influence_pb2.ScoreRequest(student=student.to_proto(), reference=ref(self.data["reference"]),
-                                        influence=c.influence, validate_only=True),
-             {**student_fields, "influence": "influence", "reference": "data.reference_path"}),
-            (influence_pb2.EvaluateRequest(model=student.to_proto(), rows=ref(self.data["eval"]),
-                                           limit=c.evaluation.max_rows or 0, validate_only=True),
-             {"model.chat_template": "models.student_chat_template", "model": "models.student", "model.path": "models.student",
-              "rows": "data.eval_path"}),
+            (
+                teacher_pb2.GenerateRequest(teacher=teacher.to_proto(), synthesis=c.synthesis, validate_only=True),
+                teacher_fields,
+            ),
+            (
+                trainer_pb2.TrainStudentRequest(
+                    student=student.to_proto(), sft=c.warmup, warmup=True, validate_only=True
+                ),
+                {**student_fields, "sft": "warmup"},
+            ),
+            (
+                trainer_pb2.TrainStudentRequest(student=student.to_proto(), sft=c.sft, validate_only=True),
+                {**student_fields, "sft": "sft"},
+            ),
+            (
+                trainer_pb2.TrainTeacherRequest(teacher=teacher.to_proto(), dpo=c.dpo, validate_only=True),
+                {"teacher": "models.teacher", "teacher.path": "models.teacher", "dpo": "dpo"},
+            ),
+            (
+                preference_pb2.AssembleRequest(
+                    candidates=no_data, scores=no_data, preference=c.preference, validate_only=True
+                ),
+                {"preference": "preference"},
+            ),
+            (
+                influence_pb2.ScoreRequest(
+                    student=student.to_proto(),
+                    reference=ref(self.data["reference"]),
+                    influence=c.influence,
+                    validate_only=True,
+                ),
+                {**student_fields, "influence": "influence", "reference": "data.reference_path"},
+            ),
+            (
+                influence_pb2.EvaluateRequest(
+                    model=student.to_proto(),
+                    rows=ref(self.data["eval"]),
+                    limit=c.evaluation.max_rows or 0,
+                    validate_only=True,
+                ),
+                {
+                    "model.chat_template": "models.student_chat_template",
+                    "model": "models.student",
+                    "model.path": "models.student",
+                    "rows": "data.eval_path",
+                },
+            ),
         ]
 
 
@@ -93,5 +161,5 @@ def renamed(field: str | None, renames: dict[str, str]) -> str | None:
         return field
     for old in sorted(renames, key=len, reverse=True):
         if field == old or field.startswith(f"{old}.") or field.startswith(f"{old}["):
-            return renames[old] + field[len(old):]
+            return renames[old] + field[len(old) :]
     return field

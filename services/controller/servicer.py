@@ -1,4 +1,5 @@
 """ControllerService: the gRPC layer over the loop manager."""
+
 from __future__ import annotations
 
 import threading
@@ -21,8 +22,10 @@ def spec_to_config(spec: controller_pb2.LoopSpec, store: ArtifactStore) -> RunCo
     data = message_to_dict(spec.config)
     artifacts = data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
     if artifacts and artifacts.rstrip("/") != store.root_uri:
-        raise InvalidArgument(f"this controller and its workers share the store {store.root_uri}; got {artifacts}",
-                              field="spec.config.artifacts")
+        raise InvalidArgument(
+            f"this controller and its workers share the store {store.root_uri}; got {artifacts}",
+            field="spec.config.artifacts",
+        )
     config = from_dict(RunConfig, data, path="spec.config")
     config.artifacts = store.root_uri
     return config
@@ -36,8 +39,9 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("is required", field="spec")
         config = spec_to_config(request.spec, self.store)
-        loop = self.loops.start(config, request_id=request.request_id, fingerprint=fingerprint(request),
-                                field_prefix="spec.config")
+        loop = self.loops.start(
+            config, request_id=request.request_id, fingerprint=fingerprint(request), field_prefix="spec.config"
+        )
         return controller_pb2.StartLoopResponse(loop=loop.to_proto())
 
     def GetLoop(self, request, context):
@@ -60,8 +64,15 @@ def _loop_id(request) -> str:
     return request.loop_id
 
 
-def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, workers: WorkerAddresses,
-          election: LeaseSettings | None = None, kube_api: str | None = None) -> ServiceParts:
+def build(
+    store: ArtifactStore,
+    jobs: JobManager,
+    ready: threading.Event,
+    *,
+    workers: WorkerAddresses,
+    election: LeaseSettings | None = None,
+    kube_api: str | None = None,
+) -> ServiceParts:
     """The controller; with ``election``, only the replica holding the Lease runs loops and is SERVING."""
     loops = LoopManager(store, lambda loop_id: RemoteExecutor(store, workers, request_prefix=loop_id))
     servicer = ControllerServicer(store, loops)
@@ -69,8 +80,13 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, wor
     name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
     on_metrics = lambda metrics: setattr(loops, "metrics", metrics)  # noqa: E731 - loop gauges, see common/metrics.py
     if election is None:  # outside a cluster: the single leader
-        return ServiceParts(register=register, full_name=name, preload=loops.resume_all,
-                            on_drain=lambda: loops.shutdown(grace=30), on_metrics=on_metrics)
+        return ServiceParts(
+            register=register,
+            full_name=name,
+            preload=loops.resume_all,
+            on_drain=lambda: loops.shutdown(grace=30),
+            on_metrics=on_metrics,
+        )
     loops.accepting = False
     electors: list[LeaderElector] = []
 
@@ -85,12 +101,15 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, wor
             server.mark_not_ready()
             threading.Thread(target=loops.interrupt_all, args=(30,), daemon=True).start()
 
-        electors.append(LeaderElector(coordination_api(kube_api), election, on_started=started, on_stopped=stopped).start())
+        electors.append(
+            LeaderElector(coordination_api(kube_api), election, on_started=started, on_stopped=stopped).start()
+        )
 
     def drain() -> None:
         loops.shutdown(grace=30)
         for elector in electors:
             elector.stop(release=True)
 
-    return ServiceParts(register=register, full_name=name, on_server=attach, manages_health=True, on_drain=drain,
-                        on_metrics=on_metrics)
+    return ServiceParts(
+        register=register, full_name=name, on_server=attach, manages_health=True, on_drain=drain, on_metrics=on_metrics
+    )

@@ -1,4 +1,5 @@
 """How well an approximate influence scoring agrees with ``exact``: rank correlation and preference pairs."""
+
 from __future__ import annotations
 
 import torch
@@ -6,6 +7,7 @@ import torch
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+
     def ranks(values):
         order = sorted(range(len(values)), key=values.__getitem__)
         result = [0.0] * len(values)
@@ -29,6 +31,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def pair_agreement(groups: list[str], exact: list[float], estimate: list[float]) -> float:
     """Share of preference pairs (the method's rule) that both scorings produce: |E & F| / |E | F|."""
+
     def pairs(values):
         out = set()
         for i, gi in enumerate(groups):

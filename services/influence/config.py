@@ -1,4 +1,5 @@
 """Settings of local-data-influence scoring."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,43 +41,62 @@ class InfluenceConfig:
         "preconditioning in faithful mode); no reference pass per candidate. 'projected': the same inner product "
         "after a fixed random projection (count sketch) of both vectors to projection_dim numbers, for students "
         "too large to hold full gradients: the candidate's update is projected tensor by tensor during the backward "
-        "pass and the reference gradient is kept only in projected form (unbiased, noisier than first_order).")
+        "pass and the reference gradient is kept only in projected form (unbiased, noisier than first_order).",
+    )
     projection_dim: int = field(
-        16384, help="projected: dimension of the random projection. Its noise falls as 1/sqrt(projection_dim) while "
+        16384,
+        help="projected: dimension of the random projection. Its noise falls as 1/sqrt(projection_dim) while "
         "its cost does not grow (a count sketch costs O(parameters + projection_dim)); 16384 is the largest whose "
-        "cached codes take 2 bytes per parameter.")
+        "cached codes take 2 bytes per parameter.",
+    )
     projection_seed: int = field(0, help="projected: seed of the random projection (fixed for a whole round).")
     cache_projection: bool = field(
-        True, help="projected: keep the projection's codes in memory (2 bytes per parameter while projection_dim "
+        True,
+        help="projected: keep the projection's codes in memory (2 bytes per parameter while projection_dim "
         "<= 16384, else 4) instead of regenerating them from the seed for every candidate (no per-parameter state, "
-        "about one random draw per parameter per candidate more).")
+        "about one random draw per parameter per candidate more).",
+    )
     candidate_batch_size: int = field(
-        1, help="Candidates scored together. exact: each takes its own optimizer step, then ONE vmapped reference "
+        1,
+        help="Candidates scored together. exact: each takes its own optimizer step, then ONE vmapped reference "
         "pass evaluates all their stepped weights (one extra weight copy per candidate in memory). first_order/"
         "projected with optimizer 'sgd': one forward-mode pass gives every candidate's directional derivative "
         "(faithful mode always takes one backward per candidate). Same scores to ~1e-5 relative; it pays only "
-        "where larger kernels do (not on the CPUs measured in docs/benchmarks.md, hence 1).")
+        "where larger kernels do (not on the CPUs measured in docs/benchmarks.md, hence 1).",
+    )
     audit_size: int = field(
-        0, help="first_order/projected: also score this many candidates exactly and report the agreement "
-        "(Spearman, pair agreement).")
+        0,
+        help="first_order/projected: also score this many candidates exactly and report the agreement "
+        "(Spearman, pair agreement).",
+    )
     min_agreement: float | None = field(
-        None, help="first_order/projected: when the audit's Spearman falls below this, warn and re-score the round exactly.")
+        None,
+        help="first_order/projected: when the audit's Spearman falls below this, warn and re-score the round exactly.",
+    )
     min_pair_agreement: float | None = field(
-        None, help="first_order/projected: when the audit's pair agreement falls below this, warn and re-score the "
-        "round exactly.")
+        None,
+        help="first_order/projected: when the audit's pair agreement falls below this, warn and re-score the "
+        "round exactly.",
+    )
     reference_size: int | None = field(
-        None, help="Use only the first N rows of the reference set (None: all). The paper's official code uses 256.")
-    reference_batch_size: int = field(16, help="Reference rows per forward pass (length-sorted, padded to the longest).")
+        None, help="Use only the first N rows of the reference set (None: all). The paper's official code uses 256."
+    )
+    reference_batch_size: int = field(
+        16, help="Reference rows per forward pass (length-sorted, padded to the longest)."
+    )
     reference_averaging: ReferenceAveraging = field(
         "row_mean",
         help="How the reference loss averages: 'row_mean', the mean of each row's own mean response-token loss "
         "(every reference row weighs the same; reference_batch_size changes nothing); 'batch_mean', the official "
-        "code's mean of per-batch token-pooled means (a row's weight depends on which rows share its batch).")
+        "code's mean of per-batch token-pooled means (a row's weight depends on which rows share its batch).",
+    )
     max_length: int = field(512, help="Token cap of one example (prompt + response); longer prompts are an error.")
     device: str = field(
-        "auto", help="Where the student, its optimizer state and the reference set live while scoring: 'auto' (the "
+        "auto",
+        help="Where the student, its optimizer state and the reference set live while scoring: 'auto' (the "
         "first CUDA device when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'. Weights stay fp32 (master "
-        "weights) on every device: a step of lr 5e-6 vanishes in bf16 weights.")
+        "weights) on every device: a step of lr 5e-6 vanishes in bf16 weights.",
+    )
 
     def __post_init__(self) -> None:
         check(0.0 < self.sgd_learning_rate <= 1.0, "sgd_learning_rate", "must be in (0, 1]")
@@ -84,10 +104,17 @@ class InfluenceConfig:
         check(0 <= self.projection_seed < 2**63, "projection_seed", "must be in 0..2**63-1")
         check(1 <= self.candidate_batch_size <= 1024, "candidate_batch_size", "must be in 1..1024")
         check(0 <= self.audit_size <= 1_000_000, "audit_size", "must be in 0..1000000")
-        check(self.min_agreement is None or -1.0 <= self.min_agreement <= 1.0, "min_agreement", "must be in [-1, 1] or null")
+        check(
+            self.min_agreement is None or -1.0 <= self.min_agreement <= 1.0,
+            "min_agreement",
+            "must be in [-1, 1] or null",
+        )
         check(self.min_agreement is None or self.audit_size > 0, "min_agreement", "needs audit_size > 0")
-        check(self.min_pair_agreement is None or 0.0 <= self.min_pair_agreement <= 1.0, "min_pair_agreement",
-              "must be in [0, 1] or null")
+        check(
+            self.min_pair_agreement is None or 0.0 <= self.min_pair_agreement <= 1.0,
+            "min_pair_agreement",
+            "must be in [0, 1] or null",
+        )
         check(self.min_pair_agreement is None or self.audit_size > 0, "min_pair_agreement", "needs audit_size > 0")
         check(self.audit_size == 0 or self.mode != "exact", "audit_size", "needs mode first_order or projected")
         check(self.reference_size is None or self.reference_size >= 1, "reference_size", "must be >= 1 or null")

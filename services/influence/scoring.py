@@ -28,6 +28,7 @@ and raw(z) ~ centred(z) + lr * <g_ref, u_0>, where g_ref is the gradient of the 
 (computed once per student version), u_z the candidate's update direction (its gradient for SGD, Adam's
 preconditioned direction from the warm-up moments in faithful mode) and u_0 the direction at a zero gradient.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,15 @@ class Example:
 
 def examples_from_rows(rows: list[dict], *, prefix: str, source: str = "") -> list[Example]:
     """Alpaca rows (instruction/input/output) as examples; ``source`` names their file in errors."""
-    return [Example(f"{prefix}-{i}", instruction_text(r["instruction"], r.get("input", "")), r["output"],
-                    f"{source}:{i + 1}" if source else "") for i, r in enumerate(rows)]
+    return [
+        Example(
+            f"{prefix}-{i}",
+            instruction_text(r["instruction"], r.get("input", "")),
+            r["output"],
+            f"{source}:{i + 1}" if source else "",
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -83,7 +91,8 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     targets = labels[:, 1:]
     counted = targets != IGNORE_INDEX
     token_losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+    )
     return (token_losses * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
 
 
@@ -94,15 +103,30 @@ class ReferenceLoss:
     'batch_mean' (the official code's mean of per-batch token-pooled means). ``term`` is one batch's
     differentiable share of the mean, so that gradients and vmapped evaluations use the same definition."""
 
-    def __init__(self, tokenizer, rows: list[Example], *, batch_size: int, max_length: int, averaging: str = "row_mean",
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        tokenizer,
+        rows: list[Example],
+        *,
+        batch_size: int,
+        max_length: int,
+        averaging: str = "row_mean",
+        device: torch.device | str = "cpu",
+    ):
         if averaging not in ("row_mean", "batch_mean"):
             raise ValueError(f"unknown reference averaging {averaging!r}")
-        encoded = [encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=r.where) for r in rows]
+        encoded = [
+            encode_example(tokenizer, r.user_text, r.response, max_length=max_length, where=r.where) for r in rows
+        ]
         encoded.sort(key=lambda e: len(e.input_ids))
         # Moved to the model's device once: the reference set is evaluated for every candidate.
-        self.batches = [{key: value.to(device) for key, value in collate(encoded[i:i + batch_size], tokenizer.pad_token_id).items()}
-                        for i in range(0, len(encoded), batch_size)]
+        self.batches = [
+            {
+                key: value.to(device)
+                for key, value in collate(encoded[i : i + batch_size], tokenizer.pad_token_id).items()
+            }
+            for i in range(0, len(encoded), batch_size)
+        ]
         self.rows = len(encoded)
         self.averaging = averaging
         # Rows whose response was cut away entirely have no loss; they do not count in the mean.
@@ -133,8 +157,14 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device)
 class InfluenceScorer:
     """Scores candidates against one student state (weights + optimizer), restoring it exactly each time."""
 
-    def __init__(self, model, tokenizer, reference: list[Example], config: InfluenceConfig,
-                 optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        reference: list[Example],
+        config: InfluenceConfig,
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
         if config.optimizer == "faithful" and optimizer is None:
             raise ValueError("faithful mode needs the warm-up optimizer state")
         # The student, its optimizer state and the reference set live on config.device; the weights keep their
@@ -147,7 +177,9 @@ class InfluenceScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.max_length = min(config.max_length, int(getattr(model.config, "max_position_embeddings", config.max_length)))
+        self.max_length = min(
+            config.max_length, int(getattr(model.config, "max_position_embeddings", config.max_length))
+        )
         model.train(False)  # no dropout: the step must be deterministic
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [name for name, _ in trainable]
@@ -157,12 +189,19 @@ class InfluenceScorer:
         if optimizer is None:
             optimizer = torch.optim.SGD(self.params, lr=config.sgd_learning_rate, momentum=0.0, foreach=False)
         self.optimizer = optimizer
-        self.reference_loss = ReferenceLoss(tokenizer, reference, batch_size=config.reference_batch_size,
-                                            max_length=self.max_length, averaging=config.reference_averaging,
-                                            device=self.device)
+        self.reference_loss = ReferenceLoss(
+            tokenizer,
+            reference,
+            batch_size=config.reference_batch_size,
+            max_length=self.max_length,
+            averaging=config.reference_averaging,
+            device=self.device,
+        )
         # One snapshot of everything a step mutates, taken once and copied back in place.
         self._weights = [p.detach().clone() for p in self.params]
-        self._optimizer_state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state}
+        self._optimizer_state = {
+            id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in self.params if p in optimizer.state
+        }
         self._group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         self._reference_gradient: list[torch.Tensor] | None = None
         self._sketch = CountSketch(config.projection_dim, config.projection_seed, cache=config.cache_projection)
@@ -206,8 +245,11 @@ class InfluenceScorer:
         if after is None:
             return {"influence_raw": 0.0, "influence_centred": 0.0, "reference_loss_after": None}
         # Both are differences of fp32 values held in doubles, so raw - centred == shared_step_influence exactly.
-        return {"influence_raw": self.base_loss - after, "influence_centred": self.shared_loss - after,
-                "reference_loss_after": after}
+        return {
+            "influence_raw": self.base_loss - after,
+            "influence_centred": self.shared_loss - after,
+            "reference_loss_after": after,
+        }
 
     def restore(self) -> None:
         """Put weights and optimizer state back to the snapshot, bit for bit."""
@@ -228,7 +270,9 @@ class InfluenceScorer:
                     state[key] = value.clone()
 
     def encode(self, example: Example) -> EncodedExample:
-        return encode_example(self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=example.where)
+        return encode_example(
+            self.tokenizer, example.user_text, example.response, max_length=self.max_length, where=example.where
+        )
 
     def score_one(self, example: Example | EncodedExample) -> dict:
         """Exact scores of one candidate (``_exact_row``); the state is restored afterwards."""
@@ -281,8 +325,14 @@ class InfluenceScorer:
             after = vmap(reference_loss)(dict(zip(self.names, stacked)))
         return [self._exact_row(float(value) if took_step else None) for value, took_step in zip(after, stepped)]
 
-    def score(self, examples: list[Example], *, progress: Progress = no_progress, stage: str = "influence",
-              mode: str | None = None) -> list[dict]:
+    def score(
+        self,
+        examples: list[Example],
+        *,
+        progress: Progress = no_progress,
+        stage: str = "influence",
+        mode: str | None = None,
+    ) -> list[dict]:
         """Rows ``{id, influence, influence_raw, influence_centred, reference_loss_after}`` in input order, with
         throughput in ``self.last_rate``. ``influence`` is the centred or the raw score as ``centring`` says;
         ``reference_loss_after`` is None for the estimates (they take no step)."""
@@ -316,8 +366,11 @@ class InfluenceScorer:
         """An estimate's row from its centred value (None: the candidate took no step); raw adds the shared term."""
         if centred is None:
             return {"influence_raw": 0.0, "influence_centred": 0.0, "reference_loss_after": None}
-        return {"influence_raw": centred + self.estimated_shared_influence(), "influence_centred": centred,
-                "reference_loss_after": None}
+        return {
+            "influence_raw": centred + self.estimated_shared_influence(),
+            "influence_centred": centred,
+            "reference_loss_after": None,
+        }
 
     def estimated_shared_influence(self) -> float:
         """lr <g_ref, u_0>: the first-order estimate of the shared step's raw influence (exact, not projected, in
@@ -348,7 +401,7 @@ class InfluenceScorer:
             return [[i] for i in range(len(encoded))]
         order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].input_ids), encoded[i].input_ids))
         size = self.config.candidate_batch_size
-        return [order[i:i + size] for i in range(0, len(order), size)]
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
     # -- estimates -------------------------------------------------------------------------
 
@@ -359,7 +412,9 @@ class InfluenceScorer:
                 param.grad = None
             for batch in self.reference_loss.batches:
                 self.reference_loss.term(self.model, batch).backward()
-            self._reference_gradient = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            self._reference_gradient = [
+                p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params
+            ]
             for param in self.params:
                 param.grad = None
         return self._reference_gradient
@@ -369,8 +424,10 @@ class InfluenceScorer:
         what the shared step contributes to the first-order estimate, tensor by tensor."""
         if self._shared_terms is None:
             reference = self.reference_gradient()
-            self._shared_terms = [self._group_of[id(p)]["lr"] * float(torch.dot(g.flatten(), self._shared_direction(p).flatten()))
-                                  for p, g in zip(self.params, reference)]
+            self._shared_terms = [
+                self._group_of[id(p)]["lr"] * float(torch.dot(g.flatten(), self._shared_direction(p).flatten()))
+                for p, g in zip(self.params, reference)
+            ]
         return self._shared_terms
 
     def projected_reference(self) -> torch.Tensor:
@@ -401,8 +458,12 @@ class InfluenceScorer:
             for batch in self.reference_loss.batches:
                 self._reduce_gradient(self.reference_loss.term(self.model, batch), add)
             self._projected_shared_terms = [
-                self._group_of[id(p)]["lr"] * float(torch.dot(projected, self._sketch.project(i, self._shared_direction(p))))
-                if adam else 0.0 for i, p in enumerate(self.params)]
+                self._group_of[id(p)]["lr"]
+                * float(torch.dot(projected, self._sketch.project(i, self._shared_direction(p))))
+                if adam
+                else 0.0
+                for i, p in enumerate(self.params)
+            ]
             self._projected_reference = projected
             self._projected_shared = exact_shared
         return self._projected_reference
@@ -419,6 +480,7 @@ class InfluenceScorer:
                 nonlocal total
                 total += reduce(index, param, param.grad)
                 param.grad = None
+
             return run
 
         handles = [param.register_post_accumulate_grad_hook(hook(i)) for i, param in enumerate(self.params)]
@@ -453,8 +515,8 @@ class InfluenceScorer:
             denom = torch.mul(state["exp_avg_sq"], beta2).addcmul_(grad, grad, value=1 - beta2)
         else:
             denom = torch.mul(grad, grad).mul_(1 - beta2)
-        denom.sqrt_().div_((1 - beta2 ** step) ** 0.5).add_(group["eps"])
-        direction = exp_avg.div_(denom).div_(1 - beta1 ** step)
+        denom.sqrt_().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
+        direction = exp_avg.div_(denom).div_(1 - beta1**step)
         return direction.add_(param, alpha=group["weight_decay"]) if group["weight_decay"] else direction
 
     def _candidate_loss(self, encoded: EncodedExample) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
 """InfluenceService: the gRPC layer over ``services.influence.stages``."""
+
 from __future__ import annotations
 
 import threading
@@ -24,5 +25,7 @@ class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:
     servicer = InfluenceServicer(store, jobs, ready)
-    return ServiceParts(register=lambda server: influence_pb2_grpc.add_InfluenceServiceServicer_to_server(servicer, server),
-                        full_name=influence_pb2.DESCRIPTOR.services_by_name["InfluenceService"].full_name)
+    return ServiceParts(
+        register=lambda server: influence_pb2_grpc.add_InfluenceServiceServicer_to_server(servicer, server),
+        full_name=influence_pb2.DESCRIPTOR.services_by_name["InfluenceService"].full_name,
+    )

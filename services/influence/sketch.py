@@ -1,4 +1,5 @@
 """The random projection of the ``projected`` influence mode: a count sketch applied tensor by tensor."""
+
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,10 @@
 """The influence service's stage requests, validated into units of work (the servicer submits them as jobs;
 the in-process runner calls them directly): one function per request message."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
@@ -29,15 +30,30 @@ def score(store: ArtifactStore, request: influence_pb2.ScoreRequest) -> Work | N
     student = model_from_proto(request.student, store, field="student")
     reference = local_artifact(store, request.reference, field="reference")
     if request.validate_only:
-        tasks.check_rows(student, reference, max_length=config.max_length, limit=config.reference_size,
-                         model_field="student", rows_field="reference", source=request.reference.uri)
+        tasks.check_rows(
+            student,
+            reference,
+            max_length=config.max_length,
+            limit=config.reference_size,
+            model_field="student",
+            rows_field="reference",
+            source=request.reference.uri,
+        )
         return None
     if student.adapters:
         raise InvalidArgument("must be a warmed-up student folder, without adapters", field="student.adapters")
     candidates = local_artifact(store, request.candidates, field="candidates")
     prefix = output_prefix(request.output_prefix)
-    return lambda progress: tasks.score(store, prefix, warmup_dir=Path(student.path), reference_path=reference,
-                                        candidates_path=candidates, config=config, shard=shard, progress=progress)
+    return lambda progress: tasks.score(
+        store,
+        prefix,
+        warmup_dir=Path(student.path),
+        reference_path=reference,
+        candidates_path=candidates,
+        config=config,
+        shard=shard,
+        progress=progress,
+    )
 
 
 def merge_scores(store: ArtifactStore, request: influence_pb2.MergeScoresRequest) -> Work | None:
@@ -54,8 +70,10 @@ def merge_scores(store: ArtifactStore, request: influence_pb2.MergeScoresRequest
             raise InvalidArgument(f"{path} is not the manifest of a Score job", field=f"shards[{i}]")
         manifests.append({**manifest, "ref": {"uri": ref.uri, "sha256": store.digest(store.key_of(ref.uri))}})
     prefix = output_prefix(request.output_prefix)
-    return one_step("merge", lambda: tasks.merge_scores(store, prefix, candidates_path=candidates,
-                                                        shard_manifests=manifests, config=config))
+    return one_step(
+        "merge",
+        lambda: tasks.merge_scores(store, prefix, candidates_path=candidates, shard_manifests=manifests, config=config),
+    )
 
 
 def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Work | None:
@@ -66,16 +84,37 @@ def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Wo
     limit = count(request.limit, field="limit", maximum=10_000_000)
     batch_size = count(request.batch_size, field="batch_size", maximum=1024) or DEFAULT_EVAL_BATCH
     if request.validate_only:
-        tasks.check_rows(model, rows, max_length=EVAL_MAX_LENGTH, limit=limit or None, model_field="model", rows_field="rows",
-                         source=request.rows.uri)
+        tasks.check_rows(
+            model,
+            rows,
+            max_length=EVAL_MAX_LENGTH,
+            limit=limit or None,
+            model_field="model",
+            rows_field="rows",
+            source=request.rows.uri,
+        )
         return None
     if not request.output_prefix:  # only the mean, as the job's metric
-        return one_step("evaluate", lambda: {"loss": tasks.evaluation_loss(
-            model, rows, batch_size=batch_size, max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model")})
+        return one_step(
+            "evaluate",
+            lambda: {
+                "loss": tasks.evaluation_loss(
+                    model, rows, batch_size=batch_size, max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model"
+                )
+            },
+        )
     prefix = output_prefix(request.output_prefix)
-    return lambda progress: tasks.evaluate(store, prefix, model=model, rows_path=rows, batch_size=batch_size,
-                                           max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model",
-                                           progress=progress)
+    return lambda progress: tasks.evaluate(
+        store,
+        prefix,
+        model=model,
+        rows_path=rows,
+        batch_size=batch_size,
+        max_length=EVAL_MAX_LENGTH,
+        limit=limit or None,
+        field="model",
+        progress=progress,
+    )
 
 
 def _shard(request: influence_pb2.ScoreRequest) -> tuple[int, int]:

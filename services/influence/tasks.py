@@ -1,4 +1,5 @@
 """The influence service's units of work on artifacts: score candidates, evaluate a student's loss."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ from common.jsonl import read_instruction_rows, read_jsonl
 from common.logs import get_logger
 from common.manifests import StageResult, input_ref, model_input, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
+from common.optimizer_state import load_adamw
 from common.progress import Progress, no_progress
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.config import INFLUENCE_MODES, InfluenceConfig
-from common.optimizer_state import load_adamw
 from services.influence.scoring import Example, InfluenceScorer, collate, examples_from_rows, per_example_losses
 
 SCORES = "scores.jsonl"
@@ -29,8 +30,10 @@ def candidate_examples(path: Path) -> tuple[list[Example], dict[str, str]]:
     """Candidates (teacher output rows) as examples, and their prompt groups by id; rows missing fields are
     errors naming file:line. An empty candidate set is allowed (a weak teacher may keep nothing)."""
     rows = read_jsonl(path, required=("id", "instruction", "response"), allow_empty=True)
-    examples = [Example(r["id"], instruction_text(r["instruction"], r.get("input", "")), r["response"], f"{path}:{line}")
-                for line, r in enumerate(rows, start=1)]
+    examples = [
+        Example(r["id"], instruction_text(r["instruction"], r.get("input", "")), r["response"], f"{path}:{line}")
+        for line, r in enumerate(rows, start=1)
+    ]
     return examples, {r["id"]: r.get("group_id", "") for r in rows}
 
 
@@ -44,7 +47,9 @@ def build_scorer(warmup_dir: Path, reference_path: Path, config: InfluenceConfig
     tokenizer = load_tokenizer(warmup_dir, field="warmup")
     model = load_model(ModelRef(str(warmup_dir)), field="warmup", trainable=True)
     optimizer = load_adamw(model, warmup_dir) if config.optimizer == "faithful" else None
-    return InfluenceScorer(model, tokenizer, reference_examples(reference_path, config.reference_size), config, optimizer)
+    return InfluenceScorer(
+        model, tokenizer, reference_examples(reference_path, config.reference_size), config, optimizer
+    )
 
 
 def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
@@ -52,9 +57,18 @@ def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
     return round(index * total / count), round((index + 1) * total / count)
 
 
-def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path: Path, candidates_path: Path,
-          config: InfluenceConfig, progress: Progress = no_progress, scorer: InfluenceScorer | None = None,
-          shard: tuple[int, int] | None = None) -> StageResult:
+def score(
+    store: ArtifactStore,
+    prefix: str,
+    *,
+    warmup_dir: Path,
+    reference_path: Path,
+    candidates_path: Path,
+    config: InfluenceConfig,
+    progress: Progress = no_progress,
+    scorer: InfluenceScorer | None = None,
+    shard: tuple[int, int] | None = None,
+) -> StageResult:
     """Influence of every candidate (or of shard ``(index, count)`` of them) on the warmed-up student; publish
     ``<prefix>/scores.jsonl``. Each candidate's influence depends only on the student state and itself, so the
     shards of a candidate set, merged by :func:`merge_scores`, equal one unsharded run."""
@@ -75,10 +89,14 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
         below = below_thresholds(audit, config)
         audit["fell_back_to_exact"] = int(bool(below))
         if below:
-            log.warning(f"{config.mode} estimate disagrees with exact influence; re-scoring exactly",
-                        extra={"stage": "score", "metrics": {**below, "mode": config.mode}})
+            log.warning(
+                f"{config.mode} estimate disagrees with exact influence; re-scoring exactly",
+                extra={"stage": "score", "metrics": {**below, "mode": config.mode}},
+            )
             rescore = [i for i in range(len(examples)) if i not in audited]
-            exact_rows = scorer.score([examples[i] for i in rescore], progress=progress, stage="exact fallback", mode="exact")
+            exact_rows = scorer.score(
+                [examples[i] for i in rescore], progress=progress, stage="exact fallback", mode="exact"
+            )
             for i, exact in zip(rescore, exact_rows):
                 audited[i] = exact
             for i, row in enumerate(rows):
@@ -86,14 +104,29 @@ def score(store: ArtifactStore, prefix: str, *, warmup_dir: Path, reference_path
             scored_by = "exact"
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
     # Metrics are numbers (they travel as map<string, double>): one flag per mode says which one produced the scores.
-    metrics = {**score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
-               **shared_step_metrics(scorer, scored_by),
-               **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES}, **audit}
-    inputs = {"warmup": input_ref(store, warmup_dir), "reference_set": input_ref(store, reference_path), "candidates": input_ref(store, candidates_path)}
+    metrics = {
+        **score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
+        **shared_step_metrics(scorer, scored_by),
+        **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES},
+        **audit,
+    }
+    inputs = {
+        "warmup": input_ref(store, warmup_dir),
+        "reference_set": input_ref(store, reference_path),
+        "candidates": input_ref(store, candidates_path),
+    }
     if shard is not None:
         metrics.update(shard_index=shard[0], shard_count=shard[1])
-    return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
-                            metrics=metrics, started=started)
+    return publish_manifest(
+        store,
+        prefix,
+        stage="score",
+        inputs=inputs,
+        config=config,
+        outputs={"scores": ref},
+        metrics=metrics,
+        started=started,
+    )
 
 
 def merge_audits(shard_metrics: list[dict]) -> dict:
@@ -111,31 +144,62 @@ def merge_audits(shard_metrics: list[dict]) -> dict:
     return merged
 
 
-def merge_scores(store: ArtifactStore, prefix: str, *, candidates_path: Path, shard_manifests: list[dict],
-                 config: InfluenceConfig) -> StageResult:
+def merge_scores(
+    store: ArtifactStore, prefix: str, *, candidates_path: Path, shard_manifests: list[dict], config: InfluenceConfig
+) -> StageResult:
     """Concatenate the shards' scores in shard (= candidate) order; publish ``<prefix>/scores.jsonl`` and a
     manifest whose inputs are the shards' (warm-up, reference set) plus the whole candidate set and the shards."""
     started = time.time()
-    rows = [row for manifest in shard_manifests for row in store.get_jsonl(store.key_of(manifest["outputs"]["scores"]["uri"]))]
+    rows = [
+        row
+        for manifest in shard_manifests
+        for row in store.get_jsonl(store.key_of(manifest["outputs"]["scores"]["uri"]))
+    ]
     expected = len(read_jsonl(candidates_path, required=("id",), allow_empty=True))
     if len(rows) != expected:
         raise InvalidArgument(f"the shards hold {len(rows)} scores for {expected} candidates", field="shards")
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
     first = shard_manifests[0]["metrics"]
-    metrics = {**score_metrics(rows, reference_rows=first["reference_rows"], reference_loss=first["reference_loss"],
-                               rate=sum(m["metrics"]["candidates_per_second"] for m in shard_manifests)),
-               "replicas": len(shard_manifests),
-               **{k: first[k] for k in ("shared_step_influence", "reference_loss_shared_step") if k in first},
-               **merge_audits([m["metrics"] for m in shard_manifests])}
+    metrics = {
+        **score_metrics(
+            rows,
+            reference_rows=first["reference_rows"],
+            reference_loss=first["reference_loss"],
+            rate=sum(m["metrics"]["candidates_per_second"] for m in shard_manifests),
+        ),
+        "replicas": len(shard_manifests),
+        **{k: first[k] for k in ("shared_step_influence", "reference_loss_shared_step") if k in first},
+        **merge_audits([m["metrics"] for m in shard_manifests]),
+    }
     shard_inputs = shard_manifests[0]["inputs"]
-    inputs = {"warmup": shard_inputs["warmup"], "reference_set": shard_inputs["reference_set"],
-              "candidates": input_ref(store, candidates_path), "shards": [m["ref"] for m in shard_manifests]}
-    return publish_manifest(store, prefix, stage="score", inputs=inputs, config=config, outputs={"scores": ref},
-                            metrics=metrics, started=started)
+    inputs = {
+        "warmup": shard_inputs["warmup"],
+        "reference_set": shard_inputs["reference_set"],
+        "candidates": input_ref(store, candidates_path),
+        "shards": [m["ref"] for m in shard_manifests],
+    }
+    return publish_manifest(
+        store,
+        prefix,
+        stage="score",
+        inputs=inputs,
+        config=config,
+        outputs={"scores": ref},
+        metrics=metrics,
+        started=started,
+    )
 
 
-def check_rows(model: ModelRef, rows_path: Path, *, max_length: int, limit: int | None, model_field: str,
-               rows_field: str, source: str) -> int:
+def check_rows(
+    model: ModelRef,
+    rows_path: Path,
+    *,
+    max_length: int,
+    limit: int | None,
+    model_field: str,
+    rows_field: str,
+    source: str,
+) -> int:
     """Tokenise (the first ``limit``) rows with the model's tokenizer as scoring and evaluation will (the cap is
     ``max_length`` or the model's context window): an over-long row is an error naming it, before any work.
     Loads the tokenizer and the model's config only; errors name a row as ``<source>:<line>``. Returns the number
@@ -145,13 +209,20 @@ def check_rows(model: ModelRef, rows_path: Path, *, max_length: int, limit: int 
     rows = read_instruction_rows(rows_path)
     rows = rows[:limit] if limit else rows
     for example in examples_from_rows(rows, prefix=rows_field, source=source):
-        encode_example(tokenizer, example.user_text, example.response, max_length=min(max_length, int(window)),
-                       where=example.where)
+        encode_example(
+            tokenizer, example.user_text, example.response, max_length=min(max_length, int(window)), where=example.where
+        )
     return len(rows)
 
 
-def audit_agreement(scorer: InfluenceScorer, examples: list[Example], rows: list[dict], groups: dict[str, str], size: int,
-                    progress: Progress) -> tuple[dict, dict[int, dict]]:
+def audit_agreement(
+    scorer: InfluenceScorer,
+    examples: list[Example],
+    rows: list[dict],
+    groups: dict[str, str],
+    size: int,
+    progress: Progress,
+) -> tuple[dict, dict[int, dict]]:
     """Score an evenly spaced sample exactly and compare it with the estimate (Spearman, pair agreement).
     Returns the metrics and the exact rows by candidate index (reused if the round falls back to exact:
     exact scores do not depend on which other candidates are scored)."""
@@ -160,8 +231,11 @@ def audit_agreement(scorer: InfluenceScorer, examples: list[Example], rows: list
     exact_rows = scorer.score([examples[i] for i in picked], progress=progress, stage="audit", mode="exact")
     exact = [r["influence"] for r in exact_rows]
     estimate = [rows[i]["influence"] for i in picked]
-    metrics = {"audit_size": len(picked), "audit_spearman": spearman(exact, estimate),
-               "audit_pair_agreement": pair_agreement([groups[examples[i].id] for i in picked], exact, estimate)}
+    metrics = {
+        "audit_size": len(picked),
+        "audit_spearman": spearman(exact, estimate),
+        "audit_pair_agreement": pair_agreement([groups[examples[i].id] for i in picked], exact, estimate),
+    }
     return metrics, dict(zip(picked, exact_rows))
 
 
@@ -182,11 +256,17 @@ def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: floa
     values = [r["influence"] for r in rows]
     share = lambda key: sum(r.get(key, r["influence"]) > 0 for r in rows) / len(rows) if rows else 0.0  # noqa: E731
     return {
-        "candidates": len(rows), "reference_rows": reference_rows, "reference_loss": reference_loss,
-        "influence_mean": statistics.fmean(values) if values else 0.0, "influence_min": min(values, default=0.0),
-        "influence_max": max(values, default=0.0), "positive": sum(v > 0 for v in values),
-        "negative": sum(v < 0 for v in values), "candidates_per_second": rate,
-        "positive_share_raw": share("influence_raw"), "positive_share_centred": share("influence_centred"),
+        "candidates": len(rows),
+        "reference_rows": reference_rows,
+        "reference_loss": reference_loss,
+        "influence_mean": statistics.fmean(values) if values else 0.0,
+        "influence_min": min(values, default=0.0),
+        "influence_max": max(values, default=0.0),
+        "positive": sum(v > 0 for v in values),
+        "negative": sum(v < 0 for v in values),
+        "candidates_per_second": rate,
+        "positive_share_raw": share("influence_raw"),
+        "positive_share_centred": share("influence_centred"),
     }
 
 
@@ -206,12 +286,14 @@ LOSSES = "losses.jsonl"
 def row_losses(model, tokenizer, examples: list[Example], *, batch_size: int, max_length: int) -> list[float | None]:
     """Each example's mean response-only token loss, in the given order; ``None`` for a row whose response was
     cut away entirely (it has no loss). Batches are formed by length, as for the reference loss."""
-    encoded = [encode_example(tokenizer, e.user_text, e.response, max_length=max_length, where=e.where) for e in examples]
+    encoded = [
+        encode_example(tokenizer, e.user_text, e.response, max_length=max_length, where=e.where) for e in examples
+    ]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     losses: list[float | None] = [None] * len(encoded)
     model.train(False)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         batch = collate([encoded[i] for i in chunk], tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         values = per_example_losses(logits, batch["labels"])
@@ -221,8 +303,9 @@ def row_losses(model, tokenizer, examples: list[Example], *, batch_size: int, ma
     return losses
 
 
-def _rows_and_losses(model: ModelRef, rows_path: Path, *, batch_size: int, max_length: int, limit: int | None,
-                     field: str) -> tuple[list[dict], list[float | None]]:
+def _rows_and_losses(
+    model: ModelRef, rows_path: Path, *, batch_size: int, max_length: int, limit: int | None, field: str
+) -> tuple[list[dict], list[float | None]]:
     if batch_size < 1:
         raise InvalidArgument("must be >= 1", field="batch_size")
     tokenizer = load_tokenizer(model, field=field)
@@ -239,27 +322,56 @@ def _mean(losses: list[float | None]) -> float:
     return statistics.fmean(counted) if counted else 0.0
 
 
-def evaluation_loss(model: ModelRef, rows_path: Path, *, batch_size: int = 16, max_length: int = 512,
-                    limit: int | None = None, field: str = "model") -> float:
+def evaluation_loss(
+    model: ModelRef,
+    rows_path: Path,
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    limit: int | None = None,
+    field: str = "model",
+) -> float:
     """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set: the mean of
     the per-row means (a row weighs the same whatever its length), rows without response tokens left out."""
-    return _mean(_rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit,
-                                  field=field)[1])
+    return _mean(
+        _rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field)[1]
+    )
 
 
-def evaluate(store: ArtifactStore, prefix: str, *, model: ModelRef, rows_path: Path, batch_size: int = 16,
-             max_length: int = 512, limit: int | None = None, field: str = "model",
-             progress: Progress = no_progress) -> StageResult:
+def evaluate(
+    store: ArtifactStore,
+    prefix: str,
+    *,
+    model: ModelRef,
+    rows_path: Path,
+    batch_size: int = 16,
+    max_length: int = 512,
+    limit: int | None = None,
+    field: str = "model",
+    progress: Progress = no_progress,
+) -> StageResult:
     """Held-out loss of ``model`` per row; publish ``<prefix>/losses.jsonl`` (row index, loss, response tokens'
     category) so that students can be compared row by row. Metric ``loss``: the mean, as :func:`evaluation_loss`."""
     started = time.time()
     progress("evaluate", 0, 1)
-    rows, losses = _rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field)
-    out = [{"row": i, "loss": loss, "category": str(row.get("category", ""))} for i, (row, loss) in enumerate(zip(rows, losses))]
+    rows, losses = _rows_and_losses(
+        model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field
+    )
+    out = [
+        {"row": i, "loss": loss, "category": str(row.get("category", ""))}
+        for i, (row, loss) in enumerate(zip(rows, losses))
+    ]
     ref = store.put_jsonl(f"{prefix}/{LOSSES}", out)
     progress("evaluate", 1, 1)
     inputs = {"model": model_input(store, model), "rows": input_ref(store, rows_path)}
     config = {"batch_size": batch_size, "max_length": max_length, "limit": limit}
-    return publish_manifest(store, prefix, stage="evaluate", inputs=inputs, config=config, outputs={"losses": ref},
-                            metrics={"loss": _mean(losses), "rows": len(out),
-                                     "rows_without_loss": sum(v is None for v in losses)}, started=started)
+    return publish_manifest(
+        store,
+        prefix,
+        stage="evaluate",
+        inputs=inputs,
+        config=config,
+        outputs={"losses": ref},
+        metrics={"loss": _mean(losses), "rows": len(out), "rows_without_loss": sum(v is None for v in losses)},
+        started=started,
+    )

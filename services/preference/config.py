@@ -1,4 +1,5 @@
 """Settings of preference-pair assembly."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,10 +12,16 @@ class PreferenceConfig:
     """The method's rule plus optional extensions (all off by default)."""
 
     min_margin: float = field(
-        0.0, help="Only pair candidates whose influences differ by more than this (0: the method's rule).")
+        0.0, help="Only pair candidates whose influences differ by more than this (0: the method's rule)."
+    )
     max_pairs_per_group: int | None = field(
-        None, help="Cap on pairs per prompt group, most positive vs most negative first (None: every combination).")
+        None, help="Cap on pairs per prompt group, most positive vs most negative first (None: every combination)."
+    )
 
     def __post_init__(self) -> None:
         check(self.min_margin >= 0.0, "min_margin", "must be >= 0")
-        check(self.max_pairs_per_group is None or self.max_pairs_per_group >= 1, "max_pairs_per_group", "must be >= 1 or null")
+        check(
+            self.max_pairs_per_group is None or self.max_pairs_per_group >= 1,
+            "max_pairs_per_group",
+            "must be >= 1 or null",
+        )

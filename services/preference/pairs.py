@@ -1,4 +1,5 @@
 """Preference pairs from influence scores (METHOD.md stage 5): the preference service's core."""
+
 from __future__ import annotations
 
 import statistics
@@ -47,11 +48,18 @@ def assemble_pairs(candidates: list[ScoredCandidate], config: PreferenceConfig) 
         if combos:
             groups_with_pairs += 1
         for chosen, rejected in combos:
-            pairs.append({
-                "prompt": chosen.prompt, "chosen": chosen.raw_sample, "rejected": rejected.raw_sample,
-                "group_id": group_id, "chosen_id": chosen.id, "rejected_id": rejected.id,
-                "chosen_influence": chosen.influence, "rejected_influence": rejected.influence,
-            })
+            pairs.append(
+                {
+                    "prompt": chosen.prompt,
+                    "chosen": chosen.raw_sample,
+                    "rejected": rejected.raw_sample,
+                    "group_id": group_id,
+                    "chosen_id": chosen.id,
+                    "rejected_id": rejected.id,
+                    "chosen_influence": chosen.influence,
+                    "rejected_influence": rejected.influence,
+                }
+            )
     influences = [c.influence for c in candidates]
     stats = {
         "candidates": len(candidates),

@@ -1,4 +1,5 @@
 """PreferenceService: the gRPC layer over ``services.preference.stages``."""
+
 from __future__ import annotations
 
 import threading
@@ -18,5 +19,7 @@ class PreferenceServicer(JobRpcs, preference_pb2_grpc.PreferenceServiceServicer)
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:
     servicer = PreferenceServicer(store, jobs, ready)
-    return ServiceParts(register=lambda server: preference_pb2_grpc.add_PreferenceServiceServicer_to_server(servicer, server),
-                        full_name=preference_pb2.DESCRIPTOR.services_by_name["PreferenceService"].full_name)
+    return ServiceParts(
+        register=lambda server: preference_pb2_grpc.add_PreferenceServiceServicer_to_server(servicer, server),
+        full_name=preference_pb2.DESCRIPTOR.services_by_name["PreferenceService"].full_name,
+    )

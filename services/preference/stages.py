@@ -1,8 +1,9 @@
 """The preference service's stage request, validated into a unit of work (the servicer submits it as a job;
 the in-process runner calls it directly)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
@@ -23,5 +24,6 @@ def assemble(store: ArtifactStore, request: preference_pb2.AssembleRequest) -> W
     candidates = local_artifact(store, request.candidates, field="candidates")
     scores = local_artifact(store, request.scores, field="scores")
     prefix = output_prefix(request.output_prefix)
-    return one_step("pairs", lambda: tasks.assemble(store, prefix, candidates_path=candidates, scores_path=scores,
-                                                    config=config))
+    return one_step(
+        "pairs", lambda: tasks.assemble(store, prefix, candidates_path=candidates, scores_path=scores, config=config)
+    )

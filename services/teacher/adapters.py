@@ -8,6 +8,7 @@ the sum of the ranks: stack the (scaled) ``A`` matrices along the rank axis and 
 matrices alongside. When that sum exceeds the engine's largest rank, the summed delta is
 truncated by SVD to that rank (the best approximation of that rank; the canary judges it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,10 +59,16 @@ def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
     config = json.loads((folder / CONFIG).read_text())
     if config.get("peft_type") != "LORA":
-        raise FailedPrecondition(f"{folder} is not a LoRA adapter (peft_type {config.get('peft_type')})", field="teacher.adapters")
-    unsupported = [key for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "lora_bias") if config.get(key)]
+        raise FailedPrecondition(
+            f"{folder} is not a LoRA adapter (peft_type {config.get('peft_type')})", field="teacher.adapters"
+        )
+    unsupported = [
+        key for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "lora_bias") if config.get(key)
+    ]
     if unsupported:
-        raise FailedPrecondition(f"{folder}: LoRA options {unsupported} cannot be served by the engine", field="teacher.adapters")
+        raise FailedPrecondition(
+            f"{folder}: LoRA options {unsupported} cannot be served by the engine", field="teacher.adapters"
+        )
     return config, load_file(str(folder / WEIGHTS))
 
 
@@ -104,8 +111,14 @@ def collapse_chain(adapters: tuple[str, ...], target: Path, *, max_rank: int) ->
         b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1) if pad else b
         tensors[module + _A] = a.contiguous()
         tensors[module + _B] = b.contiguous()
-    config = {**base_config, "r": rank, "lora_alpha": rank, "use_rslora": False, "inference_mode": True,
-              "target_modules": sorted({m.split("base_model.model.", 1)[-1] for m in factors})}
+    config = {
+        **base_config,
+        "r": rank,
+        "lora_alpha": rank,
+        "use_rslora": False,
+        "inference_mode": True,
+        "target_modules": sorted({m.split("base_model.model.", 1)[-1] for m in factors}),
+    }
     collapsed = CollapsedAdapter(path=target, rank=rank, exact=exact, truncation_error=worst)
     _write(target, config, tensors, {"rank": rank, "exact": exact, "truncation_error": worst, "chain": list(adapters)})
     return collapsed
@@ -119,8 +132,9 @@ def read_collapsed(target: Path) -> CollapsedAdapter | None:
         return None
     if not (target / CONFIG).is_file() or not (target / WEIGHTS).is_file():
         return None
-    return CollapsedAdapter(path=target, rank=int(meta["rank"]), exact=bool(meta["exact"]),
-                            truncation_error=float(meta["truncation_error"]))
+    return CollapsedAdapter(
+        path=target, rank=int(meta["rank"]), exact=bool(meta["exact"]), truncation_error=float(meta["truncation_error"])
+    )
 
 
 def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -150,16 +164,29 @@ def _write(target: Path, config: dict, tensors: dict[str, torch.Tensor], meta: d
         raise
 
 
-def random_adapter(base: str, target: Path, *, seed: int, rank: int = 8, alpha: int = 16, scale: float = 0.02,
-                   use_rslora: bool = False, target_modules: str | list[str] = "all-linear") -> str:
+def random_adapter(
+    base: str,
+    target: Path,
+    *,
+    seed: int,
+    rank: int = 8,
+    alpha: int = 16,
+    scale: float = 0.02,
+    use_rslora: bool = False,
+    target_modules: str | list[str] = "all-linear",
+) -> str:
     """A LoRA adapter shaped like the DPO trainer's (by default r=8 on all linear layers) with seeded
     random weights (B non-zero, unlike a fresh adapter), so that the version visibly differs from the base: for serving benchmarks
     and tests, where no DPO run is needed to have an adapter."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=rank, lora_alpha=alpha, use_rslora=use_rslora, target_modules=target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(
+            r=rank, lora_alpha=alpha, use_rslora=use_rslora, target_modules=target_modules, task_type="CAUSAL_LM"
+        ),
+    )
     generator = torch.Generator().manual_seed(seed)  # A and B both from it: the same seed, the same adapter
     with torch.no_grad():
         for name, param in model.named_parameters():

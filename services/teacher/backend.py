@@ -1,4 +1,5 @@
 """Generation backends behind one interface: transformers here, vLLM in ``services.teacher.vllm_backend``."""
+
 from __future__ import annotations
 
 import threading
@@ -56,7 +57,7 @@ class PresencePenalty:
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length:]
+        generated = input_ids[:, self.prompt_length :]
         if self.penalty == 0.0 or generated.shape[1] == 0:
             return scores
         seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
@@ -110,7 +111,7 @@ class TransformersBackend(GenerationBackend):
         self.tokens_generated += int((generated != self.tokenizer.pad_token_id).sum())
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [cut_at_stop(text, params.stop) for text in texts]
-        return [texts[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
 
 class TeacherBackends(ABC):

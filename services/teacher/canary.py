@@ -7,6 +7,7 @@ the reference implementation, transformers + peft with the version's adapter cha
 merged, and the version is refused when any token's log-probability differs by more
 than the tolerance (bf16 engines need a looser one than fp32).
 """
+
 from __future__ import annotations
 
 import time
@@ -51,12 +52,12 @@ class CanaryReport:
 def reference_logprobs(model, prompt_ids: list[int], continuation: list[int]) -> list[float]:
     """Log-probability of each continuation token under ``model`` (teacher forcing)."""
     ids = torch.tensor([prompt_ids + continuation])
-    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return [float(logprobs[i, token]) for i, token in enumerate(continuation)]
 
 
-def run_canary(engine: "VLLMEngine", version: "ResidentVersion", settings: "VLLMSettings") -> CanaryReport:
+def run_canary(engine: VLLMEngine, version: ResidentVersion, settings: VLLMSettings) -> CanaryReport:
     """Compare the engine's ``version`` with transformers + peft; :class:`FailedPrecondition` on mismatch."""
     started = time.time()
     prompt_ids = engine.tokenizer(CANARY_PROMPT, add_special_tokens=False)["input_ids"]
@@ -67,12 +68,18 @@ def run_canary(engine: "VLLMEngine", version: "ResidentVersion", settings: "VLLM
     tolerance = settings.canary_tolerance
     if tolerance is None:
         tolerance = 0.05 if engine.dtype == torch.float32 else 0.5
-    report = CanaryReport(tokens=len(diffs), max_abs_diff=max(diffs, default=0.0),
-                          mean_abs_diff=sum(diffs) / max(len(diffs), 1), tolerance=tolerance,
-                          seconds=round(time.time() - started, 2))
+    report = CanaryReport(
+        tokens=len(diffs),
+        max_abs_diff=max(diffs, default=0.0),
+        mean_abs_diff=sum(diffs) / max(len(diffs), 1),
+        tolerance=tolerance,
+        seconds=round(time.time() - started, 2),
+    )
     if not report.passed:
         raise FailedPrecondition(
             f"canary refused teacher version {version.name!r}: the engine's log-probabilities differ from "
             f"transformers+peft by up to {report.max_abs_diff:.4f} (tolerance {report.tolerance}) over "
-            f"{report.tokens} tokens; the loaded adapter is stale or corrupt", field="teacher_version")
+            f"{report.tokens} tokens; the loaded adapter is stale or corrupt",
+            field="teacher_version",
+        )
     return report

@@ -1,4 +1,5 @@
 """Settings of instruction synthesis and response generation (METHOD.md stages 1-2)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,25 +26,33 @@ class SynthesisConfig:
     temperature: float = field(1.0, help="Sampling temperature for instructions (paper: 1.0).")
     top_p: float = field(0.9, help="Nucleus sampling for instructions (paper: 0.9).")
     presence_penalty: float = field(
-        1.0, help="Presence penalty for instructions (paper: 1.0; applied as in vLLM, over generated tokens).")
+        1.0, help="Presence penalty for instructions (paper: 1.0; applied as in vLLM, over generated tokens)."
+    )
     max_new_tokens: int = field(48, help="Token budget of one instruction sample (paper: 1024).")
     response_temperature: float = field(0.6, help="Sampling temperature for responses (paper: 0.6).")
     response_top_p: float = field(0.9, help="Nucleus sampling for responses (paper: 0.9).")
     response_presence_penalty: float = field(
-        1.0, help="Presence penalty for responses (paper: 1.0, as the official code samples responses; applied "
-        "exactly as for instructions: vLLM's own, or the same logits processor on the transformers backend).")
+        1.0,
+        help="Presence penalty for responses (paper: 1.0, as the official code samples responses; applied "
+        "exactly as for instructions: vLLM's own, or the same logits processor on the transformers backend).",
+    )
     response_max_new_tokens: int = field(96, help="Token budget of one response (paper: 1024).")
     rouge_threshold: float = field(
-        0.7, help="Drop an instruction whose ROUGE-L F1 with any seed or already kept instruction exceeds this.")
+        0.7, help="Drop an instruction whose ROUGE-L F1 with any seed or already kept instruction exceeds this."
+    )
     prompt_batch_size: int = field(4, help="Synthesis prompts generated together in one batch.")
     response_batch_size: int = field(8, help="Instructions answered together in one batch.")
     max_prompt_attempts_factor: int = field(
-        4, help="Give up on reaching a target size after target/n * this many prompts (bad teachers waste prompts).")
+        4, help="Give up on reaching a target size after target/n * this many prompts (bad teachers waste prompts)."
+    )
 
     def __post_init__(self) -> None:
         check(1 <= self.examples_per_prompt <= 64, "examples_per_prompt", "must be in 1..64")
-        check(0 <= self.generated_examples_per_prompt < self.examples_per_prompt, "generated_examples_per_prompt",
-              "must be >= 0 and smaller than examples_per_prompt")
+        check(
+            0 <= self.generated_examples_per_prompt < self.examples_per_prompt,
+            "generated_examples_per_prompt",
+            "must be >= 0 and smaller than examples_per_prompt",
+        )
         check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
         check(0.0 <= self.temperature <= 5.0, "temperature", "must be in [0, 5]")
         check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
@@ -63,33 +72,50 @@ class SynthesisConfig:
 class VLLMSettings:
     """The vLLM engine of a teacher service started with ``--backend vllm``."""
 
-    dtype: str = field("auto", help="Engine weights dtype ('auto': the model's; bfloat16 on GPU, float32 for an exact canary on CPU).")
+    dtype: str = field(
+        "auto", help="Engine weights dtype ('auto': the model's; bfloat16 on GPU, float32 for an exact canary on CPU)."
+    )
     max_model_len: int = field(2048, help="Longest prompt + completion the engine accepts.")
     kv_cache_gib: int = field(1, help="CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = field(0.5, help="GPU only: share of GPU memory the engine may take.")
     max_lora_rank: int = field(
-        16, help="Largest adapter rank served; a longer adapter chain (ranks add up) is truncated to it by SVD. "
+        16,
+        help="Largest adapter rank served; a longer adapter chain (ranks add up) is truncated to it by SVD. "
         "The CPU build's LoRA cost grows with it (measured on SmolLM2, r=8 adapter: 133 tokens/s at 8, 106 at 16, "
-        "45 at 32, 10 at 64); on a GPU, 64 costs little.")
+        "45 at 32, 10 at 64); on a GPU, 64 costs little.",
+    )
     max_loras_per_batch: int = field(1, help="Different teacher versions one engine batch may mix.")
-    max_resident_versions: int = field(4, help="Teacher versions kept loaded; the least recently used is unloaded first.")
+    max_resident_versions: int = field(
+        4, help="Teacher versions kept loaded; the least recently used is unloaded first."
+    )
     canary_tokens: int = field(16, help="Greedy tokens the canary compares before a new version serves.")
     canary_tolerance: float | None = field(
-        None, help="Largest per-token log-probability difference between engine and transformers+peft (fp32) the "
+        None,
+        help="Largest per-token log-probability difference between engine and transformers+peft (fp32) the "
         "canary accepts; None: 0.05 for a float32 engine, 0.5 for a 16-bit one (its rounding alone moves "
-        "log-probabilities by about 0.2).")
+        "log-probabilities by about 0.2).",
+    )
 
     def __post_init__(self) -> None:
-        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "must be auto, float32, bfloat16 or float16")
+        check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            "must be auto, float32, bfloat16 or float16",
+        )
         check(64 <= self.max_model_len <= 1_048_576, "max_model_len", "must be in 64..1048576")
         check(1 <= self.kv_cache_gib <= 1024, "kv_cache_gib", "must be in 1..1024")
         check(0.05 <= self.gpu_memory_utilization <= 0.99, "gpu_memory_utilization", "must be in [0.05, 0.99]")
-        check(self.max_lora_rank in (8, 16, 32, 64, 128, 256), "max_lora_rank", "must be one of 8, 16, 32, 64, 128, 256")
+        check(
+            self.max_lora_rank in (8, 16, 32, 64, 128, 256), "max_lora_rank", "must be one of 8, 16, 32, 64, 128, 256"
+        )
         check(1 <= self.max_loras_per_batch <= 64, "max_loras_per_batch", "must be in 1..64")
         check(1 <= self.max_resident_versions <= 256, "max_resident_versions", "must be in 1..256")
         check(1 <= self.canary_tokens <= 256, "canary_tokens", "must be in 1..256")
-        check(self.canary_tolerance is None or 0.0 < self.canary_tolerance <= 10.0, "canary_tolerance",
-              "must be in (0, 10] or null")
+        check(
+            self.canary_tolerance is None or 0.0 < self.canary_tolerance <= 10.0,
+            "canary_tolerance",
+            "must be in (0, 10] or null",
+        )
 
 
 @dataclass
@@ -97,7 +123,9 @@ class TeacherServiceConfig:
     """How a teacher service generates (set at start-up, not per request)."""
 
     backend: Literal["transformers", "vllm"] = field(
-        "transformers", help="'transformers': model.generate (runs anywhere). 'vllm': a vLLM engine with adapter "
-        "hot-swap (needs the vLLM environment: .venv-vllm on CPU, the GPU image in a cluster).")
+        "transformers",
+        help="'transformers': model.generate (runs anywhere). 'vllm': a vLLM engine with adapter "
+        "hot-swap (needs the vLLM environment: .venv-vllm on CPU, the GPU image in a cluster).",
+    )
     dtype: str = field("float32", help="transformers backend: weights dtype.")
     vllm: VLLMSettings = field(default_factory=VLLMSettings, help="vllm backend settings.")

@@ -1,4 +1,5 @@
 """Parsing, normalisation, filtering and ROUGE-L de-duplication of instruction samples (METHOD.md stage 1)."""
+
 from __future__ import annotations
 
 import re

@@ -24,18 +24,19 @@ judge at a strong model behind an OpenAI-compatible server, e.g. a vLLM server
 http://host:8000/v1 --judge-endpoint-model <name>`` (an API key, if the server wants one, is read
 from ``MONTESSORI_JUDGE_API_KEY``).
 """
+
 from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from common.chat import instruction_text
 from common.config import check, field
@@ -68,13 +69,18 @@ RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 2000, 0.95, 0
 class JudgeSettings:
     """Which judge compares the two students, and on how many held-out rows."""
 
-    model: str | None = field(None, help="A local HF model folder used as the judge (exactly one of model and endpoint).")
+    model: str | None = field(
+        None, help="A local HF model folder used as the judge (exactly one of model and endpoint)."
+    )
     endpoint: str | None = field(
-        None, help="Base URL of an OpenAI-compatible API used as the judge, e.g. http://127.0.0.1:8000/v1 (a vLLM "
-        "server); POSTs {endpoint}/chat/completions. The API key, if any, is read from MONTESSORI_JUDGE_API_KEY.")
+        None,
+        help="Base URL of an OpenAI-compatible API used as the judge, e.g. http://127.0.0.1:8000/v1 (a vLLM "
+        "server); POSTs {endpoint}/chat/completions. The API key, if any, is read from MONTESSORI_JUDGE_API_KEY.",
+    )
     endpoint_model: str | None = field(None, help="The model name the endpoint serves (required with endpoint).")
     max_rows: int | None = field(
-        40, help="Held-out rows judged, spread evenly over the file (it is ordered by category); null: all rows.")
+        40, help="Held-out rows judged, spread evenly over the file (it is ordered by category); null: all rows."
+    )
     max_new_tokens: int = field(128, help="Token budget of each student's answer (greedy).")
     verdict_max_new_tokens: int = field(8, help="Token budget of the judge's verdict (greedy).")
     batch_size: int = field(8, help="Prompts generated together (students' answers and the local judge's verdicts).")
@@ -83,15 +89,27 @@ class JudgeSettings:
     def __post_init__(self) -> None:
         check(self.model is None or bool(self.model.strip()), "model", "must be a non-empty folder path or null")
         check(self.endpoint is None or bool(self.endpoint.strip()), "endpoint", "must be a non-empty URL or null")
-        check(self.model is not None or self.endpoint is not None, "model",
-              "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; none is set")
-        check(self.model is None or self.endpoint is None, "endpoint",
-              "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; both are set")
+        check(
+            self.model is not None or self.endpoint is not None,
+            "model",
+            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; none is set",
+        )
+        check(
+            self.model is None or self.endpoint is None,
+            "endpoint",
+            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; both are set",
+        )
         if self.endpoint is not None:
-            check(self.endpoint.startswith(("http://", "https://")), "endpoint",
-                  f"must be an http:// or https:// URL, got {self.endpoint!r}")
-            check(bool(self.endpoint_model and self.endpoint_model.strip()), "endpoint_model",
-                  "names the model the endpoint serves; required with endpoint")
+            check(
+                self.endpoint.startswith(("http://", "https://")),
+                "endpoint",
+                f"must be an http:// or https:// URL, got {self.endpoint!r}",
+            )
+            check(
+                bool(self.endpoint_model and self.endpoint_model.strip()),
+                "endpoint_model",
+                "names the model the endpoint serves; required with endpoint",
+            )
         check(self.max_rows is None or self.max_rows >= 1, "max_rows", "must be >= 1 or null (all rows)")
         check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
         check(1 <= self.verdict_max_new_tokens <= 256, "verdict_max_new_tokens", "must be in 1..256")
@@ -142,7 +160,9 @@ class LocalJudge(Judge):
         prompts = [self.backend.chat_prompt(text) for text in user_texts]
         texts: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            texts.extend(samples[0] for samples in self.backend.generate(prompts[start:start + self.batch_size], params))
+            texts.extend(
+                samples[0] for samples in self.backend.generate(prompts[start : start + self.batch_size], params)
+            )
         return texts
 
     def describe(self) -> dict:
@@ -170,8 +190,14 @@ class EndpointJudge(Judge):
         return {"kind": "endpoint", "endpoint": self.base_url, "model": self.model}
 
     def _complete_one(self, user_text: str, max_new_tokens: int) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": user_text}],
-                           "temperature": 0, "max_tokens": max_new_tokens}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": user_text}],
+                "temperature": 0,
+                "max_tokens": max_new_tokens,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -182,17 +208,25 @@ class EndpointJudge(Judge):
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
             if err.code == 429 or err.code >= 500:
-                raise Unavailable(f"{self.url} answered HTTP {err.code}{detail}; retry later", field="judge.endpoint") from None
-            raise InvalidArgument(f"{self.url} rejected the request with HTTP {err.code}{detail} (check the URL, the "
-                                  f"model name {self.model!r} and MONTESSORI_JUDGE_API_KEY)", field="judge.endpoint") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
+                raise Unavailable(
+                    f"{self.url} answered HTTP {err.code}{detail}; retry later", field="judge.endpoint"
+                ) from None
+            raise InvalidArgument(
+                f"{self.url} rejected the request with HTTP {err.code}{detail} (check the URL, the "
+                f"model name {self.model!r} and MONTESSORI_JUDGE_API_KEY)",
+                field="judge.endpoint",
+            ) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise Unavailable(f"cannot reach {self.url}: {reason}", field="judge.endpoint") from None
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise InvalidArgument(f"{self.url} did not answer like an OpenAI chat completion (expected "
-                                  f"choices[0].message.content): {raw[:200]!r}", field="judge.endpoint") from None
+            raise InvalidArgument(
+                f"{self.url} did not answer like an OpenAI chat completion (expected "
+                f"choices[0].message.content): {raw[:200]!r}",
+                field="judge.endpoint",
+            ) from None
         if not isinstance(content, str):
             raise InvalidArgument(f"{self.url}: choices[0].message.content is not a string", field="judge.endpoint")
         return content
@@ -232,12 +266,21 @@ def generate_answers(student: ModelRef, rows: Sequence[dict], settings: JudgeSet
     prompts = [backend.chat_prompt(instruction_text(row["instruction"], row.get("input", ""))) for row in rows]
     answers: list[str] = []
     for start in range(0, len(prompts), settings.batch_size):
-        answers.extend(samples[0].strip() for samples in backend.generate(prompts[start:start + settings.batch_size], params))
+        answers.extend(
+            samples[0].strip() for samples in backend.generate(prompts[start : start + settings.batch_size], params)
+        )
     return answers
 
 
-def judge_pair(rows: Sequence[dict], answers_a: Sequence[str], answers_b: Sequence[str], judge: Judge,
-               settings: JudgeSettings, *, indices: Sequence[int] | None = None) -> dict:
+def judge_pair(
+    rows: Sequence[dict],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    judge: Judge,
+    settings: JudgeSettings,
+    *,
+    indices: Sequence[int] | None = None,
+) -> dict:
     """The win rate of A against B on ``rows``, each judged with A first and with B first.
 
     ``indices`` are the rows' positions in their file (for the per-row records; default 0..n-1).
@@ -248,8 +291,10 @@ def judge_pair(rows: Sequence[dict], answers_a: Sequence[str], answers_b: Sequen
     ``categories`` (per-category figures, when rows have ``category``) and ``rows`` (per-row records).
     """
     if not len(rows) == len(answers_a) == len(answers_b):
-        raise InvalidArgument(f"need one answer per row from each student: {len(rows)} rows, {len(answers_a)} answers "
-                              f"from A, {len(answers_b)} from B")
+        raise InvalidArgument(
+            f"need one answer per row from each student: {len(rows)} rows, {len(answers_a)} answers "
+            f"from A, {len(answers_b)} from B"
+        )
     if not rows:
         raise InvalidArgument("no rows to judge", field="rows")
     indices = list(range(len(rows))) if indices is None else list(indices)
@@ -258,10 +303,14 @@ def judge_pair(rows: Sequence[dict], answers_a: Sequence[str], answers_b: Sequen
     users = [instruction_text(row["instruction"], row.get("input", "")) for row in rows]
     # All A-first prompts, then all B-first prompts, batched alike: identical answers give identical prompts
     # in both orders, so a deterministic judge scores a student against itself at exactly one half.
-    a_first = judge.complete([judge_prompt(u, a, b) for u, a, b in zip(users, answers_a, answers_b)],
-                             max_new_tokens=settings.verdict_max_new_tokens)
-    b_first = judge.complete([judge_prompt(u, b, a) for u, a, b in zip(users, answers_a, answers_b)],
-                             max_new_tokens=settings.verdict_max_new_tokens)
+    a_first = judge.complete(
+        [judge_prompt(u, a, b) for u, a, b in zip(users, answers_a, answers_b)],
+        max_new_tokens=settings.verdict_max_new_tokens,
+    )
+    b_first = judge.complete(
+        [judge_prompt(u, b, a) for u, a, b in zip(users, answers_a, answers_b)],
+        max_new_tokens=settings.verdict_max_new_tokens,
+    )
     if len(a_first) != len(rows) or len(b_first) != len(rows):
         raise InvalidArgument(f"the judge returned {len(a_first)}/{len(b_first)} verdicts for {len(rows)} rows")
     records = []
@@ -269,24 +318,38 @@ def judge_pair(rows: Sequence[dict], answers_a: Sequence[str], answers_b: Sequen
         verdict_a_first, verdict_b_first = parse_verdict(out_a), parse_verdict(out_b)
         score_a_first = score_for_first(verdict_a_first)
         score_b_first = 1.0 - score_for_first(verdict_b_first)
-        record = {"index": index, "instruction": row["instruction"], "answer_a": answer_a, "answer_b": answer_b,
-                  "judge_output_a_first": out_a, "judge_output_b_first": out_b,
-                  "verdict_a_first": verdict_a_first, "verdict_b_first": verdict_b_first,
-                  "agree": score_a_first == score_b_first, "score": (score_a_first + score_b_first) / 2}
+        record = {
+            "index": index,
+            "instruction": row["instruction"],
+            "answer_a": answer_a,
+            "answer_b": answer_b,
+            "judge_output_a_first": out_a,
+            "judge_output_b_first": out_b,
+            "verdict_a_first": verdict_a_first,
+            "verdict_b_first": verdict_b_first,
+            "agree": score_a_first == score_b_first,
+            "score": (score_a_first + score_b_first) / 2,
+        }
         if "category" in row:
             record["category"] = row["category"]
         records.append(record)
     verdicts = [r[key] for r in records for key in ("verdict_a_first", "verdict_b_first")]
     decisive = [v for v in verdicts if v in ("first", "second")]
-    interval = bootstrap_mean([r["score"] for r in records], resamples=RESAMPLES, confidence=CONFIDENCE,
-                              seed=BOOTSTRAP_SEED)
+    interval = bootstrap_mean(
+        [r["score"] for r in records], resamples=RESAMPLES, confidence=CONFIDENCE, seed=BOOTSTRAP_SEED
+    )
     result = {
         **_tally(records),
         "agreement": sum(r["agree"] for r in records) / len(records),
         "unparseable": sum(v == "unparseable" for v in verdicts),
         "first_position_rate": sum(v == "first" for v in decisive) / len(decisive) if decisive else None,
-        "interval": {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "confidence": CONFIDENCE,
-                     "resamples": RESAMPLES, "excludes_half": interval.ci_low > 0.5 or interval.ci_high < 0.5},
+        "interval": {
+            "ci_low": interval.ci_low,
+            "ci_high": interval.ci_high,
+            "confidence": CONFIDENCE,
+            "resamples": RESAMPLES,
+            "excludes_half": interval.ci_low > 0.5 or interval.ci_high < 0.5,
+        },
         "rows": records,
     }
     by_category: dict[str, list[dict]] = defaultdict(list)
@@ -300,5 +363,10 @@ def judge_pair(rows: Sequence[dict], answers_a: Sequence[str], answers_b: Sequen
 
 def _tally(records: Sequence[dict]) -> dict:
     scores = [r["score"] for r in records]
-    return {"n": len(scores), "win_rate": sum(scores) / len(scores), "wins": sum(s > 0.5 for s in scores),
-            "ties": sum(s == 0.5 for s in scores), "losses": sum(s < 0.5 for s in scores)}
+    return {
+        "n": len(scores),
+        "win_rate": sum(scores) / len(scores),
+        "wins": sum(s > 0.5 for s in scores),
+        "ties": sum(s == 0.5 for s in scores),
+        "losses": sum(s < 0.5 for s in scores),
+    }

@@ -1,4 +1,5 @@
 """The instruction-synthesis prompt (METHOD.md stage 1)."""
+
 from __future__ import annotations
 
 import random
@@ -36,7 +37,9 @@ def seed_examples(rows: list[dict]) -> list[str]:
     return [instruction_text(row["instruction"], row.get("input", "")) for row in rows]
 
 
-def pick_examples(seeds: list[str], generated: list[str], *, total: int, from_generated: int, rng: random.Random) -> list[str]:
+def pick_examples(
+    seeds: list[str], generated: list[str], *, total: int, from_generated: int, rng: random.Random
+) -> list[str]:
     """``total`` in-context examples: all seeds until ``from_generated`` instructions exist, then a mix; shuffled."""
     take_generated = from_generated if len(generated) >= from_generated else 0
     examples = rng.sample(seeds, min(total - take_generated, len(seeds))) + rng.sample(generated, take_generated)

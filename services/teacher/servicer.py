@@ -1,4 +1,5 @@
 """TeacherService: the gRPC layer over ``services.teacher.stages`` and the teacher backends."""
+
 from __future__ import annotations
 
 import threading
@@ -11,9 +12,10 @@ from common.request_fields import model_from_proto
 from common.service_main import ServiceParts
 from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 from services.teacher import stages
-from services.teacher.stages import version_name
 from services.teacher.backend import BackendCache, TeacherBackends
 from services.teacher.config import TeacherServiceConfig
+from services.teacher.stages import version_name
+
 
 class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
     def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, backends: TeacherBackends):
@@ -28,7 +30,9 @@ class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
         self.require_ready()
         name = version_name(request.name)
         teacher = model_from_proto(request.teacher, self.store, field="teacher")
-        return teacher_pb2.LoadTeacherVersionResponse(version=version_to_proto(self.backends.load_version(name, teacher)))
+        return teacher_pb2.LoadTeacherVersionResponse(
+            version=version_to_proto(self.backends.load_version(name, teacher))
+        )
 
     def UnloadTeacherVersion(self, request, context):
         self.require_ready()
@@ -44,12 +48,20 @@ def version_to_proto(info: dict) -> teacher_pb2.TeacherVersion:
     model = info.get("model") or {}
     canary = info.get("canary")
     return teacher_pb2.TeacherVersion(
-        name=info["name"], backend=info.get("backend", ""), adapter_digest=info.get("adapter_digest", ""),
-        rank=int(info.get("rank", 0)), exact=bool(info.get("exact", True)),
-        model=common_pb2.ModelSpec(path=model.get("path", ""),
-                                   adapters=[common_pb2.ArtifactRef(uri=a) for a in model.get("adapters", [])]),
-        canary=teacher_pb2.CanaryResult(**{k: canary[k] for k in ("passed", "tokens", "max_abs_diff", "mean_abs_diff",
-                                                                   "tolerance", "seconds")}) if canary else None)
+        name=info["name"],
+        backend=info.get("backend", ""),
+        adapter_digest=info.get("adapter_digest", ""),
+        rank=int(info.get("rank", 0)),
+        exact=bool(info.get("exact", True)),
+        model=common_pb2.ModelSpec(
+            path=model.get("path", ""), adapters=[common_pb2.ArtifactRef(uri=a) for a in model.get("adapters", [])]
+        ),
+        canary=teacher_pb2.CanaryResult(
+            **{k: canary[k] for k in ("passed", "tokens", "max_abs_diff", "mean_abs_diff", "tolerance", "seconds")}
+        )
+        if canary
+        else None,
+    )
 
 
 def make_backends(config: TeacherServiceConfig) -> TeacherBackends:
@@ -64,8 +76,14 @@ def make_backends(config: TeacherServiceConfig) -> TeacherBackends:
     return BackendCache(config.dtype)
 
 
-def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, preload: list[str] | None = None,
-          config: TeacherServiceConfig | None = None) -> ServiceParts:
+def build(
+    store: ArtifactStore,
+    jobs: JobManager,
+    ready: threading.Event,
+    *,
+    preload: list[str] | None = None,
+    config: TeacherServiceConfig | None = None,
+) -> ServiceParts:
     backends = make_backends(config or TeacherServiceConfig())
     servicer = TeacherServicer(store, jobs, ready, backends)
 
@@ -73,5 +91,8 @@ def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, pre
         for path in preload or []:
             backends.get(ModelRef(path))
 
-    return ServiceParts(register=lambda server: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(servicer, server),
-                        full_name=teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name, preload=load)
+    return ServiceParts(
+        register=lambda server: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(servicer, server),
+        full_name=teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name,
+        preload=load,
+    )

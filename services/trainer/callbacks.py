@@ -1,4 +1,5 @@
 """Bridge from a transformers Trainer's step events to montessori progress sinks."""
+
 from __future__ import annotations
 
 from transformers import TrainerCallback

@@ -1,4 +1,5 @@
 """TrainingArguments shared by the SFT and DPO runs (one place for CPU/GPU, logging and schedule choices)."""
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,14 @@ def schedule_kwargs(settings, *, examples: int) -> dict:
     steps = optimizer_steps(settings, examples=examples)
     warmup = int(settings.warmup_ratio * steps)
     if settings.lr_scheduler == "warmup_stable_decay":
-        return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup,
-                "lr_scheduler_kwargs": {"num_decay_steps": int(settings.decay_ratio * steps),
-                                        "min_lr_ratio": settings.min_lr_ratio}}
+        return {
+            "lr_scheduler_type": settings.lr_scheduler,
+            "warmup_steps": warmup,
+            "lr_scheduler_kwargs": {
+                "num_decay_steps": int(settings.decay_ratio * steps),
+                "min_lr_ratio": settings.min_lr_ratio,
+            },
+        }
     if settings.lr_scheduler == "constant":
         return {"lr_scheduler_type": "constant"}
     return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}

@@ -5,6 +5,7 @@ uses transformers 4.44's warm-up-stable-decay schedule (linear warm-up from 0, a
 a cosine decay to ``min_lr_ratio`` x the peak) for the student SFT and the teacher DPO, and for the
 warm-up a schedule that only warms up (``warmup_ratio`` 1.0) and then stays at the peak.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
 REPORT_TO_HELP = (
     "Where the TRL trainer also reports its logs: none, tensorboard (event files in the output folder's runs/, "
     "published with it; they hold wall-clock times, so that folder is no longer byte-reproducible), wandb or mlflow "
-    "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed).")
+    "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed)."
+)
 
 
 def _check_shared(settings) -> None:
@@ -55,20 +57,27 @@ class SFTSettings:
     learning_rate: float = field(5e-6, help="Peak learning rate (paper: 5e-6).")
     epochs: float = field(1.0, help="Passes over the data (paper: 1).")
     batch_size: int = field(
-        2, help="Per-device batch size (paper: 2 per GPU, x 2 accumulation steps x 8 GPUs = effective batch 32).")
+        2, help="Per-device batch size (paper: 2 per GPU, x 2 accumulation steps x 8 GPUs = effective batch 32)."
+    )
     gradient_accumulation_steps: int = field(
-        16, help="Micro-batches per optimizer step; batch_size x this is the effective batch (paper: 32, "
-        "here 2 x 16 on one device).")
+        16,
+        help="Micro-batches per optimizer step; batch_size x this is the effective batch (paper: 32, "
+        "here 2 x 16 on one device).",
+    )
     lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
     warmup_ratio: float = field(
-        0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1); every "
-        "schedule but constant has this warm-up.")
+        0.1,
+        help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1); every "
+        "schedule but constant has this warm-up.",
+    )
     decay_ratio: float = field(
-        0.4, help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
-        "and decay are stable (paper: 0.4, stable 0.5).")
+        0.4,
+        help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
+        "and decay are stable (paper: 0.4, stable 0.5).",
+    )
     min_lr_ratio: float = field(
-        1e-4, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak "
-        "(paper: 1e-4).")
+        1e-4, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak (paper: 1e-4)."
+    )
     max_length: int = field(1024, help="Token cap of one example; longer examples are truncated by TRL (paper: 1024).")
     weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
@@ -97,18 +106,26 @@ class WarmupSettings(SFTSettings):
         "rate the warm-up ends on (paper: warm-up-stable-decay with warm-up ratio 1.0 and min_lr_ratio 1.0, which "
         "under the official transformers 4.44 is a linear warm-up from 0 over all steps, ending at the peak: "
         "constant_with_warmup with warmup_ratio 1.0 here; newer transformers start a warm-up at min_lr_ratio, "
-        "which would make the official values a constant schedule).")
-    warmup_ratio: float = field(1.0, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 1.0).")
+        "which would make the official values a constant schedule).",
+    )
+    warmup_ratio: float = field(
+        1.0, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 1.0)."
+    )
     decay_ratio: float = field(0.0, help="warmup_stable_decay: share of the steps in the decay (paper: 0).")
     min_lr_ratio: float = field(
-        1.0, help="warmup_stable_decay: the learning rate the schedule ends on, as a fraction of the peak; must be "
-        "1 for a warm-up (paper: 1.0).")
+        1.0,
+        help="warmup_stable_decay: the learning rate the schedule ends on, as a fraction of the peak; must be "
+        "1 for a warm-up (paper: 1.0).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(final_lr_ratio(self) == 1.0, "lr_scheduler",
-              "a warm-up must end at its peak learning rate (the influence steps use it): use constant, "
-              "constant_with_warmup, or warmup_stable_decay with min_lr_ratio 1")
+        check(
+            final_lr_ratio(self) == 1.0,
+            "lr_scheduler",
+            "a warm-up must end at its peak learning rate (the influence steps use it): use constant, "
+            "constant_with_warmup, or warmup_stable_decay with min_lr_ratio 1",
+        )
 
 
 @dataclass
@@ -117,35 +134,47 @@ class DPOSettings:
 
     beta: float = field(0.1, help="DPO beta (paper: 0.1).")
     loss_type: DPO_LOSSES = field(
-        "sigmoid", help="DPO objective: 'sigmoid', the DPO loss (the paper); 'ipo', IPO's squared loss (beta is its "
-        "regularisation); 'hinge', the SLiC hinge loss; 'robust', DPO robust to flipped preferences.")
+        "sigmoid",
+        help="DPO objective: 'sigmoid', the DPO loss (the paper); 'ipo', IPO's squared loss (beta is its "
+        "regularisation); 'hinge', the SLiC hinge loss; 'robust', DPO robust to flipped preferences.",
+    )
     learning_rate: float = field(
-        5e-5, help="Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one.")
+        5e-5, help="Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one."
+    )
     epochs: float = field(1.0, help="Passes over the pairs (paper: 1).")
     batch_size: int = field(2, help="Per-device batch size (paper: 2, on one device).")
     gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step (paper: 1).")
     lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
-    warmup_ratio: float = field(0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1).")
+    warmup_ratio: float = field(
+        0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1)."
+    )
     decay_ratio: float = field(
-        0.4, help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
-        "and decay are stable (paper: 0.4, stable 0.5).")
+        0.4,
+        help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
+        "and decay are stable (paper: 0.4, stable 0.5).",
+    )
     min_lr_ratio: float = field(
-        1e-3, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak "
-        "(paper: 1e-3).")
+        1e-3, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak (paper: 1e-3)."
+    )
     max_length: int = field(1024, help="Token cap of prompt + sample (paper: 1024); the prompt is never cut.")
     lora: bool = field(
-        True, help="Train a LoRA adapter (hot-loadable by a serving engine) instead of all weights (paper: full).")
+        True, help="Train a LoRA adapter (hot-loadable by a serving engine) instead of all weights (paper: full)."
+    )
     lora_rank: int = field(8, help="LoRA rank r.")
     lora_alpha: int = field(16, help="LoRA alpha.")
     lora_dropout: float = field(0.0, help="LoRA dropout (0 keeps training deterministic).")
     max_pairs: int | None = field(
-        None, help="Train on at most this many pairs, balanced across prompt groups: round-robin over the groups, "
-        "each group's pairs by descending influence margin (None: all, the paper).")
+        None,
+        help="Train on at most this many pairs, balanced across prompt groups: round-robin over the groups, "
+        "each group's pairs by descending influence margin (None: all, the paper).",
+    )
     heldout_fraction: float = field(
-        0.0, help="Share of the round's pairs held out of DPO and used to measure reward accuracy and margin on pairs "
+        0.0,
+        help="Share of the round's pairs held out of DPO and used to measure reward accuracy and margin on pairs "
         "the teacher did not train on (0: none, the paper). The split is deterministic from the seed and by prompt "
         "group (the pairs' group_id, else their prompt), so a group's pairs are never on both sides; at least one "
-        "group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.")
+        "group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.",
+    )
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
 
     def __post_init__(self) -> None:

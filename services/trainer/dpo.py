@@ -4,6 +4,7 @@ With ``heldout_fraction`` some prompt groups are kept out of training and scored
 round reports whether the teacher's implied reward ranks pairs it never saw (a diagnostic, not in
 the paper: the training-batch reward accuracy alone cannot tell learning from memorising).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +18,10 @@ from transformers import PrinterCallback
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
-from services.trainer.pair_selection import select_pairs
 from services.trainer.callbacks import ProgressCallback
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import DPOSettings
+from services.trainer.pair_selection import select_pairs
 
 
 @dataclass
@@ -41,10 +42,16 @@ class DPOResult:
     heldout_reward_margin: float | None = None
 
     def metrics(self) -> dict:
-        metrics = {"steps": self.steps, "train_loss": self.train_loss, "pairs": self.pairs,
-                   "reward_margin_first": self.reward_margin_first, "reward_margin_last": self.reward_margin_last,
-                   "reward_accuracy_last": self.reward_accuracy_last, "adapter": self.is_adapter,
-                   "heldout_pairs": self.heldout_pairs}
+        metrics = {
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "pairs": self.pairs,
+            "reward_margin_first": self.reward_margin_first,
+            "reward_margin_last": self.reward_margin_last,
+            "reward_accuracy_last": self.reward_accuracy_last,
+            "adapter": self.is_adapter,
+            "heldout_pairs": self.heldout_pairs,
+        }
         if self.heldout_pairs:  # absent rather than a made-up 0: job metrics are numbers only
             metrics["heldout_reward_accuracy"] = self.heldout_reward_accuracy
             metrics["heldout_reward_margin"] = self.heldout_reward_margin
@@ -87,8 +94,16 @@ def _rows(pairs: list[dict]) -> list[dict]:
     return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
-def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, output_dir: Path, *,
-              seed: int, progress: Progress = no_progress, stage: str = "dpo") -> DPOResult:
+def train_dpo(
+    teacher: ModelRef,
+    pairs: list[dict],
+    settings: DPOSettings,
+    output_dir: Path,
+    *,
+    seed: int,
+    progress: Progress = no_progress,
+    stage: str = "dpo",
+) -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
     frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning).
 
@@ -106,8 +121,17 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
     tokenizer = load_tokenizer(teacher.path, field="teacher.path")
     model = load_model(teacher, field="teacher.path", trainable=not settings.lora)
     ref_model = None if settings.lora else load_model(teacher, field="teacher.path")
-    peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                             target_modules="all-linear", task_type="CAUSAL_LM") if settings.lora else None
+    peft_config = (
+        LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        if settings.lora
+        else None
+    )
     with tempfile.TemporaryDirectory(prefix="montessori-dpo-") as scratch:
         args = DPOConfig(
             **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
@@ -123,9 +147,16 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
         )
         callback = ProgressCallback(progress, stage)
         # eval_dataset is tokenised with the training set; it is evaluated once, after training (eval_strategy "no").
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
-                             eval_dataset=Dataset.from_list(_rows(heldout)) if heldout else None,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=Dataset.from_list(_rows(pairs)),
+            eval_dataset=Dataset.from_list(_rows(heldout)) if heldout else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
         output = trainer.train()
         # TRL logs batch means of rewards/accuracies and rewards/margins: exact when one batch holds all held-out pairs.
@@ -140,9 +171,14 @@ def train_dpo(teacher: ModelRef, pairs: list[dict], settings: DPOSettings, outpu
     history = [h for h in trainer.state.log_history if "rewards/margins" in h]
     margin = lambda h: float(h["rewards/margins"])  # noqa: E731
     return DPOResult(
-        output_dir=output_dir, is_adapter=settings.lora, steps=int(output.global_step), train_loss=float(output.training_loss),
-        reward_margin_first=margin(history[0]) if history else 0.0, reward_margin_last=margin(history[-1]) if history else 0.0,
-        reward_accuracy_last=float(history[-1].get("rewards/accuracies", 0.0)) if history else 0.0, pairs=len(pairs),
+        output_dir=output_dir,
+        is_adapter=settings.lora,
+        steps=int(output.global_step),
+        train_loss=float(output.training_loss),
+        reward_margin_first=margin(history[0]) if history else 0.0,
+        reward_margin_last=margin(history[-1]) if history else 0.0,
+        reward_accuracy_last=float(history[-1].get("rewards/accuracies", 0.0)) if history else 0.0,
+        pairs=len(pairs),
         heldout_pairs=len(heldout),
         heldout_reward_accuracy=float(evaluation["eval_rewards/accuracies"]) if heldout else None,
         heldout_reward_margin=float(evaluation["eval_rewards/margins"]) if heldout else None,

@@ -1,4 +1,5 @@
 """Which preference pairs a DPO round trains on when ``dpo.max_pairs`` caps them: balanced across prompt groups."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -25,14 +26,17 @@ def select_pairs(pairs: list[dict], limit: int | None) -> list[dict]:
     for position, pair in enumerate(pairs):
         for key in ("group_id", "chosen_influence", "rejected_influence"):
             if key not in pair:
-                raise InvalidArgument(f"pair {position} has no {key!r}: balancing needs the preference stage's pairs",
-                                      field="pairs")
+                raise InvalidArgument(
+                    f"pair {position} has no {key!r}: balancing needs the preference stage's pairs", field="pairs"
+                )
         groups[pair["group_id"]].append((position, pair))
     ranked = [sorted(members, key=lambda item: (-pair_margin(item[1]), item[0])) for members in groups.values()]
     selected: list[dict] = []
     for rank in range(max(len(members) for members in ranked)):
-        round_ = sorted((members[rank] for members in ranked if rank < len(members)),
-                        key=lambda item: (-pair_margin(item[1]), item[0]))
+        round_ = sorted(
+            (members[rank] for members in ranked if rank < len(members)),
+            key=lambda item: (-pair_margin(item[1]), item[0]),
+        )
         selected.extend(pair for _, pair in round_[: limit - len(selected)])
         if len(selected) == limit:
             break

@@ -1,4 +1,5 @@
 """TrainerService: the gRPC layer over ``services.trainer.stages``."""
+
 from __future__ import annotations
 
 import threading
@@ -21,5 +22,7 @@ class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:
     servicer = TrainerServicer(store, jobs, ready)
-    return ServiceParts(register=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
-                        full_name=trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name)
+    return ServiceParts(
+        register=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
+        full_name=trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
+    )

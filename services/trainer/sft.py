@@ -1,17 +1,18 @@
 """Student SFT with TRL (warm-up and training-set runs), on the student's chat template (see common/chat.py)."""
+
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.chat import sft_record
 from transformers import PrinterCallback
 
+from common.chat import sft_record
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
-from common.progress import Progress, no_progress
 from common.optimizer_state import save_adamw_state
+from common.progress import Progress, no_progress
 from services.trainer.callbacks import ProgressCallback
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import SFTSettings
@@ -30,8 +31,17 @@ class SFTResult:
         return {"steps": self.steps, "train_loss": self.train_loss, "examples": self.examples}
 
 
-def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTSettings, output_dir: Path, *,
-              seed: int, save_optimizer: bool = False, progress: Progress = no_progress, stage: str = "sft") -> SFTResult:
+def train_sft(
+    student: ModelRef,
+    examples: list[tuple[str, str]],
+    settings: SFTSettings,
+    output_dir: Path,
+    *,
+    seed: int,
+    save_optimizer: bool = False,
+    progress: Progress = no_progress,
+    stage: str = "sft",
+) -> SFTResult:
     """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to ``output_dir``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -57,7 +67,9 @@ def train_sft(student: ModelRef, examples: list[tuple[str, str]], settings: SFTS
             completion_only_loss=True,
         )
         callback = ProgressCallback(progress, stage)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
+        )
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
         output = trainer.train()
         output_dir.mkdir(parents=True, exist_ok=True)

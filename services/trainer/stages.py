@@ -1,8 +1,9 @@
 """The trainer's stage requests, validated into units of work (the servicer submits them as jobs; the
 in-process runner calls them directly): one function per request message."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
@@ -24,9 +25,17 @@ def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest
         return None
     candidates = local_artifact(store, request.candidates, field="candidates")
     prefix = output_prefix(request.output_prefix)
-    return lambda progress: tasks.train_student(store, prefix, student=student, candidates_path=candidates, settings=sft,
-                                                seed=request.seed, save_optimizer=request.warmup, limit=limit or None,
-                                                progress=progress)
+    return lambda progress: tasks.train_student(
+        store,
+        prefix,
+        student=student,
+        candidates_path=candidates,
+        settings=sft,
+        seed=request.seed,
+        save_optimizer=request.warmup,
+        limit=limit or None,
+        progress=progress,
+    )
 
 
 def train_teacher(store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest) -> Work | None:
@@ -37,5 +46,6 @@ def train_teacher(store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest
         return None
     pairs = local_artifact(store, request.pairs, field="pairs")
     prefix = output_prefix(request.output_prefix)
-    return lambda progress: tasks.train_teacher(store, prefix, teacher=teacher, pairs_path=pairs, settings=dpo,
-                                                seed=request.seed, progress=progress)
+    return lambda progress: tasks.train_teacher(
+        store, prefix, teacher=teacher, pairs_path=pairs, settings=dpo, seed=request.seed, progress=progress
+    )

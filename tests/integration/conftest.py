@@ -1,4 +1,5 @@
 """Fixtures that start real service processes on loopback."""
+
 from __future__ import annotations
 
 import socket
@@ -25,8 +26,13 @@ def free_ports(n: int) -> list[int]:
 def s3_bucket_store(s3_server, cache: Path, bucket: str):
     from common.s3_store import S3ArtifactStore
 
-    return S3ArtifactStore(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key,
-                           bucket=bucket, cache_dir=cache)
+    return S3ArtifactStore(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=bucket,
+        cache_dir=cache,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,16 @@ def services(tiny_models, tmp_path_factory, s3_server):
     ports = dict(zip(ORDER, free_ports(len(ORDER))))
     metrics = dict(zip(ORDER, free_ports(len(ORDER))))
     env = {"MONTESSORI_TORCH_THREADS": "1", **s3_server.env(root / "node-cache")}
-    processes = start_services(artifacts=store.root_uri, ports=ports, log_dir=root / "logs", metrics_ports=metrics, env=env)
-    yield {"ports": ports, "metrics": metrics, "store": store, "logs": root / "logs", "processes": processes, "env": env,
-           "root": root}
+    processes = start_services(
+        artifacts=store.root_uri, ports=ports, log_dir=root / "logs", metrics_ports=metrics, env=env
+    )
+    yield {
+        "ports": ports,
+        "metrics": metrics,
+        "store": store,
+        "logs": root / "logs",
+        "processes": processes,
+        "env": env,
+        "root": root,
+    }
     stop_services(processes, timeout=30)

@@ -5,6 +5,7 @@ election uses: GET, POST and PUT of namespaced Leases, with resourceVersion opti
 concurrency (a stale PUT is 409 Conflict). ``fail_writes_from`` makes renewals of one
 holder fail with 500, to test a leader that cannot renew.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ class LeaseAPI:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str) -> None:
-                self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
+                self._reply(
+                    code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}
+                )
 
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")

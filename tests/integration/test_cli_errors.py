@@ -1,4 +1,5 @@
 """Bad input: one line naming the field or file:line, exit code 2, no artifact left behind."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,14 @@ from tests.conftest import DATA, REPO
 @pytest.fixture()
 def tiny_args(tiny_models, tmp_path):
     teacher, student = tiny_models
-    return ["--set", f"models.teacher={teacher}", "--set", f"models.student={student}", "--set", f"artifacts={tmp_path / 'art'}"]
+    return [
+        "--set",
+        f"models.teacher={teacher}",
+        "--set",
+        f"models.student={student}",
+        "--set",
+        f"artifacts={tmp_path / 'art'}",
+    ]
 
 
 def run_cli(argv, capsys):
@@ -24,18 +32,26 @@ def run_cli(argv, capsys):
 
 
 def write(path, rows_or_text):
-    path.write_text(rows_or_text if isinstance(rows_or_text, str) else "".join(json.dumps(r) + "\n" for r in rows_or_text))
+    path.write_text(
+        rows_or_text if isinstance(rows_or_text, str) else "".join(json.dumps(r) + "\n" for r in rows_or_text)
+    )
     return path
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("iterations=-1", "iterations: must be in 1..1000"),
-    ("sizes.probe_prompt=3", "sizes.probe_prompt: unknown field"),
-    ("synthesis.temperature=hot", "synthesis.temperature: expected a number"),
-    ("models.teacher=", "models.teacher: must name a model folder"),
-    ("models.student=/nonexistent/student", "models.student: no model folder (config.json) at /nonexistent/student"),
-    ("data.seed_path=/nonexistent.jsonl", "data.seed_path: /nonexistent.jsonl does not exist"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("iterations=-1", "iterations: must be in 1..1000"),
+        ("sizes.probe_prompt=3", "sizes.probe_prompt: unknown field"),
+        ("synthesis.temperature=hot", "synthesis.temperature: expected a number"),
+        ("models.teacher=", "models.teacher: must name a model folder"),
+        (
+            "models.student=/nonexistent/student",
+            "models.student: no model folder (config.json) at /nonexistent/student",
+        ),
+        ("data.seed_path=/nonexistent.jsonl", "data.seed_path: /nonexistent.jsonl does not exist"),
+    ],
+)
 def test_bad_config(tiny_args, tmp_path, capsys, setting, message):
     code, line = run_cli(["run", *tiny_args, "--set", setting], capsys)
     assert code == 2
@@ -49,10 +65,13 @@ def test_bad_config_file(tiny_args, tmp_path, capsys):
     assert code == 2 and "influence.optimizer: must be one of 'faithful', 'sgd'" in line
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"instruction": "a", "input": "", "output": "b"}\n\n', ":2: empty line"),
-    ('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a",\n', ":2: malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"instruction": "a", "input": "", "output": "b"}\n\n', ":2: empty line"),
+        ('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a",\n', ":2: malformed JSON"),
+    ],
+)
 def test_bad_seed_file(tiny_args, tmp_path, capsys, content, message):
     seed = write(tmp_path / "seed.jsonl", content)
     code, line = run_cli(["run", *tiny_args, "--set", f"data.seed_path={seed}"], capsys)
@@ -71,23 +90,62 @@ def test_reference_row_longer_than_the_context_window(tiny_args, tmp_path, capsy
 
 def test_stage_command_rejects_an_over_long_candidate_without_writing(tiny_models, tmp_path, capsys):
     teacher, student = tiny_models
-    candidates = write(tmp_path / "cands.jsonl", [
-        {"id": "a", "group_id": "g", "instruction": "Name a colour.", "response": "Blue."},
-        {"id": "b", "group_id": "g", "instruction": "word " * 1000, "response": "x"},
-    ])
+    candidates = write(
+        tmp_path / "cands.jsonl",
+        [
+            {"id": "a", "group_id": "g", "instruction": "Name a colour.", "response": "Blue."},
+            {"id": "b", "group_id": "g", "instruction": "word " * 1000, "response": "x"},
+        ],
+    )
     warm = tmp_path / "warm"
-    assert main(["train-student", "--no-progress", "--warmup", "--candidates", str(candidates), "--out", str(warm),
-                 "--student", str(student), "--set", "warmup.max_length=64"]) == 0
+    assert (
+        main(
+            [
+                "train-student",
+                "--no-progress",
+                "--warmup",
+                "--candidates",
+                str(candidates),
+                "--out",
+                str(warm),
+                "--student",
+                str(student),
+                "--set",
+                "warmup.max_length=64",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code, line = run_cli(["score", "--warmup", str(warm / "model"), "--candidates", str(candidates),
-                          "--out", str(tmp_path / "scores"), "--set", "influence.optimizer=faithful"], capsys)
+    code, line = run_cli(
+        [
+            "score",
+            "--warmup",
+            str(warm / "model"),
+            "--candidates",
+            str(candidates),
+            "--out",
+            str(tmp_path / "scores"),
+            "--set",
+            "influence.optimizer=faithful",
+        ],
+        capsys,
+    )
     assert code == 2 and f"{candidates}:2: instruction is" in line
     assert not (tmp_path / "scores").exists()
 
 
 def test_real_process_exit_code_and_single_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "cli.main", "run", "--set", "models.teacher=/nope"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", "--set", "models.teacher=/nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == "montessori: error: models.teacher: no model folder (config.json) at /nope"
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == "montessori: error: models.teacher: no model folder (config.json) at /nope"
+    )
     assert "Traceback" not in out.stderr

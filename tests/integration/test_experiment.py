@@ -1,4 +1,5 @@
 """`montessori experiment` on the tiny models: seeds pooled, a killed run resumed, and the loops run on the controller."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,19 @@ QUICK = ["--set", "iterations=1", "--set", "evaluation.shift_samples=3"]
 
 
 def experiment_argv(store, out, seeds: str) -> list[str]:
-    return ["experiment", "--config", TINY, "--set", f"artifacts={store}", *QUICK, "--seeds", seeds, "--out", str(out),
-            "--no-progress"]
+    return [
+        "experiment",
+        "--config",
+        TINY,
+        "--set",
+        f"artifacts={store}",
+        *QUICK,
+        "--seeds",
+        seeds,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def manifests(store: LocalArtifactStore, prefix: str) -> dict[str, str]:
@@ -41,8 +53,10 @@ def test_a_killed_experiment_resumes_and_pools_its_seeds(tiny_models, tmp_path):
     process.wait(timeout=60)
     store = LocalArtifactStore(store_root)
     # The stages the loop had recorded as completed (a stage killed between its manifest and the state is redone).
-    before = {store.key_of(stage["manifest"]["uri"]): stage["manifest"]["sha256"]
-              for stage in store.get_json("loops/tiny-seed0/state.json")["stages"].values()}
+    before = {
+        store.key_of(stage["manifest"]["uri"]): stage["manifest"]["sha256"]
+        for stage in store.get_json("loops/tiny-seed0/state.json")["stages"].values()
+    }
 
     assert montessori(experiment_argv(store_root, out, "0,1")) == 0
 
@@ -51,11 +65,19 @@ def test_a_killed_experiment_resumes_and_pools_its_seeds(tiny_models, tmp_path):
     experiment = json.loads((out / "experiment.json").read_text())
     assert experiment["seeds"] == [0, 1] and experiment["draws"] == 2
     pooled = experiment["pooled"]["comparisons"]["montessori_vs_self_instruct"]
-    per_unit = [u for seed in ("0", "1") for u in experiment["per_seed"][seed]["comparisons"]["montessori_vs_self_instruct"]["per_unit"]]
+    per_unit = [
+        u
+        for seed in ("0", "1")
+        for u in experiment["per_seed"][seed]["comparisons"]["montessori_vs_self_instruct"]["per_unit"]
+    ]
     assert pooled["units"] == 4 and pooled["mean"] == pytest.approx(sum(per_unit) / 4)
     assert pooled["ci_low"] <= pooled["mean"] <= pooled["ci_high"]
-    assert {"montessori_below_self_instruct_seeds", "montessori_below_self_instruct_ci_excludes_zero",
-            "montessori_below_base", "self_instruct_below_base"} <= set(experiment["verdict"])
+    assert {
+        "montessori_below_self_instruct_seeds",
+        "montessori_below_self_instruct_ci_excludes_zero",
+        "montessori_below_base",
+        "self_instruct_below_base",
+    } <= set(experiment["verdict"])
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert store.get_json("experiments/tiny/experiment.json") == experiment
 
@@ -69,7 +91,10 @@ def test_the_judge_compares_each_seeds_students_pairwise(tiny_models, tmp_path):
     # Mechanics only: the tiny teacher is no judge of quality. The experiment's loops are reused from a first run.
     store_root, out = tmp_path / "store", tmp_path / "report"
     assert montessori(experiment_argv(store_root, out, "0")) == 0
-    assert montessori([*experiment_argv(store_root, out, "0"), "--judge-model", str(tiny_models[0]), "--judge-rows", "3"]) == 0
+    assert (
+        montessori([*experiment_argv(store_root, out, "0"), "--judge-model", str(tiny_models[0]), "--judge-rows", "3"])
+        == 0
+    )
     judged = json.loads((out / "experiment.json").read_text())["judge"]
     seed = judged["per_seed"]["0"]
     assert seed["a"].endswith("iter-1/student/model") and seed["b"].endswith("self_instruct-0/student/model")
@@ -87,7 +112,10 @@ def test_an_experiment_runs_its_loops_on_the_controller(services, tiny_models, t
         monkeypatch.setenv(key, value)
     store = services["store"]
     argv = experiment_argv(store.root_uri, tmp_path / "report", "3")
-    argv[argv.index("--seeds"):argv.index("--seeds")] = ["--controller", f"127.0.0.1:{services['ports']['controller']}"]
+    argv[argv.index("--seeds") : argv.index("--seeds")] = [
+        "--controller",
+        f"127.0.0.1:{services['ports']['controller']}",
+    ]
     assert montessori(argv) == 0
     experiment = json.loads((tmp_path / "report" / "experiment.json").read_text())
     assert experiment["loops"]["3"]["loop_id"] == "tiny-seed3"

@@ -1,4 +1,5 @@
 """The judge end to end on the tiny models: students answer held-out rows, a local judge compares them, the CLI."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,36 @@ def test_a_student_against_itself_with_the_tiny_local_judge_scores_one_half(tiny
 
     rows = [json.loads(line) for line in EVAL.read_text().splitlines()]
     picked = [rows[r["index"]] for r in result["rows"]]
-    scripted = judge_pair(picked, [r["answer_a"] for r in result["rows"]], [r["answer_b"] for r in result["rows"]],
-                          AlwaysFirstJudge(), settings)
+    scripted = judge_pair(
+        picked,
+        [r["answer_a"] for r in result["rows"]],
+        [r["answer_b"] for r in result["rows"]],
+        AlwaysFirstJudge(),
+        settings,
+    )
     assert scripted["win_rate"] == 0.5 and scripted["agreement"] == 0.0 and scripted["ties"] == 3
 
 
 def test_the_judge_command_prints_the_summary_and_writes_the_rows(tiny_teacher, tiny_student, tmp_path, capsys):
     out = tmp_path / "judge" / "result.json"
-    args = parse(["--a", str(tiny_student), "--b", str(tiny_student), "--judge-model", str(tiny_teacher),
-                  "--rows", str(EVAL), "--max-rows", "2", "--max-new-tokens", "8", "--out", str(out)])
+    args = parse(
+        [
+            "--a",
+            str(tiny_student),
+            "--b",
+            str(tiny_student),
+            "--judge-model",
+            str(tiny_teacher),
+            "--rows",
+            str(EVAL),
+            "--max-rows",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
 
     assert run(args) == 0
 
@@ -70,17 +92,22 @@ def test_the_judge_command_prints_the_summary_and_writes_the_rows(tiny_teacher, 
     assert not list(out.parent.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("argv, error, flag", [
-    (["--judge-endpoint", "http://127.0.0.1:8000/v1"], InvalidArgument, "--judge-endpoint-model"),
-    (["--judge-endpoint", "127.0.0.1:8000", "--judge-endpoint-model", "m"], InvalidArgument, "--judge-endpoint"),
-    (["--judge-model", "{teacher}", "--max-rows", "-1"], InvalidArgument, "--max-rows"),
-    (["--judge-model", "{teacher}", "--max-new-tokens", "0"], InvalidArgument, "--max-new-tokens"),
-    (["--judge-model", "{missing}"], NotFound, "--judge-model"),
-    (["--judge-model", "{teacher}", "--rows", "{missing}/eval.jsonl"], NotFound, "--rows"),
-])
+@pytest.mark.parametrize(
+    "argv, error, flag",
+    [
+        (["--judge-endpoint", "http://127.0.0.1:8000/v1"], InvalidArgument, "--judge-endpoint-model"),
+        (["--judge-endpoint", "127.0.0.1:8000", "--judge-endpoint-model", "m"], InvalidArgument, "--judge-endpoint"),
+        (["--judge-model", "{teacher}", "--max-rows", "-1"], InvalidArgument, "--max-rows"),
+        (["--judge-model", "{teacher}", "--max-new-tokens", "0"], InvalidArgument, "--max-new-tokens"),
+        (["--judge-model", "{missing}"], NotFound, "--judge-model"),
+        (["--judge-model", "{teacher}", "--rows", "{missing}/eval.jsonl"], NotFound, "--rows"),
+    ],
+)
 def test_bad_judge_flags_name_the_flag(tiny_teacher, tiny_student, tmp_path, argv, error, flag):
     argv = [a.format(teacher=tiny_teacher, missing=tmp_path / "missing") for a in argv]
-    args = parse(["--a", str(tiny_student), "--b", str(tiny_student), "--max-rows", "1", "--max-new-tokens", "4", *argv])
+    args = parse(
+        ["--a", str(tiny_student), "--b", str(tiny_student), "--max-rows", "1", "--max-new-tokens", "4", *argv]
+    )
     with pytest.raises(error) as err:
         run(args)
     assert err.value.field == flag

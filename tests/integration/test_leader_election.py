@@ -1,5 +1,6 @@
 """Two controller replicas elect a leader through a Lease, with the real ``kubernetes`` client code
 paths against a minimal Lease API served by the test (no kube-apiserver can run here)."""
+
 from __future__ import annotations
 
 import os
@@ -41,18 +42,49 @@ def lease_api():
 def start_replica(services, identity: str, api_url: str, log_dir):
     port = free_ports(1)[0]
     ports = services["ports"]
-    command = [sys.executable, "-m", "cli.main", "serve", "controller", "--port", str(port), "--artifacts",
-               services["store"].root_uri, "--grace", "5", "--leader-election", "--kube-api", api_url, "--identity", identity,
-               "--lease-namespace", NS, "--lease-seconds", "4", "--renew-deadline", "3", "--retry-period", "0.5"]
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "controller",
+        "--port",
+        str(port),
+        "--artifacts",
+        services["store"].root_uri,
+        "--grace",
+        "5",
+        "--leader-election",
+        "--kube-api",
+        api_url,
+        "--identity",
+        identity,
+        "--lease-namespace",
+        NS,
+        "--lease-seconds",
+        "4",
+        "--renew-deadline",
+        "3",
+        "--retry-period",
+        "0.5",
+    ]
     for worker in ("teacher", "influence", "preference", "trainer"):
         command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
     log = open(log_dir / f"{identity}.log", "ab")
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **services["env"]}, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **services["env"]},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return f"127.0.0.1:{port}", process
 
 
-def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(services, tiny_models, lease_api, tmp_path):
+def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
+    services, tiny_models, lease_api, tmp_path
+):
     address_a, replica_a = start_replica(services, "replica-a", lease_api.url, tmp_path)
     try:
         wait_for(lambda: health_status(address_a) == "SERVING", 120, "replica a to lead")
@@ -78,7 +110,9 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(ser
             os.killpg(replica_a.pid, signal.SIGKILL)
             wait_for(lambda: lease_api.holder(NS, LEASE) == "replica-b", 60, "replica b to take the lease over")
             wait_for(lambda: health_status(address_b) == "SERVING", 60, "replica b to serve")
-            final = [r.event for r in follower.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)][-1]
+            final = [
+                r.event for r in follower.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)
+            ][-1]
             assert final.loop.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.loop.error_message
 
             # A leader that cannot renew steps down by itself; when renewals work again it leads again.

@@ -1,4 +1,5 @@
 """The whole loop end to end on the tiny models, in process and through the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.local import local_runner
 from common.artifacts import LocalArtifactStore
 from common.config import load_config
 from services.controller.config import RunConfig
-from cli.local import local_runner
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -72,23 +73,42 @@ def test_evaluation_compares_independent_draws_of_both_arms_row_by_row(loop_run)
     store, summary = loop_run
     evaluation = summary["evaluation"]
     assert evaluation["draws"] == 2
-    assert set(evaluation["students"]) == {"base", "montessori-0", "montessori-1", "self_instruct-0", "self_instruct-1",
-                                           "self_instruct-0-sft-seed"}
+    assert set(evaluation["students"]) == {
+        "base",
+        "montessori-0",
+        "montessori-1",
+        "self_instruct-0",
+        "self_instruct-1",
+        "self_instruct-0-sft-seed",
+    }
     # Every training set of the comparison was sampled with a seed of its own (the last evaluation shared one).
-    seeds = [store.get_json(store.key_of(s["train_data_uri"]).rsplit("/", 1)[0] + "/manifest.json")["config"]["seed"]
-             for name, s in evaluation["students"].items() if name != "base" and not name.endswith("sft-seed")]
+    seeds = [
+        store.get_json(store.key_of(s["train_data_uri"]).rsplit("/", 1)[0] + "/manifest.json")["config"]["seed"]
+        for name, s in evaluation["students"].items()
+        if name != "base" and not name.endswith("sft-seed")
+    ]
     assert len(seeds) == len(set(seeds)) == 4
-    losses = {name: [r["loss"] for r in store.get_jsonl(store.key_of(s["losses_uri"]))]
-              for name, s in evaluation["students"].items()}
+    losses = {
+        name: [r["loss"] for r in store.get_jsonl(store.key_of(s["losses_uri"]))]
+        for name, s in evaluation["students"].items()
+    }
     assert {len(v) for v in losses.values()} == {evaluation["eval_rows"]}
     # The paired difference is the mean of the per-row differences over both draws, inside its interval.
     diff = evaluation["comparisons"]["montessori_vs_self_instruct"]
-    expected = sum(losses[f"montessori-{d}"][i] - losses[f"self_instruct-{d}"][i]
-                   for d in range(2) for i in range(evaluation["eval_rows"])) / (2 * evaluation["eval_rows"])
-    assert abs(diff["mean"] - expected) < 1e-9 and diff["ci_low"] <= diff["mean"] <= diff["ci_high"] and diff["units"] == 2
-    assert {"montessori_vs_base", "self_instruct_vs_base", "null_sft_seed", "null_data_draw"} <= set(evaluation["comparisons"])
-    assert set(evaluation["per_category"]) <= {r["category"] for r in store.get_jsonl(store.key_of(
-        evaluation["students"]["base"]["losses_uri"]))}
+    expected = sum(
+        losses[f"montessori-{d}"][i] - losses[f"self_instruct-{d}"][i]
+        for d in range(2)
+        for i in range(evaluation["eval_rows"])
+    ) / (2 * evaluation["eval_rows"])
+    assert (
+        abs(diff["mean"] - expected) < 1e-9 and diff["ci_low"] <= diff["mean"] <= diff["ci_high"] and diff["units"] == 2
+    )
+    assert {"montessori_vs_base", "self_instruct_vs_base", "null_sft_seed", "null_data_draw"} <= set(
+        evaluation["comparisons"]
+    )
+    assert set(evaluation["per_category"]) <= {
+        r["category"] for r in store.get_jsonl(store.key_of(evaluation["students"]["base"]["losses_uri"]))
+    }
 
 
 def test_teacher_shift_scores_fresh_data_of_every_teacher_version_on_one_student(loop_run):
@@ -116,9 +136,29 @@ def test_rounds_are_recorded_one_line_per_round(loop_run):
 
 def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
     env = {**os.environ, "MONTESSORI_LOG_JSON": "0"}
-    out = subprocess.run([sys.executable, "-m", "cli.main", "run", "--config", str(TINY), "--set", f"artifacts={tmp_path}",
-                          "--set", "iterations=1", "--set", "evaluation.baseline=false", "--report", str(tmp_path / "report")],
-                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "run",
+            "--config",
+            str(TINY),
+            "--set",
+            f"artifacts={tmp_path}",
+            "--set",
+            "iterations=1",
+            "--set",
+            "evaluation.baseline=false",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Montessori-Instruct loop" in out.stdout and "DPO reward margin" in out.stdout
     report = Path(out.stdout.split("report: ")[-1].split()[0])
@@ -129,8 +169,11 @@ def test_cli_run_prints_the_table_and_the_summary_path(tiny_models, tmp_path):
 
 
 def quick_config(tmp_path, *overrides):
-    return load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "evaluation.baseline=false", "evaluation.shift_samples=0",
-                                         *overrides])
+    return load_config(
+        RunConfig,
+        TINY,
+        [f"artifacts={tmp_path}", "evaluation.baseline=false", "evaluation.shift_samples=0", *overrides],
+    )
 
 
 def test_continuous_mode_runs_until_max_rounds(tiny_models, tmp_path):
@@ -152,9 +195,11 @@ def test_continuous_mode_stops_when_the_student_stops_improving(tiny_models, tmp
 
 def test_a_stopped_loop_keeps_its_completed_rounds(tiny_models, tmp_path):
     events = []
-    runner = local_runner(quick_config(tmp_path, "continuous=true"),
-                        on_event=lambda kind, *a, **k: events.append(kind),
-                        should_stop=lambda: events.count("round_finished") >= 1)
+    runner = local_runner(
+        quick_config(tmp_path, "continuous=true"),
+        on_event=lambda kind, *a, **k: events.append(kind),
+        should_stop=lambda: events.count("round_finished") >= 1,
+    )
     summary = runner.run()
     assert summary["stopped"] and len(summary["iterations"]) == 1
     assert json.loads(Path(summary["summary_uri"].removeprefix("file://")).read_text())["stopped"] is True

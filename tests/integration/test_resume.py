@@ -1,4 +1,5 @@
 """Resume: a loop killed mid-way continues from its last completed stage and ends with the same artifacts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import grpc
 import pytest
@@ -22,7 +22,6 @@ from common.lineage import garbage, lineage
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig
 from tests.conftest import REPO
-from tests.integration.conftest import free_ports, s3_bucket_store
 from tests.integration.test_services import tiny_spec
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -41,8 +40,11 @@ def output_digests(store, loop_id: str) -> dict[str, str]:
         stage = key.removeprefix(f"loops/{loop_id}/").removesuffix("/manifest.json")
         for role, ref in manifest["outputs"].items():
             path = store.local_path(store.key_of(ref["uri"]))
-            files = sorted(p for p in path.rglob("*") if p.is_file() and "runs" not in p.relative_to(path).parts) \
-                if path.is_dir() else [path]
+            files = (
+                sorted(p for p in path.rglob("*") if p.is_file() and "runs" not in p.relative_to(path).parts)
+                if path.is_dir()
+                else [path]
+            )
             for file in files:
                 name = file.relative_to(path).as_posix() if path.is_dir() else file.name
                 out[f"{stage}/{role}/{name}"] = hashlib.sha256(file.read_bytes()).hexdigest()
@@ -61,15 +63,23 @@ def test_in_process_resume_reuses_completed_stages_and_matches(reference_run, tm
     store_ref, _ = reference_run
     config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=ref", *QUICK])
     finished = []
-    interrupted = local_runner(config, on_event=lambda kind, it, stage, **k: finished.append(stage) if kind == "stage_finished" else None,
-                             should_stop=lambda: len(finished) >= 4, interrupted=lambda: True)
+    interrupted = local_runner(
+        config,
+        on_event=lambda kind, it, stage, **k: finished.append(stage) if kind == "stage_finished" else None,
+        should_stop=lambda: len(finished) >= 4,
+        interrupted=lambda: True,
+    )
     with pytest.raises(Cancelled):
         interrupted.run()
     state = json.loads((tmp_path / "loops/ref/state.json").read_text())
     assert state["status"] == "running" and len(state["stages"]) == 4
     reused = []
-    resumed = local_runner(config, on_event=lambda kind, it, stage, metrics=None, **k:
-                         reused.append(stage) if kind == "stage_finished" and metrics and metrics.get("reused") else None)
+    resumed = local_runner(
+        config,
+        on_event=lambda kind, it, stage, metrics=None, **k: (
+            reused.append(stage) if kind == "stage_finished" and metrics and metrics.get("reused") else None
+        ),
+    )
     summary = resumed.run()
     assert reused == finished  # the four completed stages were not recomputed
     assert not summary["stopped"]
@@ -90,7 +100,9 @@ def test_lineage_walks_from_an_adapter_to_the_teacher_and_the_candidates(referen
 
 
 def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
-    config = load_config(RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=a", "iterations=1", "evaluation.baseline=false"])
+    config = load_config(
+        RunConfig, TINY, [f"artifacts={tmp_path}", "loop_id=a", "iterations=1", "evaluation.baseline=false"]
+    )
     local_runner(config).run()
     store = LocalArtifactStore(tmp_path)
     store.put_bytes("jobs/orphan.json", b"{}")  # written outside any loop
@@ -99,28 +111,55 @@ def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
     before = store.list()
     doomed = garbage(store)
     assert sorted(doomed) == ["jobs/orphan.json", "loops/a/iter-9/crashed/candidates.jsonl"]
-    out = subprocess.run([sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "would delete" in out.stdout and store.list() == before  # dry run: nothing removed
-    out = subprocess.run([sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc", "--delete"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path), "gc", "--delete"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0
     assert sorted(set(before) - set(store.list())) == sorted(doomed)
-    assert garbage(store, keep=["other"]) == [k for k in store.list() if not k.startswith("experiments/")]  # all of loop a
+    assert garbage(store, keep=["other"]) == [
+        k for k in store.list() if not k.startswith("experiments/")
+    ]  # all of loop a
     assert "loops/a/rounds.jsonl" in store.list()
 
 
 def start_service(name, ports, env, store_uri, log):
-    command = [sys.executable, "-m", "cli.main", "serve", name, "--port", str(ports[name]), "--artifacts", store_uri, "--grace", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        name,
+        "--port",
+        str(ports[name]),
+        "--artifacts",
+        store_uri,
+        "--grace",
+        "5",
+    ]
     if name == "controller":
         for worker in ("teacher", "influence", "preference", "trainer"):
             command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
-    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 @pytest.mark.parametrize("kill_after", [3, 7])
-def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(services, tiny_models, kill_after, tmp_path):
+def test_sigkill_the_controller_mid_loop_and_resume_with_the_same_artifacts(
+    services, tiny_models, kill_after, tmp_path
+):
     """The controller is SIGKILLed after ``kill_after`` finished stages, a new one starts on the same store
     (as it would on another machine), picks the loop up, and the final artifacts equal an uninterrupted run's."""
     store, ports, env = services["store"], services["ports"], services["env"]
@@ -156,7 +195,9 @@ def test_sigkill_a_worker_mid_job_and_the_loop_still_finishes_the_same(services,
     (same request id) and the loop ends with the same artifacts as an uninterrupted one."""
     store, ports, env = services["store"], services["ports"], services["env"]
     stub = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(f"127.0.0.1:{ports['controller']}"))
-    spec = lambda name: tiny_spec(tiny_models, name=name, iterations=1, evaluation={"baseline": False, "shift_samples": 0})  # noqa: E731
+    spec = lambda name: tiny_spec(
+        tiny_models, name=name, iterations=1, evaluation={"baseline": False, "shift_samples": 0}
+    )  # noqa: E731
     clean = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-clean", spec=spec("wclean"))).loop
     list(stub.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=clean.loop_id), timeout=600))
     loop = stub.StartLoop(controller_pb2.StartLoopRequest(request_id="w-killed", spec=spec("wkilled"))).loop

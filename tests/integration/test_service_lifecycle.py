@@ -1,4 +1,5 @@
 """Health while loading, and graceful SIGTERM during a job (single service processes)."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ from pathlib import Path
 import grpc
 
 from cli.local_services import wait_serving
-from common.health import health_status
 from common.artifacts import LocalArtifactStore
+from common.health import health_status
 from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 from tests.conftest import DATA, REPO
 from tests.integration.conftest import free_ports
@@ -22,8 +23,26 @@ def start_teacher(store, *extra):
     """A teacher process whose output goes to a file (a pipe nobody drains could block it)."""
     port = free_ports(1)[0]
     log = open(Path(store) / f"teacher-{port}.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "teacher", "--port", str(port), "--artifacts", str(store),
-                                "--grace", "60", *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "teacher",
+            "--port",
+            str(port),
+            "--artifacts",
+            str(store),
+            "--grace",
+            "60",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     process.log_path = log.name
     return port, process
 
@@ -67,9 +86,15 @@ def test_sigterm_during_a_job_cancels_it_cleanly(tmp_path, tiny_models):
     try:
         wait_serving(f"127.0.0.1:{port}", timeout=120, process=process)
         stub = teacher_pb2_grpc.TeacherServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        job = stub.Generate(teacher_pb2.GenerateRequest(
-            request_id="r", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set,
-            output_prefix="jobs/long", num_prompts=5000)).job
+        job = stub.Generate(
+            teacher_pb2.GenerateRequest(
+                request_id="r",
+                teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+                seed_set=seed_set,
+                output_prefix="jobs/long",
+                num_prompts=5000,
+            )
+        ).job
         for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
             if event.job.progress.done >= 1:
                 break

@@ -1,4 +1,5 @@
 """Five services as separate processes: a loop through the controller, jobs, errors, health."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,33 @@ import pytest
 import yaml
 
 from common.protoconv import loop_spec
-from montessori.v1 import (common_pb2, controller_pb2, controller_pb2_grpc, influence_pb2, influence_pb2_grpc, preference_pb2,
-                           preference_pb2_grpc, teacher_pb2, teacher_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
+from montessori.v1 import (
+    common_pb2,
+    controller_pb2,
+    controller_pb2_grpc,
+    influence_pb2,
+    influence_pb2_grpc,
+    preference_pb2,
+    preference_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 from tests.conftest import DATA, REPO
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-ITERATION_STAGES = ["warmup-data", "warmup", "probe-data", "scores", "pairs", "dpo", "train-data", "student",
-                    "student-reference-loss"]
+ITERATION_STAGES = [
+    "warmup-data",
+    "warmup",
+    "probe-data",
+    "scores",
+    "pairs",
+    "dpo",
+    "train-data",
+    "student",
+    "student-reference-loss",
+]
 
 
 def channel(services, name):
@@ -26,9 +47,18 @@ def channel(services, name):
 
 def tiny_document(tiny_models, **overrides) -> dict:
     teacher, student = tiny_models
-    return {**TINY, "name": "svc", "iterations": 1, "models": {"teacher": str(teacher), "student": str(student)},
-            "data": {"seed_path": str(DATA / "seed.jsonl"), "reference_path": str(DATA / "reference.jsonl"),
-                     "eval_path": str(DATA / "eval.jsonl")}, **overrides}
+    return {
+        **TINY,
+        "name": "svc",
+        "iterations": 1,
+        "models": {"teacher": str(teacher), "student": str(student)},
+        "data": {
+            "seed_path": str(DATA / "seed.jsonl"),
+            "reference_path": str(DATA / "reference.jsonl"),
+            "eval_path": str(DATA / "eval.jsonl"),
+        },
+        **overrides,
+    }
 
 
 def tiny_spec(tiny_models, **overrides) -> controller_pb2.LoopSpec:
@@ -85,12 +115,16 @@ def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, 
 
 def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
     spec = lambda name: tiny_spec(tiny_models, evaluation={"baseline": False, "shift_samples": 0}, name=name)  # noqa: E731
-    ids = [controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(f"two{i}"))).loop.loop_id
-           for i in range(2)]
+    ids = [
+        controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(f"two{i}"))).loop.loop_id
+        for i in range(2)
+    ]
     results = {}
 
     def follow(loop_id):
-        results[loop_id] = [r.event for r in controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id), timeout=900)][-1]
+        results[loop_id] = [
+            r.event for r in controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id), timeout=900)
+        ][-1]
 
     threads = [threading.Thread(target=follow, args=(i,)) for i in ids]
     for t in threads:
@@ -98,14 +132,22 @@ def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
     for t in threads:
         t.join()
     assert len(set(ids)) == 2
-    assert all(results[i].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED for i in ids), [results[i].loop.error_message for i in ids]
+    assert all(results[i].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED for i in ids), [
+        results[i].loop.error_message for i in ids
+    ]
 
 
 def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    request = teacher_pb2.GenerateRequest(request_id="gen-1", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
-                                          seed_set=seed_set(store), output_prefix="jobs/gen-1", num_prompts=1, seed=1)
+    request = teacher_pb2.GenerateRequest(
+        request_id="gen-1",
+        teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+        seed_set=seed_set(store),
+        output_prefix="jobs/gen-1",
+        num_prompts=1,
+        seed=1,
+    )
     first = stub.Generate(request).job
     second = stub.Generate(request).job
     assert first.job_id == second.job_id
@@ -120,9 +162,16 @@ def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):
 def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    job = stub.Generate(teacher_pb2.GenerateRequest(
-        request_id="long", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
-        output_prefix="jobs/long", num_prompts=5000, seed=2)).job
+    job = stub.Generate(
+        teacher_pb2.GenerateRequest(
+            request_id="long",
+            teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+            seed_set=seed_set(store),
+            output_prefix="jobs/long",
+            num_prompts=5000,
+            seed=2,
+        )
+    ).job
     for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=120):
         if event.job.progress.done >= 1:
             break
@@ -134,7 +183,13 @@ def test_cancel_mid_job_leaves_no_partial_artifact(services, tiny_models):
 
 
 BAD_REQUESTS = [
-    ("teacher", "Generate", teacher_pb2.GenerateRequest(output_prefix="x", num_prompts=1), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
+    (
+        "teacher",
+        "Generate",
+        teacher_pb2.GenerateRequest(output_prefix="x", num_prompts=1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "teacher",
+    ),
     ("teacher", "Generate", "MODEL:/nope", grpc.StatusCode.NOT_FOUND, "teacher.path"),
     ("teacher", "Generate", "SEED:file:///etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "seed_set.uri"),
     ("teacher", "Generate", "SEED:missing", grpc.StatusCode.NOT_FOUND, "seed_set.uri"),
@@ -144,41 +199,92 @@ BAD_REQUESTS = [
     ("teacher", "Generate", "PREFIX:../escape", grpc.StatusCode.INVALID_ARGUMENT, "output_prefix"),
     ("teacher", "Generate", "SETTINGS:top_p", grpc.StatusCode.INVALID_ARGUMENT, "synthesis.top_p"),
     ("teacher", "Generate", "VERSION:bad version!", grpc.StatusCode.INVALID_ARGUMENT, "teacher_version"),
-    ("teacher", "LoadTeacherVersion", teacher_pb2.LoadTeacherVersionRequest(name="x"), grpc.StatusCode.INVALID_ARGUMENT, "teacher"),
-    ("teacher", "UnloadTeacherVersion", teacher_pb2.UnloadTeacherVersionRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "name"),
+    (
+        "teacher",
+        "LoadTeacherVersion",
+        teacher_pb2.LoadTeacherVersionRequest(name="x"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "teacher",
+    ),
+    (
+        "teacher",
+        "UnloadTeacherVersion",
+        teacher_pb2.UnloadTeacherVersionRequest(name="nope"),
+        grpc.StatusCode.NOT_FOUND,
+        "name",
+    ),
     ("teacher", "GetJob", common_pb2.GetJobRequest(job_id="nope"), grpc.StatusCode.NOT_FOUND, "job_id"),
     ("teacher", "CancelJob", common_pb2.CancelJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
     ("influence", "Score", influence_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "student"),
-    ("influence", "Evaluate", influence_pb2.EvaluateRequest(
-        model=common_pb2.ModelSpec(path="/a", artifact=common_pb2.ArtifactRef(uri="b"))), grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    (
+        "influence",
+        "Evaluate",
+        influence_pb2.EvaluateRequest(model=common_pb2.ModelSpec(path="/a", artifact=common_pb2.ArtifactRef(uri="b"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model",
+    ),
     ("influence", "MergeScores", influence_pb2.MergeScoresRequest(), grpc.StatusCode.INVALID_ARGUMENT, "shards"),
-    ("preference", "Assemble", preference_pb2.AssembleRequest(candidates=common_pb2.ArtifactRef(uri="s3://elsewhere/x")),
-     grpc.StatusCode.INVALID_ARGUMENT, "candidates.uri"),
-    ("preference", "Assemble", preference_pb2.AssembleRequest(preference=preference_pb2.PreferenceSettings(min_margin=-1),
-                                                              validate_only=True), grpc.StatusCode.INVALID_ARGUMENT,
-     "preference.min_margin"),
-    ("trainer", "TrainTeacher", trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path="/missing/model")),
-     grpc.StatusCode.NOT_FOUND, "teacher.path"),
+    (
+        "preference",
+        "Assemble",
+        preference_pb2.AssembleRequest(candidates=common_pb2.ArtifactRef(uri="s3://elsewhere/x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "candidates.uri",
+    ),
+    (
+        "preference",
+        "Assemble",
+        preference_pb2.AssembleRequest(preference=preference_pb2.PreferenceSettings(min_margin=-1), validate_only=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "preference.min_margin",
+    ),
+    (
+        "trainer",
+        "TrainTeacher",
+        trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path="/missing/model")),
+        grpc.StatusCode.NOT_FOUND,
+        "teacher.path",
+    ),
     ("trainer", "TrainStudent", "SFT:batch_size=-1", grpc.StatusCode.INVALID_ARGUMENT, "sft.batch_size"),
     ("controller", "GetLoop", controller_pb2.GetLoopRequest(loop_id="nope"), grpc.StatusCode.NOT_FOUND, "loop_id"),
     ("controller", "StartLoop", controller_pb2.StartLoopRequest(), grpc.StatusCode.INVALID_ARGUMENT, "spec"),
     ("controller", "StartLoop", "SPEC:iterations=-2", grpc.StatusCode.INVALID_ARGUMENT, "spec.config.iterations"),
-    ("controller", "StartLoop", "SPEC:influence.optimizer=adam", grpc.StatusCode.INVALID_ARGUMENT,
-     "spec.config.influence.optimizer"),
-    ("controller", "StartLoop", "SPEC:warmup.lr_scheduler=cosine", grpc.StatusCode.INVALID_ARGUMENT,
-     "spec.config.warmup.lr_scheduler"),
+    (
+        "controller",
+        "StartLoop",
+        "SPEC:influence.optimizer=adam",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "spec.config.influence.optimizer",
+    ),
+    (
+        "controller",
+        "StartLoop",
+        "SPEC:warmup.lr_scheduler=cosine",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "spec.config.warmup.lr_scheduler",
+    ),
     ("controller", "StartLoop", "SPEC:dpo.lora_rank=0", grpc.StatusCode.INVALID_ARGUMENT, "spec.config.dpo.lora_rank"),
     ("controller", "StartLoop", "SPEC:models.teacher=/nope", grpc.StatusCode.NOT_FOUND, "spec.config.models.teacher"),
-    ("controller", "StartLoop", "SPEC:artifacts=file:///elsewhere", grpc.StatusCode.INVALID_ARGUMENT,
-     "spec.config.artifacts"),
+    (
+        "controller",
+        "StartLoop",
+        "SPEC:artifacts=file:///elsewhere",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "spec.config.artifacts",
+    ),
 ]
 
 
 def _bad_request(kind: str, services, tiny_models):
     store = services["store"]
     tag, _, value = kind.partition(":")
-    gen = dict(request_id="", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
-               output_prefix="jobs/bad", num_prompts=1)
+    gen = dict(
+        request_id="",
+        teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+        seed_set=seed_set(store),
+        output_prefix="jobs/bad",
+        num_prompts=1,
+    )
     if tag == "MODEL":
         gen["teacher"] = common_pb2.ModelSpec(path=value)
     elif tag == "SEED":
@@ -197,9 +303,12 @@ def _bad_request(kind: str, services, tiny_models):
     elif tag == "SFT":
         key, _, number = value.partition("=")
         (tmp := store.put_jsonl("inputs/c.jsonl", [{"instruction": "a", "response": "b"}]))
-        return trainer_pb2.TrainStudentRequest(student=common_pb2.ModelSpec(path=str(tiny_models[1])),
-                                               candidates=common_pb2.ArtifactRef(uri=tmp.uri), output_prefix="jobs/sft",
-                                               sft=trainer_pb2.SFTSettings(**{key: int(number)}))
+        return trainer_pb2.TrainStudentRequest(
+            student=common_pb2.ModelSpec(path=str(tiny_models[1])),
+            candidates=common_pb2.ArtifactRef(uri=tmp.uri),
+            output_prefix="jobs/sft",
+            sft=trainer_pb2.SFTSettings(**{key: int(number)}),
+        )
     elif tag == "SPEC":
         key, _, raw = value.partition("=")
         document = tiny_document(tiny_models)
@@ -212,15 +321,26 @@ def _bad_request(kind: str, services, tiny_models):
     return teacher_pb2.GenerateRequest(**gen)
 
 
-STUBS = {"teacher": teacher_pb2_grpc.TeacherServiceStub, "influence": influence_pb2_grpc.InfluenceServiceStub,
-         "preference": preference_pb2_grpc.PreferenceServiceStub, "trainer": trainer_pb2_grpc.TrainerServiceStub,
-         "controller": controller_pb2_grpc.ControllerServiceStub}
+STUBS = {
+    "teacher": teacher_pb2_grpc.TeacherServiceStub,
+    "influence": influence_pb2_grpc.InfluenceServiceStub,
+    "preference": preference_pb2_grpc.PreferenceServiceStub,
+    "trainer": trainer_pb2_grpc.TrainerServiceStub,
+    "controller": controller_pb2_grpc.ControllerServiceStub,
+}
 
 
-@pytest.mark.parametrize("service,method,request_or_kind,code,field", BAD_REQUESTS,
-                         ids=[f"{s}.{m}-{f}-{i}" for i, (s, m, _, _, f) in enumerate(BAD_REQUESTS)])
-def test_bad_input_gets_the_right_status_and_names_the_field(services, tiny_models, service, method, request_or_kind, code, field):
-    request = _bad_request(request_or_kind, services, tiny_models) if isinstance(request_or_kind, str) else request_or_kind
+@pytest.mark.parametrize(
+    "service,method,request_or_kind,code,field",
+    BAD_REQUESTS,
+    ids=[f"{s}.{m}-{f}-{i}" for i, (s, m, _, _, f) in enumerate(BAD_REQUESTS)],
+)
+def test_bad_input_gets_the_right_status_and_names_the_field(
+    services, tiny_models, service, method, request_or_kind, code, field
+):
+    request = (
+        _bad_request(request_or_kind, services, tiny_models) if isinstance(request_or_kind, str) else request_or_kind
+    )
     stub = STUBS[service](channel(services, service))
     with pytest.raises(grpc.RpcError) as err:
         getattr(stub, method)(request, timeout=60)
@@ -243,14 +363,20 @@ def test_reflection_lists_the_service(services):
 
 
 def test_metrics_endpoint_counts_finished_jobs(services, finished_loop):
-    body = urllib.request.urlopen(f"http://127.0.0.1:{services['metrics']['influence']}/metrics", timeout=10).read().decode()
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{services['metrics']['influence']}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
     assert 'montessori_jobs_total{kind="score",service="influence",state="succeeded"}' in body
     assert "montessori_job_duration_seconds_bucket" in body
     assert 'montessori_throughput{metric="candidates_per_second",service="influence"}' in body
 
 
 def test_logs_are_json_lines_without_credentials(services, finished_loop):
-    lines = [line for line in (Path(services["logs"]) / "controller.log").read_text().splitlines() if line.startswith("{")]
+    lines = [
+        line for line in (Path(services["logs"]) / "controller.log").read_text().splitlines() if line.startswith("{")
+    ]
     entries = [json.loads(line) for line in lines]
     assert any(e.get("msg") == "stage done" and e.get("loop_id") for e in entries)
     # The S3 secret appears in no log, manifest or summary.
@@ -267,9 +393,15 @@ def test_logs_are_json_lines_without_credentials(services, finished_loop):
 def test_deadlines_are_honoured(services, tiny_models):
     stub = teacher_pb2_grpc.TeacherServiceStub(channel(services, "teacher"))
     store = services["store"]
-    job = stub.Generate(teacher_pb2.GenerateRequest(
-        request_id="deadline", teacher=common_pb2.ModelSpec(path=str(tiny_models[0])), seed_set=seed_set(store),
-        output_prefix="jobs/deadline", num_prompts=5000)).job
+    job = stub.Generate(
+        teacher_pb2.GenerateRequest(
+            request_id="deadline",
+            teacher=common_pb2.ModelSpec(path=str(tiny_models[0])),
+            seed_set=seed_set(store),
+            output_prefix="jobs/deadline",
+            num_prompts=5000,
+        )
+    ).job
     with pytest.raises(grpc.RpcError) as err:
         for _ in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=0.5):
             pass

@@ -1,4 +1,5 @@
 """Influence scoring split across two real influence processes equals the single-process scores."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,24 @@ from tests.integration.conftest import free_ports
 def second_influence(services, tmp_path):
     port = free_ports(1)[0]
     with open(tmp_path / "influence-2.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "influence", "--port", str(port), "--artifacts",
-                                    services["store"].root_uri], cwd=REPO, env={**os.environ, **services["env"]},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "influence",
+                "--port",
+                str(port),
+                "--artifacts",
+                services["store"].root_uri,
+            ],
+            cwd=REPO,
+            env={**os.environ, **services["env"]},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_serving(f"127.0.0.1:{port}", timeout=120, process=process)
     yield f"127.0.0.1:{port}"
     process.terminate()
@@ -34,21 +50,33 @@ def test_sharded_scores_equal_single_process_scores(services, tiny_models, secon
     first = f"127.0.0.1:{ports['influence']}"
     warmup = store.put_dir("shard-test/warmup", tiny_models[1])
     reference = store.put_file("shard-test/reference.jsonl", DATA / "reference.jsonl")
-    candidates = store.put_jsonl("shard-test/candidates.jsonl", [
-        {"id": f"c{i}", "group_id": f"g{i // 3}", "instruction": r["instruction"], "response": r["output"]}
-        for i, r in enumerate(seed_rows[60:71])])
+    candidates = store.put_jsonl(
+        "shard-test/candidates.jsonl",
+        [
+            {"id": f"c{i}", "group_id": f"g{i // 3}", "instruction": r["instruction"], "response": r["output"]}
+            for i, r in enumerate(seed_rows[60:71])
+        ],
+    )
     settings = influence_pb2.InfluenceSettings(optimizer="sgd", sgd_learning_rate=0.05, reference_size=8)
     ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
     addresses = lambda influence: WorkerAddresses(teacher="-", influence=influence, preference="-", trainer="-")  # noqa: E731
     assert influence_replicas(f"{first},{second_influence}") == [first, second_influence]
 
     def scores(executor, prefix):
-        result = executor.run(influence_pb2.ScoreRequest(
-            student=common_pb2.ModelSpec(artifact=ref(warmup)), reference=ref(reference), candidates=ref(candidates),
-            output_prefix=prefix, influence=settings))
+        result = executor.run(
+            influence_pb2.ScoreRequest(
+                student=common_pb2.ModelSpec(artifact=ref(warmup)),
+                reference=ref(reference),
+                candidates=ref(candidates),
+                output_prefix=prefix,
+                influence=settings,
+            )
+        )
         return result, [(r["id"], r["influence"]) for r in store.get_jsonl(store.key_of(result.outputs["scores"].uri))]
 
-    sharded, sharded_rows = scores(RemoteExecutor(store, addresses(f"{first},{second_influence}"), request_prefix="s2"), "shard-test/two")
+    sharded, sharded_rows = scores(
+        RemoteExecutor(store, addresses(f"{first},{second_influence}"), request_prefix="s2"), "shard-test/two"
+    )
     single, single_rows = scores(RemoteExecutor(store, addresses(first), request_prefix="s1"), "shard-test/one")
     _, local_rows = scores(LocalExecutor(store), "shard-test/local")
     assert sharded.metrics["replicas"] == 2 and len(sharded_rows) == 11

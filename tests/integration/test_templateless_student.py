@@ -1,15 +1,16 @@
 """A base student whose tokenizer has no chat template runs the whole loop on the default template."""
+
 from __future__ import annotations
 
 import math
 
 from transformers import AutoTokenizer
 
+from cli.local import local_runner
 from common.artifacts import LocalArtifactStore
 from common.chat import DEFAULT_CHAT_TEMPLATE
 from common.config import load_config
 from services.controller.config import RunConfig
-from cli.local import local_runner
 from tests.conftest import REPO
 from tests.templateless import templateless_copy
 
@@ -20,9 +21,20 @@ def test_a_templateless_student_trains_and_is_evaluated_on_the_default_template(
     student = templateless_copy(tiny_student, tmp_path / "base-student")
     root = tmp_path / "store"
     # One small round (the teacher's synthesis dominates its time); the student's stages are what is under test.
-    config = load_config(RunConfig, TINY, [f"artifacts={root}", "loop_id=tl", "iterations=1", f"models.student={student}",
-                                           "sizes.warmup_examples=4", "sizes.probe_prompts=4", "sizes.train_examples=4",
-                                           "evaluation.baseline=false"])
+    config = load_config(
+        RunConfig,
+        TINY,
+        [
+            f"artifacts={root}",
+            "loop_id=tl",
+            "iterations=1",
+            f"models.student={student}",
+            "sizes.warmup_examples=4",
+            "sizes.probe_prompts=4",
+            "sizes.train_examples=4",
+            "evaluation.baseline=false",
+        ],
+    )
     summary = local_runner(config).run()
 
     assert [row["iteration"] for row in summary["iterations"]] == [1] and not summary["stopped"]

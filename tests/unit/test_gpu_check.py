@@ -1,5 +1,6 @@
 """The device check (bench/gpu_check.py) at its smoke size on the CPU, and the device setting it and the
 services resolve (common/device.py)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ CELLS = ("official", "exact", "first_order", "projected", "sft", "dpo", "generat
 def test_the_smoke_check_measures_every_cell_on_the_cpu(tmp_path):
     out = tmp_path / "gpu-check.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--size", "smoke", "--device", "cpu", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--size", "smoke", "--device", "cpu", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["environment"]["device"] == "cpu" and report["size"] == "smoke"

@@ -1,4 +1,5 @@
 """The committed generated gRPC code matches the .proto files (run `make protos` when this fails)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +10,20 @@ from tests.conftest import REPO
 
 def test_generated_code_is_up_to_date(tmp_path):
     protos = sorted((REPO / "protos" / "montessori" / "v1").glob("*.proto"))
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "protos"), f"--python_out={tmp_path}",
-                    f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *map(str, protos)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO / "protos"),
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *map(str, protos),
+        ],
+        check=True,
+    )
     generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "montessori" / "v1").glob("*.py*"))
     assert generated, "protoc produced nothing"
     for relative in generated:
@@ -26,7 +39,10 @@ def test_every_message_and_field_is_documented():
         lines = proto.read_text().splitlines()
         for number, line in enumerate(lines):
             stripped = line.strip()
-            is_element = (stripped.startswith(("message ", "service ", "enum ", "rpc "))
-                          or (" = " in stripped and stripped.endswith(";") and not stripped.startswith(("syntax", "package", "option"))))
+            is_element = stripped.startswith(("message ", "service ", "enum ", "rpc ")) or (
+                " = " in stripped
+                and stripped.endswith(";")
+                and not stripped.startswith(("syntax", "package", "option"))
+            )
             if is_element:
                 assert lines[number - 1].strip().startswith("//"), f"{proto.name}:{number + 1} undocumented: {stripped}"

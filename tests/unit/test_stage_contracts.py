@@ -1,5 +1,6 @@
 """The stage contracts: each stage's settings message mirrors the worker config that resolves it, and the
 controller reaches the workers only through the montessori.v1 messages (no import of a worker package)."""
+
 from __future__ import annotations
 
 import ast
@@ -33,8 +34,12 @@ MIRRORS = [
     (controller_pb2.SizesConfig, controller_config.SizesConfig),
     (controller_pb2.EvaluationConfig, controller_config.EvaluationConfig),
 ]
-_SCALARS = {int: (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64), float: (FieldDescriptor.CPPTYPE_DOUBLE,),
-            bool: (FieldDescriptor.CPPTYPE_BOOL,), str: (FieldDescriptor.CPPTYPE_STRING,)}
+_SCALARS = {
+    int: (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64),
+    float: (FieldDescriptor.CPPTYPE_DOUBLE,),
+    bool: (FieldDescriptor.CPPTYPE_BOOL,),
+    str: (FieldDescriptor.CPPTYPE_STRING,),
+}
 
 
 def _base(tp):
@@ -57,8 +62,11 @@ def test_each_settings_message_mirrors_its_config(message, config):
     for name in names:
         descriptor, tp = fields[name], _base(hints[name])
         if descriptor.message_type is not None:
-            assert descriptor.message_type.full_name == getattr(tp, "DESCRIPTOR", None).full_name \
-                if hasattr(tp, "DESCRIPTOR") else dataclasses.is_dataclass(tp), name
+            assert (
+                descriptor.message_type.full_name == getattr(tp, "DESCRIPTOR", None).full_name
+                if hasattr(tp, "DESCRIPTOR")
+                else dataclasses.is_dataclass(tp)
+            ), name
         else:
             assert descriptor.cpp_type in _SCALARS[tp], name
             assert descriptor.has_presence, f"{name} must be optional: unset takes the default"
@@ -76,16 +84,24 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_the_controller_imports_no_worker_package():
-    found = [(path.name, name) for path in (REPO / "services" / "controller").glob("*.py") for name in _imports(path)
-             if any(name.startswith(f"services.{worker}") for worker in WORKERS)]
+    found = [
+        (path.name, name)
+        for path in (REPO / "services" / "controller").glob("*.py")
+        for name in _imports(path)
+        if any(name.startswith(f"services.{worker}") for worker in WORKERS)
+    ]
     assert found == []
 
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_a_worker_imports_no_other_worker(worker):
     others = [w for w in (*WORKERS, "controller") if w != worker]
-    found = [(path.name, name) for path in (REPO / "services" / worker).glob("*.py") for name in _imports(path)
-             if any(name.startswith(f"services.{other}") for other in others)]
+    found = [
+        (path.name, name)
+        for path in (REPO / "services" / worker).glob("*.py")
+        for name in _imports(path)
+        if any(name.startswith(f"services.{other}") for other in others)
+    ]
     assert found == []
 
 
@@ -94,8 +110,10 @@ def test_the_controller_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, cli.serve, common.service_main, services.controller.servicer, services.controller.loop, "
-            "services.controller.remote, services.controller.leader; "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys, cli.serve, common.service_main, services.controller.servicer, services.controller.loop, "
+        "services.controller.remote, services.controller.leader; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

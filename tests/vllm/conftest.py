@@ -1,5 +1,6 @@
 """Fixtures of the vLLM teacher tests: the default SmolLM2 teacher (head_dim 64, which the CPU
 attention kernels need; the tiny test models have 16) and LoRA adapters made for it."""
+
 from __future__ import annotations
 
 import pytest

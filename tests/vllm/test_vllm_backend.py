@@ -1,9 +1,9 @@
 """The vLLM teacher backend in process (CPU build): generation with the method's sampling
 settings, adapter hot-swap without restart, the canary, and bounded residency."""
+
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,10 @@ from tests.conftest import DATA
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
     # fp32 so that the canary can hold the engine to a tight tolerance; at most 2 versions resident.
-    backends = VLLMBackends(VLLMSettings(dtype="float32", max_resident_versions=2, max_model_len=1024, canary_tokens=8),
-                            cache_dir=tmp_path_factory.mktemp("cache"))
+    backends = VLLMBackends(
+        VLLMSettings(dtype="float32", max_resident_versions=2, max_model_len=1024, canary_tokens=8),
+        cache_dir=tmp_path_factory.mktemp("cache"),
+    )
     yield backends
     backends.close()
 
@@ -35,10 +37,13 @@ def _greedy(backend, prompt: str, tokens: int = 12) -> str:
 
 def test_sampling_is_seeded_n_per_prompt_and_cut_at_the_stop_string(backends, base_model):
     backend = backends.get(ModelRef(base_model))
-    prompts = ["<instruction>Write a poem about cats.</instruction>\n<instruction>",
-               "<instruction>List three prime numbers.</instruction>\n<instruction>"]
-    params = SamplingParams(n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=24,
-                            stop=("</instruction>",), seed=7)
+    prompts = [
+        "<instruction>Write a poem about cats.</instruction>\n<instruction>",
+        "<instruction>List three prime numbers.</instruction>\n<instruction>",
+    ]
+    params = SamplingParams(
+        n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=24, stop=("</instruction>",), seed=7
+    )
     first = backend.generate(prompts, params)
     assert [len(samples) for samples in first] == [4, 4]
     assert len(set(first[0])) > 1, "the n samples of one prompt must differ"
@@ -53,8 +58,17 @@ def test_synthesis_writes_a_candidate_set(backends, base_model, tmp_path):
     store = LocalArtifactStore(tmp_path / "store")
     backend = backends.get(ModelRef(base_model))
     config = SynthesisConfig(max_new_tokens=32, response_max_new_tokens=32)
-    result = tasks.generate(store, "probe", backend=backend, teacher=ModelRef(base_model), teacher_label="teacher-r0",
-                            seed_path=DATA / "seed.jsonl", config=config, seed=3, num_prompts=2)
+    result = tasks.generate(
+        store,
+        "probe",
+        backend=backend,
+        teacher=ModelRef(base_model),
+        teacher_label="teacher-r0",
+        seed_path=DATA / "seed.jsonl",
+        config=config,
+        seed=3,
+        num_prompts=2,
+    )
     rows = [json.loads(line) for line in (tmp_path / "store" / "probe" / "candidates.jsonl").read_text().splitlines()]
     assert result.metrics["samples"] == 8 and result.metrics["tokens"] > 0
     assert len(rows) == result.metrics["kept"] and all(r["response"] for r in rows)
@@ -85,7 +99,7 @@ def test_hot_swap_serves_the_new_adapter_without_restart(backends, base_model, a
 def _transformers_greedy(model, ids: list[int], tokens: int) -> list[int]:
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 def test_a_chain_is_served_as_one_collapsed_adapter(backends, base_model, adapters):
@@ -99,7 +113,9 @@ def test_canary_refuses_a_corrupted_adapter_and_a_retry_rebuilds_it(backends, ba
     ref = ModelRef(base_model, (adapters[2],))
     # Plant a corrupted copy where the engine caches this chain's collapsed adapter (as a
     # half-written or stale cache entry would be): same name and shape, wrong weights.
-    cached = backends.cache_dir / "vllm-adapters" / f"{chain_digest(ref.adapters)[:32]}-r{backends.settings.max_lora_rank}"
+    cached = (
+        backends.cache_dir / "vllm-adapters" / f"{chain_digest(ref.adapters)[:32]}-r{backends.settings.max_lora_rank}"
+    )
     collapse_chain(ref.adapters, cached, max_rank=backends.settings.max_lora_rank)
     from safetensors.torch import load_file, save_file
 

@@ -1,6 +1,7 @@
 """A whole loop through the five services with the vLLM teacher: after the DPO round the new
 adapter is hot-swapped into the running engine, passes the canary, and writes the training
 set; the controller records which version wrote it."""
+
 from __future__ import annotations
 
 import json
@@ -25,18 +26,31 @@ def services(tmp_path_factory):
     ports = dict(zip(ORDER, free_ports(len(ORDER))))
     # The teacher runs from this (vLLM) environment, every other service from the main one.
     python = {name: MAIN_PYTHON for name in ORDER if name != "teacher"}
-    processes = start_services(artifacts=str(root / "store"), ports=ports, log_dir=root / "logs", python=python,
-                               extra={"teacher": ["--backend", "vllm"]}, timeout=300,
-                               env={"MONTESSORI_TORCH_THREADS": "1", "MONTESSORI_CACHE_DIR": str(root / "cache")})
+    processes = start_services(
+        artifacts=str(root / "store"),
+        ports=ports,
+        log_dir=root / "logs",
+        python=python,
+        extra={"teacher": ["--backend", "vllm"]},
+        timeout=300,
+        env={"MONTESSORI_TORCH_THREADS": "1", "MONTESSORI_CACHE_DIR": str(root / "cache")},
+    )
     yield {"ports": ports, "store": LocalArtifactStore(root / "store"), "logs": root / "logs"}
     assert set(stop_services(processes, timeout=60).values()) == {0}
 
 
 def test_a_loop_hot_swaps_the_dpo_adapter_into_the_running_engine(services, base_model):
     overrides = yaml.safe_load((REPO / "configs" / "vllm-teacher.yaml").read_text())
-    overrides.update(name="vllm", iterations=1, models={"teacher": base_model, "student": str(REPO / "models" / "tiny-student")},
-                     data={"seed_path": str(DATA / "seed.jsonl"), "reference_path": str(DATA / "reference.jsonl"),
-                           "eval_path": str(DATA / "eval.jsonl")})
+    overrides.update(
+        name="vllm",
+        iterations=1,
+        models={"teacher": base_model, "student": str(REPO / "models" / "tiny-student")},
+        data={
+            "seed_path": str(DATA / "seed.jsonl"),
+            "reference_path": str(DATA / "reference.jsonl"),
+            "eval_path": str(DATA / "eval.jsonl"),
+        },
+    )
     # 8 prompt groups (32 samples) rather than 4, so that a group with both a helpful and a harmful
     # candidate (hence DPO, hence a new version to hot-swap) does not hinge on one borderline score.
     overrides["sizes"]["probe_prompts"] = 8
@@ -44,7 +58,9 @@ def test_a_loop_hot_swaps_the_dpo_adapter_into_the_running_engine(services, base
     with grpc.insecure_channel(f"127.0.0.1:{services['ports']['controller']}") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="vllm-loop", spec=spec)).loop
-        final = list(controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=1200))[-1].event.loop
+        final = list(controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=1200))[
+            -1
+        ].event.loop
     assert final.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.error_message
 
     store = services["store"]
@@ -59,6 +75,8 @@ def test_a_loop_hot_swaps_the_dpo_adapter_into_the_running_engine(services, base
     probe = store.get_json(f"loops/{loop.loop_id}/iter-1/probe-data/manifest.json")
     assert probe["inputs"]["teacher"]["label"] == "teacher-r0"
 
-    log = [json.loads(line) for line in (services["logs"] / "teacher.log").read_text().splitlines() if line.startswith("{")]
+    log = [
+        json.loads(line) for line in (services["logs"] / "teacher.log").read_text().splitlines() if line.startswith("{")
+    ]
     assert sum(entry["msg"] == "vLLM engine started" for entry in log) == 1  # hot-swapped, never restarted
     assert [e["metrics"]["name"] for e in log if e["msg"] == "teacher version serving"] == [row["teacher_version"]]

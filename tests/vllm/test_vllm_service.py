@@ -1,9 +1,9 @@
 """The teacher service started from the vLLM environment with ``--backend vllm``, over gRPC:
 a new teacher version is hot-swapped into the running engine and generates, and the
 manifest records which version (adapter digest, canary) wrote the set."""
+
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -23,21 +23,43 @@ from tests.integration.conftest import free_ports
 def teacher(base_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm-service")
     config = root / "teacher.yaml"
-    config.write_text(yaml.safe_dump({"backend": "vllm", "vllm": {"dtype": "float32", "max_model_len": 1024,
-                                                                   "canary_tokens": 8}}))
+    config.write_text(
+        yaml.safe_dump({"backend": "vllm", "vllm": {"dtype": "float32", "max_model_len": 1024, "canary_tokens": 8}})
+    )
     port = free_ports(1)[0]
     log = root / "teacher.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "teacher", "--port", str(port), "--artifacts", str(root / "store"),
-             "--teacher-config", str(config), "--preload", base_model],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-            env={**__import__("os").environ, "MONTESSORI_CACHE_DIR": str(root / "cache")})
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "teacher",
+                "--port",
+                str(port),
+                "--artifacts",
+                str(root / "store"),
+                "--teacher-config",
+                str(config),
+                "--preload",
+                base_model,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+            env={**__import__("os").environ, "MONTESSORI_CACHE_DIR": str(root / "cache")},
+        )
     try:
         wait_serving(f"127.0.0.1:{port}", timeout=240, process=process)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield {"stub": teacher_pb2_grpc.TeacherServiceStub(channel), "store": LocalArtifactStore(root / "store"),
-                   "log": log, "process": process}
+            yield {
+                "stub": teacher_pb2_grpc.TeacherServiceStub(channel),
+                "store": LocalArtifactStore(root / "store"),
+                "log": log,
+                "process": process,
+            }
     finally:
         assert stop_services({"teacher": process}, timeout=60)["teacher"] == 0
 
@@ -46,17 +68,27 @@ def test_a_version_is_hot_swapped_in_and_writes_a_candidate_set(teacher, base_mo
     stub, store = teacher["stub"], teacher["store"]
     adapter = store.put_dir("loops/x/iter-1/dpo/adapter", adapters[0])
     seed = store.put_file("inputs/seed.jsonl", DATA / "seed.jsonl")
-    spec = common_pb2.ModelSpec(path=base_model, adapters=[common_pb2.ArtifactRef(uri=adapter.uri, sha256=adapter.sha256)])
+    spec = common_pb2.ModelSpec(
+        path=base_model, adapters=[common_pb2.ArtifactRef(uri=adapter.uri, sha256=adapter.sha256)]
+    )
 
-    loaded = stub.LoadTeacherVersion(teacher_pb2.LoadTeacherVersionRequest(name="x:teacher-r1", teacher=spec), timeout=240)
+    loaded = stub.LoadTeacherVersion(
+        teacher_pb2.LoadTeacherVersionRequest(name="x:teacher-r1", teacher=spec), timeout=240
+    )
     assert loaded.version.backend == "vllm" and loaded.version.canary.passed and loaded.version.rank == 8
     assert loaded.version.canary.max_abs_diff <= loaded.version.canary.tolerance
 
     request = teacher_pb2.GenerateRequest(
-        request_id="gen-r1", teacher=spec, teacher_label="teacher-r1", teacher_version="x:teacher-r1",
+        request_id="gen-r1",
+        teacher=spec,
+        teacher_label="teacher-r1",
+        teacher_version="x:teacher-r1",
         seed_set=common_pb2.ArtifactRef(uri=seed.uri, sha256=seed.sha256),
-        output_prefix="loops/x/iter-2/probe-data", num_prompts=1, seed=5,
-        synthesis=teacher_pb2.SynthesisSettings(max_new_tokens=24, response_max_new_tokens=24))
+        output_prefix="loops/x/iter-2/probe-data",
+        num_prompts=1,
+        seed=5,
+        synthesis=teacher_pb2.SynthesisSettings(max_new_tokens=24, response_max_new_tokens=24),
+    )
     job = stub.Generate(request).job
     final = list(stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), timeout=240))[-1].job
     assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error_message
@@ -78,10 +110,13 @@ def test_a_version_is_hot_swapped_in_and_writes_a_candidate_set(teacher, base_mo
     assert len(starts) == 1 and teacher["process"].poll() is None
 
 
-@pytest.mark.parametrize("name, uri, code, field", [
-    ("bad name!", None, grpc.StatusCode.INVALID_ARGUMENT, "name"),
-    ("ok", "missing/adapter", grpc.StatusCode.NOT_FOUND, "teacher"),
-])
+@pytest.mark.parametrize(
+    "name, uri, code, field",
+    [
+        ("bad name!", None, grpc.StatusCode.INVALID_ARGUMENT, "name"),
+        ("ok", "missing/adapter", grpc.StatusCode.NOT_FOUND, "teacher"),
+    ],
+)
 def test_bad_load_requests_are_refused_with_the_field_named(teacher, base_model, name, uri, code, field):
     store = teacher["store"]
     spec = common_pb2.ModelSpec(path=base_model, adapters=[common_pb2.ArtifactRef(uri=store.uri(uri))] if uri else [])

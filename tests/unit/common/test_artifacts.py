@@ -1,4 +1,5 @@
 """Both artifact-store backends pass the same suite: the local folder and S3 (a real server on loopback)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,9 @@ def corrupt(store, key: str, s3_server=None) -> None:
     if isinstance(store, LocalArtifactStore):
         path = store.root / key
     else:
-        path = next(p for p in s3_server.data_dir.rglob("*") if p.is_file() and p.as_posix().endswith(f"{store.bucket}/{key}"))
+        path = next(
+            p for p in s3_server.data_dir.rglob("*") if p.is_file() and p.as_posix().endswith(f"{store.bucket}/{key}")
+        )
     path.write_bytes(b"tampered" + path.read_bytes()[8:])
 
 
@@ -73,7 +76,9 @@ def test_a_failed_folder_upload_is_never_visible(store, tmp_path):
 
 def test_corruption_is_detected_on_read(store, request):
     store.put_bytes("c/data.txt", b"0123456789abcdef")
-    corrupt(store, "c/data.txt", request.getfixturevalue("s3_server") if not isinstance(store, LocalArtifactStore) else None)
+    corrupt(
+        store, "c/data.txt", request.getfixturevalue("s3_server") if not isinstance(store, LocalArtifactStore) else None
+    )
     if not isinstance(store, LocalArtifactStore):
         store._paths.clear()
         for cached in store.cache.rglob("data.txt"):
@@ -109,12 +114,18 @@ def test_delete(store):
 
 # -- S3 specifics: credentials, reachability, buckets ------------------------------------------
 
+
 def test_wrong_credentials_are_a_clear_error_without_the_secret(s3_server, tmp_path):
     from common.s3_store import S3ArtifactStore
 
     with pytest.raises(FailedPrecondition) as err:
-        S3ArtifactStore(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key="wrong-secret-value",
-                        bucket="creds", cache_dir=tmp_path)
+        S3ArtifactStore(
+            endpoint=s3_server.endpoint,
+            access_key=s3_server.access_key,
+            secret_key="wrong-secret-value",
+            bucket="creds",
+            cache_dir=tmp_path,
+        )
     assert "rejected the credentials" in str(err.value) and "wrong-secret-value" not in str(err.value)
 
 
@@ -122,14 +133,26 @@ def test_unreachable_endpoint_retries_then_fails_clearly(tmp_path):
     from common.s3_store import S3ArtifactStore
 
     with pytest.raises(Unavailable, match="unreachable after retries"):
-        S3ArtifactStore(endpoint="127.0.0.1:9", access_key="a", secret_key="b", bucket="bkt", cache_dir=tmp_path,
-                        retries=2, timeout=0.5)
+        S3ArtifactStore(
+            endpoint="127.0.0.1:9",
+            access_key="a",
+            secret_key="b",
+            bucket="bkt",
+            cache_dir=tmp_path,
+            retries=2,
+            timeout=0.5,
+        )
 
 
 def test_missing_bucket_is_created_or_reported(s3_server, tmp_path):
     from common.s3_store import S3ArtifactStore
 
-    kwargs = dict(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key, cache_dir=tmp_path)
+    kwargs = dict(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        cache_dir=tmp_path,
+    )
     with pytest.raises(NotFound, match="does not exist"):
         S3ArtifactStore(bucket="absent-bucket", create_bucket=False, **kwargs)
     S3ArtifactStore(bucket="created-bucket", **kwargs)

@@ -1,4 +1,5 @@
 """Examples become tokens with a response-only loss; over-long prompts are errors naming their source."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The student's chat template: the default for a templateless tokenizer, an explicit one that overrides the
 folder's, bad ones named by their field, and the template travelling with a model (requests, SFT output)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,9 +18,11 @@ from services.controller.executor import LoopModel
 from tests.templateless import templateless_copy
 
 #: A template unlike the tiny models' ChatML, so that using it is visible in the rendered text.
-PLAIN = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\n' }}"
-         "{% else %}{{ 'A: ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
-         "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}")
+PLAIN = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\n' }}"
+    "{% else %}{{ 'A: ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
+)
 
 
 @pytest.fixture()
@@ -46,7 +49,8 @@ def test_the_default_opens_with_bos_when_the_tokenizer_puts_one_before_plain_tex
 
     tokenizer = load_tokenizer(base_student, field="student")
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)]
+    )
     assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
     tokenizer.chat_template = default_chat_template(tokenizer)
     assert chat_prompt(tokenizer, "Hi").startswith(f"{tokenizer.bos_token}### Instruction:\n")
@@ -54,26 +58,36 @@ def test_the_default_opens_with_bos_when_the_tokenizer_puts_one_before_plain_tex
 
 def test_an_explicit_template_overrides_the_folders_own(tiny_student):
     assert "<|im_start|>" in chat_prompt(load_tokenizer(tiny_student, field="student"), "Hi")
-    for tokenizer in (load_tokenizer(tiny_student, field="student", chat_template=PLAIN),
-                      load_tokenizer(ModelRef(str(tiny_student), chat_template=PLAIN), field="student")):
+    for tokenizer in (
+        load_tokenizer(tiny_student, field="student", chat_template=PLAIN),
+        load_tokenizer(ModelRef(str(tiny_student), chat_template=PLAIN), field="student"),
+    ):
         assert chat_prompt(tokenizer, "Hi") == "Q: Hi\nA: "
         encoded = encode_example(tokenizer, "Hi", "Yes.", max_length=64, where="t")
         assert tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX]) == "Yes.<|im_end|>"
 
 
-@pytest.mark.parametrize("template,message", [
-    ("{% if add_generation_prompt %}ASK {% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}",
-     "does not extend the prompt"),
-    ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}",
-     "does not extend the prompt"),
-    ("{% for m in messages %}{{ m['content'] }", "does not render"),
-    ("   ", "must be a non-empty"),
-    (5, "must be a Jinja chat template string"),
-])
+@pytest.mark.parametrize(
+    "template,message",
+    [
+        (
+            "{% if add_generation_prompt %}ASK {% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+            "does not extend the prompt",
+        ),
+        (
+            "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}",
+            "does not extend the prompt",
+        ),
+        ("{% for m in messages %}{{ m['content'] }", "does not render"),
+        ("   ", "must be a non-empty"),
+        (5, "must be a Jinja chat template string"),
+    ],
+)
 def test_a_bad_template_is_an_invalid_argument_naming_the_field(tiny_student, template, message):
     with pytest.raises(InvalidArgument, match=message) as err:
-        load_tokenizer(tiny_student, field="models.student", chat_template=template,
-                       template_field="models.student_chat_template")
+        load_tokenizer(
+            tiny_student, field="models.student", chat_template=template, template_field="models.student_chat_template"
+        )
     assert err.value.field == "models.student_chat_template"
 
 
@@ -87,9 +101,17 @@ def test_the_config_field_is_a_non_empty_string(value, message):
 def test_the_loop_checks_the_template_against_the_student_before_any_work(tiny_teacher, tiny_student, tmp_path):
     from cli.local import local_runner
 
-    config = load_config(RunConfig, None, [f"models.teacher={tiny_teacher}", f"models.student={tiny_student}",
-                                           f"artifacts={tmp_path / 'store'}", "loop_id=bad-template",
-                                           "models.student_chat_template=\"{{ messages[0]['content'] }}\""])
+    config = load_config(
+        RunConfig,
+        None,
+        [
+            f"models.teacher={tiny_teacher}",
+            f"models.student={tiny_student}",
+            f"artifacts={tmp_path / 'store'}",
+            "loop_id=bad-template",
+            "models.student_chat_template=\"{{ messages[0]['content'] }}\"",
+        ],
+    )
     with pytest.raises(InvalidArgument, match="does not extend the prompt") as err:
         local_runner(config).prepare()
     assert err.value.field == "models.student_chat_template"
@@ -113,8 +135,13 @@ def test_a_trained_student_keeps_the_template_it_was_trained_with(tiny_student, 
     from services.trainer.sft import train_sft
 
     examples = [("Name a colour.", "Blue."), ("Name a fruit.", "Apple.")]
-    result = train_sft(ModelRef(str(tiny_student), chat_template=PLAIN), examples,
-                       SFTSettings(learning_rate=1e-3, batch_size=2), tmp_path / "out", seed=0)
+    result = train_sft(
+        ModelRef(str(tiny_student), chat_template=PLAIN),
+        examples,
+        SFTSettings(learning_rate=1e-3, batch_size=2),
+        tmp_path / "out",
+        seed=0,
+    )
     assert AutoTokenizer.from_pretrained(result.output_dir).chat_template == PLAIN
     assert chat_prompt(load_tokenizer(result.output_dir, field="student"), "Hi") == "Q: Hi\nA: "
 
@@ -128,15 +155,26 @@ def test_an_explicit_template_reaches_the_trainer_service_over_grpc(tiny_student
 
     service = start_service("trainer", ServerConfig(artifacts=str(tmp_path / "store")), build)
     unused = "127.0.0.1:9"  # channels are lazy: only the trainer is called
-    executor = RemoteExecutor(service.store, WorkerAddresses(unused, unused, unused, f"127.0.0.1:{service.port}"),
-                              request_prefix="t")
+    executor = RemoteExecutor(
+        service.store, WorkerAddresses(unused, unused, unused, f"127.0.0.1:{service.port}"), request_prefix="t"
+    )
     try:
-        candidates = service.store.put_jsonl("in/candidates.jsonl", [{"instruction": "Name a colour.", "response": "Blue."},
-                                                                     {"instruction": "Name a fruit.", "response": "Apple."}])
-        result = executor.run(trainer_pb2.TrainStudentRequest(
-            output_prefix="out", student=LoopModel(path=str(tiny_student), chat_template=PLAIN).to_proto(),
-            candidates=common_pb2.ArtifactRef(uri=candidates.uri, sha256=candidates.sha256),
-            sft=trainer_pb2.SFTSettings(learning_rate=1e-3, batch_size=2), seed=0))
+        candidates = service.store.put_jsonl(
+            "in/candidates.jsonl",
+            [
+                {"instruction": "Name a colour.", "response": "Blue."},
+                {"instruction": "Name a fruit.", "response": "Apple."},
+            ],
+        )
+        result = executor.run(
+            trainer_pb2.TrainStudentRequest(
+                output_prefix="out",
+                student=LoopModel(path=str(tiny_student), chat_template=PLAIN).to_proto(),
+                candidates=common_pb2.ArtifactRef(uri=candidates.uri, sha256=candidates.sha256),
+                sft=trainer_pb2.SFTSettings(learning_rate=1e-3, batch_size=2),
+                seed=0,
+            )
+        )
     finally:
         executor.close()
         service.stop()

@@ -1,4 +1,5 @@
 """Typed config: unknown keys, wrong types and ranges are errors naming the dotted field."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,17 +14,20 @@ def test_defaults_are_valid_and_roundtrip():
     assert from_dict(RunConfig, to_dict(config)) == config
 
 
-@pytest.mark.parametrize("data,field,message", [
-    ({"iterations": 0}, "iterations", "must be in 1..1000"),
-    ({"iterations": "two"}, "iterations", "expected an integer"),
-    ({"influence": {"optimizer": "adam"}}, "influence.optimizer", "must be one of"),
-    ({"synthesis": {"top_p": 0}}, "synthesis.top_p", "must be in (0, 1]"),
-    ({"dpo": {"lora_rank": -1}}, "dpo.lora_rank", "must be in 1..512"),
-    ({"sizes": {"probe_prompt": 3}}, "sizes.probe_prompt", "unknown field"),
-    ({"teacher": "x"}, "teacher", "unknown field"),
-    ({"models": {"dtype": "int8"}}, "models.dtype", "must be float32"),
-    ({"warmup": {"learning_rate": True}}, "warmup.learning_rate", "expected a number"),
-])
+@pytest.mark.parametrize(
+    "data,field,message",
+    [
+        ({"iterations": 0}, "iterations", "must be in 1..1000"),
+        ({"iterations": "two"}, "iterations", "expected an integer"),
+        ({"influence": {"optimizer": "adam"}}, "influence.optimizer", "must be one of"),
+        ({"synthesis": {"top_p": 0}}, "synthesis.top_p", "must be in (0, 1]"),
+        ({"dpo": {"lora_rank": -1}}, "dpo.lora_rank", "must be in 1..512"),
+        ({"sizes": {"probe_prompt": 3}}, "sizes.probe_prompt", "unknown field"),
+        ({"teacher": "x"}, "teacher", "unknown field"),
+        ({"models": {"dtype": "int8"}}, "models.dtype", "must be float32"),
+        ({"warmup": {"learning_rate": True}}, "warmup.learning_rate", "expected a number"),
+    ],
+)
 def test_bad_values_name_the_field(data, field, message):
     """Types anywhere, and the controller's own ranges, when the config is read; a stage section's ranges when its
     worker resolves it (the in-process runner resolves every section right after reading the config)."""

@@ -1,4 +1,5 @@
 """The job machinery shared by the worker services."""
+
 from __future__ import annotations
 
 import threading
@@ -16,6 +17,7 @@ def steps(n: int, gate: threading.Event | None = None):
                 gate.wait(5)
             progress("step", i, n, {"i": i})
         return {"done": n}
+
     return work
 
 

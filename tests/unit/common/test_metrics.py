@@ -1,4 +1,5 @@
 """Per-loop Prometheus gauges fed from controller loop events (common/metrics.py), read back from the registry."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,20 @@ def value(metrics: ServiceMetrics, name: str, **labels: str) -> float | None:
 
 def test_a_finished_round_sets_the_quality_gauges(metrics):
     m, clock = metrics
-    m.observe_loop_event("L", "round_finished", {
-        "iteration": 2.0, "pairs": 7, "student_reference_loss": 1.25, "influence_mean": -0.003,
-        "positive_share_raw": 0.4, "positive_share_centred": 0.55, "dpo_reward_margin": 0.8, "seconds": 12.0})
+    m.observe_loop_event(
+        "L",
+        "round_finished",
+        {
+            "iteration": 2.0,
+            "pairs": 7,
+            "student_reference_loss": 1.25,
+            "influence_mean": -0.003,
+            "positive_share_raw": 0.4,
+            "positive_share_centred": 0.55,
+            "dpo_reward_margin": 0.8,
+            "seconds": 12.0,
+        },
+    )
     assert value(m, "montessori_loop_round") == 2.0
     assert value(m, "montessori_loop_pairs") == 7.0
     assert value(m, "montessori_loop_student_reference_loss") == 1.25
@@ -61,8 +73,11 @@ def test_progress_events_only_move_the_last_progress_time(metrics):
 
 def test_evaluation_sets_the_held_out_losses_by_student(metrics):
     m, _ = metrics
-    m.observe_loop_event("L", "evaluation_finished", {"base_student_eval_loss": 2.5, "montessori_student_eval_loss": 2.1,
-                                                      "baseline_student_eval_loss": 2.3})
+    m.observe_loop_event(
+        "L",
+        "evaluation_finished",
+        {"base_student_eval_loss": 2.5, "montessori_student_eval_loss": 2.1, "baseline_student_eval_loss": 2.3},
+    )
     assert value(m, "montessori_loop_heldout_loss", student="base") == 2.5
     assert value(m, "montessori_loop_heldout_loss", student="montessori") == 2.1
     assert value(m, "montessori_loop_heldout_loss", student="self_instruct") == 2.3
@@ -115,8 +130,11 @@ def test_the_controller_service_hands_its_metrics_to_its_loop_manager(tmp_path):
     from services.controller.servicer import build
 
     unused = "127.0.0.1:9"  # no loop is started: the workers are never called
-    service = start_service("controller", ServerConfig(artifacts=str(tmp_path / "store")),
-                            lambda store, jobs, ready: build(store, jobs, ready, workers=WorkerAddresses(*[unused] * 4)))
+    service = start_service(
+        "controller",
+        ServerConfig(artifacts=str(tmp_path / "store")),
+        lambda store, jobs, ready: build(store, jobs, ready, workers=WorkerAddresses(*[unused] * 4)),
+    )
     try:
         loops = service.parts.preload.__self__  # the single-leader controller preloads with loops.resume_all
         assert isinstance(loops.metrics, ServiceMetrics)

@@ -1,4 +1,5 @@
 """The registry shared by the worker services' jobs and the controller's loops."""
+
 from __future__ import annotations
 
 import threading

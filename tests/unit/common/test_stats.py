@@ -1,4 +1,5 @@
 """The experiment's statistics on data whose answer is known."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from common.stats import (bootstrap_mean, difference_of_means, length_residuals, paired_difference, positive_share, spearman,
-                          stratified_difference)
+from common.stats import (
+    bootstrap_mean,
+    difference_of_means,
+    length_residuals,
+    paired_difference,
+    positive_share,
+    spearman,
+    stratified_difference,
+)
 
 
 def test_a_constant_sample_has_a_zero_width_interval():
@@ -77,8 +85,9 @@ def test_difference_of_means_and_strata():
     assert diff.ci_low < 0.5 < diff.ci_high or abs(diff.mean - 0.5) < 0.05
     assert diff.excludes_zero
     strata = stratified_difference([(a[:100], b[:100]), (a[100:] - 0.5, b[100:])])  # one stratum shifted, one not
-    assert strata.units == 2 and strata.mean == pytest.approx(((a[:100].mean() - b[:100].mean())
-                                                               + (a[100:].mean() - 0.5 - b[100:].mean())) / 2)
+    assert strata.units == 2 and strata.mean == pytest.approx(
+        ((a[:100].mean() - b[:100].mean()) + (a[100:].mean() - 0.5 - b[100:].mean())) / 2
+    )
 
 
 def test_positive_share_and_spearman():

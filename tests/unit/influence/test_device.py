@@ -1,5 +1,6 @@
 """Influence scoring's ``device`` setting: checked where the config is built, resolved where the student is
 placed, and on a GPU the same scores as on the CPU with the student, its AdamW state and the reference set moved."""
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,12 @@ def test_a_device_setting_is_accepted_without_the_device(setting):
 def test_scoring_on_cuda_without_one_is_a_failed_precondition_naming_the_field(student, reference_rows):
     model, tokenizer = student
     with pytest.raises(FailedPrecondition) as caught:
-        InfluenceScorer(model, tokenizer, examples_from_rows(reference_rows[:4], prefix="ref"),
-                        InfluenceConfig(optimizer="sgd", device="cuda"))
+        InfluenceScorer(
+            model,
+            tokenizer,
+            examples_from_rows(reference_rows[:4], prefix="ref"),
+            InfluenceConfig(optimizer="sgd", device="cuda"),
+        )
     assert caught.value.field == "device"
 
 

@@ -1,4 +1,5 @@
 """Influence scoring on a real tiny Llama student: definition, exactness, restoration, determinism."""
+
 from __future__ import annotations
 
 import copy
@@ -10,15 +11,16 @@ import torch
 
 from common.chat import instruction_text
 from common.models import ModelRef, load_model, load_tokenizer
-from services.influence.config import InfluenceConfig
 from common.optimizer_state import load_adamw, save_adamw_state
+from services.influence.config import InfluenceConfig
 from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, collate, examples_from_rows
 from services.trainer.config import SFTSettings
 from services.trainer.sft import train_sft
 
-
 #: The tests' warm-up, every setting explicit (the defaults are the paper's and may change).
-WARMUP = SFTSettings(learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant", warmup_ratio=0.0)
+WARMUP = SFTSettings(
+    learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=1, lr_scheduler="constant", warmup_ratio=0.0
+)
 
 #: fp32 machine epsilon: tolerances on losses are multiples of it times the loss, never one machine's rounding.
 EPS32 = float(torch.finfo(torch.float32).eps)
@@ -39,7 +41,9 @@ def momentum_warmup_dir(tiny_student, reference_rows, tmp_path_factory):
     lowers the reference loss by itself: the case where raw faithful scores all share its sign."""
     out = tmp_path_factory.mktemp("momentum-warmup") / "model"
     examples = [(instruction_text(r["instruction"], r["input"]), r["output"]) for r in reference_rows[:8]] * 6
-    train_sft(ModelRef(str(tiny_student)), examples, replace(WARMUP, learning_rate=3e-4), out, seed=0, save_optimizer=True)
+    train_sft(
+        ModelRef(str(tiny_student)), examples, replace(WARMUP, learning_rate=3e-4), out, seed=0, save_optimizer=True
+    )
     return out
 
 
@@ -50,12 +54,17 @@ def reference(reference_rows):
 
 def momentum_candidates(scorer, seed_rows, reference) -> list[Example]:
     """20 seed rows, 4 reference rows and 4 rows of random tokens, with ids that say which."""
-    kinds = ([("seed", c) for c in examples_from_rows(seed_rows[80:100], prefix="seed")] + [("ref", c) for c in reference[:4]] +
-             [("rand", random_token_example(scorer.tokenizer, s)) for s in range(4)])
+    kinds = (
+        [("seed", c) for c in examples_from_rows(seed_rows[80:100], prefix="seed")]
+        + [("ref", c) for c in reference[:4]]
+        + [("rand", random_token_example(scorer.tokenizer, s)) for s in range(4)]
+    )
     return [Example(f"{kind}{i}", c.user_text, c.response) for i, (kind, c) in enumerate(kinds)]
 
 
-def test_centred_scores_measure_the_candidate_where_raw_scores_report_the_momentum(momentum_warmup_dir, reference, seed_rows):
+def test_centred_scores_measure_the_candidate_where_raw_scores_report_the_momentum(
+    momentum_warmup_dir, reference, seed_rows
+):
     """After a warm-up whose momentum helps the reference set, every raw score carries the momentum's sign; minus
     the shared zero-gradient step, the scores have both signs: reference rows help, random-token rows hurt.
     Measured here: shared step 4.9e-3, raw 2.8e-3..7.1e-3, centred -2.1e-3..2.2e-3 (reference rows >= 1.1e-3,
@@ -80,7 +89,9 @@ def test_centred_scores_measure_the_candidate_where_raw_scores_report_the_moment
     raw_scorer = make_scorer(momentum_warmup_dir, reference, optimizer="faithful", centring="none")
     for group in raw_scorer.optimizer.param_groups:
         group["lr"] = 1e-4
-    assert [r["influence"] for r in raw_scorer.score(momentum_candidates(raw_scorer, seed_rows, reference))] == list(raw.values())
+    assert [r["influence"] for r in raw_scorer.score(momentum_candidates(raw_scorer, seed_rows, reference))] == list(
+        raw.values()
+    )
 
 
 def test_sgd_scores_need_no_centring(warmup_dir, reference, seed_rows):
@@ -94,11 +105,18 @@ def test_reference_averaging_row_mean_ignores_batching_batch_mean_does_not(warmu
     """row_mean weighs every reference row the same, whatever its batch; the official batch_mean does not."""
     tokenizer = load_tokenizer(warmup_dir, field="warmup")
     model = load_model(ModelRef(str(warmup_dir)), field="warmup")
-    loss = lambda averaging, size: ReferenceLoss(tokenizer, reference, batch_size=size, max_length=512,  # noqa: E731
-                                                 averaging=averaging)(model)
+    loss = lambda averaging, size: ReferenceLoss(
+        tokenizer,
+        reference,
+        batch_size=size,
+        max_length=512,  # noqa: E731
+        averaging=averaging,
+    )(model)
     with torch.no_grad():
-        rows = [float(model(**collate([e], tokenizer.pad_token_id)).loss)
-                for e in (scorer_encode(tokenizer, r) for r in reference)]
+        rows = [
+            float(model(**collate([e], tokenizer.pad_token_id)).loss)
+            for e in (scorer_encode(tokenizer, r) for r in reference)
+        ]
     per_row_mean = sum(rows) / len(rows)
     tolerance = 16 * EPS32 * per_row_mean
     assert loss("row_mean", 1) == pytest.approx(per_row_mean, abs=tolerance)
@@ -146,8 +164,11 @@ def test_scores_do_not_depend_on_order_or_batching(warmup_dir, reference, seed_r
     shuffled = candidates[:]
     random.Random(3).shuffle(shuffled)
     backward = {r["id"]: r["influence"] for r in scorer.score(shuffled)}
-    chunked = {r["id"]: r["influence"] for chunk in (candidates[:3], candidates[3:5], candidates[5:])
-               for r in scorer.score(chunk)}
+    chunked = {
+        r["id"]: r["influence"]
+        for chunk in (candidates[:3], candidates[3:5], candidates[5:])
+        for r in scorer.score(chunk)
+    }
     assert forward == backward == chunked  # bit-identical, not merely close
     assert len(set(forward.values())) > 1  # and not trivially constant
 
@@ -241,7 +262,9 @@ def test_first_order_agrees_with_exact_at_a_small_step(momentum_warmup_dir, refe
         e, f = [r[key] for r in exact], [r[key] for r in estimate]
         assert_estimate_agrees(e, f, rel=0.3)
     assert all(r["reference_loss_after"] is None for r in estimate)
-    assert all(torch.equal(p, s) for p, s in zip(scorer.params, scorer._weights))  # the estimate never moves the student
+    assert all(
+        torch.equal(p, s) for p, s in zip(scorer.params, scorer._weights)
+    )  # the estimate never moves the student
 
 
 def assert_estimate_agrees(exact: list[float], estimate: list[float], *, rel: float, min_spearman: float = 0.9) -> None:
@@ -269,22 +292,37 @@ def test_spearman_and_pair_agreement_helpers():
     assert pair_agreement(["g", "g"], [1.0, -1.0], [-1.0, 1.0]) == 0.0
 
 
-def test_first_order_rounds_report_their_audit_and_fall_back_when_it_disagrees(warmup_dir, seed_rows, reference_rows, tmp_path):
+def test_first_order_rounds_report_their_audit_and_fall_back_when_it_disagrees(
+    warmup_dir, seed_rows, reference_rows, tmp_path
+):
     import json as _json
 
     from common.artifacts import LocalArtifactStore
     from services.influence.tasks import score
 
     candidates = tmp_path / "candidates.jsonl"
-    candidates.write_text("".join(_json.dumps({"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"],
-                                               "response": r["output"]}) + "\n" for i, r in enumerate(seed_rows[100:112])))
+    candidates.write_text(
+        "".join(
+            _json.dumps(
+                {"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"], "response": r["output"]}
+            )
+            + "\n"
+            for i, r in enumerate(seed_rows[100:112])
+        )
+    )
     reference = tmp_path / "reference.jsonl"
     reference.write_text("".join(_json.dumps(r) + "\n" for r in reference_rows[:8]))
     store = LocalArtifactStore(tmp_path / "store")
     common = dict(warmup_dir=warmup_dir, reference_path=reference, candidates_path=candidates)
     exact = score(store, "exact", config=InfluenceConfig(optimizer="sgd", sgd_learning_rate=1.0), **common)
-    audited = score(store, "fo", config=InfluenceConfig(optimizer="sgd", sgd_learning_rate=1.0, mode="first_order",
-                                                         audit_size=12, min_agreement=1.0), **common)
+    audited = score(
+        store,
+        "fo",
+        config=InfluenceConfig(
+            optimizer="sgd", sgd_learning_rate=1.0, mode="first_order", audit_size=12, min_agreement=1.0
+        ),
+        **common,
+    )
     assert audited.metrics["audit_size"] == 12 and -1 <= audited.metrics["audit_spearman"] <= 1
     # With a huge step the Taylor estimate is off, so the round falls back to exact scores.
     assert audited.metrics["audit_spearman"] < 1.0 and audited.metrics["fell_back_to_exact"] == 1
@@ -297,7 +335,9 @@ def test_first_order_rounds_report_their_audit_and_fall_back_when_it_disagrees(w
 
 def estimate_candidates(scorer, seed_rows) -> list[Example]:
     """20 seed rows of varied lengths and 4 rows of random tokens (which the reference set dislikes)."""
-    candidates = examples_from_rows(seed_rows[80:100], prefix="cand") + [random_token_example(scorer.tokenizer, s) for s in range(4)]
+    candidates = examples_from_rows(seed_rows[80:100], prefix="cand") + [
+        random_token_example(scorer.tokenizer, s) for s in range(4)
+    ]
     return [Example(f"c{i}", c.user_text, c.response) for i, c in enumerate(candidates)]
 
 
@@ -319,11 +359,11 @@ def test_count_sketch_is_an_unbiased_inner_product_on_random_vectors():
         inner.append(float(px @ py))
         squared.append(float(px @ px))
     inner_t, squared_t = torch.tensor(inner, dtype=torch.float64), torch.tensor(squared, dtype=torch.float64)
-    error = inner_t.std() / draws ** 0.5
+    error = inner_t.std() / draws**0.5
     assert inner_t.std() > 0.2 * abs(exact)  # each draw is noisy ...
     assert abs(float(inner_t.mean()) - exact) < 4 * error  # ... but the mean is the inner product
     assert error < 0.05 * abs(exact)  # and the test could tell a 20% bias apart
-    assert abs(float(squared_t.mean()) - norm) < 4 * squared_t.std() / draws ** 0.5
+    assert abs(float(squared_t.mean()) - norm) < 4 * squared_t.std() / draws**0.5
 
 
 def test_count_sketch_is_a_fixed_linear_map_cached_or_not():
@@ -348,8 +388,9 @@ def test_per_example_losses_are_each_rows_own_mean(warmup_dir, reference, seed_r
     assert len({len(e.input_ids) for e in encoded}) > 1  # padding is exercised
     batch = collate(encoded, scorer.tokenizer.pad_token_id)
     with torch.no_grad():
-        batched = per_example_losses(scorer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                     batch["labels"])
+        batched = per_example_losses(
+            scorer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
         alone = [float(scorer.model(**collate([e], scorer.tokenizer.pad_token_id)).loss) for e in encoded]
     assert batched.tolist() == pytest.approx(alone, rel=1e-5)
 
@@ -394,8 +435,15 @@ def test_batched_exact_equals_one_reference_pass_per_candidate(warmup_dir, refer
 @pytest.mark.parametrize("optimizer", ["sgd", "faithful"])
 def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optimizer):
     """lr <P g_ref, P (u - u_0)> + lr <g_ref, u_0>, computed from full vectors."""
-    scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, mode="projected", projection_dim=256, candidate_batch_size=1,
-                         reference_batch_size=3)  # 3 reference batches: the projection is summed batch by batch
+    scorer = make_scorer(
+        warmup_dir,
+        reference,
+        optimizer=optimizer,
+        mode="projected",
+        projection_dim=256,
+        candidate_batch_size=1,
+        reference_batch_size=3,
+    )  # 3 reference batches: the projection is summed batch by batch
     candidate = examples_from_rows(seed_rows[70:71], prefix="cand")
     example = scorer.encode(candidate[0])
     g_ref = scorer.reference_gradient()
@@ -414,11 +462,15 @@ def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optim
     row = scorer.score(candidate)[0]
     assert row["influence_raw"] == pytest.approx(expected, rel=1e-4)
     # centred: the same without lr <g_ref, u_0>, the exact shared term (0 with sgd)
-    shared = sum(scorer._group_of[id(p)]["lr"] * float((g * scorer._update_direction(p, torch.zeros_like(p))).sum())
-                 for p, g in zip(scorer.params, g_ref))
+    shared = sum(
+        scorer._group_of[id(p)]["lr"] * float((g * scorer._update_direction(p, torch.zeros_like(p))).sum())
+        for p, g in zip(scorer.params, g_ref)
+    )
     assert row["influence_centred"] == pytest.approx(expected - shared, rel=1e-4, abs=1e-4 * abs(expected))
     assert (shared != 0) == (optimizer == "faithful")
-    assert row["influence_raw"] != pytest.approx(scorer.score(candidate, mode="first_order")[0]["influence_raw"], rel=1e-3)  # a projection
+    assert row["influence_raw"] != pytest.approx(
+        scorer.score(candidate, mode="first_order")[0]["influence_raw"], rel=1e-3
+    )  # a projection
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 1e-4), ("faithful", 1e-5)])
@@ -435,7 +487,9 @@ def test_projected_agrees_with_exact_at_a_small_step(warmup_dir, reference, seed
     projected = [r["influence"] for r in scorer.score(candidates, mode="projected")]
     assert sum(p.numel() for p in scorer.params) > 30 * 4096  # a real reduction
     assert spearman(exact, projected) >= 0.9
-    assert statistics_scale(projected) == pytest.approx(statistics_scale(exact), rel=0.5)  # same scale, not merely same order
+    assert statistics_scale(projected) == pytest.approx(
+        statistics_scale(exact), rel=0.5
+    )  # same scale, not merely same order
     assert all(torch.equal(p, s) for p, s in zip(scorer.params, scorer._weights))
 
 
@@ -443,15 +497,18 @@ def statistics_scale(values: list[float]) -> float:
     return (sum(v * v for v in values) / len(values)) ** 0.5
 
 
-@pytest.mark.parametrize("overrides,field_name", [
-    ({"projection_dim": 0}, "projection_dim"),
-    ({"projection_seed": -1}, "projection_seed"),
-    ({"candidate_batch_size": 0}, "candidate_batch_size"),
-    ({"min_pair_agreement": 1.5, "audit_size": 4, "mode": "projected"}, "min_pair_agreement"),
-    ({"min_pair_agreement": 0.5}, "min_pair_agreement"),  # needs an audit
-    ({"audit_size": 4}, "audit_size"),  # an audit of exact scores against themselves
-    ({"min_agreement": 1.01, "audit_size": 4, "mode": "first_order"}, "min_agreement"),
-])
+@pytest.mark.parametrize(
+    "overrides,field_name",
+    [
+        ({"projection_dim": 0}, "projection_dim"),
+        ({"projection_seed": -1}, "projection_seed"),
+        ({"candidate_batch_size": 0}, "candidate_batch_size"),
+        ({"min_pair_agreement": 1.5, "audit_size": 4, "mode": "projected"}, "min_pair_agreement"),
+        ({"min_pair_agreement": 0.5}, "min_pair_agreement"),  # needs an audit
+        ({"audit_size": 4}, "audit_size"),  # an audit of exact scores against themselves
+        ({"min_agreement": 1.01, "audit_size": 4, "mode": "first_order"}, "min_agreement"),
+    ],
+)
 def test_config_errors_name_the_field(overrides, field_name):
     from common.errors import InvalidArgument
 
@@ -464,8 +521,15 @@ def write_round(tmp_path, seed_rows, reference_rows):
     import json as _json
 
     candidates = tmp_path / "candidates.jsonl"
-    candidates.write_text("".join(_json.dumps({"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"],
-                                               "response": r["output"]}) + "\n" for i, r in enumerate(seed_rows[100:112])))
+    candidates.write_text(
+        "".join(
+            _json.dumps(
+                {"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"], "response": r["output"]}
+            )
+            + "\n"
+            for i, r in enumerate(seed_rows[100:112])
+        )
+    )
     reference = tmp_path / "reference.jsonl"
     reference.write_text("".join(_json.dumps(r) + "\n" for r in reference_rows[:8]))
     return candidates, reference
@@ -481,10 +545,20 @@ def test_projected_rounds_report_their_audit_and_mode(warmup_dir, seed_rows, ref
     exact = score(store, "exact", config=InfluenceConfig(optimizer="sgd"), **common)
     assert (exact.metrics["scored_by_exact"], exact.metrics["scored_by_projected"]) == (1, 0)
     assert "fell_back_to_exact" not in exact.metrics  # no audit ran
-    audited = score(store, "proj", config=InfluenceConfig(optimizer="sgd", mode="projected", audit_size=6,
-                                                           min_agreement=-1.0, min_pair_agreement=0.0), **common)
+    audited = score(
+        store,
+        "proj",
+        config=InfluenceConfig(
+            optimizer="sgd", mode="projected", audit_size=6, min_agreement=-1.0, min_pair_agreement=0.0
+        ),
+        **common,
+    )
     metrics = audited.metrics
-    assert metrics["audit_size"] == 6 and 0.5 < metrics["audit_spearman"] <= 1 and 0 <= metrics["audit_pair_agreement"] <= 1
+    assert (
+        metrics["audit_size"] == 6
+        and 0.5 < metrics["audit_spearman"] <= 1
+        and 0 <= metrics["audit_pair_agreement"] <= 1
+    )
     assert (metrics["fell_back_to_exact"], metrics["scored_by_projected"], metrics["scored_by_exact"]) == (0, 1, 0)
     projected = [r["influence"] for r in store.get_jsonl("proj/scores.jsonl")]
     assert projected != [r["influence"] for r in store.get_jsonl("exact/scores.jsonl")]  # the estimate was kept
@@ -492,7 +566,9 @@ def test_projected_rounds_report_their_audit_and_mode(warmup_dir, seed_rows, ref
     assert manifest["metrics"]["scored_by_projected"] == 1 and manifest["config"]["mode"] == "projected"
 
 
-def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(warmup_dir, seed_rows, reference_rows, tmp_path, caplog):
+def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(
+    warmup_dir, seed_rows, reference_rows, tmp_path, caplog
+):
     import logging
 
     from common.artifacts import LocalArtifactStore

@@ -8,6 +8,7 @@ the rendered objects. ``Dockerfile.base`` is linted with hadolint (``hadolint-bi
 Without kubectl (or hadolint) the tests skip, except when the environment variable ``CI`` is
 set: then they fail, so that CI can never pass by skipping them.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,10 @@ def _kubectl() -> str:
     """kubectl: $KUBECTL if set, else the one on PATH, else /usr/bin/kubectl."""
     found = os.environ.get("KUBECTL") or shutil.which("kubectl") or "/usr/bin/kubectl"
     if not (Path(found).is_file() and os.access(found, os.X_OK)):
-        _missing_tool(f"kubectl not found ({found}): it renders the kustomize overlays (install kubectl >= 1.27, "
-                      "or point $KUBECTL at it)")
+        _missing_tool(
+            f"kubectl not found ({found}): it renders the kustomize overlays (install kubectl >= 1.27, "
+            "or point $KUBECTL at it)"
+        )
     return found
 
 
@@ -293,7 +296,9 @@ def test_services_run_as_uid_10001_with_a_writable_tmp_and_the_shared_volumes(re
         models = volumes[mounts["/models"]["name"]]
         assert models["persistentVolumeClaim"]["claimName"] == "montessori-models"
         assert mounts["/models"].get("readOnly") is True, f"{service}: /models must be mounted read-only"
-    claims = {c["metadata"]["name"]: c["spec"]["accessModes"] for c in of_kind(rendered[target], "PersistentVolumeClaim")}
+    claims = {
+        c["metadata"]["name"]: c["spec"]["accessModes"] for c in of_kind(rendered[target], "PersistentVolumeClaim")
+    }
     if target == "gpu":
         assert claims == {"montessori-models": ["ReadOnlyMany"]}
     else:  # one-node dev clusters: the default storage class, ReadWriteOnce
@@ -337,8 +342,11 @@ def _contains(actual, expected, path: str = "") -> list[str]:
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [f"{path}: {actual!r} is not a map"]
-        return [m for k, v in expected.items() for m in
-                ([f"{path}/{k}: missing"] if k not in actual else _contains(actual[k], v, f"{path}/{k}"))]
+        return [
+            m
+            for k, v in expected.items()
+            for m in ([f"{path}/{k}: missing"] if k not in actual else _contains(actual[k], v, f"{path}/{k}"))
+        ]
     if isinstance(expected, list) and expected and all(_merge_key(e) for e in expected):
         missing = []
         for item in expected:
@@ -380,7 +388,9 @@ def test_base_adds_the_service_pod_component():
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     assert "../components/service-pod" in base.get("components", [])
     for overlay in OVERLAYS:  # base adds it once; an overlay adding it again would patch twice
-        overlay_components = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text()).get("components")
+        overlay_components = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text()).get(
+            "components"
+        )
         assert not [c for c in overlay_components or [] if c.rstrip("/").endswith("service-pod")], overlay
 
 
@@ -418,7 +428,8 @@ def test_each_base_deployment_holds_only_what_is_its_own(service):
     path = K8S / "base" / "services" / service / "deployment.yaml"
     lines = path.read_text().splitlines()
     assert len(lines) < MAX_DEPLOYMENT_LINES, (
-        f"{path.relative_to(REPO)}: {len(lines)} lines; what the five services share belongs in components/service-pod")
+        f"{path.relative_to(REPO)}: {len(lines)} lines; what the five services share belongs in components/service-pod"
+    )
     own = _set_fields(yaml.safe_load(path.read_text())["spec"])
     for patch, targets in SERVICE_POD_PATCHES.items():
         if service in targets:
@@ -429,10 +440,21 @@ def test_each_base_deployment_holds_only_what_is_its_own(service):
 
 def test_merge_helpers():
     patch = {"containers": [{"name": "c", "image": "img", "env": [{"name": "A", "value": "1"}]}], "n": 1}
-    assert _contains({"containers": [{"name": "c", "image": "img:1.0", "env": [{"name": "B"}, {"name": "A", "value": "1"}]}],
-                      "n": 1}, patch) == []
+    assert (
+        _contains(
+            {
+                "containers": [{"name": "c", "image": "img:1.0", "env": [{"name": "B"}, {"name": "A", "value": "1"}]}],
+                "n": 1,
+            },
+            patch,
+        )
+        == []
+    )
     assert _contains({"containers": [{"name": "c", "image": "other", "env": []}], "n": 2}, patch) == [
-        "/containers[name=c]/image: 'other', not 'img'", "/containers[name=c]/env[name=A]: missing", "/n: 2, not 1"]
+        "/containers[name=c]/image: 'other', not 'img'",
+        "/containers[name=c]/env[name=A]: missing",
+        "/n: 2, not 1",
+    ]
     assert _set_fields(patch) == {"/containers[name=c]/image", "/containers[name=c]/env[name=A]/value", "/n"}
 
 
@@ -441,8 +463,15 @@ def test_config_from_the_configmap_and_credentials_only_by_secret_key_ref(render
     objects = rendered[target]
     (config,) = of_kind(objects, "ConfigMap")
     data = config["data"]
-    for key in ("MONTESSORI_LOG_LEVEL", "MONTESSORI_LOG_JSON", "MONTESSORI_TORCH_THREADS", "MONTESSORI_MODELS_DIR",
-                "MINIO_ENDPOINT", "MINIO_BUCKET", "MINIO_SECURE"):
+    for key in (
+        "MONTESSORI_LOG_LEVEL",
+        "MONTESSORI_LOG_JSON",
+        "MONTESSORI_TORCH_THREADS",
+        "MONTESSORI_MODELS_DIR",
+        "MINIO_ENDPOINT",
+        "MINIO_BUCKET",
+        "MINIO_SECURE",
+    ):
         assert key in data, f"ConfigMap: no {key}"
     assert data["HF_HUB_OFFLINE"] == "1"
     assert data["MONTESSORI_MODELS_DIR"] == "/models"
@@ -498,7 +527,9 @@ def test_gpu_overlay_gives_gpu_services_a_gpu_the_pool_and_the_toleration(render
         container = main_container(service_deployment(objects, service))
         assert str(container["resources"]["limits"].get(GPU_RESOURCE)) == "1", f"{service}: no {GPU_RESOURCE} limit"
         assert spec.get("nodeSelector") == {POOL_LABEL: "gpu"}, f"{service}: nodeSelector {spec.get('nodeSelector')}"
-        assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in spec.get("tolerations", []), service
+        assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in spec.get("tolerations", []), (
+            service
+        )
     for service in CPU_SERVICES:
         deployment = service_deployment(objects, service)
         spec = pod_template(deployment)["spec"]
@@ -563,7 +594,9 @@ def test_every_service_selects_exactly_one_workload_that_serves_its_target_port(
                 ok = any(p.get("name") == target_port for p in ports)
             else:
                 ok = any(p["containerPort"] == target_port for p in ports)
-            assert ok, f"{ident(service)} port {port.get('name')}: targetPort {target_port} is no containerPort of {ident(workload)}"
+            assert ok, (
+                f"{ident(service)} port {port.get('name')}: targetPort {target_port} is no containerPort of {ident(workload)}"
+            )
     names = {s["metadata"]["name"] for s in of_kind(objects, "Service")}
     assert set(SERVICES) | {"influence-headless", "minio", "minio-headless"} <= names
     assert find(objects, "Service", "influence-headless")["spec"]["clusterIP"] == "None"
@@ -578,7 +611,9 @@ def test_every_service_has_a_pod_disruption_budget(rendered, target):
         pdb = find(objects, "PodDisruptionBudget", name)
         spec = pdb["spec"]
         assert spec.get("minAvailable") == 1 or spec.get("maxUnavailable") == 1, f"{name}: {spec}"
-        assert _selects(spec["selector"]["matchLabels"], pod_template(service_deployment(objects, name))["metadata"]["labels"])
+        assert _selects(
+            spec["selector"]["matchLabels"], pod_template(service_deployment(objects, name))["metadata"]["labels"]
+        )
 
 
 # ---------------------------------------------------------------- MinIO
@@ -623,8 +658,13 @@ def _policy_for(objects: list[dict], pod_labels: dict) -> list[dict]:
 
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_network_policy_default_deny_ingress_exists(rendered, target):
-    denies = [p for p in of_kind(rendered[target], "NetworkPolicy")
-              if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"].get("policyTypes", []) and not p["spec"].get("ingress")]
+    denies = [
+        p
+        for p in of_kind(rendered[target], "NetworkPolicy")
+        if p["spec"]["podSelector"] == {}
+        and "Ingress" in p["spec"].get("policyTypes", [])
+        and not p["spec"].get("ingress")
+    ]
     assert denies, "no default-deny ingress NetworkPolicy"
 
 
@@ -637,15 +677,22 @@ def test_network_policies_open_only_what_the_readme_says(rendered, target):
         grpc_rules = [r for r in rules if {"port": "grpc", "protocol": "TCP"} in r.get("ports", [])]
         assert len(grpc_rules) == 1, f"{worker}: gRPC ingress rules {grpc_rules}"
         peers = grpc_rules[0]["from"]
-        assert peers == [{"podSelector": {"matchLabels": {NAME_LABEL: "controller"}}},
-                         {"podSelector": {"matchLabels": {"montessori.dev/tooling": "true"}}}], f"{worker}: {peers}"
+        assert peers == [
+            {"podSelector": {"matchLabels": {NAME_LABEL: "controller"}}},
+            {"podSelector": {"matchLabels": {"montessori.dev/tooling": "true"}}},
+        ], f"{worker}: {peers}"
         for rule in rules:  # nothing else reaches a worker but the monitoring namespace, on metrics
             if rule is not grpc_rules[0]:
                 assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}], f"{worker}: {rule}"
-                assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+                assert rule["from"] == [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                ]
     controller = pod_template(service_deployment(objects, "controller"))["metadata"]["labels"]
     controller_rules = [r for p in _policy_for(objects, controller) for r in p["spec"].get("ingress", [])]
-    assert any(r["from"] == [{"podSelector": {}}] and r["ports"] == [{"port": 50050, "protocol": "TCP"}] for r in controller_rules)
+    assert any(
+        r["from"] == [{"podSelector": {}}] and r["ports"] == [{"port": 50050, "protocol": "TCP"}]
+        for r in controller_rules
+    )
     minio_labels = pod_template(find(objects, "StatefulSet", "minio"))["metadata"]["labels"]
     (minio_policy,) = [p for p in _policy_for(objects, minio_labels) if p["spec"].get("ingress")]
     (rule,) = minio_policy["spec"]["ingress"]
@@ -663,16 +710,26 @@ def test_controller_rbac_is_least_privilege(rendered, target):
     objects = rendered[target]
     (role,) = of_kind(objects, "Role")
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
-    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]}
+    granted = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
     assert granted == {
         ("", "endpoints"): ["get", "list", "watch"],
         ("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"],
         ("coordination.k8s.io", "leases"): ["create", "get", "update"],
     }
     (binding,) = of_kind(objects, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "montessori-controller", "namespace": "montessori"}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "montessori-controller", "namespace": "montessori"}
+    ]
     accounts = {a["metadata"]["name"]: a for a in of_kind(objects, "ServiceAccount")}
     for obj in workloads(objects):
         spec = pod_template(obj)["spec"]
@@ -706,12 +763,20 @@ def test_hadolint_config_explains_every_ignored_rule():
 
 @pytest.mark.parametrize("dockerfile", _dockerfiles(), ids=lambda p: p.name)
 def test_dockerfile_has_no_hadolint_error_or_warning(dockerfile):
-    result = subprocess.run([_hadolint(), "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "--no-fail", str(dockerfile)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(
+        [_hadolint(), "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "--no-fail", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode == 0, f"hadolint failed to run: {result.stderr}"
     findings = json.loads(result.stdout or "[]")
-    serious = [f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings
-               if f["level"] in ("error", "warning")]
+    serious = [
+        f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}"
+        for f in findings
+        if f["level"] in ("error", "warning")
+    ]
     assert not serious, "\n".join(serious)
 
 
@@ -727,7 +792,10 @@ def test_gpu_teacher_runs_the_vllm_image_with_the_vllm_backend(rendered):
     assert container["image"] == "ghcr.io/montessori-dev/montessori-teacher-vllm:0.1.0"
     assert arg_value(container["args"], "--backend") == "vllm"
     for service in ("influence", "trainer"):
-        assert main_container(service_deployment(rendered["gpu"], service))["image"] == "ghcr.io/montessori-dev/montessori:0.1.0"
+        assert (
+            main_container(service_deployment(rendered["gpu"], service))["image"]
+            == "ghcr.io/montessori-dev/montessori:0.1.0"
+        )
 
 
 def test_dockerfile_builds_the_vllm_teacher_as_its_own_target_and_services_by_default():
@@ -751,10 +819,16 @@ def with_monitoring(tmp_path_factory) -> dict[str, list[dict]]:
     rendered = {}
     for overlay in OVERLAYS:
         root = tmp_path_factory.mktemp(f"{overlay}-monitoring")
-        (root / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(K8S / "overlays" / overlay, root)],
-            "components": [os.path.relpath(MONITORING, root)]}))
+        (root / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(K8S / "overlays" / overlay, root)],
+                    "components": [os.path.relpath(MONITORING, root)],
+                }
+            )
+        )
         rendered[overlay] = _kustomize(root, f"k8s/overlays/{overlay} + components/monitoring")
     return rendered
 
@@ -764,7 +838,9 @@ def defined_metrics() -> set[str]:
     from common.metrics import ServiceMetrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {family.name + suffix for family in ServiceMetrics("test").registry.collect() for suffix in suffixes[family.type]}
+    return {
+        family.name + suffix for family in ServiceMetrics("test").registry.collect() for suffix in suffixes[family.type]
+    }
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -797,9 +873,14 @@ def test_monitoring_component_renders_into_the_namespace(with_monitoring, overla
     import kubernetes_validate
 
     objects = with_monitoring[overlay]
-    added = [o for o in objects if o["kind"] in MONITORING_KINDS or o["metadata"]["name"] == "montessori-grafana-dashboards"]
-    assert sorted(ident(o) for o in added) == ["ConfigMap/montessori-grafana-dashboards", "PodMonitor/montessori",
-                                               "PrometheusRule/montessori-loops"]
+    added = [
+        o for o in objects if o["kind"] in MONITORING_KINDS or o["metadata"]["name"] == "montessori-grafana-dashboards"
+    ]
+    assert sorted(ident(o) for o in added) == [
+        "ConfigMap/montessori-grafana-dashboards",
+        "PodMonitor/montessori",
+        "PrometheusRule/montessori-loops",
+    ]
     for obj in added:
         assert obj["metadata"].get("namespace") == "montessori", ident(obj)
         assert obj["metadata"]["labels"].get("app.kubernetes.io/part-of") == "montessori", ident(obj)
@@ -816,19 +897,29 @@ def test_pod_monitor_scrapes_the_metrics_port_of_the_five_services(with_monitori
     objects = with_monitoring[overlay]
     monitor = find(objects, "PodMonitor", "montessori")
     (expression,) = monitor["spec"]["selector"]["matchExpressions"]
-    assert expression["key"] == NAME_LABEL and expression["operator"] == "In" and set(expression["values"]) == set(SERVICES)
+    assert (
+        expression["key"] == NAME_LABEL
+        and expression["operator"] == "In"
+        and set(expression["values"]) == set(SERVICES)
+    )
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics"
     for service, (_, metrics_port) in SERVICES.items():
-        ports = {p.get("name"): p["containerPort"] for p in main_container(service_deployment(objects, service))["ports"]}
+        ports = {
+            p.get("name"): p["containerPort"] for p in main_container(service_deployment(objects, service))["ports"]
+        }
         assert ports["metrics"] == metrics_port, service
 
 
 def test_alerts_reference_only_metrics_the_services_export(with_monitoring):
     rule = find(with_monitoring["gpu"], "PrometheusRule", "montessori-loops")
     rules = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
-    assert set(rules) == {"MontessoriLoopFailed", "MontessoriLoopNoProgress", "MontessoriLoopPositiveShareCollapsed",
-                          "MontessoriLoopNoPairs"}
+    assert set(rules) == {
+        "MontessoriLoopFailed",
+        "MontessoriLoopNoProgress",
+        "MontessoriLoopPositiveShareCollapsed",
+        "MontessoriLoopNoPairs",
+    }
     defined = defined_metrics()
     for name, alert in rules.items():
         used = promql_metrics(alert["expr"])

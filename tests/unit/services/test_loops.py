@@ -1,4 +1,5 @@
 """The controller's LoopManager over the shared registry, with a scripted stand-in for LoopRunner."""
+
 from __future__ import annotations
 
 import re
@@ -61,9 +62,12 @@ def test_a_loop_runs_and_its_events_carry_enum_kinds(manager):
     events = list(loops.watch("L", 1))
     assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
     assert [e.to_proto().kind for e in events] == [
-        controller_pb2.LOOP_EVENT_KIND_STAGE_STARTED, controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED,
-        controller_pb2.LOOP_EVENT_KIND_ROUND_FINISHED, controller_pb2.LOOP_EVENT_KIND_LOOP_FINISHED,
-        controller_pb2.LOOP_EVENT_KIND_LOOP_ENDED]
+        controller_pb2.LOOP_EVENT_KIND_STAGE_STARTED,
+        controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED,
+        controller_pb2.LOOP_EVENT_KIND_ROUND_FINISHED,
+        controller_pb2.LOOP_EVENT_KIND_LOOP_FINISHED,
+        controller_pb2.LOOP_EVENT_KIND_LOOP_ENDED,
+    ]
     final = loops.get("L")
     assert final.state is LoopState.SUCCEEDED and final.rounds_completed == 1 and events[-1].loop == final
     assert events[-1].to_proto().loop.state == controller_pb2.LOOP_STATE_SUCCEEDED
@@ -152,8 +156,10 @@ def test_the_watch_loop_rpc_passes_from_sequence(manager):
     servicer = ControllerServicer(None, loops)
     request = controller_pb2.WatchLoopRequest(loop_id="L", from_sequence=2)
     replay = [r.event for r in servicer.WatchLoop(request, Context())]
-    assert [(e.sequence, e.kind) for e in replay] == [(2, controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED),
-                                                      (3, controller_pb2.LOOP_EVENT_KIND_LOOP_ENDED)]
+    assert [(e.sequence, e.kind) for e in replay] == [
+        (2, controller_pb2.LOOP_EVENT_KIND_STAGE_FINISHED),
+        (3, controller_pb2.LOOP_EVENT_KIND_LOOP_ENDED),
+    ]
     now = [r.event for r in servicer.WatchLoop(controller_pb2.WatchLoopRequest(loop_id="L"), Context())]
     assert [(e.sequence, e.kind) for e in now] == [(3, controller_pb2.LOOP_EVENT_KIND_SNAPSHOT)]
 

@@ -1,4 +1,5 @@
 """An adapter chain collapsed into one adapter equals the chain merged in order (tiny model)."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,13 @@ def _logits(ref: ModelRef) -> torch.Tensor:
 @pytest.fixture
 def chain(tiny_teacher, tmp_path):
     # Different ranks, scales and module sets, as successive DPO rounds may use.
-    return (random_adapter(tiny_teacher, tmp_path / "r1", seed=1, rank=8, alpha=16, scale=0.05),
-            random_adapter(tiny_teacher, tmp_path / "r2", seed=2, rank=4, alpha=32, scale=0.05, use_rslora=True),
-            random_adapter(tiny_teacher, tmp_path / "r3", seed=3, rank=8, alpha=8, scale=0.05, target_modules=["q_proj", "v_proj"]))
+    return (
+        random_adapter(tiny_teacher, tmp_path / "r1", seed=1, rank=8, alpha=16, scale=0.05),
+        random_adapter(tiny_teacher, tmp_path / "r2", seed=2, rank=4, alpha=32, scale=0.05, use_rslora=True),
+        random_adapter(
+            tiny_teacher, tmp_path / "r3", seed=3, rank=8, alpha=8, scale=0.05, target_modules=["q_proj", "v_proj"]
+        ),
+    )
 
 
 def test_collapsed_chain_equals_the_chain_merged_in_order(tiny_teacher, chain, tmp_path):

@@ -1,4 +1,5 @@
 """Parsing, normalisation, filters and ROUGE-L de-duplication (METHOD.md stage 1)."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """The pairwise judge: verdict parsing, both-orders scoring, the interval, and the endpoint judge over loopback HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,25 @@ from services.teacher.judge import EndpointJudge, Judge, JudgeSettings, judge_pa
 SETTINGS = JudgeSettings(endpoint="http://127.0.0.1:1/v1", endpoint_model="unused")
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("1", "first"), ("2", "second"), ("tie", "tie"), ("TIE", "tie"), (" Tie, both are fine", "tie"),
-    ("Response 2 is better.", "second"), ("1.", "first"), ("**1**", "first"), ("2\n1", "second"),
-    ("", "unparseable"), ("12", "unparseable"), ("tied", "unparseable"), ("Both are good", "unparseable"),
-    ("3", "unparseable"),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("1", "first"),
+        ("2", "second"),
+        ("tie", "tie"),
+        ("TIE", "tie"),
+        (" Tie, both are fine", "tie"),
+        ("Response 2 is better.", "second"),
+        ("1.", "first"),
+        ("**1**", "first"),
+        ("2\n1", "second"),
+        ("", "unparseable"),
+        ("12", "unparseable"),
+        ("tied", "unparseable"),
+        ("Both are good", "unparseable"),
+        ("3", "unparseable"),
+    ],
+)
 def test_the_verdict_is_the_first_standalone_1_2_or_tie(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -47,20 +61,25 @@ class ScriptedJudge(Judge):
 
 
 ROWS = [
-    {"instruction": "Row zero.", "input": "", "category": "writing"},     # A preferred in both orders: 1
-    {"instruction": "Row one.", "input": "", "category": "writing"},      # B preferred in both orders: 0
-    {"instruction": "Row two.", "input": "", "category": "coding"},       # tie in both orders: 0.5
-    {"instruction": "Row three.", "input": "", "category": "coding"},     # always "1" (position bias): 0.5
-    {"instruction": "Row four.", "input": "ctx", "category": "coding"},   # unparseable, then A: 0.75
+    {"instruction": "Row zero.", "input": "", "category": "writing"},  # A preferred in both orders: 1
+    {"instruction": "Row one.", "input": "", "category": "writing"},  # B preferred in both orders: 0
+    {"instruction": "Row two.", "input": "", "category": "coding"},  # tie in both orders: 0.5
+    {"instruction": "Row three.", "input": "", "category": "coding"},  # always "1" (position bias): 0.5
+    {"instruction": "Row four.", "input": "ctx", "category": "coding"},  # unparseable, then A: 0.75
 ]
 ANSWERS_A = [f"alpha answer {i}" for i in range(len(ROWS))]
 ANSWERS_B = [f"beta answer {i}" for i in range(len(ROWS))]
 SCRIPT = {
-    ("Row zero.", "A"): "1", ("Row zero.", "B"): "2",
-    ("Row one.", "A"): "2", ("Row one.", "B"): "Response 1",
-    ("Row two.", "A"): "tie", ("Row two.", "B"): "Tie.",
-    ("Row three.", "A"): "1", ("Row three.", "B"): "1",
-    ("Row four.", "A"): "hard to say", ("Row four.", "B"): "2",
+    ("Row zero.", "A"): "1",
+    ("Row zero.", "B"): "2",
+    ("Row one.", "A"): "2",
+    ("Row one.", "B"): "Response 1",
+    ("Row two.", "A"): "tie",
+    ("Row two.", "B"): "Tie.",
+    ("Row three.", "A"): "1",
+    ("Row three.", "B"): "1",
+    ("Row four.", "A"): "hard to say",
+    ("Row four.", "B"): "2",
 }
 
 
@@ -130,14 +149,17 @@ def test_rows_are_spread_over_the_file():
     assert select_rows(rows, 500) == list(range(80))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({}, "model"),
-    ({"model": "models/tiny-teacher", "endpoint": "http://127.0.0.1:8000/v1", "endpoint_model": "m"}, "endpoint"),
-    ({"endpoint": "http://127.0.0.1:8000/v1"}, "endpoint_model"),
-    ({"endpoint": "127.0.0.1:8000/v1", "endpoint_model": "m"}, "endpoint"),
-    ({"model": "m", "max_rows": 0}, "max_rows"),
-    ({"model": "m", "verdict_max_new_tokens": 0}, "verdict_max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({}, "model"),
+        ({"model": "models/tiny-teacher", "endpoint": "http://127.0.0.1:8000/v1", "endpoint_model": "m"}, "endpoint"),
+        ({"endpoint": "http://127.0.0.1:8000/v1"}, "endpoint_model"),
+        ({"endpoint": "127.0.0.1:8000/v1", "endpoint_model": "m"}, "endpoint"),
+        ({"model": "m", "max_rows": 0}, "max_rows"),
+        ({"model": "m", "verdict_max_new_tokens": 0}, "verdict_max_new_tokens"),
+    ],
+)
 def test_settings_need_exactly_one_judge_and_name_the_field(kwargs, field):
     with pytest.raises(InvalidArgument) as err:
         JudgeSettings(**kwargs)
@@ -165,7 +187,10 @@ class _Completions(BaseHTTPRequestHandler):
 @pytest.fixture()
 def completions_server():
     server = HTTPServer(("127.0.0.1", 0), _Completions)
-    server.requests, server.reply = [], (200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "2"}}]})
+    server.requests, server.reply = (
+        [],
+        (200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "2"}}]}),
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -183,8 +208,12 @@ def test_the_endpoint_judge_posts_an_openai_chat_completion_at_temperature_0(com
     assert outputs == ["2", "2"]
     assert [r["path"] for r in completions_server.requests] == ["/v1/chat/completions"] * 2
     first = completions_server.requests[0]
-    assert first["body"] == {"model": "judge-model-name", "messages": [{"role": "user", "content": "Which is better?"}],
-                             "temperature": 0, "max_tokens": 8}
+    assert first["body"] == {
+        "model": "judge-model-name",
+        "messages": [{"role": "user", "content": "Which is better?"}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
     assert first["headers"]["Authorization"] == "Bearer sk-test"
     assert "sk-test" not in json.dumps(judge.describe())
 
@@ -197,16 +226,19 @@ def test_the_endpoint_judge_scores_both_orders(completions_server):
     assert result["win_rate"] == 0.5 and result["agreement"] == 0.0
     assert "Authorization" not in completions_server.requests[0]["headers"]
     prompts = [r["body"]["messages"][0]["content"] for r in completions_server.requests]
-    assert prompts[0].index(ANSWERS_A[0]) < prompts[0].index(ANSWERS_B[0])   # A first ...
-    assert prompts[2].index(ANSWERS_B[0]) < prompts[2].index(ANSWERS_A[0])   # ... then B first
+    assert prompts[0].index(ANSWERS_A[0]) < prompts[0].index(ANSWERS_B[0])  # A first ...
+    assert prompts[2].index(ANSWERS_B[0]) < prompts[2].index(ANSWERS_A[0])  # ... then B first
 
 
-@pytest.mark.parametrize("reply, error", [
-    ((500, {"error": "overloaded"}), Unavailable),
-    ((404, {"error": {"message": "model not found"}}), InvalidArgument),
-    ((200, b"not json"), InvalidArgument),
-    ((200, {"choices": []}), InvalidArgument),
-])
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        ((500, {"error": "overloaded"}), Unavailable),
+        ((404, {"error": {"message": "model not found"}}), InvalidArgument),
+        ((200, b"not json"), InvalidArgument),
+        ((200, {"choices": []}), InvalidArgument),
+    ],
+)
 def test_bad_endpoint_answers_name_the_endpoint(completions_server, reply, error):
     completions_server.reply = reply
     judge = EndpointJudge(f"http://127.0.0.1:{completions_server.server_port}/v1", "m")

@@ -1,4 +1,5 @@
 """The synthesis prompt as the official code builds it: seed inputs, the preamble, response sampling."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,11 @@ from services.teacher.synthesis import Candidate
 from services.teacher.tasks import generate
 
 SEEDS = [
-    {"instruction": "Summarise the paragraph in one sentence.", "input": "Rivers carry sediment to the sea.", "output": "x"},
+    {
+        "instruction": "Summarise the paragraph in one sentence.",
+        "input": "Rivers carry sediment to the sea.",
+        "output": "x",
+    },
     {"instruction": "Translate the sentence into French.", "input": "The library opens at nine.", "output": "x"},
     {"instruction": "Name three uses of baking soda.", "input": "", "output": "x"},
 ]
@@ -47,11 +52,21 @@ def run_generate(tmp_path, **overrides):
     seed_path = tmp_path / "seed.jsonl"
     seed_path.write_text("".join(json.dumps(row) + "\n" for row in SEEDS))
     backend = RecordingBackend()
-    config = SynthesisConfig(**{"examples_per_prompt": len(SEEDS), "generated_examples_per_prompt": 0,
-                                "samples_per_prompt": 2, **overrides})
+    config = SynthesisConfig(
+        **{"examples_per_prompt": len(SEEDS), "generated_examples_per_prompt": 0, "samples_per_prompt": 2, **overrides}
+    )
     store = LocalArtifactStore(tmp_path / "store")
-    generate(store, "run/probe-data", backend=backend, teacher=ModelRef(str(tmp_path / "teacher")), teacher_label="t0",
-             seed_path=seed_path, config=config, seed=0, num_prompts=1)
+    generate(
+        store,
+        "run/probe-data",
+        backend=backend,
+        teacher=ModelRef(str(tmp_path / "teacher")),
+        teacher_label="t0",
+        seed_path=seed_path,
+        config=config,
+        seed=0,
+        num_prompts=1,
+    )
     rows = read_jsonl(tmp_path / "store" / "run" / "probe-data" / "candidates.jsonl", required=("id",))
     return backend, [Candidate.from_dict(r) for r in rows]
 
@@ -61,7 +76,10 @@ def test_seed_inputs_are_in_the_prompt_joined_as_the_student_sees_them(tmp_path)
     (prompt,), _ = backend.calls[0]
     for row in SEEDS:  # every seed is an example here; those with an input show it after a blank line
         assert f"<instruction>{instruction_text(row['instruction'], row['input'])}</instruction>" in prompt
-    assert "<instruction>Summarise the paragraph in one sentence.\n\nRivers carry sediment to the sea.</instruction>" in prompt
+    assert (
+        "<instruction>Summarise the paragraph in one sentence.\n\nRivers carry sediment to the sea.</instruction>"
+        in prompt
+    )
     assert "<instruction>Name three uses of baking soda.</instruction>" in prompt
     assert candidates and all(c.prompt == prompt for c in candidates)  # the DPO prompt is that text
 
@@ -93,7 +111,10 @@ def test_a_sample_with_an_input_parses_as_one_line_and_a_reason_is_skipped():
     # Completion style: the input follows the instruction inside the tag; the method's whitespace
     # normalisation joins them on one line (as in the official code).
     raw = "Summarise the paragraph.\n\nBees dance to show where flowers are.</instruction>"
-    assert clean(sample_text(raw, style="completion")) == ("Summarise the paragraph. Bees dance to show where flowers are.", None)
+    assert clean(sample_text(raw, style="completion")) == (
+        "Summarise the paragraph. Bees dance to show where flowers are.",
+        None,
+    )
     # Chat style: a short reason before the tag, as the official prompt asks for; the last tag is the instruction.
     raw = "A summary task needs its text, so I add one.\n<instruction>Summarise this.\n\nTides rise twice a day.</instruction>"
     assert clean(sample_text(raw, style="chat")) == ("Summarise this. Tides rise twice a day.", None)

@@ -1,4 +1,5 @@
 """Synthesis with the real tiny teacher through the transformers backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,9 @@ def test_candidates_keep_their_group_prompt_and_sampling(backend, seed_rows):
         assert cand.prompt.endswith("<instruction>")  # completion style: the DPO prompt is exactly this text
         assert cand.raw_sample.endswith("</instruction>")
         assert cand.group_id.startswith("probe-g") and cand.id.startswith(cand.group_id)
-        assert cand.sampling["n"] == 4 and cand.sampling["temperature"] == 1.0 and cand.sampling["presence_penalty"] == 1.0
+        assert (
+            cand.sampling["n"] == 4 and cand.sampling["temperature"] == 1.0 and cand.sampling["presence_penalty"] == 1.0
+        )
         assert cand.response and cand.teacher == "teacher-r0"
     by_group = {}
     for cand in candidates:
@@ -50,7 +53,9 @@ def test_target_size_is_reached_or_capped(backend, seed_rows):
 
 
 def test_chat_style_prompt_goes_through_the_chat_template(backend, seed_rows):
-    candidates, stats = synthesizer(backend, seed_rows, prompt_style="chat").write_instructions(prefix="c", seed=1, num_prompts=1)
+    candidates, stats = synthesizer(backend, seed_rows, prompt_style="chat").write_instructions(
+        prefix="c", seed=1, num_prompts=1
+    )
     assert stats.samples == 4
     prompt = synthesizer(backend, seed_rows, prompt_style="chat")
     text = prompt.backend.chat_prompt("hello")

@@ -1,4 +1,5 @@
 """Held-out DPO pairs (reward accuracy/margin on pairs the teacher did not train on) and TRL's report_to."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ from services.trainer.tasks import train_teacher
 
 
 def grouped_pairs(groups: int, per_group: int) -> list[dict]:
-    return [{"prompt": f"Write instruction {g}.\n\n<instruction>", "chosen": f"Explain topic {g}-{i}.</instruction>",
-             "rejected": f"x{g}{i}</instruction>", "group_id": f"g{g}"} for g in range(groups) for i in range(per_group)]
+    return [
+        {
+            "prompt": f"Write instruction {g}.\n\n<instruction>",
+            "chosen": f"Explain topic {g}-{i}.</instruction>",
+            "rejected": f"x{g}{i}</instruction>",
+            "group_id": f"g{g}",
+        }
+        for g in range(groups)
+        for i in range(per_group)
+    ]
 
 
 def test_the_split_holds_out_whole_groups_deterministically():
@@ -63,9 +72,12 @@ def test_dpo_reports_reward_accuracy_and_margin_on_the_held_out_pairs(tiny_teach
     pairs = grouped_pairs(4, 2)
     pairs_path = tmp_path / "pairs.jsonl"
     pairs_path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    settings = DPOSettings(learning_rate=5e-3, lr_scheduler="constant", batch_size=4, heldout_fraction=0.25, max_length=64)
-    result = train_teacher(store, "t/dpo", teacher=ModelRef(str(tiny_teacher)), pairs_path=pairs_path, settings=settings,
-                           seed=0)
+    settings = DPOSettings(
+        learning_rate=5e-3, lr_scheduler="constant", batch_size=4, heldout_fraction=0.25, max_length=64
+    )
+    result = train_teacher(
+        store, "t/dpo", teacher=ModelRef(str(tiny_teacher)), pairs_path=pairs_path, settings=settings, seed=0
+    )
     metrics = store.get_json("t/dpo/manifest.json")["metrics"]
     assert metrics == result.metrics
     assert metrics["pairs"] == 6 and metrics["heldout_pairs"] == 2
@@ -90,18 +102,28 @@ def test_the_dpo_objective_is_a_setting_of_the_stage_request(tiny_teacher, tmp_p
     losses = {}
     for loss_type in ("sigmoid", "ipo"):
         request = trainer_pb2.TrainTeacherRequest(
-            teacher=common_pb2.ModelSpec(path=str(tiny_teacher)), pairs=common_pb2.ArtifactRef(uri=pairs.uri),
-            output_prefix=f"t/{loss_type}", seed=0, dpo=trainer_pb2.DPOSettings(
-                loss_type=loss_type, learning_rate=1e-6, lr_scheduler="constant", batch_size=4, max_length=64))
+            teacher=common_pb2.ModelSpec(path=str(tiny_teacher)),
+            pairs=common_pb2.ArtifactRef(uri=pairs.uri),
+            output_prefix=f"t/{loss_type}",
+            seed=0,
+            dpo=trainer_pb2.DPOSettings(
+                loss_type=loss_type, learning_rate=1e-6, lr_scheduler="constant", batch_size=4, max_length=64
+            ),
+        )
         stages.train_teacher(store, request)(lambda *args: None)
         manifest = store.get_json(f"t/{loss_type}/manifest.json")
         assert manifest["config"]["dpo"]["loss_type"] == loss_type
         losses[loss_type] = manifest["metrics"]["train_loss"]
     assert losses["sigmoid"] < 1.0 < 10.0 < losses["ipo"], losses
     with pytest.raises(InvalidArgument) as err:
-        stages.train_teacher(store, trainer_pb2.TrainTeacherRequest(
-            teacher=common_pb2.ModelSpec(path=str(tiny_teacher)), dpo=trainer_pb2.DPOSettings(loss_type="kto"),
-            validate_only=True))
+        stages.train_teacher(
+            store,
+            trainer_pb2.TrainTeacherRequest(
+                teacher=common_pb2.ModelSpec(path=str(tiny_teacher)),
+                dpo=trainer_pb2.DPOSettings(loss_type="kto"),
+                validate_only=True,
+            ),
+        )
     assert err.value.field == "dpo.loss_type"
 
 
