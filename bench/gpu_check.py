@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -382,13 +383,13 @@ def measured_ceilings(device: torch.device) -> dict:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         for _ in range(3):
             a @ b
-        _, seconds = timed(device, lambda: [a @ b for _ in range(10)])
+        _, seconds = timed(device, lambda a=a, b=b: [a @ b for _ in range(10)])
         out[name] = round(10 * 2 * n**3 / seconds / 1e12, 1)
         del a, b
     source = torch.empty(4 * GIB, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    _, seconds = timed(device, lambda: [target.copy_(source) for _ in range(10)])
+    _, seconds = timed(device, lambda target=target, source=source: [target.copy_(source) for _ in range(10)])
     out["copy_tb_per_s"] = round(10 * 2 * source.numel() / seconds / 1e12, 2)  # bytes read + written
     del source, target
     free_memory(device)
@@ -669,7 +670,7 @@ class ModelRun:
             step()
             losses, seconds = timed(self.device, lambda: [step() for _ in range(size.train_steps)])
         finally:
-            del optimizer
+            optimizer = None  # frees the optimizer state now (rebound rather than deleted: step() closes over it)
             model.zero_grad(set_to_none=True)
             model.train(False)
         return {
@@ -731,7 +732,7 @@ class ModelRun:
             step()
             losses, seconds = timed(self.device, lambda: [step() for _ in range(size.train_steps)])
         finally:
-            del optimizer, reference
+            optimizer = reference = None  # frees both now (rebound rather than deleted: step() closes over them)
             policy.zero_grad(set_to_none=True)
             policy.train(False)
         rows_per_step = 2 * pairs
@@ -929,7 +930,9 @@ def main(args: argparse.Namespace) -> dict:
                     torch.cuda.reset_peak_memory_stats(device)
                 try:
                     remaining = args.budget_s - (time.monotonic() - started)
-                    figures, seconds = timed(device, lambda: run_cell(run, name, remaining_s=remaining, host=host))
+                    figures, seconds = timed(
+                        device, functools.partial(run_cell, run, name, remaining_s=remaining, host=host)
+                    )
                     cell.update(status="ok", wall_seconds=seconds, **with_bounds(figures, bounds, measured))
                 except Skip as skip:
                     cell.update(status="skipped", reason=str(skip))
@@ -997,7 +1000,8 @@ def render_markdown(report: dict) -> str:
         official = cell["cell"] == "official"
         label = f"{cell['model']} ({models.get(cell['model'], {}).get('parameters', 0) / 1e9:.3g}B)"
         lines.append(
-            f"| {label} | {cell['cell']}{' (k=' + str(cell['projection_dim']) + ')' if 'projection_dim' in cell else ''} | "
+            f"| {label} | {cell['cell']}"
+            f"{' (k=' + str(cell['projection_dim']) + ')' if 'projection_dim' in cell else ''} | "
             f"{cell.get('optimizer', '')} | {cell['count']} | {num(cell['rate'])} | "
             f"{'–' if official else num(cell.get('setup_seconds'), '.2f')} | "
             f"{num(cell['rate']) if official else num(cell.get('rate_with_setup'))} | "

@@ -193,7 +193,7 @@ def main() -> None:
                 model, tokenizer, reference, dataclasses.replace(config, projection_dim=dim), optimizer
             )
             _, t_setup = timed(projector.projected_reference)
-            projected, t_projected = timed(lambda: influences(projector, candidates, "projected"))
+            projected, t_projected = timed(lambda projector=projector: influences(projector, candidates, "projected"))
             rows.append(
                 method_row(
                     f"(d) projected k={dim}",
@@ -218,7 +218,7 @@ def main() -> None:
             runs = {}
             for size in (1, args.batch):
                 sgd.config = dataclasses.replace(sgd.config, candidate_batch_size=size)
-                runs[size] = timed(lambda: influences(sgd, candidates, mode))
+                runs[size] = timed(lambda mode=mode: influences(sgd, candidates, mode))
             (one, t_one), (many, t_many) = runs[1], runs[args.batch]
             batching.append(
                 {
@@ -233,18 +233,18 @@ def main() -> None:
             )
     parameters = sum(p.numel() for p in scorer.params)
     print(
-        f"student={args.student} parameters={parameters} reference_rows={len(reference)} candidates={len(candidates)} "
-        f"threads={args.threads} cpu={platform.processor() or platform.machine()}"
+        f"student={args.student} parameters={parameters} reference_rows={len(reference)} "
+        f"candidates={len(candidates)} threads={args.threads} cpu={platform.processor() or platform.machine()}"
     )
     print(
-        f"{'method':<26} {'cand':>5} {'#pairs':>6} {'setup s':>8} {'seconds':>9} {'cand/s':>9} {'x (a)':>7} {'steady/s':>9} "
-        f"{'x (a)':>7} {'spearman':>9} {'pair agr':>8}"
+        f"{'method':<26} {'cand':>5} {'#pairs':>6} {'setup s':>8} {'seconds':>9} {'cand/s':>9} {'x (a)':>7} "
+        f"{'steady/s':>9} {'x (a)':>7} {'spearman':>9} {'pair agr':>8}"
     )
     for r in rows:
         print(
-            f"{r['method']:<26} {r['candidates']:>5} {r['pairs']:>6} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} {r['cand_per_s']:>9.3f} "
-            f"{r['speedup']:>7.1f} {r['steady_cand_per_s']:>9.3f} {r['steady_speedup']:>7.1f} {r['spearman_vs_exact']:>9.3f} "
-            f"{r['pair_agreement_vs_exact']:>8.2f}"
+            f"{r['method']:<26} {r['candidates']:>5} {r['pairs']:>6} {r['setup_seconds']:>8.2f} {r['seconds']:>9.2f} "
+            f"{r['cand_per_s']:>9.3f} {r['speedup']:>7.1f} {r['steady_cand_per_s']:>9.3f} {r['steady_speedup']:>7.1f} "
+            f"{r['spearman_vs_exact']:>9.3f} {r['pair_agreement_vs_exact']:>8.2f}"
         )
     print(
         f"faithful exact scores: shared zero-gradient step {signs['shared_step_influence']:.3e}; positive "

@@ -122,7 +122,8 @@ def main() -> None:
     for name, row in results["rows"].items():
         row["ratio"] = round(row["tokens_per_second"] / base, 2)
         print(
-            f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} {row['ratio']:>15.2f}x"
+            f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} "
+            f"{row['ratio']:>15.2f}x"
         )
     output = Path(args.output or REPO / "bench" / "results" / f"teacher-{Path(args.model).name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ and its JSON log to ``.run/<service>.log``, and returns once every health check 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,10 +103,8 @@ def stop_services(processes: dict[str, subprocess.Popen], *, timeout: float = 30
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<11} 127.0.0.1:{DEFAULT_PORTS[name]}  pid {process.pid}  log {run_dir / (name + '.log')}")
         return 0
     pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
-    for name, pid in pids.items():
+    for _name, pid in pids.items():
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
     for name, pid in pids.items():

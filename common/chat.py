@@ -119,7 +119,8 @@ def encode_example(tokenizer, user_text: str, response: str, *, max_length: int,
     completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + 1 > max_length:
         raise InvalidArgument(
-            f"{where}: instruction is {len(prompt_ids)} tokens with the chat template, longer than the context window ({max_length})"
+            f"{where}: instruction is {len(prompt_ids)} tokens with the chat template, "
+            f"longer than the context window ({max_length})"
         )
     ids = (prompt_ids + completion_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]

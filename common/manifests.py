@@ -48,7 +48,8 @@ def input_ref(store: ArtifactStore, path: Path) -> dict[str, str]:
 
 
 def model_input(store: ArtifactStore, model) -> dict[str, Any]:
-    """A model version as a manifest input: its base (a node-local path, or an artifact) and its adapters (artifacts)."""
+    """A model version as a manifest input: its base (a node-local path, or an artifact) and its adapters
+    (artifacts)."""
     base = store.artifact_of(Path(model.path))
     adapters = [store.artifact_of(Path(a)) for a in model.adapters]
     return {

@@ -11,6 +11,7 @@ loudly on a mismatch. Credentials never appear in URIs, messages or logs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -195,10 +196,8 @@ class S3ArtifactStore(ArtifactStore):
                 if sha256_tree(staging) != index["sha256"]:
                     raise FailedPrecondition(f"digest mismatch for folder {self.uri(key)}", field="uri")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                try:
+                with contextlib.suppress(OSError):  # another job on this node cached it first
                     os.replace(staging, target)
-                except OSError:  # another job on this node cached it first
-                    pass
         self._paths[str(target)] = ArtifactRef(self.uri(key), index["sha256"])
         return target
 

@@ -230,7 +230,8 @@ def compare(
 
 
 def teacher_shift(runner: LoopRunner, teachers: list[LoopModel], warmup: StageResult) -> dict:
-    """Fresh samples from each teacher version, scored exactly on one student: does DPO make the teacher more helpful?"""
+    """Fresh samples from each teacher version, scored exactly on one student: does DPO make the teacher more
+    helpful?"""
     c, requests, samples = runner.config, runner.requests, runner.config.evaluation.shift_samples
     prefix = f"{runner.prefix}/evaluation/teacher-shift"
     exact = type(c.influence)()
@@ -304,7 +305,7 @@ def shift_differences(scores: list[tuple[list[float], list[int]]], config) -> li
     args = {"resamples": config.evaluation.bootstrap_resamples, "confidence": config.evaluation.confidence}
     out = []
     for v in range(1, len(scores)):
-        salt = lambda what: derived_seed(config.seed, "shift-diff", what, v)  # noqa: E731
+        salt = lambda what, v=v: derived_seed(config.seed, "shift-diff", what, v)  # noqa: E731
         mean = difference_of_means(scores[v][0], scores[0][0], seed=salt("mean"), **args)
         share = difference_of_means(
             positive_share(scores[v][0]), positive_share(scores[0][0]), seed=salt("share"), **args

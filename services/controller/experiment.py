@@ -111,8 +111,9 @@ def verdict(per_seed: dict, pooled: dict) -> dict:
     below = [s for s in per_seed.values() if "montessori_vs_self_instruct" in s["comparisons"]]
     vs_si = comparisons.get("montessori_vs_self_instruct")
     out = {
-        "montessori_below_self_instruct_seeds": f"{sum(s['comparisons']['montessori_vs_self_instruct']['mean'] < 0 for s in below)}"
-        f"/{len(below)}",
+        "montessori_below_self_instruct_seeds": (
+            f"{sum(s['comparisons']['montessori_vs_self_instruct']['mean'] < 0 for s in below)}/{len(below)}"
+        ),
         "montessori_below_self_instruct_ci_excludes_zero": bool(vs_si and vs_si["ci_high"] < 0),
         "self_instruct_below_montessori_ci_excludes_zero": bool(vs_si and vs_si["ci_low"] > 0),
         "montessori_below_base": bool(comparisons.get("montessori_vs_base", {}).get("ci_high", 0) < 0),

@@ -323,7 +323,7 @@ class LoopManager:
 
     def list(self) -> list[LoopSnapshot]:
         with self._changed:
-            return sorted((l.snapshot for l in self._registry.entries()), key=lambda s: -s.started_at)
+            return sorted((loop.snapshot for loop in self._registry.entries()), key=lambda s: -s.started_at)
 
     def stop(self, loop_id: str) -> LoopSnapshot:
         with self._changed:

@@ -61,6 +61,7 @@ class CountSketch:
         return buckets[1::2] - buckets[0::2]
 
     def transpose(self, index: int, projected: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``P_t^T y``: the tensor (shaped and typed like ``like``) whose inner product with any ``x`` is ``<y, P_t x>``."""
+        """``P_t^T y``: the tensor (shaped and typed like ``like``) whose inner product with any ``x`` is
+        ``<y, P_t x>``."""
         signed = torch.stack((-projected, projected), dim=1).reshape(-1)  # signed[2b + s] = (+1 if s else -1) * y_b
         return signed[self.codes(index, like.numel(), like.device)].reshape(like.shape).to(like.dtype)

@@ -176,8 +176,8 @@ def random_adapter(
     target_modules: str | list[str] = "all-linear",
 ) -> str:
     """A LoRA adapter shaped like the DPO trainer's (by default r=8 on all linear layers) with seeded
-    random weights (B non-zero, unlike a fresh adapter), so that the version visibly differs from the base: for serving benchmarks
-    and tests, where no DPO run is needed to have an adapter."""
+    random weights (B non-zero, unlike a fresh adapter), so that the version visibly differs from the base: for
+    serving benchmarks and tests, where no DPO run is needed to have an adapter."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

@@ -133,7 +133,7 @@ class TeacherBackends(ABC):
     def versions(self) -> list[dict]:
         """Descriptions of the resident versions."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release engines and worker processes (on shutdown)."""
 
 

@@ -92,12 +92,14 @@ class JudgeSettings:
         check(
             self.model is not None or self.endpoint is not None,
             "model",
-            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; none is set",
+            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; "
+            "none is set",
         )
         check(
             self.model is None or self.endpoint is None,
             "endpoint",
-            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; both are set",
+            "exactly one of model (a local judge folder) and endpoint (an OpenAI-compatible URL) is required; "
+            "both are set",
         )
         if self.endpoint is not None:
             check(
@@ -123,7 +125,8 @@ def judge_prompt(instruction: str, first: str, second: str) -> str:
 
 
 def parse_verdict(text: str) -> Verdict:
-    """``first``/``second``/``tie`` from the first stand-alone 1, 2 or tie (any case) in ``text``; else ``unparseable``."""
+    """``first``/``second``/``tie`` from the first stand-alone 1, 2 or tie (any case) in ``text``; else
+    ``unparseable``."""
     match = _VERDICT.search(text)
     if match is None:
         return "unparseable"

@@ -87,7 +87,8 @@ class Synthesizer:
         target: int | None = None,
         progress: Progress = no_progress,
     ) -> tuple[list[Candidate], SynthesisStats]:
-        """Candidates (without responses) from ``num_prompts`` prompts, or from as many prompts as it takes to keep ``target``.
+        """Candidates (without responses) from ``num_prompts`` prompts, or from as many prompts as it takes to keep
+        ``target``.
 
         Every sample of a prompt is kept as its own candidate (a prompt group), so that
         preference pairs can be formed inside the group.

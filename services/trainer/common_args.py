@@ -78,7 +78,8 @@ def require_reporting(report_to: str) -> None:
 
 
 def keep_reports(scratch: str | Path, output_dir: Path) -> None:
-    """Move TensorBoard event files from the scratch output_dir into the published folder (before scratch is deleted)."""
+    """Move TensorBoard event files from the scratch output_dir into the published folder (before scratch is
+    deleted)."""
     runs = Path(scratch) / TENSORBOARD_DIR
     if runs.is_dir():
         shutil.move(str(runs), str(output_dir / TENSORBOARD_DIR))

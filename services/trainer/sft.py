@@ -42,7 +42,8 @@ def train_sft(
     progress: Progress = no_progress,
     stage: str = "sft",
 ) -> SFTResult:
-    """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to ``output_dir``."""
+    """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to
+    ``output_dir``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 

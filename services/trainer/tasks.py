@@ -31,7 +31,8 @@ def train_student(
     limit: int | None = None,
     progress: Progress = no_progress,
 ) -> StageResult:
-    """SFT ``student`` on the candidates' (instruction, response); publish ``<prefix>/model`` (with AdamW state if asked)."""
+    """SFT ``student`` on the candidates' (instruction, response); publish ``<prefix>/model`` (with AdamW state if
+    asked)."""
     started = time.time()
     rows = read_jsonl(candidates_path, required=("instruction", "response"))
     rows = rows[:limit] if limit else rows

@@ -1,4 +1,5 @@
-"""`montessori experiment` on the tiny models: seeds pooled, a killed run resumed, and the loops run on the controller."""
+"""`montessori experiment` on the tiny models: seeds pooled, a killed run resumed, and the loops run on the
+controller."""
 
 from __future__ import annotations
 

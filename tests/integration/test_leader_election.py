@@ -70,15 +70,16 @@ def start_replica(services, identity: str, api_url: str, log_dir):
     ]
     for worker in ("teacher", "influence", "preference", "trainer"):
         command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
-    log = open(log_dir / f"{identity}.log", "ab")
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, **services["env"]},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # the child gets its own copy of the descriptor: closing ours once it is started is safe
+    with open(log_dir / f"{identity}.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, **services["env"]},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return f"127.0.0.1:{port}", process
 
 

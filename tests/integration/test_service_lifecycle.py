@@ -22,27 +22,28 @@ from tests.integration.conftest import free_ports
 def start_teacher(store, *extra):
     """A teacher process whose output goes to a file (a pipe nobody drains could block it)."""
     port = free_ports(1)[0]
-    log = open(Path(store) / f"teacher-{port}.log", "wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "serve",
-            "teacher",
-            "--port",
-            str(port),
-            "--artifacts",
-            str(store),
-            "--grace",
-            "60",
-            *extra,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # the child gets its own copy of the descriptor: closing ours once it is started is safe
+    with open(Path(store) / f"teacher-{port}.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "teacher",
+                "--port",
+                str(port),
+                "--artifacts",
+                str(store),
+                "--grace",
+                "60",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     process.log_path = log.name
     return port, process
 

@@ -109,7 +109,7 @@ def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, 
     loop, _ = finished_loop
     again = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
     assert again.loop_id == loop.loop_id
-    assert loop.loop_id in [l.loop_id for l in controller.ListLoops(controller_pb2.ListLoopsRequest()).loops]
+    assert loop.loop_id in [x.loop_id for x in controller.ListLoops(controller_pb2.ListLoopsRequest()).loops]
     assert controller.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop.loop_id)).loop.rounds_completed == 1
 
 

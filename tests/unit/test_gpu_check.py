@@ -35,7 +35,7 @@ def test_the_smoke_check_measures_every_cell_on_the_cpu(tmp_path):
     assert report["environment"]["device"] == "cpu" and report["size"] == "smoke"
     cells = {cell["cell"]: cell for cell in report["cells"]}
     assert set(cells) == set(CELLS)
-    for name, cell in cells.items():
+    for _name, cell in cells.items():
         assert cell["status"] == "ok", cell
         assert cell["rate"] > 0 and cell["seconds"] > 0 and cell["flops_per_unit"] > 0 and cell["tflops"] > 0, cell
     assert cells["generate"]["count"] == 2 * 8  # batch x new tokens: every row generated all its tokens

@@ -577,7 +577,7 @@ def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(
     candidates, reference = write_round(tmp_path, seed_rows, reference_rows)
     store = LocalArtifactStore(tmp_path / "store")
     common = dict(warmup_dir=warmup_dir, reference_path=reference, candidates_path=candidates)
-    exact = score(store, "exact", config=InfluenceConfig(optimizer="sgd"), **common)
+    score(store, "exact", config=InfluenceConfig(optimizer="sgd"), **common)  # writes exact/scores.jsonl
     # A one-number projection scores every candidate by the same random direction: its pairs disagree
     # (deterministically: the projection is seeded).
     config = InfluenceConfig(optimizer="sgd", mode="projected", projection_dim=1, audit_size=12, min_pair_agreement=1.0)

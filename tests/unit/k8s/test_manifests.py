@@ -259,7 +259,7 @@ def test_every_container_runs_non_root_and_locked_down(rendered, target):
         pod = pod_template(obj)["spec"].get("securityContext", {})
         ctx = container.get("securityContext", {})
 
-        def effective(key):
+        def effective(key, ctx=ctx, pod=pod):
             return ctx.get(key, pod.get(key))
 
         where = f"{ident(obj)} {container['name']}"
@@ -595,7 +595,8 @@ def test_every_service_selects_exactly_one_workload_that_serves_its_target_port(
             else:
                 ok = any(p["containerPort"] == target_port for p in ports)
             assert ok, (
-                f"{ident(service)} port {port.get('name')}: targetPort {target_port} is no containerPort of {ident(workload)}"
+                f"{ident(service)} port {port.get('name')}: targetPort {target_port} "
+                f"is no containerPort of {ident(workload)}"
             )
     names = {s["metadata"]["name"] for s in of_kind(objects, "Service")}
     assert set(SERVICES) | {"influence-headless", "minio", "minio-headless"} <= names

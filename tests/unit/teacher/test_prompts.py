@@ -116,5 +116,8 @@ def test_a_sample_with_an_input_parses_as_one_line_and_a_reason_is_skipped():
         None,
     )
     # Chat style: a short reason before the tag, as the official prompt asks for; the last tag is the instruction.
-    raw = "A summary task needs its text, so I add one.\n<instruction>Summarise this.\n\nTides rise twice a day.</instruction>"
+    raw = (
+        "A summary task needs its text, so I add one.\n"
+        "<instruction>Summarise this.\n\nTides rise twice a day.</instruction>"
+    )
     assert clean(sample_text(raw, style="chat")) == ("Summarise this. Tides rise twice a day.", None)
