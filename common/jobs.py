@@ -138,9 +138,10 @@ class JobManager:
                 ),
             )
             self._registry.add(job)
+            queued = job.snapshot  # what was submitted: a worker may take the job before this returns
         self._queue.put(job)
         log.info("job queued", extra={"job_id": job_id, "service": self.service, "stage": kind})
-        return job.snapshot
+        return queued
 
     def get(self, job_id: str) -> JobSnapshot:
         with self._changed:
