@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, printable
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*$")
 
@@ -39,11 +39,21 @@ class ArtifactRef:
         return asdict(self)
 
 
+#: Longest key segment (a file name on every filesystem the local store may sit on) and longest key (S3: 1024).
+MAX_SEGMENT, MAX_KEY = 255, 1024
+
+
 def validate_key(key: str, *, field: str = "key") -> str:
-    """Reject absolute keys, ``..`` segments and characters outside a safe set."""
+    """Reject absolute keys, ``..`` segments, characters outside a safe set and over-long keys or segments."""
+    if len(key) > MAX_KEY or any(len(segment) > MAX_SEGMENT for segment in key.split("/")):
+        raise InvalidArgument(
+            f"keys are at most {MAX_KEY} characters, {MAX_SEGMENT} between slashes (got {len(key)} characters)",
+            field=field,
+        )
     if not key or key.startswith("/") or not _KEY_RE.match(key) or any(p in ("..", ".") for p in key.split("/")):
         raise InvalidArgument(
-            f"invalid artifact key {key!r} (relative, no '..', letters/digits/._=+- only)", field=field
+            f"invalid artifact key {printable(key, limit=200)!r} (relative, no '..', letters/digits/._=+- only)",
+            field=field,
         )
     return key
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -236,6 +237,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidArgument(f"expected a number, got {value!r}", field=path)
+        if not math.isfinite(value):
+            raise InvalidArgument(f"must be a finite number, got {value!r}", field=path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

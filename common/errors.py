@@ -58,3 +58,19 @@ class Unavailable(MontessoriError):
     """The service cannot take work yet (still loading models) or is shutting down; retry later."""
 
     code = "UNAVAILABLE"
+
+
+#: Longest error text sent to a client: gRPC status details travel in headers (16 KiB in all by default), so an
+#: error that echoed a 3 MB request field would reach the client as RESOURCE_EXHAUSTED "Stream removed".
+MAX_ERROR_CHARS = 1024
+
+
+def printable(text: str, *, limit: int = MAX_ERROR_CHARS, ascii_only: bool = False) -> str:
+    """``text`` safe to show and to send: control characters (NUL included) escaped, at most ``limit`` characters
+    (the rest counted), and with ``ascii_only`` every non-ASCII character escaped (gRPC metadata values)."""
+    escaped = "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text)
+    if ascii_only:
+        escaped = escaped.encode("ascii", "backslashreplace").decode()
+    if len(escaped) > limit:
+        escaped = f"{escaped[:limit]}... ({len(escaped) - limit} more characters)"
+    return escaped

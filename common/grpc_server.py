@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.config import check, field
-from common.errors import MontessoriError
+from common.errors import MontessoriError, printable
 from common.logs import get_logger
 
 #: Trailing metadata key of the request field a MontessoriError names.
@@ -68,8 +68,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return call()
             except MontessoriError as err:
                 if err.field:  # so a client (the controller) can re-raise it naming the field in its own terms
-                    context.set_trailing_metadata(((FIELD_METADATA, err.field),))
-                context.abort(_status(err), str(err))
+                    context.set_trailing_metadata(((FIELD_METADATA, printable(err.field, limit=256, ascii_only=True)),))
+                context.abort(_status(err), printable(str(err)))
             except grpc.RpcError:
                 raise
             except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a status

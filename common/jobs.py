@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 from common.artifacts import ArtifactRef
-from common.errors import Cancelled, MontessoriError, ResourceExhausted, Unavailable
+from common.errors import Cancelled, MontessoriError, ResourceExhausted, Unavailable, printable
 from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress
@@ -69,6 +69,10 @@ class JobSnapshot:
 Work = Callable[[Progress], "StageResult | dict[str, float]"]
 
 
+#: How long a finished job stays readable (GetJob/WatchJob) after it ended.
+JOB_TTL_SECONDS = 3600.0
+
+
 class _Job(Entry):
     """A job in the registry: its latest snapshot (also the latest event), its work and its cancel flag."""
 
@@ -98,11 +102,20 @@ class JobManager:
         capacity: int = 16,
         on_finish: Callable[[JobSnapshot, float], None] | None = None,
         history: int = DEFAULT_HISTORY,
+        ttl_seconds: float | None = JOB_TTL_SECONDS,
     ):
         self.service = service
         self.capacity = capacity
         self._registry: Registry[_Job] = Registry(
-            what="job", history=history, not_found=lambda job_id: f"no job {job_id!r} on the {service} service"
+            what="job",
+            history=history,
+            not_found=lambda job_id: (
+                f"no job {job_id!r} on the {service} service (finished jobs expire after "
+                f"{ttl_seconds:.0f} s; their results stay in the store)"
+                if ttl_seconds is not None
+                else f"no job {job_id!r} on the {service} service"
+            ),
+            ttl_seconds=ttl_seconds,
         )
         self._changed = self._registry.changed
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -234,7 +247,7 @@ class JobManager:
             except Cancelled:
                 final = {"state": JobState.CANCELLED, "error_code": Cancelled.code, "error_message": "cancelled"}
             except MontessoriError as err:
-                final = {"state": JobState.FAILED, "error_code": err.code, "error_message": str(err)}
+                final = {"state": JobState.FAILED, "error_code": err.code, "error_message": printable(str(err))}
             except Exception as err:  # noqa: BLE001 - a job must end with a state, never kill the worker
                 log.exception("job crashed", extra={"job_id": job.snapshot.job_id, "service": self.service})
                 final = {

@@ -17,21 +17,31 @@ def read_jsonl(
     where = label or str(path)
     if not path.is_file():
         raise NotFound(f"{where} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:  # a binary file, or another encoding
+        line = data[: err.start].count(b"\n") + 1
+        raise InvalidArgument(f"{where}:{line}: not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x})") from None
+    if "\x00" in text:
+        raise InvalidArgument(f"{where}:{text[: text.index(chr(0))].count(chr(10)) + 1}: a NUL byte (not a text file)")
+    lines = text.replace("\r\n", "\n").split("\n")  # not splitlines(): JSON strings may hold U+2028 and the like
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                raise InvalidArgument(f"{where}:{number}: empty line")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidArgument(f"{where}:{number}: malformed JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidArgument(f"{where}:{number}: expected a JSON object")
-            for name in required:
-                if not isinstance(row.get(name), str) or (name != "input" and not row[name].strip()):
-                    raise InvalidArgument(f"{where}:{number}: field {name!r} missing or not a non-empty string")
-            rows.append(row)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise InvalidArgument(f"{where}:{number}: empty line")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(f"{where}:{number}: malformed JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InvalidArgument(f"{where}:{number}: expected a JSON object")
+        for name in required:
+            if not isinstance(row.get(name), str) or (name != "input" and not row[name].strip()):
+                raise InvalidArgument(f"{where}:{number}: field {name!r} missing or not a non-empty string")
+        rows.append(row)
     if not rows and not allow_empty:
         raise InvalidArgument(f"{where}: no rows")
     return rows

@@ -33,6 +33,8 @@ from common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 #: Events an entry keeps by default.
 DEFAULT_HISTORY = 1000
+#: Longest request id a client may choose (ids are kept for as long as their entry).
+MAX_REQUEST_ID = 256
 
 T = TypeVar("T")
 E = TypeVar("E", bound="Entry")
@@ -55,6 +57,8 @@ class Entry:
         self.fingerprint = fingerprint
         #: The last ``history`` events, oldest first.
         self.events: deque[Event] = deque(maxlen=history)
+        #: When the latest event was recorded (monotonic): a terminal entry older than the registry's TTL expires.
+        self.updated_at = time.monotonic()
         #: Sequence of the latest event (0 before the first).
         self.sequence = 0
 
@@ -67,11 +71,20 @@ class Entry:
 class Registry(Generic[E]):
     """Entries by id and by request id, with one condition for every change (owners may hold it: it is re-entrant)."""
 
-    def __init__(self, *, what: str, history: int = DEFAULT_HISTORY, not_found: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        *,
+        what: str,
+        history: int = DEFAULT_HISTORY,
+        not_found: Callable[[str], str] | None = None,
+        ttl_seconds: float | None = None,
+    ):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         self.what = what
         self.history = history
+        #: Ended entries are forgotten this long after their last event (None: kept); their results stay in the store.
+        self.ttl_seconds = ttl_seconds
         self._not_found = not_found or (lambda entry_id: f"no {what} {entry_id!r}")
         self._entries: dict[str, E] = {}
         self._by_request: dict[str, str] = {}
@@ -80,7 +93,12 @@ class Registry(Generic[E]):
     # -- registry ------------------------------------------------------------------------
 
     def existing(self, request_id: str, fingerprint: str, *, conflict: str | None = None) -> E | None:
-        """The entry a request id made, if any; the same id with another fingerprint is FAILED_PRECONDITION."""
+        """The entry a request id made, if any; the same id with another fingerprint is FAILED_PRECONDITION, and an
+        id longer than :data:`MAX_REQUEST_ID` or with unprintable characters is INVALID_ARGUMENT."""
+        if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+            raise InvalidArgument(
+                f"must be at most {MAX_REQUEST_ID} printable characters (got {len(request_id)})", field="request_id"
+            )
         with self.changed:
             if not request_id or request_id not in self._by_request:
                 return None
@@ -96,11 +114,25 @@ class Registry(Generic[E]):
             current = self._entries.get(entry.id)
             if current is not None and current is not entry and not current.terminal:
                 raise FailedPrecondition(f"{self.what} {entry.id!r} is still active", field="id")
+            self.expire()
             self._entries[entry.id] = entry
             if entry.request_id:
                 self._by_request[entry.request_id] = entry.id
             self.changed.notify_all()
         return entry
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Forget the ended entries whose last event is older than the TTL; returns their ids."""
+        if self.ttl_seconds is None:
+            return []
+        now = time.monotonic() if now is None else now
+        with self.changed:
+            gone = [e.id for e in self._entries.values() if e.terminal and now - e.updated_at > self.ttl_seconds]
+            for entry_id in gone:
+                entry = self._entries.pop(entry_id)
+                if self._by_request.get(entry.request_id) == entry_id:
+                    del self._by_request[entry.request_id]
+            return gone
 
     def get(self, entry_id: str) -> E:
         with self.changed:
@@ -127,6 +159,7 @@ class Registry(Generic[E]):
             value = make(sequence)
             entry.events.append(Event(sequence, value))
             entry.sequence = sequence
+            entry.updated_at = time.monotonic()
             self.changed.notify_all()
             return value
 

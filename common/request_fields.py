@@ -75,3 +75,12 @@ def count(value: int, *, field: str, maximum: int, allow_zero: bool = True) -> i
         low = 0 if allow_zero else 1
         raise InvalidArgument(f"must be in {low}..{maximum}, got {value}", field=field)
     return value
+
+
+#: Largest stage seed: trainers seed numpy, whose seeds end at 2**32 - 1.
+MAX_STAGE_SEED = 2**32 - 1
+
+
+def seed(value: int, *, field: str = "seed") -> int:
+    """A stage's seed: 0..2**32-1 (INVALID_ARGUMENT otherwise, not a ValueError deep in a trainer)."""
+    return count(value, field=field, maximum=MAX_STAGE_SEED)

@@ -8,6 +8,7 @@ settings are in the README.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from montessori.v1.trainer_pb2 import DPOSettings, SFTSettings
 
 # The stage sections are the stage requests' settings messages: they hold what the run sets, the worker that
 # runs a stage resolves the rest from its own defaults and validates it (`montessori config` prints both).
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: Largest loop seed: the stages' seeds (seed * 1000 + iteration * 10 + stage) stay below 2**32.
+MAX_SEED = 1_000_000
 
 
 def _sft_demo() -> SFTSettings:
@@ -193,13 +199,16 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")
 
     def __post_init__(self) -> None:
-        check(bool(self.name.strip()) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        # Names become store keys (the loop id is <name>-<timestamp>): a key segment is at most 255 characters.
+        check(_NAME.fullmatch(self.name) is not None, "name", "must be 1-100 letters, digits, '-', '_' or '.'")
         check(
-            self.loop_id is None or (bool(self.loop_id) and "/" not in self.loop_id and ".." not in self.loop_id),
+            self.loop_id is None or (_NAME.fullmatch(self.loop_id) is not None and self.loop_id not in (".", "..")),
             "loop_id",
-            "must be a name without '/' or '..'",
+            "must be 1-100 letters, digits, '-', '_' or '.', or null",
         )
+        # Every stage derives its seed from this one (seed * 1000 + ...), and numpy seeds end at 2**32 - 1.
+        check(0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}")
         check(1 <= self.iterations <= 1000, "iterations", "must be in 1..1000")
-        check(self.max_rounds is None or self.max_rounds >= 1, "max_rounds", "must be >= 1 or null")
-        check(self.patience is None or self.patience >= 1, "patience", "must be >= 1 or null")
+        check(self.max_rounds is None or 1 <= self.max_rounds <= 100_000, "max_rounds", "must be in 1..100000 or null")
+        check(self.patience is None or 1 <= self.patience <= 100_000, "patience", "must be in 1..100000 or null")
         check(bool(self.artifacts.strip()), "artifacts", "must name a folder")

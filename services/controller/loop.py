@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common.artifacts import ArtifactRef, ArtifactStore, open_store
 from common.config import config_digest, to_dict
-from common.errors import Cancelled, FailedPrecondition, MontessoriError
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, printable
 from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
@@ -36,6 +36,8 @@ log = get_logger(__name__)
 
 #: The loop's state in the store: its config and every completed stage, by request fingerprint.
 STATE = "state.json"
+#: Resumes in a row that complete no stage before a loop is recorded failed.
+MAX_RESUMES = 3
 #: One line per finished round (the summary's ``iterations``), rewritten after every round.
 ROUNDS = "rounds.jsonl"
 
@@ -88,7 +90,10 @@ def check_data_files(config: RunConfig) -> None:
     model (every row tokenised) is checked by the workers in :meth:`LoopRunner.prepare`."""
     config.data.check_files()
     for name in DATA_SETS:
-        read_instruction_rows(getattr(config.data, name))
+        try:
+            read_instruction_rows(getattr(config.data, name))
+        except MontessoriError as err:
+            raise type(err)(err.message, field=f"data.{name}") from None
 
 
 def new_loop_id(config: RunConfig) -> str:
@@ -155,6 +160,7 @@ class LoopRunner:
         reused = result is not None
         if result is None:
             result = self.executor.run(request, self._progress(iteration, stage))
+            self.state["resumes_without_progress"] = 0
             self.state["stages"][key] = {
                 "stage": stage,
                 "iteration": iteration,
@@ -190,6 +196,17 @@ class LoopRunner:
             "stages": {},
             **self.state_extra,
         }
+
+    def _count_resume(self) -> None:
+        """A loop resumed :data:`MAX_RESUMES` times without completing a stage in between (it takes its controller
+        down each time, e.g. out of memory) is recorded failed instead of being resumed forever."""
+        attempts = self.state.get("resumes_without_progress", 0) + 1
+        self.state["resumes_without_progress"] = attempts
+        if attempts > MAX_RESUMES:
+            self.state["error"] = f"resumed {MAX_RESUMES} times without completing a stage; not resumed again"
+            self._save_state("failed")
+            raise FailedPrecondition(self.state["error"], field="loop_id")
+        self._save_state("running")
 
     def _save_state(self, status: str) -> None:
         self.state["status"] = status
@@ -371,6 +388,8 @@ class LoopRunner:
         c, watch = self.config, Stopwatch()
         self.state = self._load_state()
         resumed = bool(self.state["stages"])
+        if resumed and self.state.get("status") == "running":  # picked up after its process died (not a rerun)
+            self._count_resume()
         log.info("loop resumed" if resumed else "loop started", extra={"loop_id": self.loop_id, "stage": "loop"})
         self.requests = self.prepare()
         self.store.put_json(f"{self.prefix}/config.json", to_dict(c))
@@ -398,10 +417,15 @@ class LoopRunner:
         except MontessoriError as err:
             # A failure is final: a restarted controller must not silently retry it (StartLoop with
             # the same loop_id does, reusing every completed stage).
-            self.state["error"] = str(err)
+            self.state["error"] = printable(str(err))
+            self._save_state("failed")
+            raise
+        except Exception as err:  # a bug: recorded as failed too, or every restart would resume it and crash again
+            self.state["error"] = printable(f"internal error ({type(err).__name__}: {err})")
             self._save_state("failed")
             raise
         summary = self._write_summary(status, evaluation, watch)
+        self.state["resumes_without_progress"] = 0
         self._save_state(status)
         self.on_event("loop_finished", 0, "loop", metrics={"seconds": summary["seconds"], "rounds": len(self.rows)})
         log.info(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable
+from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable, printable
 from common.logs import get_logger
 from common.metrics import ServiceMetrics
 from common.registry import DEFAULT_HISTORY, Entry, Registry
@@ -234,23 +234,26 @@ class LoopManager:
         for key in self.store.list("loops"):
             if not key.endswith(f"/{STATE}") or key.count("/") != 2:
                 continue
-            state = self.store.get_json(key)
-            current = self._registry.get(state["loop_id"]) if state["loop_id"] in self._registry else None
-            if state.get("status") != "running" or (current and current.snapshot.state is LoopState.RUNNING):
-                continue
+            loop_id = key.split("/")[1]
+            # One unreadable loop (a state.json whose digest sidecar a crash left behind, a config this version
+            # rejects) is logged and left as it is: it must not keep the controller or the other loops from starting.
             try:
+                state = self.store.get_json(key)
+                current = self._registry.get(loop_id) if loop_id in self._registry else None
+                if state.get("status") != "running" or (current and current.snapshot.state is LoopState.RUNNING):
+                    continue
                 config = from_dict(RunConfig, state["config"])
                 self.start(
                     config,
                     request_id=state.get("request_id", ""),
                     fingerprint=state.get("request_fingerprint", ""),
-                    loop_id=state["loop_id"],
+                    loop_id=loop_id,
                 )
-                resumed.append(state["loop_id"])
-            except MontessoriError as err:
+                resumed.append(loop_id)
+            except (MontessoriError, KeyError, TypeError, ValueError) as err:
                 log.error(
                     "cannot resume loop",
-                    extra={"loop_id": state["loop_id"], "stage": "controller", "metrics": {"error": str(err)}},
+                    extra={"loop_id": loop_id, "stage": "controller", "metrics": {"error": printable(str(err))}},
                 )
         if resumed:
             log.info("loops resumed", extra={"stage": "controller", "metrics": {"loops": resumed}})
@@ -267,7 +270,7 @@ class LoopManager:
                 "error_message": "interrupted by controller shutdown; resumes on restart",
             }
         except MontessoriError as err:
-            final = {"state": LoopState.FAILED, "error_message": str(err)}
+            final = {"state": LoopState.FAILED, "error_message": printable(str(err))}
         except Exception as err:  # noqa: BLE001 - the loop must end in a state, whatever happened
             log.exception("loop crashed", extra={"loop_id": loop.snapshot.loop_id, "stage": "controller"})
             final = {

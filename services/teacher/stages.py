@@ -9,7 +9,7 @@ from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
 from common.manifests import StageResult
 from common.progress import Progress
-from common.request_fields import count, local_artifact, model_from_proto, output_prefix, settings
+from common.request_fields import count, local_artifact, model_from_proto, output_prefix, seed, settings
 from montessori.v1 import teacher_pb2
 from services.teacher import tasks
 from services.teacher.backend import TeacherBackends
@@ -22,6 +22,7 @@ MAX_PROMPTS = 1_000_000
 def generate(store: ArtifactStore, request: teacher_pb2.GenerateRequest, backends: TeacherBackends) -> Work | None:
     """A candidate set written by the requested teacher version (loaded into ``backends`` when it runs)."""
     config = settings(request.synthesis, SynthesisConfig, field="synthesis")
+    stage_seed = seed(request.seed)
     teacher = model_from_proto(request.teacher, store, field="teacher")
     label = request.teacher_label or f"teacher-r{len(teacher.adapters)}"
     version = version_name(request.teacher_version, field="teacher_version") if request.teacher_version else label
@@ -46,7 +47,7 @@ def generate(store: ArtifactStore, request: teacher_pb2.GenerateRequest, backend
             served_version=served,
             seed_path=seed_path,
             config=config,
-            seed=request.seed,
+            seed=stage_seed,
             num_prompts=prompts or None,
             target=target or None,
             progress=progress,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
 from common.progress import Progress
-from common.request_fields import count, local_artifact, model_from_proto, output_prefix, settings
+from common.request_fields import count, local_artifact, model_from_proto, output_prefix, seed, settings
 from montessori.v1 import trainer_pb2
 from services.trainer import tasks
 from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
@@ -19,6 +19,7 @@ Work = Callable[[Progress], StageResult]
 def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest) -> Work | None:
     """SFT of the student (``warmup``: the warm-up, with WarmupSettings' defaults and the AdamW state saved)."""
     sft = settings(request.sft, WarmupSettings if request.warmup else SFTSettings, field="sft")
+    stage_seed = seed(request.seed)
     limit = count(request.limit, field="limit", maximum=100_000_000)
     student = model_from_proto(request.student, store, field="student")
     if request.validate_only:
@@ -31,7 +32,7 @@ def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest
         student=student,
         candidates_path=candidates,
         settings=sft,
-        seed=request.seed,
+        seed=stage_seed,
         save_optimizer=request.warmup,
         limit=limit or None,
         progress=progress,
@@ -41,11 +42,12 @@ def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest
 def train_teacher(store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest) -> Work | None:
     """DPO of the teacher on preference pairs."""
     dpo = settings(request.dpo, DPOSettings, field="dpo")
+    stage_seed = seed(request.seed)
     teacher = model_from_proto(request.teacher, store, field="teacher")
     if request.validate_only:
         return None
     pairs = local_artifact(store, request.pairs, field="pairs")
     prefix = output_prefix(request.output_prefix)
     return lambda progress: tasks.train_teacher(
-        store, prefix, teacher=teacher, pairs_path=pairs, settings=dpo, seed=request.seed, progress=progress
+        store, prefix, teacher=teacher, pairs_path=pairs, settings=dpo, seed=stage_seed, progress=progress
     )
