@@ -49,8 +49,16 @@ def test_nan_and_infinite_settings_are_invalid(value):
 def test_a_data_file_that_is_not_utf8_text_is_invalid_naming_the_field(tmp_path, content):
     seed = tmp_path / "seed.jsonl"
     seed.write_bytes(content)
-    config = from_dict(RunConfig, {"data": {"seed_path": str(seed), "reference_path": str(DATA / "reference.jsonl"),
-                                            "eval_path": str(DATA / "eval.jsonl")}})
+    config = from_dict(
+        RunConfig,
+        {
+            "data": {
+                "seed_path": str(seed),
+                "reference_path": str(DATA / "reference.jsonl"),
+                "eval_path": str(DATA / "eval.jsonl"),
+            }
+        },
+    )
     with pytest.raises(InvalidArgument) as err:
         check_data_files(config)
     assert err.value.field == "data.seed_path" and f"{seed}:1" in err.value.message
@@ -82,8 +90,9 @@ def test_loop_names_are_bounded_key_segments(name):
 def test_a_stage_seed_beyond_numpys_range_is_invalid(tiny_student):
     from services.trainer import stages
 
-    request = trainer_pb2.TrainStudentRequest(student=common_pb2.ModelSpec(path=str(tiny_student)), seed=2**40,
-                                              validate_only=True)
+    request = trainer_pb2.TrainStudentRequest(
+        student=common_pb2.ModelSpec(path=str(tiny_student)), seed=2**40, validate_only=True
+    )
     with pytest.raises(InvalidArgument) as err:
         stages.train_student(LocalArtifactStore("/nonexistent-store"), request)
     assert err.value.field == "seed"
@@ -153,8 +162,17 @@ def test_finished_jobs_expire_after_the_ttl():
 
 
 def _config(tmp_path, loop_id: str):
-    return load_config(RunConfig, TINY, [f"artifacts={tmp_path}", f"loop_id={loop_id}", "iterations=1",
-                                         "evaluation.shift_samples=0", "evaluation.baseline=false"])
+    return load_config(
+        RunConfig,
+        TINY,
+        [
+            f"artifacts={tmp_path}",
+            f"loop_id={loop_id}",
+            "iterations=1",
+            "evaluation.shift_samples=0",
+            "evaluation.baseline=false",
+        ],
+    )
 
 
 def test_a_runner_that_crashes_is_recorded_failed_and_not_resumed(tmp_path):
