@@ -22,6 +22,12 @@ def add_parser(commands) -> None:
     sub.add_argument("--queue-capacity", type=int, default=16, help="jobs that may wait before RESOURCE_EXHAUSTED")
     sub.add_argument("--max-message-bytes", type=int, default=4 << 20, help="largest gRPC message")
     sub.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs get on SIGTERM")
+    sub.add_argument(
+        "--max-streams",
+        type=int,
+        default=16,
+        help="streams (WatchJob/WatchLoop) open at once; more: RESOURCE_EXHAUSTED",
+    )
     sub.add_argument("--preload", action="append", default=[], help="teacher: model folder to load before SERVING")
     sub.add_argument(
         "--dtype", default=None, help="teacher: weights dtype of the transformers backend (default float32)"
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             "queue_capacity": args.queue_capacity,
             "max_message_bytes": args.max_message_bytes,
             "grace_seconds": args.grace,
+            "max_streams": args.max_streams,
         },
     )
     if args.service == "teacher":

@@ -18,6 +18,8 @@ from common.config import check, field
 from common.errors import MontessoriError, printable
 from common.logs import get_logger
 
+#: Server threads kept free of streams: health checks and unary calls always find one.
+UNARY_THREADS = 16
 #: Trailing metadata key of the request field a MontessoriError names.
 FIELD_METADATA = "montessori-field"
 log = get_logger(__name__)
@@ -37,6 +39,11 @@ class ServerConfig:
     queue_capacity: int = field(16, help="Jobs that may wait; beyond this, submits get RESOURCE_EXHAUSTED.")
     max_message_bytes: int = field(4 * 1024 * 1024, help="Largest gRPC message accepted or sent.")
     grace_seconds: float = field(30.0, help="On SIGTERM: how long in-flight jobs get to stop cleanly.")
+    max_streams: int = field(
+        16,
+        help="Streams (WatchJob, WatchLoop, health Watch) open at once; one more is RESOURCE_EXHAUSTED. Each holds a "
+        "server thread, and the server has this many plus 16 more, so health checks and unary calls always answer.",
+    )
 
     def __post_init__(self) -> None:
         check(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -45,6 +52,7 @@ class ServerConfig:
         check(0 <= self.queue_capacity <= 100_000, "queue_capacity", "must be in 0..100000")
         check(1024 <= self.max_message_bytes <= 1 << 30, "max_message_bytes", "must be in 1 KiB..1 GiB")
         check(0 <= self.grace_seconds <= 3600, "grace_seconds", "must be in 0..3600")
+        check(1 <= self.max_streams <= 10_000, "max_streams", "must be in 1..10000")
 
 
 def _status(err: MontessoriError) -> grpc.StatusCode:
@@ -54,8 +62,10 @@ def _status(err: MontessoriError) -> grpc.StatusCode:
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps domain errors to status codes; anything else is INTERNAL with an incident id, never a traceback."""
 
-    def __init__(self, service: str):
+    def __init__(self, service: str, *, max_streams: int = 16):
         self.service = service
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -90,13 +100,22 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             def stream(request, context):
-                # A generator's errors surface while iterating, so guard the iteration too.
-                iterator = guard(context, lambda: iter(inner_stream(request, context)))
-                while True:
-                    item = guard(context, lambda: next(iterator, StopIteration))
-                    if item is StopIteration:
-                        return
-                    yield item
+                # Each open stream holds a server thread until it ends: past max_streams, refuse at once.
+                if not self._streams.acquire(blocking=False):
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{self.max_streams} streams are open on the {self.service} service; retry later",
+                    )
+                try:
+                    # A generator's errors surface while iterating, so guard the iteration too.
+                    iterator = guard(context, lambda: iter(inner_stream(request, context)))
+                    while True:
+                        item = guard(context, lambda: next(iterator, StopIteration))
+                        if item is StopIteration:
+                            return
+                        yield item
+                finally:
+                    self._streams.release()
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
@@ -120,8 +139,10 @@ class ServiceServer:
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{name}-rpc"),
-            interceptors=[ErrorInterceptor(name)],
+            futures.ThreadPoolExecutor(
+                max_workers=config.max_streams + UNARY_THREADS, thread_name_prefix=f"{name}-rpc"
+            ),
+            interceptors=[ErrorInterceptor(name, max_streams=config.max_streams)],
             options=options,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)

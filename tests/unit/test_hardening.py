@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import grpc
 import pytest
@@ -210,3 +211,59 @@ def test_one_unreadable_loop_does_not_stop_the_others_from_resuming(tmp_path):
     (tmp_path / "loops/torn/state.json").write_text('{"loop_id": "torn", "status": "running", "stages": {}, "x": 1}')
     store.put_json("loops/odd/state.json", {"loop_id": "odd", "status": "running"})  # no config: cannot resume
     assert LoopManager(store, lambda loop_id: None).resume_all() == []
+
+
+# ---------------------------------------------------------------- streams cannot starve a service
+
+
+def test_200_open_streams_leave_health_and_unary_calls_answering(tmp_path):
+    """Each open stream holds a server thread: 32 used to freeze Health/Check and GetJob. Now streams past
+    ``max_streams`` are RESOURCE_EXHAUSTED at once and the threads kept for unary calls always answer."""
+    import collections
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from common.grpc_server import ServerConfig
+    from common.service_main import start_service
+    from services.preference.servicer import build
+
+    service = start_service("preference", ServerConfig(artifacts=str(tmp_path / "store"), max_streams=16), build)
+    # Channels of their own (grpc shares one connection between same-target channels, 100 streams at most).
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{service.port}", options=own) for _ in range(5)]
+    try:
+        streams = [
+            health_pb2_grpc.HealthStub(channels[i % 4]).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            for i in range(200)
+        ]
+        outcomes = collections.Counter()
+        for call in streams:
+            try:
+                next(call)
+                outcomes["open"] += 1
+            except grpc.RpcError as err:
+                outcomes[err.code().name] += 1
+        assert outcomes == {"open": 16, "RESOURCE_EXHAUSTED": 184}
+        check = health_pb2_grpc.HealthStub(channels[4]).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            preference_pb2_grpc.PreferenceServiceStub(channels[4]).GetJob(
+                common_pb2.GetJobRequest(job_id="x"), timeout=2
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        for call in streams:
+            call.cancel()
+        for _ in range(100):  # the server sees the cancellations and frees the slots (bounded wait)
+            again = health_pb2_grpc.HealthStub(channels[4]).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            try:
+                next(again)
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("no stream slot came back after the streams were cancelled")
+        again.cancel()
+    finally:
+        for channel in channels:
+            channel.close()
+        service.stop()
