@@ -23,7 +23,7 @@ from common.health import health_status
 from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
-from common.protoconv import ref_from_proto
+from common.protoconv import fingerprint, ref_from_proto
 from montessori.v1 import (
     common_pb2,
     influence_pb2,
@@ -135,9 +135,12 @@ class RemoteExecutor:
         )
 
     def _with_id(self, request):
+        """The request with its job id: the loop's, then the digest of the request itself. A retried submit gets the
+        same id (the same job); an id cannot be taken beforehand by another request, as a predictable one
+        (``<loop>:<output prefix>``) could, failing the loop with FAILED_PRECONDITION."""
         message = type(request)()
         message.CopyFrom(request)
-        message.request_id = self._request_id(request.output_prefix)
+        message.request_id = self._request_id(fingerprint(request)[:32])
         return message
 
     def _run(self, service: str, stub, submit, request, progress: Progress) -> common_pb2.Job:

@@ -267,3 +267,49 @@ def test_200_open_streams_leave_health_and_unary_calls_answering(tmp_path):
         for channel in channels:
             channel.close()
         service.stop()
+
+
+# ---------------------------------------------------------------- request ids cannot be squatted
+
+
+def test_a_job_submitted_first_under_the_loops_predictable_id_does_not_fail_the_loop(tmp_path):
+    """Request ids used to be ``<loop>:<output prefix>``: anyone could take one first with another request, and
+    the loop's own submit then failed for good (FAILED_PRECONDITION). Now the id is the digest of the request."""
+    from common.grpc_server import ServerConfig
+    from common.service_main import start_service
+    from services.controller.remote import RemoteExecutor, WorkerAddresses
+    from services.preference.servicer import build
+
+    service = start_service("preference", ServerConfig(artifacts=str(tmp_path / "store")), build)
+    store = service.store
+    rows = [{"id": f"c{i}", "group_id": "g", "prompt": "p", "raw_sample": f"s{i}"} for i in range(2)]
+    candidates = store.put_jsonl("loops/L/iter-1/probe-data/candidates.jsonl", rows)
+    scores = store.put_jsonl(
+        "loops/L/iter-1/scores/scores.jsonl", [{"id": "c0", "influence": 1.0}, {"id": "c1", "influence": -1.0}]
+    )
+    ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
+    unused = "127.0.0.1:9"
+    executor = RemoteExecutor(
+        store, WorkerAddresses(unused, unused, f"127.0.0.1:{service.port}", unused), request_prefix="L"
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            squatter = preference_pb2_grpc.PreferenceServiceStub(channel)
+            squatter.Assemble(
+                preference_pb2.AssembleRequest(
+                    request_id="L:loops/L/iter-1/pairs",
+                    candidates=ref(candidates),
+                    scores=ref(scores),
+                    output_prefix="elsewhere/pairs",
+                ),
+                timeout=30,
+            )
+        result = executor.run(
+            preference_pb2.AssembleRequest(
+                candidates=ref(candidates), scores=ref(scores), output_prefix="loops/L/iter-1/pairs"
+            )
+        )
+    finally:
+        executor.close()
+        service.stop()
+    assert result.metrics["pairs"] == 1
