@@ -46,8 +46,24 @@ def local_artifact(store: ArtifactStore, ref: common_pb2.ArtifactRef, *, field: 
     return store.local_path(key)
 
 
+#: Names a stage's outputs may not take: a loop's own records (an output there would shadow them).
+RESERVED_NAMES = frozenset({"state.json", "summary.json", "config.json", "rounds.jsonl", "manifest.json", "inputs"})
+
+
 def output_prefix(value: str, *, field: str = "output_prefix") -> str:
-    return validate_key(required(value, field), field=field)
+    """Where a stage publishes: a valid store key, with no hidden segment (``.x``: unlisted, never collected by
+    gc) and no reserved name, and not a loop's own folder (``loops/<id>``, where its records are)."""
+    key = validate_key(required(value, field), field=field)
+    segments = key.split("/")
+    if any(segment.startswith(".") for segment in segments):
+        raise InvalidArgument("must not have a hidden segment (one starting with '.')", field=field)
+    if any(segment in RESERVED_NAMES for segment in segments):
+        raise InvalidArgument(f"must not use a reserved name ({', '.join(sorted(RESERVED_NAMES))})", field=field)
+    if len(segments) <= 2 and segments[0] == "loops":
+        raise InvalidArgument(
+            "must be a stage folder inside a loop (loops/<id>/<stage>), not a loop itself", field=field
+        )
+    return key
 
 
 def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:

@@ -36,6 +36,17 @@ def test_a_key_segment_over_255_characters_is_invalid_not_an_os_error():
     assert validate_key(f"jobs/{'x' * 255}") == f"jobs/{'x' * 255}"
 
 
+@pytest.mark.parametrize("prefix", [".hidden/x", "loops/B/.x", "loops/B", "loops/B/state.json", "loops/B/inputs/x"])
+def test_hidden_reserved_and_loop_root_output_prefixes_are_invalid(prefix):
+    """``.hidden/x`` used to be accepted and then be invisible to ``artifacts ls`` and gc."""
+    from common.request_fields import output_prefix
+
+    with pytest.raises(InvalidArgument) as err:
+        output_prefix(prefix)
+    assert err.value.field == "output_prefix"
+    assert output_prefix("loops/B/iter-1/pairs") == "loops/B/iter-1/pairs"
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_nan_and_infinite_settings_are_invalid(value):
     with pytest.raises(InvalidArgument) as err:
