@@ -9,6 +9,7 @@ from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument, Unavailable
 from common.jobs import JobManager
 from common.protoconv import fingerprint, job_to_proto
+from common.request_fields import service_model_roots
 from montessori.v1 import common_pb2
 
 
@@ -17,6 +18,8 @@ class JobRpcs:
 
     def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event):
         self.store, self.jobs, self.ready = store, jobs, ready
+        #: Node-local model folders a request may name (others: INVALID_ARGUMENT); models else come from the store.
+        self.model_roots = service_model_roots()
 
     def require_ready(self) -> None:
         if not self.ready.is_set():
@@ -28,7 +31,7 @@ class JobRpcs:
         validate_only = getattr(request, "validate_only", False)
         if not validate_only:
             self.require_ready()
-        work = stage(self.store, request)
+        work = stage(self.store, request, model_roots=self.model_roots)
         if work is None:
             return None
         return job_to_proto(self.jobs.submit(request.request_id, kind, work, fingerprint=fingerprint(request)))

@@ -66,11 +66,25 @@ def output_prefix(value: str, *, field: str = "output_prefix") -> str:
     return key
 
 
-def model_from_proto(spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str) -> ModelRef:
+def model_from_proto(
+    spec: common_pb2.ModelSpec, store: ArtifactStore, *, field: str, roots: tuple[Path, ...] | None = None
+) -> ModelRef:
     """A ModelSpec as a ModelRef of local folders (base path on this node, or a model in the store), with its
-    chat template when the request sets one (checked against the tokenizer when it is loaded)."""
+    chat template when the request sets one (checked against the tokenizer when it is loaded). With ``roots`` (a
+    service's models directories), a node path outside them is INVALID_ARGUMENT before anything is read there:
+    a client cannot load, or probe for, any other folder of the node."""
     if bool(spec.path) == spec.HasField("artifact"):
         raise InvalidArgument("set exactly one of path and artifact", field=field)
+    if (
+        spec.path
+        and roots is not None
+        and not any(Path(spec.path).resolve().is_relative_to(r.resolve()) for r in roots)
+    ):
+        raise InvalidArgument(
+            f"must be a model folder inside {', '.join(str(r) for r in roots)} (the service's models directory); "
+            "other models come from the store (artifact)",
+            field=f"{field}.path",
+        )
     chat_template = spec.chat_template if spec.HasField("chat_template") else None
     if chat_template is not None and not chat_template.strip():
         raise InvalidArgument("must be a non-empty Jinja template when set", field=f"{field}.chat_template")
@@ -100,3 +114,14 @@ MAX_STAGE_SEED = 2**32 - 1
 def seed(value: int, *, field: str = "seed") -> int:
     """A stage's seed: 0..2**32-1 (INVALID_ARGUMENT otherwise, not a ValueError deep in a trainer)."""
     return count(value, field=field, maximum=MAX_STAGE_SEED)
+
+
+def service_model_roots() -> tuple[Path, ...]:
+    """The folders a service loads node-local models from: ``MONTESSORI_MODELS_DIR``, plus any listed in
+    ``MONTESSORI_MODEL_ROOTS`` (separated by ``os.pathsep``)."""
+    import os
+
+    from common.envs import Env
+
+    extra = [Path(p) for p in os.environ.get("MONTESSORI_MODEL_ROOTS", "").split(os.pathsep) if p]
+    return (Path(Env.read().models_dir), *extra)

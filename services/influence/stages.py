@@ -22,12 +22,14 @@ DEFAULT_EVAL_BATCH = 16
 EVAL_MAX_LENGTH = 512
 
 
-def score(store: ArtifactStore, request: influence_pb2.ScoreRequest) -> Work | None:
+def score(
+    store: ArtifactStore, request: influence_pb2.ScoreRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """Influence of the candidates on the warmed-up student. Validation alone tokenises the reference rows
     with the student's tokenizer (the base student's, before any warm-up exists)."""
     config = settings(request.influence, InfluenceConfig, field="influence")
     shard = _shard(request) if request.HasField("shard") else None
-    student = model_from_proto(request.student, store, field="student")
+    student = model_from_proto(request.student, store, field="student", roots=model_roots)
     reference = local_artifact(store, request.reference, field="reference")
     if request.validate_only:
         tasks.check_rows(
@@ -56,7 +58,9 @@ def score(store: ArtifactStore, request: influence_pb2.ScoreRequest) -> Work | N
     )
 
 
-def merge_scores(store: ArtifactStore, request: influence_pb2.MergeScoresRequest) -> Work | None:
+def merge_scores(
+    store: ArtifactStore, request: influence_pb2.MergeScoresRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """One scores file from the shards of a sharded Score."""
     config = settings(request.influence, InfluenceConfig, field="influence")
     if not request.shards:
@@ -76,10 +80,12 @@ def merge_scores(store: ArtifactStore, request: influence_pb2.MergeScoresRequest
     )
 
 
-def evaluate(store: ArtifactStore, request: influence_pb2.EvaluateRequest) -> Work | None:
+def evaluate(
+    store: ArtifactStore, request: influence_pb2.EvaluateRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """Held-out loss of a model per row (with ``output_prefix``), or only its mean. Validation alone tokenises
     the rows with the model's tokenizer."""
-    model = model_from_proto(request.model, store, field="model")
+    model = model_from_proto(request.model, store, field="model", roots=model_roots)
     rows = local_artifact(store, request.rows, field="rows")
     limit = count(request.limit, field="limit", maximum=10_000_000)
     batch_size = count(request.batch_size, field="batch_size", maximum=1024) or DEFAULT_EVAL_BATCH

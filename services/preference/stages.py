@@ -4,6 +4,7 @@ the in-process runner calls it directly)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
@@ -16,7 +17,9 @@ from services.preference.config import PreferenceConfig
 Work = Callable[[Progress], StageResult]
 
 
-def assemble(store: ArtifactStore, request: preference_pb2.AssembleRequest) -> Work | None:
+def assemble(
+    store: ArtifactStore, request: preference_pb2.AssembleRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """Pairs of helpful and harmful candidates within each prompt group."""
     config = settings(request.preference, PreferenceConfig, field="preference")
     if request.validate_only:

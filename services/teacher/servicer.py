@@ -23,13 +23,17 @@ class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
         self.backends = backends
 
     def Generate(self, request, context):
-        job = self.submit(request, "generate", lambda store, request: stages.generate(store, request, self.backends))
+        job = self.submit(
+            request,
+            "generate",
+            lambda store, request, **policy: stages.generate(store, request, self.backends, **policy),
+        )
         return teacher_pb2.GenerateResponse(job=job)
 
     def LoadTeacherVersion(self, request, context):
         self.require_ready()
         name = version_name(request.name)
-        teacher = model_from_proto(request.teacher, self.store, field="teacher")
+        teacher = model_from_proto(request.teacher, self.store, field="teacher", roots=self.model_roots)
         return teacher_pb2.LoadTeacherVersionResponse(
             version=version_to_proto(self.backends.load_version(name, teacher))
         )

@@ -4,6 +4,7 @@ in-process runner calls it directly)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
@@ -19,11 +20,17 @@ Work = Callable[[Progress], StageResult]
 MAX_PROMPTS = 1_000_000
 
 
-def generate(store: ArtifactStore, request: teacher_pb2.GenerateRequest, backends: TeacherBackends) -> Work | None:
+def generate(
+    store: ArtifactStore,
+    request: teacher_pb2.GenerateRequest,
+    backends: TeacherBackends,
+    *,
+    model_roots: tuple[Path, ...] | None = None,
+) -> Work | None:
     """A candidate set written by the requested teacher version (loaded into ``backends`` when it runs)."""
     config = settings(request.synthesis, SynthesisConfig, field="synthesis")
     stage_seed = seed(request.seed)
-    teacher = model_from_proto(request.teacher, store, field="teacher")
+    teacher = model_from_proto(request.teacher, store, field="teacher", roots=model_roots)
     label = request.teacher_label or f"teacher-r{len(teacher.adapters)}"
     version = version_name(request.teacher_version, field="teacher_version") if request.teacher_version else label
     if request.validate_only:

@@ -4,6 +4,7 @@ in-process runner calls them directly): one function per request message."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
@@ -16,12 +17,14 @@ from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
 Work = Callable[[Progress], StageResult]
 
 
-def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest) -> Work | None:
+def train_student(
+    store: ArtifactStore, request: trainer_pb2.TrainStudentRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """SFT of the student (``warmup``: the warm-up, with WarmupSettings' defaults and the AdamW state saved)."""
     sft = settings(request.sft, WarmupSettings if request.warmup else SFTSettings, field="sft")
     stage_seed = seed(request.seed)
     limit = count(request.limit, field="limit", maximum=100_000_000)
-    student = model_from_proto(request.student, store, field="student")
+    student = model_from_proto(request.student, store, field="student", roots=model_roots)
     if request.validate_only:
         return None
     candidates = local_artifact(store, request.candidates, field="candidates")
@@ -39,11 +42,13 @@ def train_student(store: ArtifactStore, request: trainer_pb2.TrainStudentRequest
     )
 
 
-def train_teacher(store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest) -> Work | None:
+def train_teacher(
+    store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest, *, model_roots: tuple[Path, ...] | None = None
+) -> Work | None:
     """DPO of the teacher on preference pairs."""
     dpo = settings(request.dpo, DPOSettings, field="dpo")
     stage_seed = seed(request.seed)
-    teacher = model_from_proto(request.teacher, store, field="teacher")
+    teacher = model_from_proto(request.teacher, store, field="teacher", roots=model_roots)
     if request.validate_only:
         return None
     pairs = local_artifact(store, request.pairs, field="pairs")

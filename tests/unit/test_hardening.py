@@ -324,3 +324,35 @@ def test_a_job_submitted_first_under_the_loops_predictable_id_does_not_fail_the_
         executor.close()
         service.stop()
     assert result.metrics["pairs"] == 1
+
+
+# ---------------------------------------------------------------- node paths
+
+
+def test_a_service_loads_node_models_only_from_its_models_directory(tmp_path, tiny_teacher):
+    """Any folder of the node could be loaded as a teacher, or probed for (NOT_FOUND vs another error)."""
+    from common.grpc_server import ServerConfig
+    from common.service_main import start_service
+    from montessori.v1 import trainer_pb2_grpc
+    from services.trainer.servicer import build
+
+    service = start_service("trainer", ServerConfig(artifacts=str(tmp_path / "store")), build)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            for path in ("/etc", "/etc/shadow", "/nonexistent", str(tmp_path)):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.TrainTeacher(
+                        trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path=path), validate_only=True),
+                        timeout=30,
+                    )
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, err.value.details())
+                assert err.value.details().startswith("teacher.path")
+            stub.TrainTeacher(
+                trainer_pb2.TrainTeacherRequest(  # inside the models directory: fine
+                    teacher=common_pb2.ModelSpec(path=str(tiny_teacher)), validate_only=True
+                ),
+                timeout=30,
+            )
+    finally:
+        service.stop()
