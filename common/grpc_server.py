@@ -82,6 +82,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 context.abort(_status(err), printable(str(err)))
             except grpc.RpcError:
                 raise
+            except NotImplementedError:  # a method of a stock service (e.g. Health/List) this version lacks
+                context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by the {self.service} service"
+                )
             except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a status
                 incident = uuid.uuid4().hex[:8]
                 log.exception("unexpected error", extra={"service": self.service, "stage": method, "job_id": incident})
