@@ -25,12 +25,31 @@ from tests.integration.conftest import ORDER
 PER_METHOD = 20
 #: Answers that mean the server, not the request, is at fault.
 SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-STRINGS = ["", " ", "x" * 300, "a\x00b", "../../etc/passwd", "file:///etc/passwd", "s3://elsewhere/x", "loops/x/../y",
-           ".hidden/x", "é" * 20, "loops", "\n\t", "models/../../etc", "%s%n{}", "a" * 5000]
+STRINGS = [
+    "",
+    " ",
+    "x" * 300,
+    "a\x00b",
+    "../../etc/passwd",
+    "file:///etc/passwd",
+    "s3://elsewhere/x",
+    "loops/x/../y",
+    ".hidden/x",
+    "é" * 20,
+    "loops",
+    "\n\t",
+    "models/../../etc",
+    "%s%n{}",
+    "a" * 5000,
+]
 INTEGERS = [0, -1, 1, 7, 2**31 - 1, -(2**31), 10**9]
 FLOATS = [math.nan, math.inf, -math.inf, -1.0, 0.0, 0.5, 1e308]
-_RANGES = {FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1), FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
-           FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1), FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1)}
+_RANGES = {
+    FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
 
 
 def _scalar(field: FieldDescriptor, rng: random.Random):
@@ -103,13 +122,15 @@ def test_malformed_requests_never_get_a_server_fault(services, api):
     faults = []
     seen_services = {service for service, *_ in api}
     assert seen_services == set(ORDER) and len(api) >= 25, sorted({m.full_name for *_, m, _, _ in api})
-    for service, channel, service_name, method, request_class, response_class in api:
+    for _service, channel, service_name, method, request_class, response_class in api:
         path = f"/{service_name}/{method.name}"
         for _ in range(PER_METHOD):
             request = fuzz(request_class(), rng)
             keep_loops_from_running(request)
-            kwargs = {"request_serializer": request_class.SerializeToString,
-                      "response_deserializer": response_class.FromString}
+            kwargs = {
+                "request_serializer": request_class.SerializeToString,
+                "response_deserializer": response_class.FromString,
+            }
             try:
                 if method.server_streaming:
                     call = channel.unary_stream(path, **kwargs)(request, timeout=20)
