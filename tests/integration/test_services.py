@@ -190,7 +190,8 @@ BAD_REQUESTS = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "teacher",
     ),
-    ("teacher", "Generate", "MODEL:/nope", grpc.StatusCode.NOT_FOUND, "teacher.path"),
+    ("teacher", "Generate", f"MODEL:{REPO / 'models' / 'nope'}", grpc.StatusCode.NOT_FOUND, "teacher.path"),
+    ("teacher", "Generate", "MODEL:/etc", grpc.StatusCode.INVALID_ARGUMENT, "teacher.path"),  # outside models/
     ("teacher", "Generate", "SEED:file:///etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "seed_set.uri"),
     ("teacher", "Generate", "SEED:missing", grpc.StatusCode.NOT_FOUND, "seed_set.uri"),
     ("teacher", "Generate", "SEED:changed", grpc.StatusCode.FAILED_PRECONDITION, "seed_set.sha256"),
@@ -241,7 +242,7 @@ BAD_REQUESTS = [
     (
         "trainer",
         "TrainTeacher",
-        trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path="/missing/model")),
+        trainer_pb2.TrainTeacherRequest(teacher=common_pb2.ModelSpec(path=str(REPO / "models" / "missing"))),
         grpc.StatusCode.NOT_FOUND,
         "teacher.path",
     ),
@@ -264,7 +265,20 @@ BAD_REQUESTS = [
         "spec.config.warmup.lr_scheduler",
     ),
     ("controller", "StartLoop", "SPEC:dpo.lora_rank=0", grpc.StatusCode.INVALID_ARGUMENT, "spec.config.dpo.lora_rank"),
-    ("controller", "StartLoop", "SPEC:models.teacher=/nope", grpc.StatusCode.NOT_FOUND, "spec.config.models.teacher"),
+    (
+        "controller",
+        "StartLoop",
+        f"SPEC:models.teacher={REPO / 'models' / 'nope'}",
+        grpc.StatusCode.NOT_FOUND,
+        "spec.config.models.teacher",
+    ),
+    (
+        "controller",
+        "StartLoop",
+        "SPEC:models.teacher=/etc",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "spec.config.models.teacher",
+    ),
     (
         "controller",
         "StartLoop",
