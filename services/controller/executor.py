@@ -13,6 +13,7 @@ from typing import Protocol
 from common.artifacts import ArtifactRef
 from common.manifests import StageResult
 from common.progress import Progress
+from common.protoconv import ref_to_proto
 from montessori.v1 import common_pb2
 
 
@@ -47,14 +48,10 @@ class LoopModel:
     def to_proto(self) -> common_pb2.ModelSpec:
         return common_pb2.ModelSpec(
             path=self.path,
-            artifact=_ref(self.artifact) if self.artifact else None,
-            adapters=[_ref(a) for a in self.adapters],
+            artifact=ref_to_proto(self.artifact) if self.artifact else None,
+            adapters=[ref_to_proto(a) for a in self.adapters],
             chat_template=self.chat_template,
         )  # None leaves it unset
-
-
-def _ref(ref: ArtifactRef) -> common_pb2.ArtifactRef:
-    return common_pb2.ArtifactRef(uri=ref.uri, sha256=ref.sha256)
 
 
 class StageExecutor(Protocol):

@@ -20,6 +20,7 @@ from common.artifacts import ArtifactRef, ArtifactStore
 from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable, printable
 from common.logs import get_logger
 from common.metrics import ServiceMetrics
+from common.protoconv import ref_to_proto
 from common.registry import DEFAULT_HISTORY, Entry, Registry
 from montessori.v1 import common_pb2, controller_pb2
 from services.controller.config import RunConfig
@@ -92,7 +93,7 @@ class LoopSnapshot:
             store_uri=self.store_uri,
         )
         if self.summary:
-            message.summary.CopyFrom(common_pb2.ArtifactRef(uri=self.summary.uri, sha256=self.summary.sha256))
+            message.summary.CopyFrom(ref_to_proto(self.summary))
         return message
 
 

@@ -23,7 +23,7 @@ from common.health import health_status
 from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
-from common.protoconv import fingerprint, ref_from_proto
+from common.protoconv import fingerprint, ref_from_proto, ref_to_proto
 from montessori.v1 import (
     common_pb2,
     influence_pb2,
@@ -232,7 +232,7 @@ class RemoteExecutor:
             candidates=request.candidates,
             output_prefix=request.output_prefix,
             influence=request.influence,
-            shards=[common_pb2.ArtifactRef(uri=s.manifest.uri, sha256=s.manifest.sha256) for s in shards],
+            shards=[ref_to_proto(s.manifest) for s in shards],
         )
         stub = self._stubs["influence"]
         return self._result(self._run("influence", stub, stub.MergeScores, self._with_id(merge), progress))
@@ -266,6 +266,5 @@ def _call(service: str, rpc):
         field = dict(err.trailing_metadata() or ()).get(FIELD_METADATA)
         details = err.details() or ""
         if field:
-            return_message = details.removeprefix(f"{field}: ")
-            raise cls(return_message, field=field) from None
+            raise cls(details.removeprefix(f"{field}: "), field=field) from None
         raise cls(f"{service} service: {details}") from None

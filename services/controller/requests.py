@@ -8,13 +8,10 @@ artifact refs with digests, so a stage whose inputs changed has another fingerpr
 from __future__ import annotations
 
 from common.artifacts import ArtifactRef
+from common.protoconv import ref_to_proto
 from montessori.v1 import common_pb2, influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
 from services.controller.config import RunConfig
 from services.controller.executor import LoopModel
-
-
-def ref(value: ArtifactRef) -> common_pb2.ArtifactRef:
-    return common_pb2.ArtifactRef(uri=value.uri, sha256=value.sha256)
 
 
 class StageRequests:
@@ -30,7 +27,7 @@ class StageRequests:
         return teacher_pb2.GenerateRequest(
             teacher=teacher.to_proto(),
             teacher_label=teacher.label,
-            seed_set=ref(self.data["seed"]),
+            seed_set=ref_to_proto(self.data["seed"]),
             # One engine may serve several loops: the version name is the loop's, e.g. `<loop-id>:teacher-r2`.
             teacher_version=f"{self.loop_id}:{teacher.label}",
             output_prefix=at,
@@ -46,7 +43,7 @@ class StageRequests:
         """SFT of ``student`` on a candidate set: the warm-up (its settings, AdamW state kept) or the training SFT."""
         return trainer_pb2.TrainStudentRequest(
             student=student.to_proto(),
-            candidates=ref(candidates),
+            candidates=ref_to_proto(candidates),
             output_prefix=at,
             sft=self.config.warmup if warmup else self.config.sft,
             seed=seed,
@@ -65,29 +62,32 @@ class StageRequests:
         """Influence of each candidate on the warmed-up student, against the reference set."""
         return influence_pb2.ScoreRequest(
             student=LoopModel.stored(warmed_up).to_proto(),
-            reference=ref(self.data["reference"]),
-            candidates=ref(candidates),
+            reference=ref_to_proto(self.data["reference"]),
+            candidates=ref_to_proto(candidates),
             output_prefix=at,
             influence=influence or self.config.influence,
         )
 
     def assemble(self, at: str, candidates: ArtifactRef, scores: ArtifactRef) -> preference_pb2.AssembleRequest:
         return preference_pb2.AssembleRequest(
-            candidates=ref(candidates), scores=ref(scores), output_prefix=at, preference=self.config.preference
+            candidates=ref_to_proto(candidates),
+            scores=ref_to_proto(scores),
+            output_prefix=at,
+            preference=self.config.preference,
         )
 
     def train_teacher(
         self, at: str, teacher: LoopModel, pairs: ArtifactRef, *, seed: int
     ) -> trainer_pb2.TrainTeacherRequest:
         return trainer_pb2.TrainTeacherRequest(
-            teacher=teacher.to_proto(), pairs=ref(pairs), output_prefix=at, dpo=self.config.dpo, seed=seed
+            teacher=teacher.to_proto(), pairs=ref_to_proto(pairs), output_prefix=at, dpo=self.config.dpo, seed=seed
         )
 
     def evaluate(self, at: str, model: LoopModel, rows: str, *, limit: int) -> influence_pb2.EvaluateRequest:
         """Per-row held-out loss of ``model`` on a data set (``rows``: "reference" or "eval")."""
         return influence_pb2.EvaluateRequest(
             model=model.to_proto(),
-            rows=ref(self.data[rows]),
+            rows=ref_to_proto(self.data[rows]),
             limit=limit,
             batch_size=self.config.evaluation.batch_size,
             output_prefix=at,
@@ -132,7 +132,7 @@ class StageRequests:
             (
                 influence_pb2.ScoreRequest(
                     student=student.to_proto(),
-                    reference=ref(self.data["reference"]),
+                    reference=ref_to_proto(self.data["reference"]),
                     influence=c.influence,
                     validate_only=True,
                 ),
@@ -141,7 +141,7 @@ class StageRequests:
             (
                 influence_pb2.EvaluateRequest(
                     model=student.to_proto(),
-                    rows=ref(self.data["eval"]),
+                    rows=ref_to_proto(self.data["eval"]),
                     limit=c.evaluation.max_rows or 0,
                     validate_only=True,
                 ),

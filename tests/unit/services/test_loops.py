@@ -56,7 +56,7 @@ def stage(k: int) -> list:
     return [("stage_started", k, "scores"), ("stage_finished", k, "scores")]
 
 
-def test_a_loop_runs_and_its_events_carry_enum_kinds(manager):
+def test_a_loop_runs_and_its_events_carry_enum_kinds__scripted_runner(manager):
     loops = manager(script=[*stage(1), ("round_finished", 1, "round"), ("loop_finished", 0, "loop")])
     assert loops.start(None, request_id="r", fingerprint="f", loop_id="L").loop_id == "L"
     events = list(loops.watch("L", 1))
@@ -73,7 +73,7 @@ def test_a_loop_runs_and_its_events_carry_enum_kinds(manager):
     assert events[-1].to_proto().loop.state == controller_pb2.LOOP_STATE_SUCCEEDED
 
 
-def test_watch_from_now_starts_with_a_snapshot_and_does_not_replay(manager):
+def test_watch_from_now_starts_with_a_snapshot_and_does_not_replay__scripted_runner(manager):
     gate = threading.Event()
     loops = manager(script=stage(1) + stage(2), gate=gate)
     loops.start(None, request_id="", fingerprint="", loop_id="L")
@@ -90,21 +90,21 @@ def test_watch_from_now_starts_with_a_snapshot_and_does_not_replay(manager):
     assert next(loops.watch("L")).loop.state is LoopState.SUCCEEDED
 
 
-def test_watch_from_a_sequence_replays_from_it(manager):
+def test_watch_from_a_sequence_replays_from_it__scripted_runner(manager):
     loops = manager(script=stage(1) + stage(2))
     loops.start(None, request_id="", fingerprint="", loop_id="L")
     assert [e.sequence for e in loops.watch("L", 3)] == [3, 4, 5]
     assert [(e.kind, e.iteration) for e in loops.watch("L", 3)][:2] == [("stage_started", 2), ("stage_finished", 2)]
 
 
-def test_the_event_history_is_bounded(manager):
+def test_the_event_history_is_bounded__scripted_runner(manager):
     loops = manager(script=[("progress", 1, "scores")] * 30, history=10)
     loops.start(None, request_id="", fingerprint="", loop_id="L")
     events = list(loops.watch("L", 1))  # 1 is long gone: from the oldest kept
     assert [e.sequence for e in events] == list(range(22, 32)) and events[-1].kind == "loop_ended"
 
 
-def test_a_request_id_with_another_spec_is_an_error(manager):
+def test_a_request_id_with_another_spec_is_an_error__scripted_runner(manager):
     gate = threading.Event()
     loops = manager(script=stage(1), gate=gate)
     first = loops.start(None, request_id="r", fingerprint="a", loop_id="L")
@@ -116,7 +116,7 @@ def test_a_request_id_with_another_spec_is_an_error(manager):
     assert [s.loop_id for s in loops.list()] == ["L"]
 
 
-def test_a_crash_ends_failed_with_a_message(manager):
+def test_a_crash_ends_failed_with_a_message__scripted_runner(manager):
     loops = manager(script=stage(1)[:1], crash=ZeroDivisionError("secret"))
     loops.start(None, request_id="", fingerprint="", loop_id="L")
     last = list(loops.watch("L", 1))[-1]
@@ -125,7 +125,7 @@ def test_a_crash_ends_failed_with_a_message(manager):
     assert loops.get("L").state is LoopState.FAILED
 
 
-def test_a_resumed_loop_replaces_its_ended_entry_despite_its_request_id(manager):
+def test_a_resumed_loop_replaces_its_ended_entry_despite_its_request_id__scripted_runner(manager):
     loops = manager(script=stage(1))
     loops.start(None, request_id="r", fingerprint="f", loop_id="L")
     old = list(loops.watch("L", 1))
@@ -135,7 +135,7 @@ def test_a_resumed_loop_replaces_its_ended_entry_despite_its_request_id(manager)
     assert [e.sequence for e in loops.watch("L", 1)] == [e.sequence for e in old]  # a fresh history
 
 
-def test_unknown_loops_and_bad_sequences(manager):
+def test_unknown_loops_and_bad_sequences__scripted_runner(manager):
     loops = manager()
     with pytest.raises(NotFound, match="loop_id"):
         next(loops.watch("nope"))
@@ -144,7 +144,7 @@ def test_unknown_loops_and_bad_sequences(manager):
         next(loops.watch("L", -1))
 
 
-def test_the_watch_loop_rpc_passes_from_sequence(manager):
+def test_the_watch_loop_rpc_passes_from_sequence__scripted_runner(manager):
     from services.controller.servicer import ControllerServicer
 
     class Context:
