@@ -14,6 +14,7 @@ from common.artifacts import ArtifactStore, open_store
 from common.config import from_dict, message_to_dict
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
+from common.publication import write_once
 from montessori.v1 import influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
 from services.controller.config import RunConfig
 from services.controller.loop import LoopRunner
@@ -54,7 +55,8 @@ class LocalExecutor:
         }
 
     def run(self, request, progress: Progress = no_progress) -> StageResult:
-        return self._stages[type(request)](self.store, request)(progress)
+        work = self._stages[type(request)](self.store, request)
+        return write_once(self.store, request, work)(progress)
 
     def check(self, request) -> None:
         message = type(request)()

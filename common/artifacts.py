@@ -194,6 +194,7 @@ class LocalArtifactStore(ArtifactStore):
         try:
             shutil.copyfile(source, staging)
             digest = sha256_file(staging)
+            self._expect_digest(target, digest)
             os.replace(staging, target)  # atomic on POSIX: readers see old or new, never half
         finally:
             staging.unlink(missing_ok=True)
@@ -208,6 +209,7 @@ class LocalArtifactStore(ArtifactStore):
             # Checkpoints are large: moving a scratch folder on the same disk is a rename, not a copy.
             (shutil.move if move else shutil.copytree)(str(source), str(staging))
             digest = sha256_tree(staging)
+            self._expect_digest(target, digest)
             if target.exists():
                 retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
                 os.replace(target, retired)
@@ -222,16 +224,28 @@ class LocalArtifactStore(ArtifactStore):
 
     # Digests are kept beside each artifact (``.<name>.sha256``) and checked on read; a check
     # is remembered per (size, mtime) so a model read many times is hashed once per process.
+    # An artifact and its sidecar cannot be replaced in one step, so a write first lists the new digest beside
+    # the current one, then replaces the artifact, then keeps only the new digest: a crash at any point leaves an
+    # artifact that verifies (old or new), never one its sidecar calls corrupted.
 
     @staticmethod
     def _sidecar(target: Path) -> Path:
         return target.with_name(f".{target.name}.sha256")
 
-    def _record_digest(self, target: Path, digest: str) -> None:
+    def _write_sidecar(self, target: Path, digests: list[str]) -> None:
         sidecar = self._sidecar(target)
         staging = sidecar.with_name(f"{sidecar.name}.tmp-{uuid.uuid4().hex}")
-        staging.write_text(digest)
+        staging.write_text("\n".join(digests))
         os.replace(staging, sidecar)
+
+    def _expect_digest(self, target: Path, digest: str) -> None:
+        """Before ``target`` is replaced: its sidecar accepts the new digest as well as the current one."""
+        sidecar = self._sidecar(target)
+        current = sidecar.read_text().split() if sidecar.is_file() and target.exists() else []
+        self._write_sidecar(target, [digest, *current[:1]])
+
+    def _record_digest(self, target: Path, digest: str) -> None:
+        self._write_sidecar(target, [digest])
         self._verified[str(target)] = (self._stamp(target), digest)
 
     @staticmethod
@@ -247,18 +261,19 @@ class LocalArtifactStore(ArtifactStore):
         sidecar = self._sidecar(path)
         if not sidecar.is_file():
             return  # written by an older version or by hand: nothing to check against
-        expected = sidecar.read_text().strip()
+        expected = sidecar.read_text().split()  # two digests only while a write is in progress (or crashed)
         stamp = self._stamp(path)
-        if self._verified.get(str(path)) == (stamp, expected):
+        remembered = self._verified.get(str(path))
+        if remembered is not None and remembered[0] == stamp and remembered[1] in expected:
             return
         actual = sha256_tree(path) if path.is_dir() else sha256_file(path)
-        if actual != expected:
+        if actual not in expected:
             raise FailedPrecondition(
-                f"digest mismatch for {path.as_uri()}: expected {expected[:12]}, got {actual[:12]} "
-                "(corrupted artifact)",
+                f"digest mismatch for {path.as_uri()}: expected {expected[0][:12] if expected else '(none)'}, "
+                f"got {actual[:12]} (corrupted artifact)",
                 field="uri",
             )
-        self._verified[str(path)] = (stamp, expected)
+        self._verified[str(path)] = (stamp, actual)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

@@ -42,6 +42,12 @@ class FailedPrecondition(MontessoriError):
     code = "FAILED_PRECONDITION"
 
 
+class AlreadyExists(MontessoriError):
+    """The target exists and is not this request's to write (a published artifact is never rewritten)."""
+
+    code = "ALREADY_EXISTS"
+
+
 class ResourceExhausted(MontessoriError):
     """A queue or memory limit was reached."""
 

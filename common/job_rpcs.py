@@ -9,6 +9,7 @@ from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument, Unavailable
 from common.jobs import JobManager
 from common.protoconv import fingerprint, job_to_proto
+from common.publication import confine_to_loop, write_once
 from common.request_fields import service_model_roots
 from montessori.v1 import common_pb2
 
@@ -34,6 +35,8 @@ class JobRpcs:
         work = stage(self.store, request, model_roots=self.model_roots)
         if work is None:
             return None
+        confine_to_loop(request)
+        work = write_once(self.store, request, work)
         return job_to_proto(self.jobs.submit(request.request_id, kind, work, fingerprint=fingerprint(request)))
 
     def GetJob(self, request, context):

@@ -47,7 +47,9 @@ def local_artifact(store: ArtifactStore, ref: common_pb2.ArtifactRef, *, field: 
 
 
 #: Names a stage's outputs may not take: a loop's own records (an output there would shadow them).
-RESERVED_NAMES = frozenset({"state.json", "summary.json", "config.json", "rounds.jsonl", "manifest.json", "inputs"})
+RESERVED_NAMES = frozenset(
+    {"state.json", "summary.json", "config.json", "rounds.jsonl", "manifest.json", "request.json", "inputs"}
+)
 
 
 def output_prefix(value: str, *, field: str = "output_prefix") -> str:

@@ -356,3 +356,110 @@ def test_a_service_loads_node_models_only_from_its_models_directory(tmp_path, ti
             )
     finally:
         service.stop()
+
+
+# ---------------------------------------------------------------- an artifact and its digest stay a pair
+
+
+def test_a_crash_between_an_artifact_and_its_digest_leaves_it_readable(tmp_path, monkeypatch):
+    """A controller killed between writing state.json and its digest sidecar could not start again: the old
+    sidecar called the new state corrupted. Now the sidecar accepts both digests until the write is over."""
+    store = LocalArtifactStore(tmp_path / "store")
+    store.put_json("loops/L/state.json", {"status": "running", "stages": 1})
+
+    def killed(self, target, digest):
+        raise KeyboardInterrupt("killed before the sidecar was updated")
+
+    monkeypatch.setattr(LocalArtifactStore, "_record_digest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_json("loops/L/state.json", {"status": "running", "stages": 2})
+    monkeypatch.undo()
+    restarted = LocalArtifactStore(tmp_path / "store")
+    assert restarted.get_json("loops/L/state.json") == {"status": "running", "stages": 2}
+    # and a real corruption is still caught
+    (tmp_path / "store" / "loops/L/state.json").write_text('{"status": "tampered"}')
+    with pytest.raises(FailedPrecondition, match="digest mismatch"):
+        LocalArtifactStore(tmp_path / "store").get_json("loops/L/state.json")
+
+
+# ---------------------------------------------------------------- published artifacts are write-once
+
+
+def _finished(stub, job: common_pb2.Job) -> common_pb2.Job:
+    deadline = time.monotonic() + 60
+    while job.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING):
+        assert time.monotonic() < deadline, "job did not finish"
+        time.sleep(0.05)
+        job = stub.GetJob(common_pb2.GetJobRequest(job_id=job.job_id), timeout=10).job
+    return job
+
+
+@pytest.fixture
+def preference_service(tmp_path):
+    from common.grpc_server import ServerConfig
+    from common.service_main import start_service
+    from services.preference.servicer import build
+
+    service = start_service("preference", ServerConfig(artifacts=str(tmp_path / "store")), build)
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
+    yield service, preference_pb2_grpc.PreferenceServiceStub(channel)
+    channel.close()
+    service.stop()
+
+
+def _assemble_inputs(store, influences: list[float]):
+    rows = [{"id": f"c{i}", "group_id": "g", "prompt": "p", "raw_sample": f"s{i}"} for i in range(3)]
+    candidates = store.put_jsonl("loops/L/iter-1/probe-data/candidates.jsonl", rows)
+    scores = store.put_jsonl(
+        f"loops/L/iter-1/scores-{influences[0]}/scores.jsonl",
+        [{"id": f"c{i}", "influence": x} for i, x in enumerate(influences)],
+    )
+    ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
+    return ref(candidates), ref(scores)
+
+
+def test_a_published_stage_is_never_rewritten_by_another_request(preference_service):
+    """An Assemble into another loop's published pairs replaced pairs.jsonl, its manifest and its digest."""
+    service, stub = preference_service
+    candidates, scores = _assemble_inputs(service.store, [1.0, -1.0, 0.5])
+    request = preference_pb2.AssembleRequest(
+        request_id="L:first", candidates=candidates, scores=scores, output_prefix="loops/L/iter-1/pairs"
+    )
+    first = _finished(stub, stub.Assemble(request, timeout=30).job)
+    assert first.state == common_pb2.JOB_STATE_SUCCEEDED, first.error_message
+    pairs = service.store.local_path("loops/L/iter-1/pairs/pairs.jsonl")
+    before = (pairs.read_bytes(), pairs.stat().st_mtime_ns)
+
+    _, other_scores = _assemble_inputs(service.store, [-1.0, 1.0, 0.5])
+    other = preference_pb2.AssembleRequest(
+        request_id="L:second", candidates=candidates, scores=other_scores, output_prefix="loops/L/iter-1/pairs"
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Assemble(other, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert ("montessori-field", "output_prefix") in tuple(refused.value.trailing_metadata())
+
+    # The same request again (a retry after a worker restart) gets the published result, nothing rewritten.
+    retry = preference_pb2.AssembleRequest()
+    retry.CopyFrom(request)
+    retry.request_id = "L:retry"
+    again = _finished(stub, stub.Assemble(retry, timeout=30).job)
+    assert again.state == common_pb2.JOB_STATE_SUCCEEDED
+    assert again.manifest.sha256 == first.manifest.sha256
+    assert (pairs.read_bytes(), pairs.stat().st_mtime_ns) == before
+
+
+def test_a_job_cannot_write_inside_another_loop(preference_service):
+    service, stub = preference_service
+    candidates, scores = _assemble_inputs(service.store, [1.0, -1.0, 0.5])
+    for request_id in ("A:x", "x", "LL:x"):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Assemble(
+                preference_pb2.AssembleRequest(
+                    request_id=request_id, candidates=candidates, scores=scores, output_prefix="loops/L/iter-1/pairs"
+                ),
+                timeout=30,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "loops/L/" in refused.value.details()
+    assert not service.store.exists("loops/L/iter-1/pairs")
