@@ -44,7 +44,12 @@ POOL_LABEL = "montessori.dev/pool"
 NAME_LABEL = "app.kubernetes.io/name"
 MONTESSORI_IMAGE = "ghcr.io/montessori-dev/montessori"
 EXPECTED_TAG = {"gpu": "0.1.0", "cpu-dev": "0.1.0-cpu"}
-SECRET_NAME = "montessori-minio"
+SECRET_NAME = "montessori-minio"  # the MinIO root credentials: MinIO and its bucket Job only
+ROOT_SECRET_HOLDERS = {("StatefulSet", "minio"), ("Job", "minio-bucket-init")}
+HEALTH_PORT = 8080  # --health-port: plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS)
+TLS_DIR = "/etc/montessori/tls"
+CERT_MANAGER = "cert-manager.io/v1"
+CLUSTER_SCOPED_KINDS = ("Namespace", "ClusterRole", "ClusterRoleBinding")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -153,6 +158,20 @@ def arg_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def tls_secret(service: str) -> str:
+    return f"montessori-{service}-tls"
+
+
+def store_secret(service: str) -> str:
+    return f"montessori-store-{service}"
+
+
+def settings(objects: list[dict]) -> dict:
+    """The generated ConfigMap montessori-config-<hash> (envFrom of every service)."""
+    (config,) = [o for o in of_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith("montessori-config-")]
+    return config
+
+
 def mentions_gpu(value) -> bool:
     return GPU_RESOURCE in json.dumps(value)
 
@@ -167,6 +186,9 @@ def test_every_object_validates_strictly_against_the_1_37_schemas(rendered, targ
 
     failures = []
     for obj in rendered[target]:
+        if obj["apiVersion"] == CERT_MANAGER:  # a CRD: kubernetes-validate has no schema for it
+            failures += _cert_manager_errors(obj)
+            continue
         try:
             version = kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
             assert version == "1.37", f"validated against {version}, not 1.37"
@@ -178,12 +200,106 @@ def test_every_object_validates_strictly_against_the_1_37_schemas(rendered, targ
     assert not failures, f"k8s/{target}: objects that do not validate:\n" + "\n".join(failures)
 
 
+#: The fields of cert-manager v1 Issuers and Certificates these manifests may use (a strict subset
+#: of the CRDs' schemas: an unknown or misspelt field is an error, as for the built-in kinds).
+_ISSUER_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+        "group": {"type": "string"},
+    },
+}
+_USAGES = ["digital signature", "key encipherment", "server auth", "client auth", "cert sign", "crl sign"]
+CERT_MANAGER_SPECS = {
+    "Issuer": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {
+            "selfSigned": {"type": "object", "additionalProperties": False},
+            "ca": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["secretName"],
+                "properties": {"secretName": {"type": "string"}},
+            },
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["secretName", "issuerRef"],
+        "properties": {
+            "secretName": {"type": "string"},
+            "issuerRef": _ISSUER_REF,
+            "commonName": {"type": "string", "maxLength": 64},
+            "dnsNames": {"type": "array", "items": {"type": "string"}},
+            "isCA": {"type": "boolean"},
+            "usages": {"type": "array", "items": {"enum": _USAGES}},
+            "duration": {"type": "string", "pattern": r"^\d+h$"},
+            "renewBefore": {"type": "string", "pattern": r"^\d+h$"},
+            "privateKey": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                    "size": {"type": "integer"},
+                    "rotationPolicy": {"enum": ["Never", "Always"]},
+                },
+            },
+        },
+    },
+}
+
+
+def _cert_manager_errors(obj: dict) -> list[str]:
+    import jsonschema
+
+    schema = CERT_MANAGER_SPECS.get(obj["kind"])
+    if schema is None:
+        return [f"{ident(obj)}: no schema for {CERT_MANAGER} {obj['kind']} in this test"]
+    metadata = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+    wrapper = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {}, "kind": {}, "metadata": metadata, "spec": schema},
+    }
+    return [
+        f"{ident(obj)}: {'.'.join(str(p) for p in e.path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(wrapper).iter_errors(obj)
+    ]
+
+
+def test_the_cert_manager_subset_schema_rejects_what_cert_manager_would():
+    good = {
+        "apiVersion": CERT_MANAGER,
+        "kind": "Certificate",
+        "metadata": {"name": "x"},
+        "spec": {"secretName": "x-tls", "issuerRef": {"name": "ca", "kind": "Issuer"}, "usages": ["server auth"]},
+    }
+    assert _cert_manager_errors(good) == []
+    for bad_spec in (
+        {"secretName": "x-tls"},  # no issuer
+        {**good["spec"], "dnsName": ["x"]},  # misspelt field
+        {**good["spec"], "usages": ["server-auth"]},  # not a usage
+    ):
+        assert _cert_manager_errors({**good, "spec": bad_spec}), bad_spec
+    assert _cert_manager_errors({**good, "kind": "Issuer", "spec": {"selfSigned": {}, "ca": {"secretName": "a"}}})
+
+
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_everything_is_in_the_montessori_namespace_and_labelled(rendered, target):
     for obj in rendered[target]:
         assert obj["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "montessori", ident(obj)
-        if obj["kind"] != "Namespace":
+        if obj["kind"] not in CLUSTER_SCOPED_KINDS:
             assert obj["metadata"].get("namespace") == "montessori", ident(obj)
+        else:
+            assert "namespace" not in obj["metadata"], ident(obj)
     find(rendered[target], "Namespace", "montessori")
 
 
@@ -220,7 +336,8 @@ def test_long_running_containers_have_liveness_and_readiness_probes(rendered, ta
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
-def test_services_use_native_grpc_probes_on_their_port_arg(rendered, target):
+def test_services_use_native_grpc_probes_on_their_health_port(rendered, target):
+    """mTLS on the gRPC port: the probes ask the plaintext health port (containerPort "health")."""
     for service, (port, metrics_port) in SERVICES.items():
         container = main_container(service_deployment(rendered[target], service))
         args = container.get("args", [])
@@ -231,10 +348,11 @@ def test_services_use_native_grpc_probes_on_their_port_arg(rendered, target):
         assert arg_value(args, "--artifacts") == "s3://montessori"  # the MinIO bucket, shared by all services
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert "grpc" in container.get(probe, {}), f"{service}: {probe} is not a grpc probe"
+        assert arg_value(args, "--health-port") == str(HEALTH_PORT), f"{service}: --health-port"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["grpc"]["port"] == int(arg_value(args, "--port")), f"{service} {probe}"
+            assert container[probe]["grpc"]["port"] == HEALTH_PORT != port, f"{service} {probe}"
         declared = {p["containerPort"]: p.get("name") for p in container["ports"]}
-        assert declared == {port: "grpc", metrics_port: "metrics"}, f"{service}: ports {declared}"
+        assert declared == {port: "grpc", metrics_port: "metrics", HEALTH_PORT: "health"}, f"{service}: {declared}"
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -315,7 +433,8 @@ def test_non_readers_mount_no_models_volume(rendered, target, service):
     assert "montessori-models" not in json.dumps(deployment), f"{service} reads no model: no models claim"
     for container in containers(deployment):
         assert "/models" not in [m["mountPath"] for m in container.get("volumeMounts", [])], container["name"]
-    assert [v["name"] for v in spec["volumes"]] == ["tmp"], spec["volumes"]
+    own = ["access"] if service == "controller" else []  # the controller's access.yaml
+    assert sorted(v["name"] for v in spec["volumes"]) == sorted(["tmp", "tls", *own]), spec["volumes"]
 
 
 # ---------------------------------------------------------------- the shared pod spec (components/service-pod)
@@ -420,7 +539,8 @@ def test_the_shared_probe_timings_and_security_contexts_reach_every_service(rend
         assert spec["terminationGracePeriodSeconds"] == shared["terminationGracePeriodSeconds"], service
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             timings = {k: v for k, v in container[probe].items() if k != "grpc"}
-            assert timings == shared_container[probe], f"{service} {probe}"
+            assert timings == {k: v for k, v in shared_container[probe].items() if k != "grpc"}, f"{service} {probe}"
+            assert container[probe]["grpc"]["port"] == shared_container[probe]["grpc"]["port"], f"{service} {probe}"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -461,7 +581,7 @@ def test_merge_helpers():
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_config_from_the_configmap_and_credentials_only_by_secret_key_ref(rendered, target):
     objects = rendered[target]
-    (config,) = of_kind(objects, "ConfigMap")
+    config = settings(objects)
     data = config["data"]
     for key in (
         "MONTESSORI_LOG_LEVEL",
@@ -481,7 +601,8 @@ def test_config_from_the_configmap_and_credentials_only_by_secret_key_ref(render
         assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"], service
         env = {e["name"]: e for e in container.get("env", [])}
         for name, key in (("MINIO_ACCESS_KEY", "access-key"), ("MINIO_SECRET_KEY", "secret-key")):
-            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}, f"{service} {name}"
+            expected = {"name": store_secret(service), "key": key}  # its own bucket-scoped MinIO user
+            assert env[name]["valueFrom"]["secretKeyRef"] == expected, f"{service} {name}"
     # Nowhere a credential as a literal value.
     for obj, container in all_containers(objects):
         for var in container.get("env", []):
@@ -633,11 +754,13 @@ def test_minio_statefulset_and_bucket_job(rendered, target):
     (mc,) = containers(job)
     assert mc["image"].split(":")[0].endswith("minio/mc")
     job_env = {e["name"]: e.get("value") for e in mc["env"]}
-    (config,) = of_kind(objects, "ConfigMap")
+    config = settings(objects)
     # The Job holds literals (its pod template is immutable): they must equal the ConfigMap.
     assert job_env["MINIO_BUCKET"] == config["data"]["MINIO_BUCKET"] == "montessori"
     assert job_env["MINIO_ENDPOINT"] == config["data"]["MINIO_ENDPOINT"]
-    assert "mb" in mc["args"] and "montessori/$(MINIO_BUCKET)" in mc["args"]
+    (script,) = mc["args"]
+    assert mc["command"] == ["/bin/sh", "-ec"]
+    assert 'mc mb --ignore-existing "montessori/$MINIO_BUCKET"' in script
 
 
 # ---------------------------------------------------------------- NetworkPolicies
@@ -658,15 +781,81 @@ def _policy_for(objects: list[dict], pod_labels: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
-def test_network_policy_default_deny_ingress_exists(rendered, target):
+@pytest.mark.parametrize("direction", ("Ingress", "Egress"))
+def test_network_policy_default_deny_exists(rendered, target, direction):
     denies = [
         p
         for p in of_kind(rendered[target], "NetworkPolicy")
         if p["spec"]["podSelector"] == {}
-        and "Ingress" in p["spec"].get("policyTypes", [])
-        and not p["spec"].get("ingress")
+        and p["spec"].get("policyTypes") == [direction]
+        and not p["spec"].get(direction.lower())
     ]
-    assert denies, "no default-deny ingress NetworkPolicy"
+    assert denies, f"no default-deny {direction.lower()} NetworkPolicy"
+
+
+MONITORING_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {NAME_LABEL: "prometheus"}},
+}
+DNS_RULE = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+MINIO_RULE = {
+    "to": [{"podSelector": {"matchLabels": {NAME_LABEL: "minio"}}}],
+    "ports": [{"port": 9000, "protocol": "TCP"}],
+}
+API_SERVER_RULE = {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+
+
+def _labels_match(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels, In/NotIn/Exists/DoesNotExist) against a set of labels; {} selects all."""
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        present, value = key in labels, labels.get(key)
+        matches = {
+            "In": present and value in values,
+            "NotIn": value not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }
+        ok = ok and matches[op]
+    return ok
+
+
+def _peer_admits(peer: dict, labels: dict, namespace_labels: dict) -> bool:
+    """Whether a NetworkPolicy peer (of a policy in the montessori namespace) matches a pod."""
+    if "ipBlock" in peer:
+        return False  # pods are matched by selectors here
+    in_policy_namespace = namespace_labels.get("kubernetes.io/metadata.name") == "montessori"
+    if "namespaceSelector" in peer:
+        namespace_ok = _labels_match(peer["namespaceSelector"], namespace_labels)
+    else:
+        namespace_ok = in_policy_namespace
+    return namespace_ok and _labels_match(peer.get("podSelector", {}), labels)
+
+
+def _admitted_on(objects: list[dict], target_labels: dict, port, labels: dict, namespace: str = "montessori") -> bool:
+    """Whether a pod (labels, namespace) may open ``port`` on a pod with ``target_labels``."""
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+    for policy in _policy_for(objects, target_labels):
+        for rule in policy["spec"].get("ingress", []):
+            ports_ok = not rule.get("ports") or any(p.get("port") == port for p in rule["ports"])
+            peers = rule.get("from")
+            peers_ok = not peers or any(_peer_admits(peer, labels, namespace_labels) for peer in peers)
+            if ports_ok and peers_ok:
+                return True
+    return False
+
+
+def _egress_rules(objects: list[dict], labels: dict) -> list[dict]:
+    return [r for p in _policy_for(objects, labels) for r in p["spec"].get("egress", [])]
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -678,21 +867,25 @@ def test_network_policies_open_only_what_the_readme_says(rendered, target):
         grpc_rules = [r for r in rules if {"port": "grpc", "protocol": "TCP"} in r.get("ports", [])]
         assert len(grpc_rules) == 1, f"{worker}: gRPC ingress rules {grpc_rules}"
         peers = grpc_rules[0]["from"]
-        assert peers == [
-            {"podSelector": {"matchLabels": {NAME_LABEL: "controller"}}},
-            {"podSelector": {"matchLabels": {"montessori.dev/tooling": "true"}}},
-        ], f"{worker}: {peers}"
-        for rule in rules:  # nothing else reaches a worker but the monitoring namespace, on metrics
+        assert peers == [{"podSelector": {"matchLabels": {NAME_LABEL: "controller"}}}], f"{worker}: {peers}"
+        for rule in rules:  # nothing else reaches a worker but Prometheus of the monitoring namespace, on metrics
             if rule is not grpc_rules[0]:
                 assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}], f"{worker}: {rule}"
-                assert rule["from"] == [
-                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-                ]
+                assert rule["from"] == [MONITORING_PEER], f"{worker}: {rule['from']}"
     controller = pod_template(service_deployment(objects, "controller"))["metadata"]["labels"]
     controller_rules = [r for p in _policy_for(objects, controller) for r in p["spec"].get("ingress", [])]
-    assert any(
-        r["from"] == [{"podSelector": {}}] and r["ports"] == [{"port": 50050, "protocol": "TCP"}]
-        for r in controller_rules
+    assert sorted(json.dumps(r, sort_keys=True) for r in controller_rules) == sorted(
+        json.dumps(r, sort_keys=True)
+        for r in (
+            {
+                "from": [
+                    {"podSelector": {}},
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "montessori-operators"}}},
+                ],
+                "ports": [{"port": 50050, "protocol": "TCP"}],
+            },
+            {"from": [MONITORING_PEER], "ports": [{"port": "metrics", "protocol": "TCP"}]},
+        )
     )
     minio_labels = pod_template(find(objects, "StatefulSet", "minio"))["metadata"]["labels"]
     (minio_policy,) = [p for p in _policy_for(objects, minio_labels) if p["spec"].get("ingress")]
@@ -703,6 +896,87 @@ def test_network_policies_open_only_what_the_readme_says(rendered, target):
     assert rule["ports"] == [{"port": 9000, "protocol": "TCP"}]
 
 
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_workers_do_not_admit_a_pod_by_the_tooling_label_alone(rendered, target):
+    objects = rendered[target]
+    tooling = {"montessori.dev/tooling": "true", NAME_LABEL: "debug"}
+    controller = pod_template(service_deployment(objects, "controller"))["metadata"]["labels"]
+    for worker in WORKERS:
+        labels = pod_template(service_deployment(objects, worker))["metadata"]["labels"]
+        assert _admitted_on(objects, labels, "grpc", controller), f"{worker}: the controller must reach it"
+        assert not _admitted_on(objects, labels, "grpc", tooling), f"{worker}: a tooling-labelled pod gets in"
+        assert not _admitted_on(objects, labels, "grpc", {**controller, "x": "y"}, namespace="other"), worker
+        # Prometheus of the monitoring namespace scrapes metrics; another pod there does not.
+        prometheus = {NAME_LABEL: "prometheus"}
+        assert _admitted_on(objects, labels, "metrics", prometheus, namespace="monitoring"), worker
+        assert not _admitted_on(objects, labels, "metrics", {NAME_LABEL: "other"}, namespace="monitoring"), worker
+        assert not _admitted_on(objects, labels, "metrics", prometheus), f"{worker}: metrics from this namespace"
+
+
+def test_network_helpers_can_tell_admitted_from_refused():
+    policy = {
+        "kind": "NetworkPolicy",
+        "spec": {
+            "podSelector": {"matchLabels": {"a": "w"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"t": "1"}}}], "ports": [{"port": "grpc"}]}],
+        },
+    }
+    assert _admitted_on([policy], {"a": "w"}, "grpc", {"t": "1"})  # a label alone would admit here
+    assert not _admitted_on([policy], {"a": "w"}, "grpc", {"t": "1"}, namespace="other")
+    assert not _admitted_on([policy], {"a": "w"}, "metrics", {"t": "1"})
+    assert _peer_admits({"namespaceSelector": {}, "podSelector": {}}, {}, {"kubernetes.io/metadata.name": "x"})
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_pod_is_subject_to_egress_policies_and_none_opens_the_internet(rendered, target):
+    objects = rendered[target]
+    for obj in workloads(objects):
+        labels = pod_template(obj)["metadata"].get("labels", {})
+        egress_policies = [p for p in _policy_for(objects, labels) if "Egress" in p["spec"].get("policyTypes", [])]
+        assert egress_policies, f"{ident(obj)}: no NetworkPolicy restricts its egress"
+    for service in SERVICES:
+        labels = pod_template(service_deployment(objects, service))["metadata"]["labels"]
+        assert _egress_rules(objects, labels), f"{service}: no egress rule (not even DNS)"
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            peers = rule.get("to", [])
+            anywhere = not peers or any(
+                p.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0") and not p["ipBlock"].get("except")
+                for p in peers
+            )
+            if anywhere:
+                assert rule.get("ports"), f"{ident(policy)}: an egress rule to anywhere on every port"
+                ports = {p.get("port") for p in rule["ports"]}
+                assert None not in ports and not any(p.get("endPort") for p in rule["ports"]), ident(policy)
+                assert ports <= {443, 6443}, f"{ident(policy)}: egress to anywhere on {ports}"
+                assert _policy_for([policy], {NAME_LABEL: "controller"}) == [policy], ident(policy)
+                assert not any(_policy_for([policy], {NAME_LABEL: w}) for w in WORKERS), ident(policy)
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_egress_reaches_exactly_what_the_readme_says(rendered, target):
+    objects = rendered[target]
+    for worker in WORKERS:  # DNS and MinIO, nothing else (no internet, no API server, no other worker)
+        labels = pod_template(service_deployment(objects, worker))["metadata"]["labels"]
+        rules = _egress_rules(objects, labels)
+        assert DNS_RULE in rules and MINIO_RULE in rules, worker
+        assert all(r in (DNS_RULE, MINIO_RULE) for r in rules), f"{worker}: {rules}"
+    labels = pod_template(service_deployment(objects, "controller"))["metadata"]["labels"]
+    rules = _egress_rules(objects, labels)
+    to_workers = [r for r in rules if r not in (DNS_RULE, MINIO_RULE, API_SERVER_RULE)]
+    assert DNS_RULE in rules and MINIO_RULE in rules and API_SERVER_RULE in rules, rules
+    (rule,) = to_workers
+    (peer,) = rule["to"]
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    assert expression == {"key": NAME_LABEL, "operator": "In", "values": list(WORKERS)}
+    assert sorted(p["port"] for p in rule["ports"]) == sorted(SERVICES[w][0] for w in WORKERS)
+    minio = pod_template(find(objects, "StatefulSet", "minio"))["metadata"]["labels"]
+    assert _egress_rules(objects, minio) == [DNS_RULE], "MinIO reaches nothing but DNS"
+    job = pod_template(find(objects, "Job", "minio-bucket-init"))["metadata"]["labels"]
+    as_text = lambda rules: sorted(json.dumps(r, sort_keys=True) for r in rules)  # noqa: E731
+    assert as_text(_egress_rules(objects, job)) == as_text((DNS_RULE, MINIO_RULE))
+
+
 # ---------------------------------------------------------------- RBAC and service accounts
 
 
@@ -710,7 +984,17 @@ def test_network_policies_open_only_what_the_readme_says(rendered, target):
 def test_controller_rbac_is_least_privilege(rendered, target):
     objects = rendered[target]
     (role,) = of_kind(objects, "Role")
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    # Cluster-wide: only the binding to the built-in system:auth-delegator (TokenReviews), below.
+    assert not of_kind(objects, "ClusterRole")
+    (delegator,) = of_kind(objects, "ClusterRoleBinding")
+    assert delegator["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    assert delegator["subjects"] == [
+        {"kind": "ServiceAccount", "name": "montessori-controller", "namespace": "montessori"}
+    ]
     granted = {
         (group, resource): sorted(rule["verbs"])
         for rule in role["rules"]
@@ -948,3 +1232,178 @@ def test_dashboard_queries_every_loop_metric_and_nothing_undefined(with_monitori
     for variable in dashboard["templating"]["list"]:
         for metric in re.findall(r"label_values\((\w+)", json.dumps(variable.get("query", ""))):
             assert metric in defined, f"variable {variable['name']}: {metric}"
+
+
+# ---------------------------------------------------------------- mTLS (cert-manager) and credentials
+
+
+def _mount_source(deployment: dict, container: dict, path: str) -> dict | None:
+    """The volume mounted at ``path`` in ``container``, or None."""
+    volumes = {v["name"]: v for v in pod_template(deployment)["spec"].get("volumes", [])}
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == path]
+    return {**volumes[mounts[0]["name"]], "readOnly": mounts[0].get("readOnly")} if mounts else None
+
+
+def _secrets_referenced(container: dict, spec: dict) -> set[str]:
+    """Every Secret a container can read: env, envFrom, its volumes (projected too)."""
+    names = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    names |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+    mounted = {m["name"] for m in container.get("volumeMounts", [])}
+    for volume in spec.get("volumes", []):
+        if volume["name"] not in mounted:
+            continue
+        if "secret" in volume:
+            names.add(volume["secret"].get("secretName"))
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_service_mounts_its_own_tls_secret_read_only(rendered, target):
+    objects = rendered[target]
+    for service in SERVICES:
+        deployment = service_deployment(objects, service)
+        container = main_container(deployment)
+        volume = _mount_source(deployment, container, TLS_DIR)
+        assert volume, f"{service}: nothing mounted at {TLS_DIR}"
+        assert volume["secret"]["secretName"] == tls_secret(service), f"{service}: {volume}"
+        assert volume["readOnly"] is True, f"{service}: {TLS_DIR} must be read-only"
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("MONTESSORI_TLS_DIR") == TLS_DIR, service
+        others = {tls_secret(s) for s in SERVICES if s != service}
+        assert not _secrets_referenced(container, pod_template(deployment)["spec"]) & others, service
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_each_certificate_is_what_its_deployment_mounts_and_names_its_services(rendered, target):
+    objects = rendered[target]
+    certificates = {c["spec"]["secretName"]: c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")}
+    assert set(certificates) == {tls_secret(s) for s in SERVICES}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in of_kind(objects, "Issuer")}
+    for service in SERVICES:
+        certificate = certificates[tls_secret(service)]["spec"]
+        deployment = service_deployment(objects, service)
+        mounted = _mount_source(deployment, main_container(deployment), TLS_DIR)["secret"]["secretName"]
+        assert mounted == certificate["secretName"], service
+        assert certificate["commonName"] == service
+        assert {"server auth", "client auth"} <= set(certificate["usages"]), service
+        # Every Service in front of the pods: short, namespace-qualified and fully qualified names.
+        labels = pod_template(deployment)["metadata"]["labels"]
+        names = [s["metadata"]["name"] for s in of_kind(objects, "Service") if _selects(s["spec"]["selector"], labels)]
+        for name in names:
+            for dns in (name, f"{name}.montessori.svc", f"{name}.montessori.svc.cluster.local"):
+                assert dns in certificate["dnsNames"], f"{service}: {dns} missing from the certificate"
+        ref = certificate["issuerRef"]
+        assert ref.get("kind", "Issuer") == "Issuer" and ref["name"] == "montessori-ca", service
+    # The chain: self-signed Issuer -> CA Certificate -> CA Issuer montessori-ca.
+    ca_secret = issuers["montessori-ca"]["ca"]["secretName"]
+    (ca,) = [c for c in of_kind(objects, "Certificate") if c["spec"]["secretName"] == ca_secret]
+    assert ca["spec"]["isCA"] is True
+    assert issuers[ca["spec"]["issuerRef"]["name"]] == {"selfSigned": {}}
+    # The controller dials the workers by names their certificates hold (hostname verification).
+    args = main_container(service_deployment(objects, "controller"))["args"]
+    for worker in WORKERS:
+        host = arg_value(args, f"--{worker}").removeprefix("dns:///").rsplit(":", 1)[0]
+        assert host in certificates[tls_secret(worker)]["spec"]["dnsNames"], f"--{worker} {host}"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_workers_accept_only_the_controller_certificate(rendered, target):
+    objects = rendered[target]
+    for worker in WORKERS:
+        args = main_container(service_deployment(objects, worker))["args"]
+        assert arg_value(args, "--allowed-clients") == "controller", worker
+    (controller_certificate,) = [
+        c for c in of_kind(objects, "Certificate") if c["spec"]["secretName"] == tls_secret("controller")
+    ]
+    assert controller_certificate["spec"]["commonName"] == "controller"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)  # cpu-dev keeps mTLS too (cert-manager is a prerequisite)
+def test_no_container_runs_insecure(rendered, target):
+    for obj, container in all_containers(rendered[target]):
+        words = [*container.get("command", []), *container.get("args", [])]
+        assert not [w for w in words if w.startswith("--insecure")], f"{ident(obj)} {container['name']}: --insecure"
+        assert not [e for e in container.get("env", []) if "INSECURE" in e["name"]], ident(obj)
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_only_minio_and_its_bucket_job_hold_the_root_credentials(rendered, target):
+    objects = rendered[target]
+    holders = set()
+    for obj, container in all_containers(objects):
+        if SECRET_NAME in _secrets_referenced(container, pod_template(obj)["spec"]):
+            holders.add((obj["kind"], obj["metadata"]["name"]))
+        assert SECRET_NAME not in json.dumps(container) or (obj["kind"], obj["metadata"]["name"]) in ROOT_SECRET_HOLDERS
+    assert holders == ROOT_SECRET_HOLDERS, holders
+    for service in SERVICES:  # and each service reads its own store Secret, no other's
+        deployment = service_deployment(objects, service)
+        secrets = _secrets_referenced(main_container(deployment), pod_template(deployment)["spec"])
+        assert secrets == {store_secret(service), tls_secret(service)}, f"{service}: {sorted(secrets)}"
+
+
+def _bucket_policy(script: str, bucket: str) -> dict:
+    body = re.search(r"<<EOF\n(.*?)\nEOF\n", script, re.S)
+    assert body, "the bucket Job writes no policy document"
+    return json.loads(body.group(1).replace("$MINIO_BUCKET", bucket))
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_bucket_job_creates_one_bucket_scoped_user_per_service(rendered, target):
+    objects = rendered[target]
+    (mc,) = containers(find(objects, "Job", "minio-bucket-init"))
+    (script,) = mc["args"]
+    bucket = settings(objects)["data"]["MINIO_BUCKET"]
+    env = {e["name"]: e for e in mc["env"]}
+    assert "mc admin policy create montessori montessori-store /tmp/montessori-store.json" in script
+    assert 'mc admin policy attach montessori montessori-store --user "$1"' in script
+    for service in SERVICES:
+        prefix = f"STORE_{service.upper()}"
+        for var, key in (("ACCESS_KEY", "access-key"), ("SECRET_KEY", "secret-key")):
+            ref = env[f"{prefix}_{var}"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": store_secret(service), "key": key}, f"{prefix}_{var}"
+        assert f'user "${prefix}_ACCESS_KEY" "${prefix}_SECRET_KEY"' in script, service
+    policy = _bucket_policy(script, bucket)
+    allowed = {
+        f"arn:aws:s3:::{bucket}": {"s3:ListBucket", "s3:GetBucketLocation"},
+        f"arn:aws:s3:::{bucket}/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"},
+    }
+    granted: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}, statement
+        for resource in statement["Resource"]:
+            granted.setdefault(resource, set()).update(statement["Action"])
+    assert granted == allowed, f"the services' policy grants {granted}"
+
+
+def test_bucket_policy_check_sees_a_wider_grant():
+    script = 'cat > /tmp/p.json <<EOF\n{"Statement": [{"Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}]}\nEOF\n'
+    assert _bucket_policy(script, "montessori")["Statement"][0]["Resource"] == ["arn:aws:s3:::*"]
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_controller_checks_callers_tokens_against_the_access_file(rendered, target):
+    objects = rendered[target]
+    deployment = service_deployment(objects, "controller")
+    container = main_container(deployment)
+    args = container["args"]
+    assert "--token-review" in args and "--token-file" not in args
+    access_file = Path(arg_value(args, "--access-file"))
+    volume = _mount_source(deployment, container, str(access_file.parent))
+    assert volume and volume["readOnly"] is True, f"nothing mounted read-only at {access_file.parent}"
+    config = find(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config["metadata"]["name"].startswith("montessori-clients-")
+    access = yaml.safe_load(config["data"][access_file.name])
+    assert set(access) == {"write", "read"}
+    for role, names in access.items():
+        assert names and all(isinstance(n, str) for n in names), role
+        too_broad = {"system:authenticated", "system:unauthenticated", "system:serviceaccounts"}
+        assert not set(names) & too_broad, f"{role}: {names}"
+    for worker in WORKERS:  # the workers authenticate the controller by its certificate, not by tokens
+        assert "--token-review" not in main_container(service_deployment(objects, worker))["args"], worker
