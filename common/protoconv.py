@@ -51,3 +51,15 @@ def loop_spec(document: dict) -> controller_pb2.LoopSpec:
 def fingerprint(request) -> str:
     """Digest of a request, so a reused request_id with a different request is caught."""
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def content_fingerprint(request) -> str:
+    """Digest of what a stage request asks for: its fingerprint without ``request_id`` and ``validate_only``, so
+    the same work sent again is recognised by its content, not by the id it carries (write-once outputs,
+    checkpoints)."""
+    content = type(request)()
+    content.CopyFrom(request)
+    for name in ("request_id", "validate_only"):
+        if name in content.DESCRIPTOR.fields_by_name:
+            content.ClearField(name)
+    return fingerprint(content)

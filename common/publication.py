@@ -16,28 +16,18 @@ id scoped to that loop (``<loop>:...``, which is how the controller names its jo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 from common.artifacts import ArtifactRef, ArtifactStore
 from common.errors import AlreadyExists, InvalidArgument, MontessoriError
 from common.manifests import MANIFEST, StageResult
 from common.progress import Progress
+from common.protoconv import content_fingerprint
 
 #: The record of the request that writes (or wrote) a prefix.
 REQUEST = "request.json"
 
 Work = Callable[[Progress], StageResult]
-
-
-def content_digest(request) -> str:
-    """Digest of what a request asks for: everything but its id and ``validate_only``."""
-    message = type(request)()
-    message.CopyFrom(request)
-    message.ClearField("request_id")
-    if hasattr(message, "validate_only"):
-        message.ClearField("validate_only")
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
 
 
 def published(store: ArtifactStore, prefix: str, digest: str) -> StageResult | None:
@@ -72,7 +62,7 @@ def write_once(store: ArtifactStore, request, work: Work) -> Work:
     prefix = getattr(request, "output_prefix", "")
     if not prefix:  # a stage that publishes nothing (Evaluate of the mean only)
         return work
-    digest = content_digest(request)
+    digest = content_fingerprint(request)
     done = published(store, prefix, digest)
     if done is not None:
         return lambda progress: done

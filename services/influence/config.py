@@ -97,6 +97,12 @@ class InfluenceConfig:
         "first CUDA device when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'. Weights stay fp32 (master "
         "weights) on every device: a step of lr 5e-6 vanishes in bf16 weights.",
     )
+    checkpoint_every: int = field(
+        100,
+        help="Save the scores so far to the store (<output_prefix>-checkpoint, keyed by candidate id) every this "
+        "many scored candidates, so that a job restarted with the same request continues from there and ends with "
+        "the same scores file; deleted once the scores are published (0: no checkpoints).",
+    )
 
     def __post_init__(self) -> None:
         check(0.0 < self.sgd_learning_rate <= 1.0, "sgd_learning_rate", "must be in (0, 1]")
@@ -121,3 +127,4 @@ class InfluenceConfig:
         check(1 <= self.reference_batch_size <= 1024, "reference_batch_size", "must be in 1..1024")
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
         check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")
+        check(0 <= self.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")

@@ -31,6 +31,7 @@ preconditioned direction from the warm-up moments in faithful mode) and u_0 the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -332,18 +333,33 @@ class InfluenceScorer:
         progress: Progress = no_progress,
         stage: str = "influence",
         mode: str | None = None,
+        done: Mapping[str, dict] | None = None,
+        on_scored: Callable[[list[dict]], None] | None = None,
     ) -> list[dict]:
         """Rows ``{id, influence, influence_raw, influence_centred, reference_loss_after}`` in input order, with
         throughput in ``self.last_rate``. ``influence`` is the centred or the raw score as ``centring`` says;
-        ``reference_loss_after`` is None for the estimates (they take no step)."""
+        ``reference_loss_after`` is None for the estimates (they take no step).
+
+        ``done``: rows already scored (a checkpoint's), by candidate id; a chunk whose candidates all have one is
+        not scored again, and progress starts from their count. That changes no other score: every step starts
+        from the restored snapshot (weights, optimizer state; no dropout, no random draw), the cached terms
+        (shared step, reference gradient, projection) are computed from that snapshot whenever they are first
+        needed, and chunks are cut from the whole candidate set, whichever of them are left. ``on_scored`` gets
+        each chunk's rows as soon as they are scored, before progress is reported (which may cancel the job)."""
         mode = mode or self.config.mode
         if mode not in ("exact", "first_order", "projected"):
             raise ValueError(f"unknown influence mode {mode!r}")
         encoded = [self.encode(example) for example in examples]  # every input is checked before any work
         watch = Stopwatch()
-        scored: list[dict] = [{}] * len(examples)
-        done = 0
+        key = "influence_centred" if self.centred else "influence_raw"
+        # Copies: the caller adds to the rows it gets back, the checkpoint keeps what was scored.
+        rows: list[dict | None] = [dict(done[e.id]) if done and e.id in done else None for e in examples]
+        resumed = count = sum(row is not None for row in rows)
+        if resumed:
+            progress(stage, count, len(examples), {})
         for chunk in self._chunks(encoded, mode):
+            if all(rows[i] is not None for i in chunk):
+                continue
             if self.batched(mode) and mode == "exact":
                 values = self.score_chunk([encoded[i] for i in chunk])
             elif self.batched(mode):
@@ -354,13 +370,15 @@ class InfluenceScorer:
                 values = [self._estimate_row(self.first_order_one(encoded[chunk[0]]))]
             else:
                 values = [self._estimate_row(self.projected_one(encoded[chunk[0]]))]
-            for i, value in zip(chunk, values):
-                scored[i] = value
-            done += len(chunk)
-            progress(stage, done, len(examples), {"cand/s": done / max(watch.elapsed, 1e-9)})
-        self.last_rate = len(examples) / max(watch.elapsed, 1e-9)
-        key = "influence_centred" if self.centred else "influence_raw"
-        return [{"id": example.id, "influence": row[key], **row} for example, row in zip(examples, scored)]
+            scored = [{"id": examples[i].id, "influence": value[key], **value} for i, value in zip(chunk, values)]
+            count += sum(rows[i] is None for i in chunk)
+            for i, row in zip(chunk, scored):
+                rows[i] = row
+            if on_scored is not None:
+                on_scored(scored)
+            progress(stage, count, len(examples), {"cand/s": (count - resumed) / max(watch.elapsed, 1e-9)})
+        self.last_rate = (len(examples) - resumed) / max(watch.elapsed, 1e-9)
+        return rows
 
     def _estimate_row(self, centred: float | None) -> dict:
         """An estimate's row from its centred value (None: the candidate took no step); raw adds the shared term."""

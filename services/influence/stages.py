@@ -10,6 +10,7 @@ from common.artifacts import ArtifactStore
 from common.errors import InvalidArgument
 from common.manifests import StageResult
 from common.progress import Progress, one_step
+from common.protoconv import content_fingerprint
 from common.request_fields import count, local_artifact, model_from_proto, output_prefix, settings
 from montessori.v1 import influence_pb2
 from services.influence import tasks
@@ -46,6 +47,7 @@ def score(
         raise InvalidArgument("must be a warmed-up student folder, without adapters", field="student.adapters")
     candidates = local_artifact(store, request.candidates, field="candidates")
     prefix = output_prefix(request.output_prefix)
+    work = content_fingerprint(request)  # a job re-sent after a preemption resumes this request's checkpoint
     return lambda progress: tasks.score(
         store,
         prefix,
@@ -55,6 +57,7 @@ def score(
         config=config,
         shard=shard,
         progress=progress,
+        request_digest=work,
     )
 
 

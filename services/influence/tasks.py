@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from common.artifacts import ArtifactStore
 from common.chat import IGNORE_INDEX, encode_example, instruction_text
+from common.checkpoints import StageCheckpoint, work_digest
+from common.config import to_dict
+from common.device import resolve_device
 from common.errors import InvalidArgument
 from common.jsonl import read_instruction_rows, read_jsonl
 from common.logs import get_logger
-from common.manifests import StageResult, input_ref, model_input, publish_manifest
+from common.manifests import StageResult, code_version, input_ref, model_input, publish_manifest
 from common.models import ModelRef, load_model, load_tokenizer
 from common.optimizer_state import load_adamw
 from common.progress import Progress, no_progress
@@ -57,6 +61,62 @@ def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
     return round(index * total / count), round((index + 1) * total / count)
 
 
+class ScoresCheckpoint:
+    """The rows a Score job has scored so far, by phase (``scores``, then ``audit`` and ``fallback`` when the round
+    is audited) and candidate id, saved to the store every ``every`` new rows (see ``common/checkpoints.py``)."""
+
+    PHASES = ("scores", "audit", "fallback")
+
+    def __init__(self, checkpoint: StageCheckpoint | None, every: int):
+        self.checkpoint = checkpoint
+        self.every = every
+        self.rows: dict[str, dict[str, dict]] = {}
+        self._unsaved = 0
+        restored = checkpoint.restore(self._load) if checkpoint else None
+        if restored is not None:
+            self.rows = restored.value
+
+    @staticmethod
+    def _load(parts: dict[str, Path]) -> dict[str, dict[str, dict]]:
+        phases = {}
+        for name, path in parts.items():
+            phase = name.removesuffix(".jsonl")
+            if phase not in ScoresCheckpoint.PHASES:
+                raise ValueError(f"unknown part {name}")
+            phases[phase] = {row["id"]: row for row in read_jsonl(path, allow_empty=True)}
+        return phases
+
+    def done(self, phase: str) -> dict[str, dict]:
+        """The rows of ``phase`` already scored, by candidate id."""
+        return self.rows.get(phase, {})
+
+    def adder(self, phase: str) -> Callable[[list[dict]], None] | None:
+        """``on_scored`` for :meth:`InfluenceScorer.score`: record a chunk's rows and save every ``every`` rows
+        (None when checkpoints are off)."""
+        if self.checkpoint is None:
+            return None
+
+        def add(rows: list[dict]) -> None:
+            self.rows.setdefault(phase, {}).update({row["id"]: dict(row) for row in rows})
+            self._unsaved += len(rows)
+            if self._unsaved >= self.every:
+                self.save()
+
+        return add
+
+    def save(self) -> None:
+        """Save the rows not yet saved (nothing when there are none or checkpoints are off)."""
+        if self.checkpoint is None or not self._unsaved:
+            return
+        parts = {f"{phase}.jsonl": list(rows.values()) for phase, rows in self.rows.items()}
+        if self.checkpoint.save(parts, {phase: len(rows) for phase, rows in self.rows.items()}):
+            self._unsaved = 0
+
+    def remove(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
+
+
 def score(
     store: ArtifactStore,
     prefix: str,
@@ -68,24 +128,55 @@ def score(
     progress: Progress = no_progress,
     scorer: InfluenceScorer | None = None,
     shard: tuple[int, int] | None = None,
+    request_digest: str = "",
 ) -> StageResult:
     """Influence of every candidate (or of shard ``(index, count)`` of them) on the warmed-up student; publish
     ``<prefix>/scores.jsonl``. Each candidate's influence depends only on the student state and itself, so the
-    shards of a candidate set, merged by :func:`merge_scores`, equal one unsharded run."""
+    shards of a candidate set, merged by :func:`merge_scores`, equal one unsharded run.
+
+    With ``config.checkpoint_every`` the scores so far are saved to ``<prefix>-checkpoint`` as they are made; a job
+    of the same work (``request_digest``: the request's, see ``common.checkpoints.request_digest``; the same
+    inputs, settings and shard) continues from there and publishes the same scores file, byte for byte."""
     started = time.time()
     examples, groups = candidate_examples(candidates_path)
     if shard is not None:
         lo, hi = shard_bounds(len(examples), *shard)
         examples = examples[lo:hi]
+    inputs = {
+        "warmup": input_ref(store, warmup_dir),
+        "reference_set": input_ref(store, reference_path),
+        "candidates": input_ref(store, candidates_path),
+    }
+    checkpoint = None
+    if config.checkpoint_every and len({e.id for e in examples}) == len(examples):  # rows are kept by candidate id
+        # The device kind too: scores made on one kind of device are not resumed on another (their last bits differ).
+        device = resolve_device(config.device).type
+        work = work_digest(
+            request=request_digest,
+            inputs=inputs,
+            config=to_dict(config),
+            shard=shard,
+            device=device,
+            code=code_version(),
+        )
+        checkpoint = StageCheckpoint(store, prefix, work, stage="score")
+    saved = ScoresCheckpoint(checkpoint, config.checkpoint_every)
     scorer = scorer or build_scorer(warmup_dir, reference_path, config)
-    rows = scorer.score(examples, progress=progress, stage=f"{prefix.rsplit('/', 1)[-1]}: influence")
+    rows = scorer.score(
+        examples,
+        progress=progress,
+        stage=f"{prefix.rsplit('/', 1)[-1]}: influence",
+        done=saved.done("scores"),
+        on_scored=saved.adder("scores"),
+    )
     for row in rows:
         row["group_id"] = groups[row["id"]]
         row["reference_loss_before"] = scorer.base_loss
     rate = scorer.last_rate
     audit, scored_by = {}, config.mode
     if config.mode != "exact" and config.audit_size:
-        audit, audited = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress)
+        saved.save()  # the audit and a fallback may take long too
+        audit, audited = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress, saved=saved)
         below = below_thresholds(audit, config)
         audit["fell_back_to_exact"] = int(bool(below))
         if below:
@@ -93,9 +184,15 @@ def score(
                 f"{config.mode} estimate disagrees with exact influence; re-scoring exactly",
                 extra={"stage": "score", "metrics": {**below, "mode": config.mode}},
             )
+            saved.save()
             rescore = [i for i in range(len(examples)) if i not in audited]
             exact_rows = scorer.score(
-                [examples[i] for i in rescore], progress=progress, stage="exact fallback", mode="exact"
+                [examples[i] for i in rescore],
+                progress=progress,
+                stage="exact fallback",
+                mode="exact",
+                done=saved.done("fallback"),
+                on_scored=saved.adder("fallback"),
             )
             for i, exact in zip(rescore, exact_rows):
                 audited[i] = exact
@@ -110,14 +207,9 @@ def score(
         **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES},
         **audit,
     }
-    inputs = {
-        "warmup": input_ref(store, warmup_dir),
-        "reference_set": input_ref(store, reference_path),
-        "candidates": input_ref(store, candidates_path),
-    }
     if shard is not None:
         metrics.update(shard_index=shard[0], shard_count=shard[1])
-    return publish_manifest(
+    result = publish_manifest(
         store,
         prefix,
         stage="score",
@@ -127,6 +219,8 @@ def score(
         metrics=metrics,
         started=started,
     )
+    saved.remove()
+    return result
 
 
 def merge_audits(shard_metrics: list[dict]) -> dict:
@@ -222,13 +316,22 @@ def audit_agreement(
     groups: dict[str, str],
     size: int,
     progress: Progress,
+    *,
+    saved: ScoresCheckpoint | None = None,
 ) -> tuple[dict, dict[int, dict]]:
     """Score an evenly spaced sample exactly and compare it with the estimate (Spearman, pair agreement).
     Returns the metrics and the exact rows by candidate index (reused if the round falls back to exact:
     exact scores do not depend on which other candidates are scored)."""
     step = max(1, len(examples) // min(size, len(examples)))
     picked = list(range(0, len(examples), step))[:size]
-    exact_rows = scorer.score([examples[i] for i in picked], progress=progress, stage="audit", mode="exact")
+    exact_rows = scorer.score(
+        [examples[i] for i in picked],
+        progress=progress,
+        stage="audit",
+        mode="exact",
+        done=saved.done("audit") if saved else None,
+        on_scored=saved.adder("audit") if saved else None,
+    )
     exact = [r["influence"] for r in exact_rows]
     estimate = [rows[i]["influence"] for i in picked]
     metrics = {

@@ -48,15 +48,18 @@ def schedule_kwargs(settings, *, examples: int) -> dict:
     return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}
 
 
-def base_args(*, output_dir: str, seed: int, report_to: str = "none") -> dict:
-    """Arguments every montessori training run uses; ``report_to`` is the settings' (see ``REPORT_TO_HELP``)."""
+def base_args(*, output_dir: str, seed: int, report_to: str = "none", checkpoint_every: int = 0) -> dict:
+    """Arguments every montessori training run uses; ``report_to`` is the settings' (see ``REPORT_TO_HELP``).
+    ``checkpoint_every``: the Trainer saves a full checkpoint into ``output_dir`` every this many optimizer steps,
+    keeping only the latest (0: none); ``callbacks.CheckpointCallback`` uploads each one to the store."""
     on_gpu = torch.cuda.is_available()
+    saving = {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1}
     return {
         "output_dir": output_dir,
         "seed": seed,
         "data_seed": seed,
         "logging_steps": 1,
-        "save_strategy": "no",
+        **(saving if checkpoint_every else {"save_strategy": "no"}),
         "report_to": report_to,
         "disable_tqdm": True,
         "use_cpu": not on_gpu,

@@ -24,6 +24,12 @@ REPORT_TO_HELP = (
     "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed)."
 )
 
+CHECKPOINT_HELP = (
+    "Save a checkpoint (weights, optimizer, scheduler, RNG state) to the store (<output_prefix>-checkpoint) every "
+    "this many optimizer steps, keeping only the latest, so that a job restarted with the same request resumes "
+    "from it and publishes the same folder; deleted once the output is published (0: no checkpoints)."
+)
+
 
 def _check_shared(settings) -> None:
     """Range and cross-field rules of the schedule and reporting fields shared by SFT, warm-up and DPO settings."""
@@ -32,6 +38,7 @@ def _check_shared(settings) -> None:
     check(settings.warmup_ratio + settings.decay_ratio <= 1.0, "decay_ratio", "warmup_ratio + decay_ratio must be <= 1")
     check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
     check(settings.report_to in REPORT_TO_VALUES, "report_to", f"must be one of {', '.join(REPORT_TO_VALUES)}")
+    check(0 <= settings.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")
 
 
 def final_lr_ratio(settings) -> float:
@@ -81,6 +88,7 @@ class SFTSettings:
     max_length: int = field(1024, help="Token cap of one example; longer examples are truncated by TRL (paper: 1024).")
     weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
+    checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
@@ -176,6 +184,7 @@ class DPOSettings:
         "group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.",
     )
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
+    checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from transformers import PrinterCallback
 
+from common.checkpoints import StageCheckpoint
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
-from services.trainer.callbacks import ProgressCallback
+from services.trainer.callbacks import CheckpointCallback, ProgressCallback, mean_train_loss, restore_checkpoint
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import DPOSettings
 from services.trainer.pair_selection import select_pairs
@@ -103,9 +104,12 @@ def train_dpo(
     seed: int,
     progress: Progress = no_progress,
     stage: str = "dpo",
+    checkpoint: StageCheckpoint | None = None,
 ) -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
-    frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning).
+    frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning). With ``checkpoint``
+    (and ``settings.checkpoint_every``), the run resumes from the checkpoint of this work if there is one and saves
+    one every ``checkpoint_every`` optimizer steps.
 
     The held-out split comes before ``max_pairs``, so held-out groups are never trained on, capped or not.
     """
@@ -132,9 +136,15 @@ def train_dpo(
         if settings.lora
         else None
     )
+    every = settings.checkpoint_every if checkpoint is not None else 0  # 0: the Trainer saves nothing
     with tempfile.TemporaryDirectory(prefix="montessori-dpo-") as scratch:
         args = DPOConfig(
-            **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
+            **base_args(
+                output_dir=scratch,
+                seed=seed,
+                report_to=settings.report_to,
+                checkpoint_every=every,
+            ),
             **schedule_kwargs(settings, examples=len(pairs)),
             beta=settings.beta,
             loss_type=[settings.loss_type],
@@ -145,7 +155,9 @@ def train_dpo(
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             max_length=settings.max_length,
         )
-        callback = ProgressCallback(progress, stage)
+        callbacks = [ProgressCallback(progress, stage)]
+        if every:
+            callbacks.append(CheckpointCallback(checkpoint))
         # eval_dataset is tokenised with the training set; it is evaluated once, after training (eval_strategy "no").
         trainer = DPOTrainer(
             model=model,
@@ -155,10 +167,10 @@ def train_dpo(
             eval_dataset=Dataset.from_list(_rows(heldout)) if heldout else None,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=restore_checkpoint(checkpoint) if every else None)
         # TRL logs batch means of rewards/accuracies and rewards/margins: exact when one batch holds all held-out pairs.
         evaluation = trainer.evaluate() if heldout else {}
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +186,7 @@ def train_dpo(
         output_dir=output_dir,
         is_adapter=settings.lora,
         steps=int(output.global_step),
-        train_loss=float(output.training_loss),
+        train_loss=mean_train_loss(trainer.state),
         reward_margin_first=margin(history[0]) if history else 0.0,
         reward_margin_last=margin(history[-1]) if history else 0.0,
         reward_accuracy_last=float(history[-1].get("rewards/accuracies", 0.0)) if history else 0.0,

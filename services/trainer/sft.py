@@ -9,11 +9,12 @@ from pathlib import Path
 from transformers import PrinterCallback
 
 from common.chat import sft_record
+from common.checkpoints import StageCheckpoint
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.optimizer_state import save_adamw_state
 from common.progress import Progress, no_progress
-from services.trainer.callbacks import ProgressCallback
+from services.trainer.callbacks import CheckpointCallback, ProgressCallback, mean_train_loss, restore_checkpoint
 from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
 from services.trainer.config import SFTSettings
 
@@ -41,9 +42,11 @@ def train_sft(
     save_optimizer: bool = False,
     progress: Progress = no_progress,
     stage: str = "sft",
+    checkpoint: StageCheckpoint | None = None,
 ) -> SFTResult:
     """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to
-    ``output_dir``."""
+    ``output_dir``. With ``checkpoint`` (and ``settings.checkpoint_every``), the run resumes from the checkpoint of
+    this work if there is one and saves one every ``checkpoint_every`` optimizer steps."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -55,9 +58,15 @@ def train_sft(
     tokenizer = load_tokenizer(student, field="student.path")
     model = load_model(student, field="student.path", trainable=True)
     dataset = Dataset.from_list([sft_record(user, response) for user, response in examples])
+    every = settings.checkpoint_every if checkpoint is not None else 0  # 0: the Trainer saves nothing
     with tempfile.TemporaryDirectory(prefix="montessori-sft-") as scratch:
         args = SFTConfig(
-            **base_args(output_dir=scratch, seed=seed, report_to=settings.report_to),
+            **base_args(
+                output_dir=scratch,
+                seed=seed,
+                report_to=settings.report_to,
+                checkpoint_every=every,
+            ),
             **schedule_kwargs(settings, examples=len(examples)),
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
@@ -67,12 +76,14 @@ def train_sft(
             max_length=settings.max_length,
             completion_only_loss=True,
         )
-        callback = ProgressCallback(progress, stage)
+        callbacks = [ProgressCallback(progress, stage)]
+        if every:
+            callbacks.append(CheckpointCallback(checkpoint))
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
         )
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=restore_checkpoint(checkpoint) if every else None)
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
@@ -80,4 +91,4 @@ def train_sft(
         if save_optimizer:
             optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
             save_adamw_state(optimizer, model, output_dir)
-    return SFTResult(output_dir, int(output.global_step), float(output.training_loss), len(examples))
+    return SFTResult(output_dir, int(output.global_step), mean_train_loss(trainer.state), len(examples))

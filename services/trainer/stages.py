@@ -9,6 +9,7 @@ from pathlib import Path
 from common.artifacts import ArtifactStore
 from common.manifests import StageResult
 from common.progress import Progress
+from common.protoconv import content_fingerprint
 from common.request_fields import count, local_artifact, model_from_proto, output_prefix, seed, settings
 from montessori.v1 import trainer_pb2
 from services.trainer import tasks
@@ -29,6 +30,7 @@ def train_student(
         return None
     candidates = local_artifact(store, request.candidates, field="candidates")
     prefix = output_prefix(request.output_prefix)
+    work = content_fingerprint(request)  # a job re-sent after a preemption resumes this request's checkpoint
     return lambda progress: tasks.train_student(
         store,
         prefix,
@@ -39,6 +41,7 @@ def train_student(
         save_optimizer=request.warmup,
         limit=limit or None,
         progress=progress,
+        request_digest=work,
     )
 
 
@@ -53,6 +56,14 @@ def train_teacher(
         return None
     pairs = local_artifact(store, request.pairs, field="pairs")
     prefix = output_prefix(request.output_prefix)
+    work = content_fingerprint(request)  # a job re-sent after a preemption resumes this request's checkpoint
     return lambda progress: tasks.train_teacher(
-        store, prefix, teacher=teacher, pairs_path=pairs, settings=dpo, seed=stage_seed, progress=progress
+        store,
+        prefix,
+        teacher=teacher,
+        pairs_path=pairs,
+        settings=dpo,
+        seed=stage_seed,
+        progress=progress,
+        request_digest=work,
     )

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.chat import instruction_text
+from common.checkpoints import StageCheckpoint, work_digest
+from common.config import to_dict
 from common.jsonl import read_jsonl
-from common.manifests import StageResult, input_ref, model_input, publish_manifest
+from common.manifests import StageResult, code_version, input_ref, model_input, publish_manifest
 from common.models import ModelRef
 from common.progress import Progress, no_progress
 from services.trainer.config import DPOSettings, SFTSettings
@@ -17,6 +19,24 @@ from services.trainer.dpo import train_dpo
 from services.trainer.sft import train_sft
 
 MODEL = "model"
+
+
+def stage_checkpoint(
+    store: ArtifactStore,
+    prefix: str,
+    request_digest: str,
+    inputs: dict,
+    config: dict,
+    settings: SFTSettings | DPOSettings,
+    *,
+    stage: str,
+) -> StageCheckpoint | None:
+    """The store checkpoint of this training run (None when ``checkpoint_every`` is 0), identified by the request,
+    the inputs' digests, the settings and the code version: a checkpoint of any other work is not resumed."""
+    if not settings.checkpoint_every:
+        return None
+    work = work_digest(request=request_digest, inputs=inputs, config=to_dict(config), code=code_version())
+    return StageCheckpoint(store, prefix, work, stage=stage)
 
 
 def train_student(
@@ -30,13 +50,18 @@ def train_student(
     save_optimizer: bool = False,
     limit: int | None = None,
     progress: Progress = no_progress,
+    request_digest: str = "",
 ) -> StageResult:
     """SFT ``student`` on the candidates' (instruction, response); publish ``<prefix>/model`` (with AdamW state if
-    asked)."""
+    asked). With ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same
+    work (``request_digest``, inputs and settings) resumes from it."""
     started = time.time()
     rows = read_jsonl(candidates_path, required=("instruction", "response"))
     rows = rows[:limit] if limit else rows
     examples = [(instruction_text(r["instruction"], r.get("input", "")), r["response"]) for r in rows]
+    inputs = {"student": model_input(store, student), "candidates": input_ref(store, candidates_path)}
+    config = {"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit}
+    checkpoint = stage_checkpoint(store, prefix, request_digest, inputs, config, settings, stage="train-student")
     with tempfile.TemporaryDirectory(prefix="montessori-student-") as scratch:
         result = train_sft(
             student,
@@ -47,19 +72,22 @@ def train_student(
             save_optimizer=save_optimizer,
             progress=progress,
             stage=f"{prefix.rsplit('/', 1)[-1]}: sft",
+            checkpoint=checkpoint,
         )
         ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir, move=True)
-    inputs = {"student": model_input(store, student), "candidates": input_ref(store, candidates_path)}
-    return publish_manifest(
+    published = publish_manifest(
         store,
         prefix,
         stage="train-student",
         inputs=inputs,
-        config={"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit},
+        config=config,
         outputs={"model": ref},
         metrics=result.metrics(),
         started=started,
     )
+    if checkpoint is not None:
+        checkpoint.remove()
+    return published
 
 
 def train_teacher(
@@ -71,11 +99,17 @@ def train_teacher(
     settings: DPOSettings,
     seed: int,
     progress: Progress = no_progress,
+    request_digest: str = "",
 ) -> StageResult:
-    """DPO the teacher on the pairs; publish ``<prefix>/adapter`` (LoRA) or ``<prefix>/model`` (full)."""
+    """DPO the teacher on the pairs; publish ``<prefix>/adapter`` (LoRA) or ``<prefix>/model`` (full). With
+    ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same work
+    (``request_digest``, inputs and settings) resumes from it."""
     started = time.time()
     pairs = read_jsonl(pairs_path, required=("prompt", "chosen", "rejected"))
     role = "adapter" if settings.lora else MODEL
+    inputs = {"teacher": model_input(store, teacher), "pairs": input_ref(store, pairs_path)}
+    config = {"dpo": settings, "seed": seed}
+    checkpoint = stage_checkpoint(store, prefix, request_digest, inputs, config, settings, stage="train-teacher")
     with tempfile.TemporaryDirectory(prefix="montessori-teacher-") as scratch:
         result = train_dpo(
             teacher,
@@ -85,16 +119,19 @@ def train_teacher(
             seed=seed,
             progress=progress,
             stage=f"{prefix.rsplit('/', 1)[-1]}: dpo",
+            checkpoint=checkpoint,
         )
         ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
-    inputs = {"teacher": model_input(store, teacher), "pairs": input_ref(store, pairs_path)}
-    return publish_manifest(
+    published = publish_manifest(
         store,
         prefix,
         stage="train-teacher",
         inputs=inputs,
-        config={"dpo": settings, "seed": seed},
+        config=config,
         outputs={role: ref},
         metrics=result.metrics(),
         started=started,
     )
+    if checkpoint is not None:
+        checkpoint.remove()
+    return published
