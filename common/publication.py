@@ -33,6 +33,15 @@ Work = Callable[[Progress], StageResult]
 def published(store: ArtifactStore, prefix: str, digest: str) -> StageResult | None:
     """The result published at ``prefix`` by the request with ``digest``; None when nothing is published there.
     ALREADY_EXISTS when another request published it."""
+    parts = prefix.split("/")
+    for depth in range(1, len(parts)):  # a stage folder is whole: nothing is added inside a published one
+        outer = "/".join(parts[:depth])
+        if store.exists(f"{outer}/{MANIFEST}"):
+            raise AlreadyExists(
+                f"{store.uri(prefix)} is inside {store.uri(outer)}, which is published; published artifacts are "
+                "never changed (choose another output prefix)",
+                field="output_prefix",
+            )
     manifest_key = f"{prefix}/{MANIFEST}"
     if not store.exists(manifest_key):
         return None

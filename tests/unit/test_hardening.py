@@ -439,6 +439,13 @@ def test_a_published_stage_is_never_rewritten_by_another_request(preference_serv
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert ("montessori-field", "output_prefix") in tuple(refused.value.trailing_metadata())
 
+    inside = preference_pb2.AssembleRequest()
+    inside.CopyFrom(request)
+    inside.request_id, inside.output_prefix = "L:inside", "loops/L/iter-1/pairs/more"
+    with pytest.raises(grpc.RpcError) as refused:  # nothing is added inside a published stage folder either
+        stub.Assemble(inside, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
     # The same request again (a retry after a worker restart) gets the published result, nothing rewritten.
     retry = preference_pb2.AssembleRequest()
     retry.CopyFrom(request)
