@@ -63,9 +63,11 @@ protos: setup
 
 # The five services as local processes on loopback (ports 50050-50054, metrics 9100-9104).
 # TEACHER_BACKEND=vllm runs the teacher from the vLLM environment (adapter hot-swap).
+# Mutual TLS with a local CA (.run/tls/) and controller tokens (.run/tokens.csv, .run/token), made
+# once; INSECURE=1 serves plaintext without tokens (development only). See README "Security".
 TEACHER_BACKEND ?= transformers
 up: setup
-	$(PY) -m cli.local_services up --teacher-backend $(TEACHER_BACKEND)
+	$(PY) -m cli.local_services up --teacher-backend $(TEACHER_BACKEND) $(if $(INSECURE),--insecure)
 
 down:
 	$(PY) -m cli.local_services down

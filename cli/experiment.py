@@ -29,6 +29,9 @@ def add_parser(commands) -> None:
         help="run each seed's loop on this controller (host:port) instead of in this process; the "
         "config's artifacts must name the store the services share",
     )
+    from common.transport import add_client_flags
+
+    add_client_flags(sub)
     sub.add_argument("--no-progress", action="store_true", help="no progress bars")
     judge = sub.add_mutually_exclusive_group()
     judge.add_argument(
@@ -85,7 +88,9 @@ def _run_on_controller(args: argparse.Namespace, overrides: list[str], loop_id: 
     from montessori.v1 import controller_pb2, controller_pb2_grpc
 
     data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(overrides))
-    with grpc.insecure_channel(args.controller) as channel:
+    from common.transport import controller_transport
+
+    with controller_transport(args).channel(args.controller) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         try:
             stub.StartLoop(controller_pb2.StartLoopRequest(request_id=loop_id, spec=loop_spec(data)), timeout=120)

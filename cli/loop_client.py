@@ -9,6 +9,7 @@ import sys
 import grpc
 
 from common.envs import service_address
+from common.transport import add_client_flags, controller_transport
 
 EXIT_BAD_INPUT = 2
 _CLIENT_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
@@ -19,6 +20,7 @@ def add_parser(commands) -> None:
     loop.add_argument(
         "--controller", default=None, help=f"controller address (default {service_address('controller')})"
     )
+    add_client_flags(loop)
     actions = loop.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="start a loop from a config file")
     start.add_argument("--config", help="YAML or TOML run config (as for `montessori run`)")
@@ -46,7 +48,7 @@ def add_parser(commands) -> None:
 def _stub(args):
     from montessori.v1 import controller_pb2_grpc
 
-    channel = grpc.insecure_channel(args.controller or service_address("controller"))
+    channel = controller_transport(args).channel(args.controller or service_address("controller"))
     return controller_pb2_grpc.ControllerServiceStub(channel)
 
 

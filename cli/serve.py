@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from common.envs import DEFAULT_PORTS, service_address
+from common.logs import get_logger
+
+log = get_logger(__name__)
 
 SERVICES = ("teacher", "influence", "preference", "trainer", "controller")
 
@@ -63,6 +66,40 @@ def add_parser(commands) -> None:
     )
     sub.add_argument("--retry-period", type=float, default=2.0, help="controller: seconds between lease rounds")
     sub.add_argument("--kube-api", default=None, help="controller: API server URL (default: in-cluster config)")
+    sub.add_argument(
+        "--tls-dir",
+        default=None,
+        help="TLS folder with ca.crt, tls.crt, tls.key (a cert-manager Secret; default $MONTESSORI_TLS_DIR): "
+        "workers require a client certificate signed by ca.crt, the controller uses it to reach them",
+    )
+    sub.add_argument("--insecure", action="store_true", help="plaintext gRPC, no authentication (development only)")
+    sub.add_argument(
+        "--allowed-clients",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="workers: client-certificate identity (common name or DNS name) accepted; repeatable "
+        "(default: controller)",
+    )
+    sub.add_argument(
+        "--health-port", type=int, default=0, help="separate plaintext port serving only grpc.health.v1 (0: off)"
+    )
+    sub.add_argument(
+        "--token-file",
+        default=None,
+        help="controller: CSV of `token,name,role` lines (role read or write) that callers present as "
+        "`authorization: Bearer <token>`",
+    )
+    sub.add_argument(
+        "--token-review",
+        action="store_true",
+        help="controller: authenticate bearer tokens with the Kubernetes TokenReview API (with --access-file)",
+    )
+    sub.add_argument(
+        "--access-file",
+        default=None,
+        help="controller, with --token-review: YAML {write: [users or groups], read: [...]}; write implies read",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,9 +107,15 @@ def run(args: argparse.Namespace) -> int:
     from common.grpc_server import ServerConfig
     from common.service_main import serve_forever
 
+    tls_dir = _tls_dir(args)
+    _check_role_flags(args)
     config = from_dict(
         ServerConfig,
         {
+            "tls_dir": tls_dir,
+            "insecure": not tls_dir,
+            "allowed_clients": args.allowed_clients or ["controller"],
+            "health_port": args.health_port,
             "host": args.host,
             "port": DEFAULT_PORTS[args.service] if args.port is None else args.port,
             "metrics_port": args.metrics_port,
@@ -92,12 +135,15 @@ def run(args: argparse.Namespace) -> int:
             store, jobs, ready, preload=args.preload, config=teacher_config
         )  # noqa: E731
     elif args.service == "controller":
+        from common.transport import ClientTransport
         from services.controller.remote import WorkerAddresses
         from services.controller.servicer import build as controller_build
 
         workers = WorkerAddresses(
-            **{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")}
+            **{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")},
+            transport=ClientTransport(tls_dir=tls_dir, insecure=not tls_dir, client_cert=True),
         )
+        authorize = _controller_auth(args, tls_dir)
         election = None
         if args.leader_election:
             import os
@@ -113,20 +159,83 @@ def run(args: argparse.Namespace) -> int:
                 renew_deadline_seconds=args.renew_deadline,
                 retry_seconds=args.retry_period,
             )
-        build = lambda store, jobs, ready: controller_build(
-            store,
-            jobs,
-            ready,
-            workers=workers,
-            election=election,  # noqa: E731
-            kube_api=args.kube_api,
-        )
+
+        def build(store, jobs, ready):
+            parts = controller_build(store, jobs, ready, workers=workers, election=election, kube_api=args.kube_api)
+            if authorize is None:
+                log.warning("controller runs OPEN: --insecure and no --token-file/--token-review (development only)")
+            parts.authorize = authorize
+            return parts
+
     else:
         import importlib
 
         build = importlib.import_module(f"services.{args.service}.servicer").build
     serve_forever(args.service, config, build)
     return 0
+
+
+def _tls_dir(args: argparse.Namespace) -> str:
+    """``--tls-dir`` (or $MONTESSORI_TLS_DIR), "" with ``--insecure``; one of them is required."""
+    from common.envs import Env
+    from common.errors import InvalidArgument
+
+    if args.insecure and args.tls_dir:
+        raise InvalidArgument("cannot be combined with --tls-dir", field="--insecure")
+    if args.insecure:
+        return ""
+    tls_dir = args.tls_dir or Env.read().tls_dir
+    if not tls_dir:
+        raise InvalidArgument(
+            "is required (a folder with ca.crt, tls.crt, tls.key; or $MONTESSORI_TLS_DIR); "
+            "--insecure serves plaintext for development",
+            field="--tls-dir",
+        )
+    return tls_dir
+
+
+def _check_role_flags(args: argparse.Namespace) -> None:
+    """Token flags are the controller's, ``--allowed-clients`` the workers': a misplaced one is an error."""
+    from common.errors import InvalidArgument
+
+    if args.service == "controller" and args.allowed_clients:
+        raise InvalidArgument(
+            "is for workers (the controller authenticates callers by token)", field="--allowed-clients"
+        )
+    for flag in ("token_file", "token_review", "access_file"):
+        if args.service != "controller" and getattr(args, flag):
+            raise InvalidArgument("is for the controller only", field="--" + flag.replace("_", "-"))
+
+
+def _controller_auth(args: argparse.Namespace, tls_dir: str):
+    """The controller's bearer-token check (``common.auth.BearerAuth``), or None: open, only with --insecure."""
+    from common.auth import AccessList, BearerAuth, StaticTokens, TokenReviewer
+    from common.errors import InvalidArgument
+
+    if args.token_file and args.token_review:
+        raise InvalidArgument("cannot be combined with --token-review", field="--token-file")
+    if args.access_file and not args.token_review:
+        raise InvalidArgument("needs --token-review", field="--access-file")
+    if args.token_file:
+        return BearerAuth(StaticTokens.from_file(args.token_file))
+    if args.token_review:
+        if not args.access_file:
+            raise InvalidArgument("is required with --token-review", field="--access-file")
+        from services.controller.leader import authentication_api
+
+        access = AccessList.from_file(args.access_file)
+        try:
+            api = authentication_api(args.kube_api)
+        except Exception as err:  # noqa: BLE001 - kubernetes' ConfigException outside a cluster
+            raise InvalidArgument(
+                f"needs an in-cluster service account or --kube-api ({err})", field="--token-review"
+            ) from None
+        return BearerAuth(TokenReviewer(api, access))
+    if tls_dir:
+        raise InvalidArgument(
+            "is required with --tls-dir (or --token-review): callers authenticate", field="--token-file"
+        )
+    return None
 
 
 def _teacher_config(args: argparse.Namespace):

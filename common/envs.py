@@ -48,6 +48,10 @@ class Env:
     MINIO_ENDPOINT: host:port of the S3 server (MinIO or any S3-compatible store).
     MINIO_ACCESS_KEY / MINIO_SECRET_KEY: S3 credentials (never logged).
     MINIO_SECURE: ``1`` for TLS (default ``0``).
+    MINIO_CA_FILE: CA bundle (PEM) that verifies the store's TLS certificate (default: the system's).
+    MONTESSORI_TLS_DIR: TLS folder (``ca.crt``, ``tls.crt``, ``tls.key``) of a service, or a client's ``ca.crt``.
+    MONTESSORI_TOKEN: bearer token a client sends to the controller (never logged).
+    MONTESSORI_TOKEN_FILE: file holding that token (used when MONTESSORI_TOKEN is unset).
     MONTESSORI_CACHE_DIR: node-local cache of downloaded artifacts, keyed by digest (default ``~/.cache/montessori``).
     MONTESSORI_JUDGE_API_KEY: bearer token of an OpenAI-compatible judge endpoint (never logged or written).
     """
@@ -63,6 +67,10 @@ class Env:
     s3_secure: bool
     cache_dir: str
     judge_api_key: str | None = None
+    s3_ca_file: str = ""
+    tls_dir: str = ""
+    token: str = ""
+    token_file: str = ""
 
     @classmethod
     def read(cls) -> Env:
@@ -79,6 +87,10 @@ class Env:
             s3_secure=os.environ.get("MINIO_SECURE", "0") == "1",
             cache_dir=os.environ.get("MONTESSORI_CACHE_DIR", os.path.expanduser("~/.cache/montessori")),
             judge_api_key=os.environ.get("MONTESSORI_JUDGE_API_KEY") or None,
+            s3_ca_file=os.environ.get("MINIO_CA_FILE", ""),
+            tls_dir=os.environ.get("MONTESSORI_TLS_DIR", ""),
+            token=os.environ.get("MONTESSORI_TOKEN", ""),
+            token_file=os.environ.get("MONTESSORI_TOKEN_FILE", ""),
         )
 
     def __repr__(self) -> str:  # the secret key must never reach a log line

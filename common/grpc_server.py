@@ -14,9 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.auth import AuthInterceptor, Authorize, PeerAllowList
 from common.config import check, field
 from common.errors import MontessoriError, printable
 from common.logs import get_logger
+from common.transport import server_credentials
 
 #: Server threads kept free of streams: health checks and unary calls always find one.
 UNARY_THREADS = 16
@@ -45,7 +47,28 @@ class ServerConfig:
         "server thread, and the server has this many plus 16 more, so health checks and unary calls always answer.",
     )
 
+    tls_dir: str = field(
+        "",
+        help="TLS folder (cert-manager Secret layout: ca.crt, tls.crt, tls.key). Workers require a client "
+        "certificate signed by ca.crt; the controller takes TLS with client certificates optional.",
+    )
+    insecure: bool = field(
+        True,
+        help="Plaintext gRPC, development only. The in-process default (tests); `montessori serve` needs an "
+        "explicit --tls-dir or --insecure. Ignored when tls_dir is set.",
+    )
+    allowed_clients: list[str] = field(
+        default_factory=lambda: ["controller"],
+        help="Workers: client-certificate identities (common name or DNS name) accepted; others get PERMISSION_DENIED.",
+    )
+    health_port: int = field(
+        0, help="Separate PLAINTEXT port serving only grpc.health.v1 (kubelet probes cannot speak TLS); 0: off."
+    )
+
     def __post_init__(self) -> None:
+        check(bool(self.tls_dir) or self.insecure, "tls_dir", "is required (or insecure for plaintext)")
+        check(bool(self.allowed_clients), "allowed_clients", "must name at least one client")
+        check(0 <= self.health_port <= 65535, "health_port", "must be in 0..65535")
         check(0 <= self.port <= 65535, "port", "must be in 0..65535")
         check(0 <= self.metrics_port <= 65535, "metrics_port", "must be in 0..65535")
         check(1 <= self.workers <= 64, "workers", "must be in 1..64")
@@ -133,8 +156,17 @@ class ServiceServer:
     """A started gRPC server with health (NOT_SERVING until ``mark_ready``) and reflection."""
 
     def __init__(
-        self, name: str, full_service_names: list[str], config: ServerConfig, register: Callable[[grpc.Server], None]
+        self,
+        name: str,
+        full_service_names: list[str],
+        config: ServerConfig,
+        register: Callable[[grpc.Server], None],
+        *,
+        authorize: Authorize | None = None,
     ):
+        """``authorize``: the service checks its callers itself (the controller's bearer tokens; client
+        certificates optional). Without it, a TLS server requires a client certificate whose identity is
+        in ``config.allowed_clients`` (a worker)."""
         self.name = name
         self.config = config
         self.service_names = full_service_names
@@ -142,11 +174,16 @@ class ServiceServer:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
+        mutual = authorize is None  # a worker: mutual TLS and the allow-list
+        if config.tls_dir and authorize is None:
+            authorize = PeerAllowList(config.allowed_clients)
+        # Authorisation runs first, so a refused call never holds a stream slot.
+        interceptors = [AuthInterceptor(authorize)] if authorize else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.max_streams + UNARY_THREADS, thread_name_prefix=f"{name}-rpc"
             ),
-            interceptors=[ErrorInterceptor(name, max_streams=config.max_streams)],
+            interceptors=[*interceptors, ErrorInterceptor(name, max_streams=config.max_streams)],
             options=options,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -155,7 +192,22 @@ class ServiceServer:
         reflection.enable_server_reflection(
             [*full_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls_dir:
+            credentials = server_credentials(config.tls_dir, require_client_cert=mutual)
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            log.warning("serving PLAINTEXT gRPC (--insecure): development only", extra={"service": name})
+            self.port = self.server.add_insecure_port(address)
+        # The probe port: plaintext, health only (no servicer, no reflection), so it reveals nothing else.
+        self.health_server = None
+        self.health_port = 0
+        if config.health_port:
+            self.health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{name}-health"), options=options
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{config.host}:{config.health_port}")
         self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.stopped = threading.Event()
 
@@ -166,6 +218,8 @@ class ServiceServer:
 
     def start(self) -> ServiceServer:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         # "liveness": SERVING while the process serves gRPC, whatever its readiness (a loading
         # worker, a follower controller); Kubernetes liveness probes ask for it.
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
@@ -190,6 +244,8 @@ class ServiceServer:
         if on_drain:
             on_drain()
         stopping.wait(self.config.grace_seconds)
+        if self.health_server is not None:
+            self.health_server.stop(0)
         self.stopped.set()
         log.info("stopped", extra={"service": self.name})
 

@@ -80,8 +80,14 @@ def write_once(store: ArtifactStore, request, work: Work) -> Work:
         earlier = published(store, prefix, digest)
         if earlier is not None:
             return earlier
-        store.put_json(f"{prefix}/{REQUEST}", {"request_sha256": digest, "type": request.DESCRIPTOR.full_name})
-        return work(progress)
+        record = f"{prefix}/{REQUEST}"
+        store.put_json(record, {"request_sha256": digest, "type": request.DESCRIPTOR.full_name})
+        try:
+            return work(progress)
+        except BaseException:  # failed or cancelled: the prefix is left as the work left it (nothing published)
+            if not store.exists(f"{prefix}/{MANIFEST}"):
+                store.delete(record)
+            raise
 
     return run
 

@@ -47,16 +47,22 @@ class S3ArtifactStore(ArtifactStore):
         import urllib3
         from minio import Minio
 
+        from common.envs import Env
+
         if not endpoint:
             raise InvalidArgument("is required for an s3:// store (host:port)", field="MINIO_ENDPOINT")
         self.endpoint, self.bucket, self.secure = endpoint, bucket, secure
         self.cache = Path(cache_dir)
         self.cache.mkdir(parents=True, exist_ok=True)
         self._paths: dict[str, ArtifactRef] = {}  # local cache path -> artifact it holds (for manifests)
+        ca_file = Env.read().s3_ca_file if secure else ""
+        if ca_file and not Path(ca_file).is_file():
+            raise InvalidArgument(f"{ca_file} is not a file", field="MINIO_CA_FILE")
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 120.0)),
             maxsize=8,
             retries=urllib3.Retry(total=retries, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)),
+            **({"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file} if ca_file else {}),
         )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
         exists = self._call(lambda: self.client.bucket_exists(bucket), what=f"bucket {bucket}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.artifacts import ArtifactStore, open_store
+from common.auth import Authorize
 from common.envs import apply_offline_defaults
 from common.grpc_server import ServerConfig, ServiceServer
 from common.jobs import JobManager
@@ -33,6 +34,9 @@ class ServiceParts:
     manages_health: bool = False
     #: Called with the service's metrics before the preload (the controller feeds its loop gauges from it).
     on_metrics: Callable[[ServiceMetrics], None] | None = None
+    #: The service checks its callers itself (the controller's bearer tokens; TLS client certificates
+    #: optional). None: a worker, whose TLS server requires a client certificate from ``allowed_clients``.
+    authorize: Authorize | None = None
 
 
 @dataclass
@@ -69,7 +73,7 @@ def start_service(name: str, config: ServerConfig, build: Builder) -> RunningSer
     parts = build(store, jobs, ready)
     if parts.on_metrics:
         parts.on_metrics(metrics)
-    server = ServiceServer(name, [parts.full_name], config, parts.register).start()
+    server = ServiceServer(name, [parts.full_name], config, parts.register, authorize=parts.authorize).start()
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.host)
     running = RunningService(server, jobs, store, ready, parts)

@@ -152,13 +152,28 @@ class LeaderElector:
             self.on_stopped()
 
 
-def coordination_api(api_url: str | None):
-    """A CoordinationV1Api: in-cluster config, or an explicit API URL (tests, out-of-cluster)."""
+def api_client(api_url: str | None):
+    """The Kubernetes API client of the controller (Leases, TokenReviews): in-cluster config, or an
+    explicit API URL (tests, out-of-cluster)."""
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     if api_url:
-        configuration = client.Configuration()
         configuration.host = api_url
-        return client.CoordinationV1Api(client.ApiClient(configuration))
-    config.load_incluster_config()
-    return client.CoordinationV1Api()
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def coordination_api(api_url: str | None):
+    """A CoordinationV1Api on ``api_client(api_url)``."""
+    from kubernetes import client
+
+    return client.CoordinationV1Api(api_client(api_url))
+
+
+def authentication_api(api_url: str | None):
+    """An AuthenticationV1Api (TokenReview) on ``api_client(api_url)``."""
+    from kubernetes import client
+
+    return client.AuthenticationV1Api(api_client(api_url))

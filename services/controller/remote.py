@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -24,6 +24,7 @@ from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.protoconv import fingerprint, ref_from_proto, ref_to_proto
+from common.transport import PLAINTEXT, ClientTransport
 from montessori.v1 import (
     common_pb2,
     influence_pb2,
@@ -52,12 +53,14 @@ _ERRORS = {
 
 @dataclass(frozen=True)
 class WorkerAddresses:
-    """host:port of each worker service."""
+    """host:port of each worker service, and how to reach them (mutual TLS with the controller's
+    certificate, or plaintext in development)."""
 
     teacher: str
     influence: str
     preference: str
     trainer: str
+    transport: ClientTransport = PLAINTEXT
 
 
 #: Each stage request: the worker that runs it and the RPC that submits it.
@@ -103,7 +106,7 @@ class RemoteExecutor:
         ]
         first = lambda value: value.split(",")[0].removeprefix("dns:///")  # noqa: E731 - all but Score go to one replica
         self._channels = {
-            name: grpc.insecure_channel(first(getattr(addresses, name)), options=self._options) for name in _STUBS
+            name: addresses.transport.channel(first(getattr(addresses, name)), self._options) for name in _STUBS
         }
         self._stubs = {name: stub(self._channels[name]) for name, stub in _STUBS.items()}
 
@@ -116,7 +119,7 @@ class RemoteExecutor:
 
     def run(self, request, progress: Progress = no_progress) -> StageResult:
         if isinstance(request, influence_pb2.ScoreRequest):
-            replicas = influence_replicas(self.addresses.influence)
+            replicas = influence_replicas(self.addresses.influence, self.addresses.transport)
             if len(replicas) > 1:
                 return self._score_sharded(replicas, request, progress)
         service, rpc = _RPCS[type(request)]
@@ -151,7 +154,11 @@ class RemoteExecutor:
         backoff: the request id makes that safe, and outputs are published atomically.
         """
         for attempt in range(1, self.attempts + 1):
-            job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=self.submit_timeout)).job
+            try:
+                job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=self.submit_timeout)).job
+            except errors.Unavailable as err:  # the worker died with the submit in flight (or is loading)
+                self._backoff(service, attempt, err.message)
+                continue
             try:
                 for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), wait_for_ready=True):
                     job = event.job
@@ -161,10 +168,13 @@ class RemoteExecutor:
                 stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
                 raise
             except grpc.RpcError as err:
+                # UNKNOWN comes from the transport, not from a worker (it maps every error to a code): a
+                # connection reset under the stream ("Stream removed").
                 if err.code() not in (
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.NOT_FOUND,
                     grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNKNOWN,
                 ):
                     raise errors.Unavailable(f"{service} service: {err.code().name}: {err.details()}") from None
                 self._backoff(service, attempt, f"{err.code().name}: {err.details()}")
@@ -206,13 +216,14 @@ class RemoteExecutor:
         merge equals a single-replica run."""
         count = len(replicas)
         done: dict[int, tuple[int, int]] = {}
+        transport = _replica_transport(self.addresses.influence, self.addresses.transport)
 
         def run_shard(index: int) -> StageResult:
             shard = influence_pb2.ScoreRequest()
             shard.CopyFrom(request)
             shard.output_prefix = f"{request.output_prefix}/shards/{index}"
             shard.shard.index, shard.shard.count = index, count
-            channel = grpc.insecure_channel(replicas[index], options=self._options)
+            channel = transport.channel(replicas[index], self._options)
             stub = influence_pb2_grpc.InfluenceServiceStub(channel)
 
             def shard_progress(label, n, total, metrics=None):
@@ -238,7 +249,15 @@ class RemoteExecutor:
         return self._result(self._run("influence", stub, stub.MergeScores, self._with_id(merge), progress))
 
 
-def influence_replicas(spec: str) -> list[str]:
+def _replica_transport(spec: str, transport: ClientTransport) -> ClientTransport:
+    """Replicas of a ``dns:///name:port`` entry are dialled by IP: their certificates name the Service."""
+    for entry in (e.strip() for e in spec.split(",")):
+        if entry.startswith("dns:///"):
+            return replace(transport, server_name=entry.removeprefix("dns:///").rpartition(":")[0])
+    return transport
+
+
+def influence_replicas(spec: str, transport: ClientTransport = PLAINTEXT) -> list[str]:
     """The influence replicas to shard over: comma-separated ``host:port`` entries; a ``dns:///name:port``
     entry (a headless Service) expands to every address the name resolves to, and only replicas whose
     health is SERVING are used (all of them if none answers yet)."""
@@ -252,7 +271,8 @@ def influence_replicas(spec: str) -> list[str]:
             addresses.append(entry)
     if len(addresses) <= 1:
         return addresses
-    ready = [a for a in addresses if health_status(a) == "SERVING"]
+    transport = _replica_transport(spec, transport)
+    ready = [a for a in addresses if health_status(a, transport=transport) == "SERVING"]
     return ready or addresses
 
 

@@ -1,4 +1,5 @@
 """A minimal Kubernetes API serving Lease objects (coordination.k8s.io/v1), for tests only.
+It also answers TokenReviews (authentication.k8s.io/v1) for the tokens put in ``tokens``.
 
 No kube-apiserver is installable here, so this implements the part of the API the leader
 election uses: GET, POST and PUT of namespaced Leases, with resourceVersion optimistic
@@ -14,6 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/?]+))?")
+_TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
 class LeaseAPI:
@@ -21,6 +23,9 @@ class LeaseAPI:
         self.leases: dict[tuple[str, str], dict] = {}
         self.version = 0
         self.fail_writes_from: set[str] = set()
+        #: token -> (username, groups) the TokenReview API authenticates; every review is counted.
+        self.tokens: dict[str, tuple[str, list[str]]] = {}
+        self.reviews = 0
         self.lock = threading.Lock()
         api = self
 
@@ -51,6 +56,8 @@ class LeaseAPI:
                 self._reply(200, lease) if lease else self._status(404, "NotFound")
 
             def do_POST(self):
+                if self.path.split("?")[0] == _TOKEN_REVIEWS:
+                    return self._reply(201, api._review(self._body()))
                 match = _PATH.match(self.path)
                 body = self._body()
                 with api.lock:
@@ -84,6 +91,22 @@ class LeaseAPI:
         body = {**body, "apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}
         body["metadata"] = {**body["metadata"], "namespace": namespace, "resourceVersion": str(self.version)}
         return body
+
+    def _review(self, body: dict) -> dict:
+        with self.lock:
+            self.reviews += 1
+            user = self.tokens.get(body.get("spec", {}).get("token", ""))
+        status = (
+            {"authenticated": True, "user": {"username": user[0], "groups": user[1]}}
+            if user
+            else {"authenticated": False, "error": "invalid bearer token"}
+        )
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": body.get("spec"),
+            "status": status,
+        }
 
     def holder(self, namespace: str, name: str) -> str | None:
         with self.lock:

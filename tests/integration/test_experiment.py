@@ -116,6 +116,7 @@ def test_an_experiment_runs_its_loops_on_the_controller(services, tiny_models, t
     argv[argv.index("--seeds") : argv.index("--seeds")] = [
         "--controller",
         f"127.0.0.1:{services['ports']['controller']}",
+        "--insecure",
     ]
     assert montessori(argv) == 0
     experiment = json.loads((tmp_path / "report" / "experiment.json").read_text())

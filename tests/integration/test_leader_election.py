@@ -48,6 +48,7 @@ def start_replica(services, identity: str, api_url: str, log_dir):
         "cli.main",
         "serve",
         "controller",
+        "--insecure",
         "--port",
         str(port),
         "--artifacts",

@@ -141,6 +141,7 @@ def start_service(name, ports, env, store_uri, log):
         "cli.main",
         "serve",
         name,
+        "--insecure",
         "--port",
         str(ports[name]),
         "--artifacts",

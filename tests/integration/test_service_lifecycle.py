@@ -31,6 +31,7 @@ def start_teacher(store, *extra):
                 "cli.main",
                 "serve",
                 "teacher",
+                "--insecure",
                 "--port",
                 str(port),
                 "--artifacts",

@@ -28,6 +28,7 @@ def second_influence(services, tmp_path):
                 "cli.main",
                 "serve",
                 "influence",
+                "--insecure",
                 "--port",
                 str(port),
                 "--artifacts",

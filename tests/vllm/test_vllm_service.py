@@ -36,6 +36,7 @@ def teacher(base_model, tmp_path_factory):
                 "cli.main",
                 "serve",
                 "teacher",
+                "--insecure",
                 "--port",
                 str(port),
                 "--artifacts",
