@@ -80,7 +80,7 @@ def test_a_version_is_hot_swapped_in_and_writes_a_candidate_set(teacher, base_mo
     assert loaded.version.canary.max_abs_diff <= loaded.version.canary.tolerance
 
     request = teacher_pb2.GenerateRequest(
-        request_id="gen-r1",
+        request_id="x:gen-r1",
         teacher=spec,
         teacher_label="teacher-r1",
         teacher_version="x:teacher-r1",
