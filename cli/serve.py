@@ -46,6 +46,17 @@ def add_parser(commands) -> None:
         default=None,
         help="teacher: YAML file of TeacherServiceConfig (backend, dtype, vllm: {...}); flags override it",
     )
+    sub.add_argument(
+        "--processes",
+        default="1",
+        help="trainer: training processes of one stage (1: in the service process; N or auto, the visible CUDA "
+        "devices: N ranks launched with accelerate)",
+    )
+    sub.add_argument(
+        "--accelerate-config",
+        default=None,
+        help="trainer: accelerate config of the multi-process launch (configs/accelerate/), for --processes > 1",
+    )
     for worker in ("teacher", "influence", "preference", "trainer"):
         sub.add_argument(
             f"--{worker}",
@@ -167,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
             parts.authorize = authorize
             return parts
 
+    elif args.service == "trainer":
+        from services.trainer.config import TrainerServiceConfig, resolve_processes
+        from services.trainer.servicer import build as trainer_build
+
+        trainer_config = TrainerServiceConfig(resolve_processes(args.processes), args.accelerate_config or "")
+        build = lambda store, jobs, ready: trainer_build(store, jobs, ready, config=trainer_config)  # noqa: E731
     else:
         import importlib
 

@@ -14,25 +14,26 @@ from common.errors import FailedPrecondition
 TENSORBOARD_DIR = "runs"
 
 
-def optimizer_steps(settings, *, examples: int) -> int:
-    """Optimizer steps of one run, counted as the transformers Trainer counts them (no dropped last batch).
+def optimizer_steps(settings, *, examples: int, processes: int = 1) -> int:
+    """Optimizer steps of one run, counted as the transformers Trainer counts them (no dropped last batch); with
+    ``processes`` ranks each takes every ``processes``-th micro-batch (batch_size is per rank).
 
     Exact as long as the trainer keeps every example; TRL's SFT drops an example whose response is
     truncated away entirely (a prompt longer than ``max_length``), which would make this an overcount.
     """
-    micro_batches = math.ceil(examples / settings.batch_size)
+    micro_batches = math.ceil(math.ceil(examples / settings.batch_size) / processes)
     per_epoch = max(math.ceil(micro_batches / settings.gradient_accumulation_steps), 1)
     return max(math.ceil(settings.epochs * per_epoch), 1)
 
 
-def schedule_kwargs(settings, *, examples: int) -> dict:
+def schedule_kwargs(settings, *, examples: int, processes: int = 1) -> dict:
     """Scheduler arguments of ``settings`` (:class:`SFTSettings`, :class:`WarmupSettings` or :class:`DPOSettings`).
 
     Phase lengths are ``int(ratio * steps)``, as the official code computes them. For
     warm-up-stable-decay the Trainer passes the real step count, so the stable phase is whatever
     warm-up and decay leave and the decay ends on the last step at ``min_lr_ratio`` x the peak.
     """
-    steps = optimizer_steps(settings, examples=examples)
+    steps = optimizer_steps(settings, examples=examples, processes=processes)
     warmup = int(settings.warmup_ratio * steps)
     if settings.lr_scheduler == "warmup_stable_decay":
         return {
@@ -68,6 +69,12 @@ def base_args(*, output_dir: str, seed: int, report_to: str = "none", checkpoint
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
     }
+
+
+def gathered_state_dict(trainer) -> dict | None:
+    """The weights to save after training: None (the model's own) unless FSDP shards them across the ranks, then
+    the full state dict gathered to rank 0 (every rank must call this: it is a collective)."""
+    return trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
 
 
 def require_reporting(report_to: str) -> None:

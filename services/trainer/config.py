@@ -9,6 +9,7 @@ warm-up a schedule that only warms up (``warmup_ratio`` 1.0) and then stays at t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 from common.config import check, field
@@ -200,3 +201,35 @@ class DPOSettings:
         check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
         check(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "must be >= 1 or null")
         check(0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class TrainerServiceConfig:
+    """The trainer service's own settings (``montessori serve trainer`` flags), not a stage's."""
+
+    processes: int = field(
+        1,
+        help="Training processes of one stage: 1 trains in the service process; N > 1 launches N ranks (one per "
+        "GPU) with `accelerate launch` and publishes rank 0's output.",
+    )
+    accelerate_config: str = field(
+        "",
+        help="accelerate config file of the multi-process launch (configs/accelerate/: DDP, FSDP); required when "
+        "processes > 1, whose count overrides the file's num_processes.",
+    )
+
+    def __post_init__(self) -> None:
+        check(1 <= self.processes <= 1024, "processes", "must be in 1..1024")
+        if self.processes > 1:
+            check(bool(self.accelerate_config), "accelerate_config", "is required when processes > 1")
+            check(Path(self.accelerate_config).is_file(), "accelerate_config", f"no file {self.accelerate_config}")
+
+
+def resolve_processes(setting: str) -> int:
+    """A ``--processes`` value as a count: a positive integer, or ``auto`` (the visible CUDA devices, at least 1)."""
+    if setting == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    check(setting.isdigit() and int(setting) >= 1, "processes", f"must be a positive integer or auto, got {setting!r}")
+    return int(setting)

@@ -20,7 +20,13 @@ from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
 from services.trainer.callbacks import CheckpointCallback, ProgressCallback, mean_train_loss, restore_checkpoint
-from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
+from services.trainer.common_args import (
+    base_args,
+    gathered_state_dict,
+    keep_reports,
+    require_reporting,
+    schedule_kwargs,
+)
 from services.trainer.config import DPOSettings
 from services.trainer.pair_selection import select_pairs
 
@@ -105,6 +111,7 @@ def train_dpo(
     progress: Progress = no_progress,
     stage: str = "dpo",
     checkpoint: StageCheckpoint | None = None,
+    processes: int = 1,
 ) -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
     frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning). With ``checkpoint``
@@ -112,6 +119,8 @@ def train_dpo(
     one every ``checkpoint_every`` optimizer steps.
 
     The held-out split comes before ``max_pairs``, so held-out groups are never trained on, capped or not.
+    ``processes``: the ranks of a multi-process run (``services/trainer/rank.py``), each with its own
+    ``batch_size`` batches.
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -145,7 +154,7 @@ def train_dpo(
                 report_to=settings.report_to,
                 checkpoint_every=every,
             ),
-            **schedule_kwargs(settings, examples=len(pairs)),
+            **schedule_kwargs(settings, examples=len(pairs), processes=processes),
             beta=settings.beta,
             loss_type=[settings.loss_type],
             learning_rate=settings.learning_rate,
@@ -173,13 +182,15 @@ def train_dpo(
         output = trainer.train(resume_from_checkpoint=restore_checkpoint(checkpoint) if every else None)
         # TRL logs batch means of rewards/accuracies and rewards/margins: exact when one batch holds all held-out pairs.
         evaluation = trainer.evaluate() if heldout else {}
-        output_dir.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(output_dir)
-        if settings.lora:
-            _sort_target_modules(output_dir / "adapter_config.json")
-        if not settings.lora:
-            tokenizer.save_pretrained(output_dir)
-        keep_reports(scratch, output_dir)
+        state_dict = gathered_state_dict(trainer)  # every rank takes part; None but under FSDP
+        if trainer.args.should_save:  # rank 0 of a multi-process run (see services/trainer/launch.py), or the one
+            output_dir.mkdir(parents=True, exist_ok=True)
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, state_dict=state_dict)
+            if settings.lora:
+                _sort_target_modules(output_dir / "adapter_config.json")
+            if not settings.lora:
+                tokenizer.save_pretrained(output_dir)
+            keep_reports(scratch, output_dir)
     history = [h for h in trainer.state.log_history if "rewards/margins" in h]
     margin = lambda h: float(h["rewards/margins"])  # noqa: E731
     return DPOResult(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 from common.artifacts import ArtifactStore
 from common.job_rpcs import JobRpcs
@@ -10,18 +11,29 @@ from common.jobs import JobManager
 from common.service_main import ServiceParts
 from montessori.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer import stages
+from services.trainer.config import TrainerServiceConfig
+from services.trainer.launch import Launcher
 
 
 class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, launcher: Launcher | None):
+        super().__init__(store, jobs, ready)
+        self.launcher = launcher
+
     def TrainStudent(self, request, context):
-        return trainer_pb2.TrainStudentResponse(job=self.submit(request, "train-student", stages.train_student))
+        train = partial(stages.train_student, launcher=self.launcher)
+        return trainer_pb2.TrainStudentResponse(job=self.submit(request, "train-student", train))
 
     def TrainTeacher(self, request, context):
-        return trainer_pb2.TrainTeacherResponse(job=self.submit(request, "train-teacher", stages.train_teacher))
+        train = partial(stages.train_teacher, launcher=self.launcher)
+        return trainer_pb2.TrainTeacherResponse(job=self.submit(request, "train-teacher", train))
 
 
-def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:
-    servicer = TrainerServicer(store, jobs, ready)
+def build(
+    store: ArtifactStore, jobs: JobManager, ready: threading.Event, config: TrainerServiceConfig | None = None
+) -> ServiceParts:
+    """The trainer's gRPC parts; ``config.processes`` > 1 trains each stage in that many launched ranks."""
+    servicer = TrainerServicer(store, jobs, ready, Launcher.from_config(config or TrainerServiceConfig()))
     return ServiceParts(
         register=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         full_name=trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,

@@ -15,7 +15,13 @@ from common.models import ModelRef, load_model, load_tokenizer
 from common.optimizer_state import save_adamw_state
 from common.progress import Progress, no_progress
 from services.trainer.callbacks import CheckpointCallback, ProgressCallback, mean_train_loss, restore_checkpoint
-from services.trainer.common_args import base_args, keep_reports, require_reporting, schedule_kwargs
+from services.trainer.common_args import (
+    base_args,
+    gathered_state_dict,
+    keep_reports,
+    require_reporting,
+    schedule_kwargs,
+)
 from services.trainer.config import SFTSettings
 
 
@@ -43,10 +49,12 @@ def train_sft(
     progress: Progress = no_progress,
     stage: str = "sft",
     checkpoint: StageCheckpoint | None = None,
+    processes: int = 1,
 ) -> SFTResult:
     """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to
     ``output_dir``. With ``checkpoint`` (and ``settings.checkpoint_every``), the run resumes from the checkpoint of
-    this work if there is one and saves one every ``checkpoint_every`` optimizer steps."""
+    this work if there is one and saves one every ``checkpoint_every`` optimizer steps. ``processes``: the ranks of
+    a multi-process run (``services/trainer/rank.py``), each with its own ``batch_size`` batches."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -67,7 +75,7 @@ def train_sft(
                 report_to=settings.report_to,
                 checkpoint_every=every,
             ),
-            **schedule_kwargs(settings, examples=len(examples)),
+            **schedule_kwargs(settings, examples=len(examples), processes=processes),
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size,
@@ -83,12 +91,19 @@ def train_sft(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
         )
         trainer.remove_callback(PrinterCallback)  # metrics go to the manifest and progress bars, not stdout
+        if save_optimizer and trainer.is_fsdp_enabled:
+            raise FailedPrecondition(
+                "the warm-up's AdamW state cannot be saved from FSDP shards: run the warm-up with DDP or one process",
+                field="trainer.accelerate_config",
+            )
         output = trainer.train(resume_from_checkpoint=restore_checkpoint(checkpoint) if every else None)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
-        keep_reports(scratch, output_dir)
-        if save_optimizer:
-            optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
-            save_adamw_state(optimizer, model, output_dir)
+        state_dict = gathered_state_dict(trainer)  # every rank takes part; None but under FSDP
+        if trainer.args.should_save:  # rank 0 of a multi-process run (see services/trainer/launch.py), or the one
+            output_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(output_dir, state_dict=state_dict)
+            tokenizer.save_pretrained(output_dir)
+            keep_reports(scratch, output_dir)
+            if save_optimizer:
+                optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
+                save_adamw_state(optimizer, model, output_dir)
     return SFTResult(output_dir, int(output.global_step), mean_train_loss(trainer.state), len(examples))

@@ -14,14 +14,20 @@ from common.request_fields import count, local_artifact, model_from_proto, outpu
 from montessori.v1 import trainer_pb2
 from services.trainer import tasks
 from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
+from services.trainer.launch import Launcher
 
 Work = Callable[[Progress], StageResult]
 
 
 def train_student(
-    store: ArtifactStore, request: trainer_pb2.TrainStudentRequest, *, model_roots: tuple[Path, ...] | None = None
+    store: ArtifactStore,
+    request: trainer_pb2.TrainStudentRequest,
+    *,
+    model_roots: tuple[Path, ...] | None = None,
+    launcher: Launcher | None = None,
 ) -> Work | None:
-    """SFT of the student (``warmup``: the warm-up, with WarmupSettings' defaults and the AdamW state saved)."""
+    """SFT of the student (``warmup``: the warm-up, with WarmupSettings' defaults and the AdamW state saved);
+    ``launcher``: trained in several processes (None: in this one)."""
     sft = settings(request.sft, WarmupSettings if request.warmup else SFTSettings, field="sft")
     stage_seed = seed(request.seed)
     limit = count(request.limit, field="limit", maximum=100_000_000)
@@ -42,13 +48,18 @@ def train_student(
         limit=limit or None,
         progress=progress,
         request_digest=work,
+        launcher=launcher,
     )
 
 
 def train_teacher(
-    store: ArtifactStore, request: trainer_pb2.TrainTeacherRequest, *, model_roots: tuple[Path, ...] | None = None
+    store: ArtifactStore,
+    request: trainer_pb2.TrainTeacherRequest,
+    *,
+    model_roots: tuple[Path, ...] | None = None,
+    launcher: Launcher | None = None,
 ) -> Work | None:
-    """DPO of the teacher on preference pairs."""
+    """DPO of the teacher on preference pairs; ``launcher``: trained in several processes (None: in this one)."""
     dpo = settings(request.dpo, DPOSettings, field="dpo")
     stage_seed = seed(request.seed)
     teacher = model_from_proto(request.teacher, store, field="teacher", roots=model_roots)
@@ -66,4 +77,5 @@ def train_teacher(
         seed=stage_seed,
         progress=progress,
         request_digest=work,
+        launcher=launcher,
     )

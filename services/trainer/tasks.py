@@ -15,8 +15,9 @@ from common.manifests import StageResult, code_version, input_ref, model_input, 
 from common.models import ModelRef
 from common.progress import Progress, no_progress
 from services.trainer.config import DPOSettings, SFTSettings
-from services.trainer.dpo import train_dpo
-from services.trainer.sft import train_sft
+from services.trainer.dpo import DPOResult, train_dpo
+from services.trainer.launch import Launcher
+from services.trainer.sft import SFTResult, train_sft
 
 MODEL = "model"
 
@@ -39,6 +40,19 @@ def stage_checkpoint(
     return StageCheckpoint(store, prefix, work, stage=stage)
 
 
+def student_examples(candidates_path: Path, limit: int | None) -> list[tuple[str, str]]:
+    """The (user text, response) pairs the student is trained on: the first ``limit`` candidates (all: None)."""
+    rows = read_jsonl(candidates_path, required=("instruction", "response"))
+    rows = rows[:limit] if limit else rows
+    return [(instruction_text(r["instruction"], r.get("input", "")), r["response"]) for r in rows]
+
+
+def launch_config(config: dict, launcher: Launcher | None) -> dict:
+    """The stage's config as recorded (manifest, checkpoint identity): with the process count when it is more than
+    one, since the ranks' data order differs (and a checkpoint holds one RNG state per rank)."""
+    return config if launcher is None else {**config, "processes": launcher.processes}
+
+
 def train_student(
     store: ArtifactStore,
     prefix: str,
@@ -51,29 +65,44 @@ def train_student(
     limit: int | None = None,
     progress: Progress = no_progress,
     request_digest: str = "",
+    launcher: Launcher | None = None,
 ) -> StageResult:
     """SFT ``student`` on the candidates' (instruction, response); publish ``<prefix>/model`` (with AdamW state if
     asked). With ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same
-    work (``request_digest``, inputs and settings) resumes from it."""
+    work (``request_digest``, inputs and settings) resumes from it. With ``launcher``, the training runs in its
+    ranks (see ``services.trainer.launch``) and rank 0's folder is published the same way."""
     started = time.time()
-    rows = read_jsonl(candidates_path, required=("instruction", "response"))
-    rows = rows[:limit] if limit else rows
-    examples = [(instruction_text(r["instruction"], r.get("input", "")), r["response"]) for r in rows]
+    examples = student_examples(candidates_path, limit)
     inputs = {"student": model_input(store, student), "candidates": input_ref(store, candidates_path)}
-    config = {"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit}
+    config = launch_config({"sft": settings, "seed": seed, "save_optimizer": save_optimizer, "limit": limit}, launcher)
     checkpoint = stage_checkpoint(store, prefix, request_digest, inputs, config, settings, stage="train-student")
+    stage = f"{prefix.rsplit('/', 1)[-1]}: sft"
     with tempfile.TemporaryDirectory(prefix="montessori-student-") as scratch:
-        result = train_sft(
-            student,
-            examples,
-            settings,
-            Path(scratch) / MODEL,
-            seed=seed,
-            save_optimizer=save_optimizer,
-            progress=progress,
-            stage=f"{prefix.rsplit('/', 1)[-1]}: sft",
-            checkpoint=checkpoint,
-        )
+        if launcher is None:
+            result = train_sft(
+                student,
+                examples,
+                settings,
+                Path(scratch) / MODEL,
+                seed=seed,
+                save_optimizer=save_optimizer,
+                progress=progress,
+                stage=stage,
+                checkpoint=checkpoint,
+            )
+        else:
+            work = {
+                "kind": "sft",
+                "model": student.to_dict(),
+                "candidates": str(candidates_path),
+                "limit": limit,
+                "settings": to_dict(settings),
+                "seed": seed,
+                "save_optimizer": save_optimizer,
+                "output_dir": str(Path(scratch) / MODEL),
+            }
+            done = launcher.run(work, Path(scratch) / "launch", progress=progress, stage=stage, checkpoint=checkpoint)
+            result = SFTResult(Path(done["output_dir"]), done["steps"], done["train_loss"], done["examples"])
         ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir, move=True)
     published = publish_manifest(
         store,
@@ -100,27 +129,43 @@ def train_teacher(
     seed: int,
     progress: Progress = no_progress,
     request_digest: str = "",
+    launcher: Launcher | None = None,
 ) -> StageResult:
     """DPO the teacher on the pairs; publish ``<prefix>/adapter`` (LoRA) or ``<prefix>/model`` (full). With
     ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same work
-    (``request_digest``, inputs and settings) resumes from it."""
+    (``request_digest``, inputs and settings) resumes from it. With ``launcher``, the training runs in its ranks
+    (see ``services.trainer.launch``) and rank 0's folder is published the same way."""
     started = time.time()
     pairs = read_jsonl(pairs_path, required=("prompt", "chosen", "rejected"))
     role = "adapter" if settings.lora else MODEL
     inputs = {"teacher": model_input(store, teacher), "pairs": input_ref(store, pairs_path)}
-    config = {"dpo": settings, "seed": seed}
+    config = launch_config({"dpo": settings, "seed": seed}, launcher)
     checkpoint = stage_checkpoint(store, prefix, request_digest, inputs, config, settings, stage="train-teacher")
+    stage = f"{prefix.rsplit('/', 1)[-1]}: dpo"
     with tempfile.TemporaryDirectory(prefix="montessori-teacher-") as scratch:
-        result = train_dpo(
-            teacher,
-            pairs,
-            settings,
-            Path(scratch) / role,
-            seed=seed,
-            progress=progress,
-            stage=f"{prefix.rsplit('/', 1)[-1]}: dpo",
-            checkpoint=checkpoint,
-        )
+        if launcher is None:
+            result = train_dpo(
+                teacher,
+                pairs,
+                settings,
+                Path(scratch) / role,
+                seed=seed,
+                progress=progress,
+                stage=stage,
+                checkpoint=checkpoint,
+            )
+        else:
+            work = {
+                "kind": "dpo",
+                "model": teacher.to_dict(),
+                "pairs": str(pairs_path),
+                "settings": to_dict(settings),
+                "seed": seed,
+                "output_dir": str(Path(scratch) / role),
+            }
+            done = launcher.run(work, Path(scratch) / "launch", progress=progress, stage=stage, checkpoint=checkpoint)
+            fields = {k: v for k, v in done.items() if k in DPOResult.__dataclass_fields__ and k != "output_dir"}
+            result = DPOResult(output_dir=Path(done["output_dir"]), **fields)
         ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
     published = publish_manifest(
         store,

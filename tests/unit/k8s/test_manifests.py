@@ -1407,3 +1407,38 @@ def test_controller_checks_callers_tokens_against_the_access_file(rendered, targ
         assert not set(names) & too_broad, f"{role}: {names}"
     for worker in WORKERS:  # the workers authenticate the controller by its certificate, not by tokens
         assert "--token-review" not in main_container(service_deployment(objects, worker))["args"], worker
+
+
+def test_the_8gpu_trainer_component_sizes_the_gpu_overlays_trainer_for_fsdp(tmp_path):
+    """k8s/components/trainer-8gpu on the gpu overlay: the trainer gets 8 GPUs, launches 8 ranks with the FSDP config
+    the image ships (configs/ is copied to /app/configs), and a memory-backed /dev/shm for NCCL; the rest renders
+    as the gpu overlay does."""
+    import os
+
+    kustomization = tmp_path / "kustomization.yaml"
+    k8s = os.path.relpath(K8S, tmp_path)
+    kustomization.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [f"{k8s}/overlays/gpu"],
+                "components": [f"{k8s}/components/trainer-8gpu"],
+            }
+        )
+    )
+    objects = _kustomize(tmp_path, "gpu + components/trainer-8gpu")
+    gpu = _render("gpu")
+    assert sorted(map(ident, objects)) == sorted(map(ident, gpu))
+    trainer = main_container(service_deployment(objects, "trainer"))
+    assert trainer["resources"]["limits"][GPU_RESOURCE] == 8
+    assert arg_value(trainer["args"], "--processes") == "8"
+    config = arg_value(trainer["args"], "--accelerate-config")
+    assert config.startswith("/app/") and (REPO / config.removeprefix("/app/")).is_file()
+    assert "COPY --chown=montessori:montessori configs ./configs" in (REPO / "Dockerfile.base").read_text()
+    pod = pod_template(service_deployment(objects, "trainer"))["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in trainer["volumeMounts"]
+    others = main_container(service_deployment(gpu, "teacher"))
+    assert others["resources"]["limits"][GPU_RESOURCE] == 1  # only the trainer changes
