@@ -27,6 +27,13 @@ def add_parser(commands) -> None:
     start.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     start.add_argument("--request-id", default="", help="idempotency key: the same id returns the same loop")
     start.add_argument("--watch", action="store_true", help="follow the loop after starting it")
+    start.add_argument(
+        "--store",
+        default=None,
+        help="artifact store the controller uses (s3://bucket, file://...; default: the config's `artifacts`, if "
+        "set): local data files named in data.* are uploaded there first (data/<sha256>/<file>) and sent as URIs; "
+        "with neither, data paths are sent as they are (read on the controller's machine)",
+    )
     for name in ("status", "watch", "stop"):
         sub = actions.add_parser(name, help=f"{name} a loop")
         sub.add_argument("loop_id")
@@ -82,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
             from common.protoconv import loop_spec
 
             data = merge(read_config_file(args.config) if args.config else {}, parse_overrides(args.set))
+            store_uri = args.store or data.get("artifacts")
+            if store_uri:
+                from common.artifacts import open_store
+
+                data = upload_data(data, open_store(store_uri))
             spec = loop_spec(data)
             loop = stub.StartLoop(
                 controller_pb2.StartLoopRequest(request_id=args.request_id, spec=spec), timeout=60
@@ -116,6 +128,39 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as err:
         print(f"montessori: error: {err.code().name}: {err.details()}", file=sys.stderr)
         return EXIT_BAD_INPUT if err.code().name in _CLIENT_ERRORS else 1
+
+
+#: The run config's data fields (``data.<name>``).
+DATA_FIELDS = ("seed_path", "reference_path", "eval_path")
+
+
+def upload_data(document: dict, store) -> dict:
+    """``document`` (a run config) with every local file named in ``data.*`` uploaded to ``store`` under
+    ``data/<sha256>/<file name>`` (content-addressed: the same file is uploaded once) and replaced by its URI, so a
+    controller on another machine reads the user's data from the store. Store URIs are left as they are; a missing
+    file is :class:`NotFound` naming ``data.<field>``."""
+    import re
+    from pathlib import Path
+
+    from common.artifacts import sha256_file
+    from common.errors import NotFound
+    from services.controller.config import is_store_uri
+
+    data = document.get("data")
+    if not isinstance(data, dict):
+        return document  # no data section: the controller's defaults (a wrong type is the spec's error to name)
+    uploaded = dict(data)
+    for name in DATA_FIELDS:
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip() or is_store_uri(value):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise NotFound(f"{value} does not exist", field=f"data.{name}")
+        file_name = re.sub(r"[^A-Za-z0-9._=+-]", "-", path.name).lstrip(".")[:100] or "data.jsonl"
+        key = f"data/{sha256_file(path)}/{file_name}"
+        uploaded[name] = store.uri(key) if store.exists(key) else store.put_file(key, path).uri
+    return {**document, "data": uploaded}
 
 
 def watch(stub, loop_id: str, from_sequence: int = 0) -> int:

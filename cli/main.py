@@ -58,13 +58,14 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) of the current teacher")
     sub = command("evaluate", "Held-out loss of one or more students on data.eval_path.")
     sub.add_argument("--student", action="append", required=True, help="student model folder (repeatable)")
-    from cli import artifacts, experiment, judge, loop_client, serve
+    from cli import artifacts, experiment, judge, loop_client, models, serve
 
     experiment.add_parser(commands)
     judge.add_parser(commands)
     serve.add_parser(commands)
     loop_client.add_parser(commands)
     artifacts.add_parser(commands)
+    models.add_parser(commands)
     return parser
 
 
@@ -104,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cli import artifacts
 
         return artifacts.run(args)
+    if args.command == "models":
+        from cli import models
+
+        return models.run(args)
     if args.command == "experiment":
         from cli import experiment
 

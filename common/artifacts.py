@@ -142,6 +142,11 @@ class ArtifactStore(ABC):
         path = self.local_path(key)
         return sha256_tree(path) if path.is_dir() else sha256_file(path)
 
+    def recorded_digest(self, key: str) -> str:
+        """The digest recorded when ``key`` was published, without fetching it where the backend can (S3 reads
+        its metadata, so a controller never downloads a model the workers load); here the verified digest."""
+        return self.digest(key)
+
     def ref(self, key: str) -> ArtifactRef:
         return ArtifactRef(uri=self.uri(key), sha256=self.digest(key))
 

@@ -85,9 +85,12 @@ def lineage(store: ArtifactStore, uri: str) -> LineageNode:
 
 def garbage(store: ArtifactStore, keep: list[str] | None = None) -> list[str]:
     """Keys no kept loop references: loops not in ``keep`` (when given), stage folders without a
-    manifest (a crashed stage), and anything outside ``loops/`` and ``experiments/``."""
+    manifest (a crashed stage), and anything outside ``loops/``, ``experiments/`` and the user inputs ``models/`` and
+    ``data/``."""
     kept_loops = set(loop_ids(store)) if keep is None else set(keep)
-    referenced_prefixes = [EXPERIMENTS]
+    # Inputs users put in the store (``montessori models push``, data uploaded by ``loop start``) are theirs to
+    # delete: a loop that will name them may not exist yet.
+    referenced_prefixes = [EXPERIMENTS, "models/", "data/"]
     for loop_id in kept_loops:
         base = f"loops/{loop_id}"
         referenced_prefixes += [f"{base}/{name}" for name in LOOP_FILES] + [f"{base}/inputs/"]

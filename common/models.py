@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from common.device import resolve_device
-from common.errors import FailedPrecondition, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,7 +40,15 @@ class ModelRef:
 
 
 def model_dir(path: str | Path, *, field: str) -> Path:
-    """``path`` as a folder holding an HF model, or :class:`NotFound` naming ``field``."""
+    """``path`` as a folder holding an HF model, or :class:`NotFound` naming ``field`` (:class:`InvalidArgument`
+    for an artifact-store URI: a loop resolves those to a local copy before loading; a single stage loads
+    folders only)."""
+    if "://" in str(path):
+        raise InvalidArgument(
+            f"{path} is an artifact-store URI; here a model folder is needed (a loop's run config, started with "
+            "`montessori run` or `montessori loop start`, loads models from the store)",
+            field=field,
+        )
     folder = Path(path)
     if not (folder / "config.json").is_file():
         hint = (

@@ -12,6 +12,7 @@ loudly on a mismatch. Credentials never appear in URIs, messages or logs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -114,6 +115,34 @@ class S3ArtifactStore(ArtifactStore):
             return self._call(lambda: self.client.stat_object(self.bucket, name), what=self.uri(name))
         except NotFound:
             return None
+
+    def recorded_digest(self, key: str) -> str:
+        key = validate_key(key)
+        for name in (key, f"{key}/{FOLDER_INDEX}"):
+            stat = self._stat(name)
+            if stat is not None:
+                metadata = {k.lower(): v for k, v in stat.metadata.items()}
+                digest = metadata.get("x-amz-meta-sha256", "")
+                if digest:
+                    return digest
+                break
+        raise FailedPrecondition(f"{self.uri(key)} has no recorded sha256 (not published by montessori)", field="uri")
+
+    def object_sha256(self, name: str) -> str:
+        """SHA-256 of one object as stored, read as a stream (nothing written to disk)."""
+
+        def read() -> str:
+            digest = hashlib.sha256()
+            response = self.client.get_object(self.bucket, name)
+            try:
+                for block in response.stream(1 << 20):
+                    digest.update(block)
+            finally:
+                response.close()
+                response.release_conn()
+            return digest.hexdigest()
+
+        return self._call(read, what=self.uri(name))
 
     def exists(self, key: str) -> bool:
         key = validate_key(key)

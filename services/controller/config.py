@@ -24,6 +24,25 @@ from montessori.v1.trainer_pb2 import DPOSettings, SFTSettings
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: Schemes of an artifact-store URI (``montessori models push`` and ``loop start`` print and send them).
+STORE_SCHEMES = ("s3://", "file://")
+
+
+def is_store_uri(value: str) -> bool:
+    """Whether a model or data field names something in the artifact store (anything with a scheme does: a
+    scheme other than :data:`STORE_SCHEMES` is refused by the config's validation)."""
+    return "://" in value
+
+
+def _check_location(value: str, name: str, what: str) -> None:
+    check(bool(value.strip()), name, f"must name {what} or an artifact-store URI")
+    check(
+        not is_store_uri(value) or value.startswith(STORE_SCHEMES),
+        name,
+        f"must be {what} or an artifact-store URI (s3://<bucket>/<key> or file://<store>/<key>), got {value!r}",
+    )
+
+
 #: Largest loop seed: the stages' seeds (seed * 1000 + iteration * 10 + stage) stay below 2**32.
 MAX_SEED = 1_000_000
 
@@ -51,10 +70,18 @@ def _influence_demo() -> InfluenceSettings:
 
 @dataclass
 class ModelsConfig:
-    """Which models play teacher and student (any AutoModelForCausalLM folder)."""
+    """Which models play teacher and student (any AutoModelForCausalLM folder): a folder on the workers' nodes
+    (inside their models directory), or a model in the artifact store (``montessori models push`` prints its URI),
+    which the loop pins by digest and every worker downloads once into its node-local cache."""
 
-    teacher: str = field("models/smollm2-135m-instruct", help="Teacher: an instruction-tuned HF model folder.")
-    student: str = field("models/gemma-3-270m", help="Student: the HF model folder the data is for (a base model).")
+    teacher: str = field(
+        "models/smollm2-135m-instruct",
+        help="Teacher: an instruction-tuned HF model folder, or its artifact-store URI (s3://bucket/models/...).",
+    )
+    student: str = field(
+        "models/gemma-3-270m",
+        help="Student: the HF model folder the data is for (a base model), or its artifact-store URI.",
+    )
     student_chat_template: str | None = field(
         None,
         help="Jinja chat template the student's examples are formatted with, in warm-up and student SFT, influence "
@@ -65,8 +92,8 @@ class ModelsConfig:
     dtype: str = field("float32", help="Weights dtype on load: float32 (CPU), bfloat16 or float16 (GPU).")
 
     def __post_init__(self) -> None:
-        check(bool(self.teacher.strip()), "teacher", "must name a model folder")
-        check(bool(self.student.strip()), "student", "must name a model folder")
+        _check_location(self.teacher, "teacher", "a model folder")
+        _check_location(self.student, "student", "a model folder")
         # Whether it renders a prompt that the response extends needs the student's tokenizer: checked
         # (naming this field) by the loop's input validation before any work starts.
         check(
@@ -79,20 +106,29 @@ class ModelsConfig:
 
 @dataclass
 class DataConfig:
-    """The three disjoint data sets."""
+    """The three disjoint data sets: each a JSONL file the loop's process reads, or a file in the artifact store
+    (``montessori loop start`` uploads local files there first and sends their URIs)."""
 
-    seed_path: str = field("data/seed.jsonl", help="Seed instructions (Alpaca JSONL) shown to the teacher in context.")
-    reference_path: str = field("data/reference.jsonl", help="Reference (probe) set D_ref that defines influence.")
-    eval_path: str = field("data/eval.jsonl", help="Held-out evaluation set, disjoint from the reference set.")
+    seed_path: str = field(
+        "data/seed.jsonl",
+        help="Seed instructions (Alpaca JSONL) shown to the teacher in context (a path or an artifact-store URI).",
+    )
+    reference_path: str = field(
+        "data/reference.jsonl", help="Reference (probe) set D_ref that defines influence (a path or a store URI)."
+    )
+    eval_path: str = field(
+        "data/eval.jsonl", help="Held-out evaluation set, disjoint from the reference set (a path or a store URI)."
+    )
 
     def __post_init__(self) -> None:
         for name in ("seed_path", "reference_path", "eval_path"):
-            check(bool(getattr(self, name).strip()), name, "must name a JSONL file")
+            _check_location(getattr(self, name), name, "a JSONL file")
 
     def check_files(self) -> None:
-        """Raise :class:`NotFound` naming the field of a missing file (called before any work starts)."""
+        """Raise :class:`NotFound` naming the field of a missing local file (called before any work starts; a
+        store URI is checked against the loop's store when the loop reads it)."""
         for name in ("seed_path", "reference_path", "eval_path"):
-            if not Path(getattr(self, name)).is_file():
+            if not is_store_uri(getattr(self, name)) and not Path(getattr(self, name)).is_file():
                 raise NotFound(f"{getattr(self, name)} does not exist", field=f"data.{name}")
 
 

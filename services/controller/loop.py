@@ -21,16 +21,16 @@ from pathlib import Path
 
 from common.artifacts import ArtifactRef, ArtifactStore, open_store
 from common.config import config_digest, to_dict
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, printable
+from common.errors import Cancelled, FailedPrecondition, InvalidArgument, MontessoriError, printable
 from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
 from common.progress import Progress, Stopwatch, no_progress
 from common.protoconv import fingerprint
-from services.controller.config import RunConfig
+from services.controller.config import RunConfig, is_store_uri
 from services.controller.evaluation import Evaluation, teacher_shift
 from services.controller.executor import LoopModel, StageExecutor
-from services.controller.requests import StageRequests, renamed
+from services.controller.requests import StageRequests, base_model, renamed, stored_ref
 
 log = get_logger(__name__)
 
@@ -85,15 +85,28 @@ class IterationSummary:
 DATA_SETS = {"seed_path": "seed", "reference_path": "reference", "eval_path": "eval"}
 
 
-def check_data_files(config: RunConfig) -> None:
+def check_data_files(config: RunConfig, store: ArtifactStore | None = None) -> None:
     """The data sets exist and are well-formed JSONL rows (errors name the field or file:line); what needs a
-    model (every row tokenised) is checked by the workers in :meth:`LoopRunner.prepare`."""
+    model (every row tokenised) is checked by the workers in :meth:`LoopRunner.prepare`. A data set given as a
+    store URI is read from ``store`` (the loop's)."""
     config.data.check_files()
     for name in DATA_SETS:
         try:
-            read_instruction_rows(getattr(config.data, name))
+            read_instruction_rows(data_file(config, name, store))
         except MontessoriError as err:
             raise type(err)(err.message, field=f"data.{name}") from None
+
+
+def data_file(config: RunConfig, name: str, store: ArtifactStore | None) -> Path:
+    """The local file of the data set ``data.<name>``: the path itself, or the local copy of its store URI
+    (downloaded and digest-verified by the store; errors name the field)."""
+    value = getattr(config.data, name)
+    if not is_store_uri(value):
+        return Path(value)
+    if store is None:
+        raise InvalidArgument(f"{value} is in an artifact store, and this command has none", field=f"data.{name}")
+    ref = stored_ref(value, store, field=f"data.{name}")
+    return store.local_path(store.key_of(ref.uri))
 
 
 def new_loop_id(config: RunConfig) -> str:
@@ -116,9 +129,9 @@ class LoopRunner:
         state_extra: dict | None = None,
         interrupted: Callable[[], bool] = lambda: False,
     ):
-        check_data_files(config)
         self.config = config
         self.store = store or open_store(config.artifacts)
+        check_data_files(config, self.store)
         self.executor = executor
         self.user_progress = progress
         self.on_event = on_event or (lambda *a, **k: None)
@@ -129,7 +142,7 @@ class LoopRunner:
         self.state_extra = state_extra or {}
         self.interrupted = interrupted  # stop because this process is shutting down: resume later
         # The student every SFT starts from; its chat template travels with it to every stage that loads it
-        # (trained students keep it in their saved tokenizer).
+        # (trained students keep it in their saved tokenizer). A store URI is pinned to its digest in prepare().
         self.base_student = LoopModel(path=config.models.student, chat_template=config.models.student_chat_template)
         self.base_teacher = LoopModel(path=config.models.teacher)
         self.prepared: StageRequests | None = None
@@ -229,9 +242,11 @@ class LoopRunner:
         return StageResult(done["stage"], refs, done["metrics"], manifest)
 
     def _import_data(self) -> dict[str, ArtifactRef]:
-        """Copy the three data sets into the store (workers read them there; manifests pin them)."""
+        """Copy the three data sets into the loop's inputs in the store (workers read them there; manifests pin
+        them): a local file, or the verified local copy of a store URI (the loop keeps its own copy, so it does not
+        depend on an upload that may be collected later)."""
         return {
-            name: self.store.put_file(f"{self.prefix}/inputs/{name}.jsonl", Path(getattr(self.config.data, field)))
+            name: self.store.put_file(f"{self.prefix}/inputs/{name}.jsonl", data_file(self.config, field, self.store))
             for field, name in DATA_SETS.items()
         }
 
@@ -244,6 +259,12 @@ class LoopRunner:
         existed = self.store.exists(f"{self.prefix}/{STATE}")
         requests = StageRequests(self.config, self.loop_id, self._import_data())
         try:
+            # A store URI becomes the model pinned to its recorded digest (errors name models.student/teacher).
+            models = self.config.models
+            self.base_student = base_model(
+                models.student, self.store, field="models.student", chat_template=models.student_chat_template
+            )
+            self.base_teacher = base_model(models.teacher, self.store, field="models.teacher")
             for request, renames in requests.checks(self.base_student, self.base_teacher):
                 try:
                     self.executor.check(request)

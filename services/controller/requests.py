@@ -7,11 +7,37 @@ artifact refs with digests, so a stage whose inputs changed has another fingerpr
 
 from __future__ import annotations
 
-from common.artifacts import ArtifactRef
+from common.artifacts import ArtifactRef, ArtifactStore
+from common.errors import InvalidArgument, MontessoriError, NotFound
 from common.protoconv import ref_to_proto
 from montessori.v1 import common_pb2, influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
-from services.controller.config import RunConfig
+from services.controller.config import RunConfig, is_store_uri
 from services.controller.executor import LoopModel
+
+
+def base_model(value: str, store: ArtifactStore, *, field: str, chat_template: str | None = None) -> LoopModel:
+    """A run config's model field as the loop tracks it: a node path stays a ``path`` (the worker checks it is
+    inside its models directory), a store URI becomes an ``artifact`` pinned to the digest the store recorded
+    for it (every worker downloads it once per node and verifies that digest). Errors name ``field``."""
+    if not is_store_uri(value):
+        return LoopModel(path=value, chat_template=chat_template)
+    return LoopModel(artifact=stored_ref(value, store, field=field), chat_template=chat_template)
+
+
+def stored_ref(uri: str, store: ArtifactStore, *, field: str) -> ArtifactRef:
+    """The artifact at ``uri`` in ``store`` with its recorded digest: INVALID_ARGUMENT outside the store,
+    NOT_FOUND when nothing is published there (both naming ``field``)."""
+    try:
+        key = store.key_of(uri)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"{err.message} (the loop's store is {store.root_uri})", field=field) from None
+    if not store.exists(key):
+        raise NotFound(f"no artifact at {uri} (push a model with `montessori models push`)", field=field)
+    try:
+        digest = store.recorded_digest(key)
+    except MontessoriError as err:
+        raise type(err)(err.message, field=field) from None
+    return ArtifactRef(store.uri(key), digest)
 
 
 class StageRequests:
@@ -97,11 +123,10 @@ class StageRequests:
         """Every setting and input of the loop as ``validate_only`` requests, each with the renames that turn the
         request's field names into the run config's (so an error names the field the user wrote)."""
         c = self.config
-        teacher_fields = {"teacher": "models.teacher", "teacher.path": "models.teacher", "synthesis": "synthesis"}
+        teacher_fields = {**_model_fields("teacher", "models.teacher"), "synthesis": "synthesis"}
         student_fields = {
             "student.chat_template": "models.student_chat_template",
-            "student": "models.student",
-            "student.path": "models.student",
+            **_model_fields("student", "models.student"),
         }
         no_data: common_pb2.ArtifactRef = common_pb2.ArtifactRef()
         return [
@@ -121,7 +146,7 @@ class StageRequests:
             ),
             (
                 trainer_pb2.TrainTeacherRequest(teacher=teacher.to_proto(), dpo=c.dpo, validate_only=True),
-                {"teacher": "models.teacher", "teacher.path": "models.teacher", "dpo": "dpo"},
+                {**_model_fields("teacher", "models.teacher"), "dpo": "dpo"},
             ),
             (
                 preference_pb2.AssembleRequest(
@@ -147,12 +172,19 @@ class StageRequests:
                 ),
                 {
                     "model.chat_template": "models.student_chat_template",
-                    "model": "models.student",
-                    "model.path": "models.student",
+                    **_model_fields("model", "models.student"),
                     "rows": "data.eval_path",
                 },
             ),
         ]
+
+
+def _model_fields(request_field: str, config_field: str) -> dict[str, str]:
+    """Renames of a ModelSpec's fields to the run-config field it was built from (a node path or a store URI)."""
+    return {
+        f"{request_field}{suffix}": config_field
+        for suffix in ("", ".path", ".artifact", ".artifact.uri", ".artifact.sha256")
+    }
 
 
 def renamed(field: str | None, renames: dict[str, str]) -> str | None:

@@ -107,6 +107,8 @@ def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
     store = LocalArtifactStore(tmp_path)
     store.put_bytes("jobs/orphan.json", b"{}")  # written outside any loop
     store.put_bytes("experiments/e/experiment.json", b"{}")  # a result: never garbage
+    store.put_bytes("models/m/0123/config.json", b"{}")  # a pushed model: the user's input, never garbage
+    store.put_bytes("data/0123/seed.jsonl", b"{}\n")  # uploaded data: the same
     store.put_bytes("loops/a/iter-9/crashed/candidates.jsonl", b"{}\n")  # a stage that never published its manifest
     before = store.list()
     doomed = garbage(store)
@@ -129,7 +131,7 @@ def test_gc_dry_run_then_real(reference_run, tiny_models, tmp_path):
     assert out.returncode == 0
     assert sorted(set(before) - set(store.list())) == sorted(doomed)
     assert garbage(store, keep=["other"]) == [
-        k for k in store.list() if not k.startswith("experiments/")
+        k for k in store.list() if not k.startswith(("experiments/", "models/", "data/"))
     ]  # all of loop a
     assert "loops/a/rounds.jsonl" in store.list()
 
