@@ -1,7 +1,8 @@
 """Kill -9 trials: a random service is SIGKILLed at a random moment of a loop and restarted; the loop still ends
 SUCCEEDED with every output folder byte-identical to an uninterrupted loop's.
 
-Five trials run in ``make test``; ``MONTESSORI_KILL_TRIALS=20`` runs more, ``MONTESSORI_KILL_SEED`` draws others.
+Five trials run in ``make test``; ``MONTESSORI_KILL_TRIALS=20`` runs more, ``MONTESSORI_KILL_SEED`` draws others,
+``MONTESSORI_KILL_REPORT=<file>`` appends one JSON line per trial to that file.
 Each trial's draw (victim, moment) is in its test id, so a failure names what to replay.
 """
 
@@ -92,18 +93,21 @@ def test_a_service_killed_at_a_random_moment_changes_no_output(
 
     history = events(stub(services), loop_id)  # a restarted controller resumes the loop from the store
     final = history[-1].loop
-    print(
-        json.dumps(
-            {
-                "trial": trial,
-                "victim": victim,
-                "killed_after_event": seen,
-                "of_events": total_events,
-                "during": f"{last.stage or '-'} ({controller_pb2.LoopEventKind.Name(last.kind)})" if last else "-",
-                "restart_to_end_s": round(time.monotonic() - killed_at, 1),
-                "reused_stages": sum(bool(e.metrics.get("reused")) for e in history),
-            }
-        )
+    record = json.dumps(
+        {
+            "trial": trial,
+            "victim": victim,
+            "killed_after_event": seen,
+            "of_events": total_events,
+            "during": f"{last.stage or '-'} ({controller_pb2.LoopEventKind.Name(last.kind)})" if last else "-",
+            "restart_to_end_s": round(time.monotonic() - killed_at, 1),
+            "reused_stages": sum(bool(e.metrics.get("reused")) for e in history),
+            "state": controller_pb2.LoopState.Name(final.state),
+        }
     )
+    print(record)
+    if os.environ.get("MONTESSORI_KILL_REPORT"):  # one JSON line per trial, for the figures of a run
+        with open(os.environ["MONTESSORI_KILL_REPORT"], "a") as report:
+            report.write(record + "\n")
     assert final.state == controller_pb2.LOOP_STATE_SUCCEEDED, final.error_message
     assert output_digests(services["store"], loop_id) == expected
