@@ -12,6 +12,7 @@ from typing import Any
 
 from common.artifacts import ArtifactStore, open_store
 from common.config import from_dict, message_to_dict
+from common.device import resolve_device
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.publication import write_once
@@ -42,15 +43,19 @@ STAGE_SECTIONS: dict[str, type] = {
 class LocalExecutor:
     """Runs each stage request with its worker's own stage function; keeps one teacher loaded between stages."""
 
-    def __init__(self, store: ArtifactStore, *, dtype: str = "float32"):
+    def __init__(self, store: ArtifactStore, *, dtype: str = "float32", device: str = "auto"):
         self.store = store
-        self.teachers = BackendCache(dtype)
+        #: The teacher and Evaluate run here (Score on its request's influence.device, training as TRL places it).
+        self.device = resolve_device(device, field="device")
+        self.teachers = BackendCache(dtype, self.device)
         self._stages: dict[type, Callable[[ArtifactStore, Any], Any]] = {
             teacher_pb2.GenerateRequest: lambda store, request: teacher.generate(store, request, self.teachers),
             trainer_pb2.TrainStudentRequest: trainer.train_student,
             trainer_pb2.TrainTeacherRequest: trainer.train_teacher,
             influence_pb2.ScoreRequest: influence.score,
-            influence_pb2.EvaluateRequest: influence.evaluate,
+            influence_pb2.EvaluateRequest: lambda store, request: influence.evaluate(
+                store, request, device=self.device
+            ),
             preference_pb2.AssembleRequest: preference.assemble,
         }
 
@@ -65,7 +70,7 @@ class LocalExecutor:
         self._stages[type(request)](self.store, message)
 
     def close(self) -> None:
-        self.teachers = BackendCache(self.teachers.dtype)
+        self.teachers = BackendCache(self.teachers.dtype, self.device)
 
 
 def local_runner(config: RunConfig, **kwargs) -> LoopRunner:

@@ -36,6 +36,12 @@ def add_parser(commands) -> None:
         "--dtype", default=None, help="teacher: weights dtype of the transformers backend (default float32)"
     )
     sub.add_argument(
+        "--device",
+        default=None,
+        help="teacher, influence (Evaluate), trainer: auto (default: the first CUDA device, else the CPU), cpu, "
+        "cuda or cuda:N",
+    )
+    sub.add_argument(
         "--backend",
         choices=("transformers", "vllm"),
         default=None,
@@ -182,8 +188,14 @@ def run(args: argparse.Namespace) -> int:
         from services.trainer.config import TrainerServiceConfig, resolve_processes
         from services.trainer.servicer import build as trainer_build
 
-        trainer_config = TrainerServiceConfig(resolve_processes(args.processes), args.accelerate_config or "")
+        trainer_config = TrainerServiceConfig(
+            resolve_processes(args.processes), args.accelerate_config or "", args.device or "auto"
+        )
         build = lambda store, jobs, ready: trainer_build(store, jobs, ready, config=trainer_config)  # noqa: E731
+    elif args.service == "influence":
+        from services.influence.servicer import build as influence_build
+
+        build = lambda store, jobs, ready: influence_build(store, jobs, ready, device=args.device or "auto")  # noqa: E731
     else:
         import importlib
 
@@ -271,7 +283,7 @@ def _teacher_config(args: argparse.Namespace):
                 values = yaml.safe_load(handle) or {}
         except (OSError, yaml.YAMLError) as err:
             raise InvalidArgument(f"cannot read {args.teacher_config}: {err}", field="--teacher-config") from None
-    for key in ("backend", "dtype"):
+    for key in ("backend", "dtype", "device"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     return from_dict(TeacherServiceConfig, values, path="teacher-config")

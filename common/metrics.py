@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from common.jobs import JobSnapshot
 
@@ -155,10 +157,8 @@ class ServiceMetrics:
             ["service", "metric"],
             registry=self.registry,
         )
-        self.gpu_memory = Gauge(
-            "montessori_gpu_memory_bytes", "CUDA memory allocated by this process.", ["service"], registry=self.registry
-        )
-        self.gpu_memory.labels(service).set_function(_gpu_memory)
+        self.gpu_memory = GpuMemoryCollector(service)
+        self.registry.register(self.gpu_memory)
         self.loops = LoopMetrics(self.registry, clock)
 
     def observe(self, job: JobSnapshot, seconds: float) -> None:
@@ -181,7 +181,44 @@ class ServiceMetrics:
         start_http_server(port, addr=host, registry=self.registry)
 
 
-def _gpu_memory() -> float:
-    import torch
+class GpuMemoryCollector(Collector):
+    """``montessori_gpu_memory_bytes`` and ``montessori_gpu_memory_peak_bytes``: the CUDA memory this process's
+    tensors hold on each device it has used (``torch.cuda.memory_allocated`` / ``max_memory_allocated`` of that
+    device, whichever one the service placed its models on), read at scrape time. Without CUDA, or before this
+    process has used it, there is no series at all: a 0 would read as a measured empty GPU."""
 
-    return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+    def __init__(self, service: str, cuda=None):
+        self.service = service
+        self._cuda = cuda  # torch.cuda, or a stand-in with the same functions (tests); imported at first scrape
+
+    def describe(self):
+        """The metric names, so that registering this collector does not scrape it (nor import torch)."""
+        labels = ["service", "device"]
+        return [
+            GaugeMetricFamily("montessori_gpu_memory_bytes", "", labels=labels),
+            GaugeMetricFamily("montessori_gpu_memory_peak_bytes", "", labels=labels),
+        ]
+
+    def collect(self):
+        cuda = self._cuda
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda
+        # is_initialized: reading memory must not create a CUDA context in a process that never made one.
+        if not (cuda.is_available() and cuda.is_initialized()):
+            return
+        allocated = GaugeMetricFamily(
+            "montessori_gpu_memory_bytes", "CUDA memory allocated by this process.", labels=["service", "device"]
+        )
+        peak = GaugeMetricFamily(
+            "montessori_gpu_memory_peak_bytes",
+            "Most CUDA memory allocated by this process at once.",
+            labels=["service", "device"],
+        )
+        for index in range(cuda.device_count()):
+            labels = [self.service, f"cuda:{index}"]
+            allocated.add_metric(labels, float(cuda.memory_allocated(index)))
+            peak.add_metric(labels, float(cuda.max_memory_allocated(index)))
+        yield allocated
+        yield peak

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
+
+import torch
 
 from common.artifacts import ArtifactStore
+from common.device import resolve_device
 from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
 from common.service_main import ServiceParts
@@ -13,6 +17,13 @@ from services.influence import stages
 
 
 class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
+    def __init__(
+        self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, device: torch.device | None = None
+    ):
+        super().__init__(store, jobs, ready)
+        #: Where Evaluate runs (Score runs on its request's ``influence.device``).
+        self.device = device if device is not None else resolve_device("auto")
+
     def Score(self, request, context):
         return influence_pb2.ScoreResponse(job=self.submit(request, "score", stages.score))
 
@@ -20,11 +31,15 @@ class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
         return influence_pb2.MergeScoresResponse(job=self.submit(request, "merge-scores", stages.merge_scores))
 
     def Evaluate(self, request, context):
-        return influence_pb2.EvaluateResponse(job=self.submit(request, "evaluate", stages.evaluate))
+        return influence_pb2.EvaluateResponse(
+            job=self.submit(request, "evaluate", partial(stages.evaluate, device=self.device))
+        )
 
 
-def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:
-    servicer = InfluenceServicer(store, jobs, ready)
+def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, device: str = "auto") -> ServiceParts:
+    """The influence service's gRPC parts; ``device`` (a device setting, ``--device``) is resolved at start-up:
+    FAILED_PRECONDITION naming ``device`` when this machine lacks it."""
+    servicer = InfluenceServicer(store, jobs, ready, resolve_device(device, field="device"))
     return ServiceParts(
         register=lambda server: influence_pb2_grpc.add_InfluenceServiceServicer_to_server(servicer, server),
         full_name=influence_pb2.DESCRIPTOR.services_by_name["InfluenceService"].full_name,

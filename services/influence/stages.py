@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from common.artifacts import ArtifactStore
+from common.device import resolve_device
 from common.errors import InvalidArgument
 from common.manifests import StageResult
 from common.progress import Progress, one_step
@@ -84,10 +87,16 @@ def merge_scores(
 
 
 def evaluate(
-    store: ArtifactStore, request: influence_pb2.EvaluateRequest, *, model_roots: tuple[Path, ...] | None = None
+    store: ArtifactStore,
+    request: influence_pb2.EvaluateRequest,
+    *,
+    model_roots: tuple[Path, ...] | None = None,
+    device: str | torch.device = "auto",
 ) -> Work | None:
     """Held-out loss of a model per row (with ``output_prefix``), or only its mean. Validation alone tokenises
-    the rows with the model's tokenizer."""
+    the rows with the model's tokenizer. ``device``: the service's own (``montessori serve influence --device``;
+    the request has no settings message), checked here: FAILED_PRECONDITION naming ``device`` when it is absent."""
+    device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
     model = model_from_proto(request.model, store, field="model", roots=model_roots)
     rows = local_artifact(store, request.rows, field="rows")
     limit = count(request.limit, field="limit", maximum=10_000_000)
@@ -108,7 +117,13 @@ def evaluate(
             "evaluate",
             lambda: {
                 "loss": tasks.evaluation_loss(
-                    model, rows, batch_size=batch_size, max_length=EVAL_MAX_LENGTH, limit=limit or None, field="model"
+                    model,
+                    rows,
+                    batch_size=batch_size,
+                    max_length=EVAL_MAX_LENGTH,
+                    limit=limit or None,
+                    field="model",
+                    device=device,
                 )
             },
         )
@@ -123,6 +138,7 @@ def evaluate(
         limit=limit or None,
         field="model",
         progress=progress,
+        device=device,
     )
 
 

@@ -395,9 +395,12 @@ def row_losses(model, tokenizer, examples: list[Example], *, batch_size: int, ma
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     losses: list[float | None] = [None] * len(encoded)
     model.train(False)
+    device = next(model.parameters()).device  # the batches follow the model; the losses stay fp32 (per_example_losses)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in chunk], tokenizer.pad_token_id)
+        batch = {
+            key: value.to(device) for key, value in collate([encoded[i] for i in chunk], tokenizer.pad_token_id).items()
+        }
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         values = per_example_losses(logits, batch["labels"])
         for i, value in zip(chunk, values.tolist()):
@@ -407,12 +410,20 @@ def row_losses(model, tokenizer, examples: list[Example], *, batch_size: int, ma
 
 
 def _rows_and_losses(
-    model: ModelRef, rows_path: Path, *, batch_size: int, max_length: int, limit: int | None, field: str
+    model: ModelRef,
+    rows_path: Path,
+    *,
+    batch_size: int,
+    max_length: int,
+    limit: int | None,
+    field: str,
+    device: str | torch.device,
 ) -> tuple[list[dict], list[float | None]]:
     if batch_size < 1:
         raise InvalidArgument("must be >= 1", field="batch_size")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     tokenizer = load_tokenizer(model, field=field)
-    student = load_model(model, field=field)
+    student = load_model(model, field=field, device=device)  # fp32 weights on every device, as influence scoring
     rows = read_instruction_rows(rows_path)
     rows = rows[:limit] if limit else rows
     examples = examples_from_rows(rows, prefix="eval", source=str(rows_path))
@@ -433,11 +444,15 @@ def evaluation_loss(
     max_length: int = 512,
     limit: int | None = None,
     field: str = "model",
+    device: str | torch.device = "auto",
 ) -> float:
     """Mean response-only loss of ``model`` on (the first ``limit`` rows of) an Alpaca-style set: the mean of
-    the per-row means (a row weighs the same whatever its length), rows without response tokens left out."""
+    the per-row means (a row weighs the same whatever its length), rows without response tokens left out.
+    ``device``: where the model runs (a device setting, see ``common.device``)."""
     return _mean(
-        _rows_and_losses(model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field)[1]
+        _rows_and_losses(
+            model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field, device=device
+        )[1]
     )
 
 
@@ -452,13 +467,14 @@ def evaluate(
     limit: int | None = None,
     field: str = "model",
     progress: Progress = no_progress,
+    device: str | torch.device = "auto",
 ) -> StageResult:
     """Held-out loss of ``model`` per row; publish ``<prefix>/losses.jsonl`` (row index, loss, response tokens'
     category) so that students can be compared row by row. Metric ``loss``: the mean, as :func:`evaluation_loss`."""
     started = time.time()
     progress("evaluate", 0, 1)
     rows, losses = _rows_and_losses(
-        model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field
+        model, rows_path, batch_size=batch_size, max_length=max_length, limit=limit, field=field, device=device
     )
     out = [
         {"row": i, "loss": loss, "category": str(row.get("category", ""))}

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from common.device import resolve_device
 from common.errors import NotFound
 from common.models import ModelRef, load_model, load_tokenizer
 
@@ -65,12 +66,19 @@ class PresencePenalty:
 
 
 class TransformersBackend(GenerationBackend):
-    """``model.generate`` on CPU (or whatever device torch picks); the model is loaded once."""
+    """``model.generate`` on ``device`` (a torch device or a device setting); the model is loaded once."""
 
-    def __init__(self, ref: ModelRef, *, field: str = "teacher.path", dtype: str = "float32"):
+    def __init__(
+        self,
+        ref: ModelRef,
+        *,
+        field: str = "teacher.path",
+        dtype: str = "float32",
+        device: str | torch.device = "cpu",
+    ):
         self.ref = ref
         self.tokenizer = load_tokenizer(ref.path, field=field, padding_side="left")
-        self.model = load_model(ref, field=field, dtype=dtype)
+        self.model = load_model(ref, field=field, dtype=dtype, device=device)
         self.tokens_generated = 0  # for tokens/s metrics
 
     @property
@@ -86,7 +94,9 @@ class TransformersBackend(GenerationBackend):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         from transformers import LogitsProcessorList
 
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.model.device
+        )
         prompt_length = batch["input_ids"].shape[1]
         budget = min(params.max_new_tokens, self.context_length - prompt_length)
         if budget <= 0:
@@ -140,8 +150,11 @@ class TeacherBackends(ABC):
 class BackendCache(TeacherBackends):
     """transformers: one model version resident at a time (weights merged), swapped on demand."""
 
-    def __init__(self, dtype: str = "float32"):
+    def __init__(self, dtype: str = "float32", device: str | torch.device = "auto"):
+        """``device``: a torch device, or a device setting resolved here (FAILED_PRECONDITION naming ``device`` when
+        this machine lacks it, before any model loads)."""
         self.dtype = dtype
+        self.device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
         self._lock = threading.Lock()
         self._backend: TransformersBackend | None = None
         self._name: str | None = None
@@ -150,7 +163,7 @@ class BackendCache(TeacherBackends):
         with self._lock:
             if self._backend is None or self._backend.ref != ref:
                 self._backend = None  # free the old weights before loading the new ones
-                self._backend = TransformersBackend(ref, field=field, dtype=self.dtype)
+                self._backend = TransformersBackend(ref, field=field, dtype=self.dtype, device=self.device)
             self._name = version
             return self._backend
 

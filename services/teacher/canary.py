@@ -6,6 +6,11 @@ serves, the engine's greedy continuation of a fixed prompt is scored token by to
 the reference implementation, transformers + peft with the version's adapter chain
 merged, and the version is refused when any token's log-probability differs by more
 than the tolerance (bf16 engines need a looser one than fp32).
+
+The reference model runs on the teacher's device, not as a second fp32 copy in host memory: on
+a CUDA device in the engine's own dtype when that is 16-bit (an 8B teacher's reference then
+takes 16 GB of GPU memory for the seconds the canary lasts, not 32 GB of host memory), in fp32
+otherwise (a CPU reference stays exact), and it is freed before the version serves.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from common.device import resolve_device
 from common.errors import FailedPrecondition
-from common.models import load_model
+from common.models import DTYPES, load_model
 
 if TYPE_CHECKING:
     from services.teacher.config import VLLMSettings
@@ -51,19 +57,36 @@ class CanaryReport:
 @torch.inference_mode()
 def reference_logprobs(model, prompt_ids: list[int], continuation: list[int]) -> list[float]:
     """Log-probability of each continuation token under ``model`` (teacher forcing)."""
-    ids = torch.tensor([prompt_ids + continuation])
+    ids = torch.tensor([prompt_ids + continuation], device=next(model.parameters()).device)
     logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return [float(logprobs[i, token]) for i, token in enumerate(continuation)]
 
 
-def run_canary(engine: VLLMEngine, version: ResidentVersion, settings: VLLMSettings) -> CanaryReport:
-    """Compare the engine's ``version`` with transformers + peft; :class:`FailedPrecondition` on mismatch."""
+def reference_dtype(device: torch.device, engine_dtype: torch.dtype) -> str:
+    """The reference model's dtype: the engine's own 16-bit dtype on CUDA (half the memory of fp32, and the
+    16-bit tolerance already allows for the rounding), float32 otherwise."""
+    if device.type == "cuda":
+        for name, dtype in DTYPES.items():
+            if dtype == engine_dtype:
+                return name
+    return "float32"
+
+
+def run_canary(
+    engine: VLLMEngine, version: ResidentVersion, settings: VLLMSettings, *, device: str | torch.device = "auto"
+) -> CanaryReport:
+    """Compare the engine's ``version`` with transformers + peft on ``device`` (a torch device or a device
+    setting); :class:`FailedPrecondition` on mismatch."""
     started = time.time()
+    device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
     prompt_ids = engine.tokenizer(CANARY_PROMPT, add_special_tokens=False)["input_ids"]
     continuation, served = engine.greedy_logprobs(prompt_ids, settings.canary_tokens, version=version.name)
-    model = load_model(version.ref, field="teacher")
+    model = load_model(version.ref, field="teacher", dtype=reference_dtype(device, engine.dtype), device=device)
     expected = reference_logprobs(model, prompt_ids, continuation)
+    del model  # the reference is needed for these few tokens only
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give its memory back to the engine's process before the version serves
     diffs = [abs(a - b) for a, b in zip(served, expected)]
     tolerance = settings.canary_tolerance
     if tolerance is None:

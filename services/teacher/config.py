@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from common.config import check, field
+from common.device import DEVICE_SETTINGS, is_device_setting
+from common.models import DTYPES
 
 
 @dataclass
@@ -127,5 +129,16 @@ class TeacherServiceConfig:
         help="'transformers': model.generate (runs anywhere). 'vllm': a vLLM engine with adapter "
         "hot-swap (needs the vLLM environment: .venv-vllm on CPU, the GPU image in a cluster).",
     )
-    dtype: str = field("float32", help="transformers backend: weights dtype.")
+    dtype: str = field(
+        "float32", help="transformers backend: weights dtype (float32, bfloat16 or float16; 16-bit is for CUDA)."
+    )
+    device: str = field(
+        "auto",
+        help="transformers backend: where the model runs. 'auto' (the first CUDA device when there is one, else "
+        "the CPU), 'cpu', 'cuda' or 'cuda:N'. (The vllm backend's canary reference runs on 'auto'.)",
+    )
     vllm: VLLMSettings = field(default_factory=VLLMSettings, help="vllm backend settings.")
+
+    def __post_init__(self) -> None:
+        check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+        check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")

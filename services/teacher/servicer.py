@@ -77,7 +77,7 @@ def make_backends(config: TeacherServiceConfig) -> TeacherBackends:
         from services.teacher.vllm_backend import VLLMBackends
 
         return VLLMBackends(config.vllm, cache_dir=Path(Env.read().cache_dir))
-    return BackendCache(config.dtype)
+    return BackendCache(config.dtype, config.device)
 
 
 def build(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from common.device import resolve_device
 from common.errors import FailedPrecondition
 
 #: Where TRL's TensorBoard callback writes under the trainer's output_dir (transformers 5 has no logging_dir).
@@ -49,11 +50,31 @@ def schedule_kwargs(settings, *, examples: int, processes: int = 1) -> dict:
     return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}
 
 
-def base_args(*, output_dir: str, seed: int, report_to: str = "none", checkpoint_every: int = 0) -> dict:
+def device_args(device: torch.device, *, bf16_supported: bool | None = None) -> dict:
+    """The TrainingArguments that place a run on ``device`` (resolved, see ``common.device``): ``use_cpu`` on the
+    CPU; on CUDA, bf16 mixed precision where the device supports it (``bf16_supported``: None asks torch). bf16 is
+    autocast only: the Trainer keeps the fp32 master weights and optimizer state, so a small learning rate's step
+    is not rounded away. In a multi-process launch accelerate then puts each rank on its own device."""
+    if device.type != "cuda":
+        return {"use_cpu": True, "bf16": False}
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return {"use_cpu": False, "bf16": bool(bf16_supported)}
+
+
+def base_args(
+    *,
+    output_dir: str,
+    seed: int,
+    report_to: str = "none",
+    checkpoint_every: int = 0,
+    device: str | torch.device = "auto",
+) -> dict:
     """Arguments every montessori training run uses; ``report_to`` is the settings' (see ``REPORT_TO_HELP``).
     ``checkpoint_every``: the Trainer saves a full checkpoint into ``output_dir`` every this many optimizer steps,
-    keeping only the latest (0: none); ``callbacks.CheckpointCallback`` uploads each one to the store."""
-    on_gpu = torch.cuda.is_available()
+    keeping only the latest (0: none); ``callbacks.CheckpointCallback`` uploads each one to the store.
+    ``device``: a torch device or a device setting (FAILED_PRECONDITION naming ``device`` when absent)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
     saving = {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1}
     return {
         "output_dir": output_dir,
@@ -63,8 +84,7 @@ def base_args(*, output_dir: str, seed: int, report_to: str = "none", checkpoint
         **(saving if checkpoint_every else {"save_strategy": "no"}),
         "report_to": report_to,
         "disable_tqdm": True,
-        "use_cpu": not on_gpu,
-        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        **device_args(device),
         "optim": "adamw_torch",
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,

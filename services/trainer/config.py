@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from common.config import check, field
+from common.device import DEVICE_SETTINGS, is_device_setting
 
 #: DPO objectives for (chosen, rejected) pairs that TRL's DPOTrainer implements with one reference model.
 DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
@@ -217,9 +218,17 @@ class TrainerServiceConfig:
         help="accelerate config file of the multi-process launch (configs/accelerate/: DDP, FSDP); required when "
         "processes > 1, whose count overrides the file's num_processes.",
     )
+    device: str = field(
+        "auto",
+        help="Where a one-process stage trains: 'auto' (the first CUDA device when there is one, else the CPU), "
+        "'cpu', 'cuda' or 'cuda:N'; on CUDA with bf16 mixed precision where supported (fp32 master weights). "
+        "With processes > 1 it must be 'auto': accelerate puts each rank on its own device.",
+    )
 
     def __post_init__(self) -> None:
         check(1 <= self.processes <= 1024, "processes", "must be in 1..1024")
+        check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")
+        check(self.processes == 1 or self.device == "auto", "device", "must be auto when processes > 1")
         if self.processes > 1:
             check(bool(self.accelerate_config), "accelerate_config", "is required when processes > 1")
             check(Path(self.accelerate_config).is_file(), "accelerate_config", f"no file {self.accelerate_config}")

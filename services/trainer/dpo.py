@@ -112,6 +112,7 @@ def train_dpo(
     stage: str = "dpo",
     checkpoint: StageCheckpoint | None = None,
     processes: int = 1,
+    device: str = "auto",
 ) -> DPOResult:
     """Train the teacher on ``pairs`` (``prompt``/``chosen``/``rejected``); the reference model is the
     frozen current teacher (the LoRA-disabled base, or a separate copy for full fine-tuning). With ``checkpoint``
@@ -153,6 +154,7 @@ def train_dpo(
                 seed=seed,
                 report_to=settings.report_to,
                 checkpoint_every=every,
+                device=device,
             ),
             **schedule_kwargs(settings, examples=len(pairs), processes=processes),
             beta=settings.beta,

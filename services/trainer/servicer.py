@@ -6,6 +6,7 @@ import threading
 from functools import partial
 
 from common.artifacts import ArtifactStore
+from common.device import resolve_device
 from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
 from common.service_main import ServiceParts
@@ -16,24 +17,35 @@ from services.trainer.launch import Launcher
 
 
 class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, launcher: Launcher | None):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        jobs: JobManager,
+        ready: threading.Event,
+        launcher: Launcher | None,
+        device: str = "auto",
+    ):
         super().__init__(store, jobs, ready)
-        self.launcher = launcher
+        self.launcher, self.device = launcher, device
 
     def TrainStudent(self, request, context):
-        train = partial(stages.train_student, launcher=self.launcher)
+        train = partial(stages.train_student, launcher=self.launcher, device=self.device)
         return trainer_pb2.TrainStudentResponse(job=self.submit(request, "train-student", train))
 
     def TrainTeacher(self, request, context):
-        train = partial(stages.train_teacher, launcher=self.launcher)
+        train = partial(stages.train_teacher, launcher=self.launcher, device=self.device)
         return trainer_pb2.TrainTeacherResponse(job=self.submit(request, "train-teacher", train))
 
 
 def build(
     store: ArtifactStore, jobs: JobManager, ready: threading.Event, config: TrainerServiceConfig | None = None
 ) -> ServiceParts:
-    """The trainer's gRPC parts; ``config.processes`` > 1 trains each stage in that many launched ranks."""
-    servicer = TrainerServicer(store, jobs, ready, Launcher.from_config(config or TrainerServiceConfig()))
+    """The trainer's gRPC parts; ``config.processes`` > 1 trains each stage in that many launched ranks.
+    ``config.device`` is resolved here, at start-up: FAILED_PRECONDITION naming ``device`` when this machine
+    lacks it."""
+    config = config or TrainerServiceConfig()
+    resolve_device(config.device, field="device")
+    servicer = TrainerServicer(store, jobs, ready, Launcher.from_config(config), config.device)
     return ServiceParts(
         register=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         full_name=trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,

@@ -50,6 +50,7 @@ def train_sft(
     stage: str = "sft",
     checkpoint: StageCheckpoint | None = None,
     processes: int = 1,
+    device: str = "auto",
 ) -> SFTResult:
     """Fine-tune ``student`` on (user_text, response) pairs; save an HF folder (and the AdamW state) to
     ``output_dir``. With ``checkpoint`` (and ``settings.checkpoint_every``), the run resumes from the checkpoint of
@@ -74,6 +75,7 @@ def train_sft(
                 seed=seed,
                 report_to=settings.report_to,
                 checkpoint_every=every,
+                device=device,
             ),
             **schedule_kwargs(settings, examples=len(examples), processes=processes),
             learning_rate=settings.learning_rate,

@@ -25,9 +25,10 @@ def train_student(
     *,
     model_roots: tuple[Path, ...] | None = None,
     launcher: Launcher | None = None,
+    device: str = "auto",
 ) -> Work | None:
     """SFT of the student (``warmup``: the warm-up, with WarmupSettings' defaults and the AdamW state saved);
-    ``launcher``: trained in several processes (None: in this one)."""
+    ``launcher``: trained in several processes (None: in this one, on ``device``)."""
     sft = settings(request.sft, WarmupSettings if request.warmup else SFTSettings, field="sft")
     stage_seed = seed(request.seed)
     limit = count(request.limit, field="limit", maximum=100_000_000)
@@ -49,6 +50,7 @@ def train_student(
         progress=progress,
         request_digest=work,
         launcher=launcher,
+        device=device,
     )
 
 
@@ -58,8 +60,10 @@ def train_teacher(
     *,
     model_roots: tuple[Path, ...] | None = None,
     launcher: Launcher | None = None,
+    device: str = "auto",
 ) -> Work | None:
-    """DPO of the teacher on preference pairs; ``launcher``: trained in several processes (None: in this one)."""
+    """DPO of the teacher on preference pairs; ``launcher``: trained in several processes (None: in this one, on
+    ``device``)."""
     dpo = settings(request.dpo, DPOSettings, field="dpo")
     stage_seed = seed(request.seed)
     teacher = model_from_proto(request.teacher, store, field="teacher", roots=model_roots)
@@ -78,4 +82,5 @@ def train_teacher(
         progress=progress,
         request_digest=work,
         launcher=launcher,
+        device=device,
     )

@@ -66,6 +66,7 @@ def train_student(
     progress: Progress = no_progress,
     request_digest: str = "",
     launcher: Launcher | None = None,
+    device: str = "auto",
 ) -> StageResult:
     """SFT ``student`` on the candidates' (instruction, response); publish ``<prefix>/model`` (with AdamW state if
     asked). With ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same
@@ -89,6 +90,7 @@ def train_student(
                 progress=progress,
                 stage=stage,
                 checkpoint=checkpoint,
+                device=device,
             )
         else:
             work = {
@@ -130,6 +132,7 @@ def train_teacher(
     progress: Progress = no_progress,
     request_digest: str = "",
     launcher: Launcher | None = None,
+    device: str = "auto",
 ) -> StageResult:
     """DPO the teacher on the pairs; publish ``<prefix>/adapter`` (LoRA) or ``<prefix>/model`` (full). With
     ``settings.checkpoint_every`` a checkpoint is kept in ``<prefix>-checkpoint`` and a job of the same work
@@ -153,6 +156,7 @@ def train_teacher(
                 progress=progress,
                 stage=stage,
                 checkpoint=checkpoint,
+                device=device,
             )
         else:
             work = {

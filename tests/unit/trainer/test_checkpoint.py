@@ -200,3 +200,16 @@ def test_a_checkpoint_that_does_not_verify_is_discarded(inputs, tiny_student):
     result = run(inputs, message, progress)
     assert progress.reports == list(range(1, STEPS + 1)) and result.metrics["steps"] == STEPS
     assert not store.list(f"damaged{SUFFIX}")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_trainer_services_device_reaches_the_training_run(inputs, tiny_student):
+    """``montessori serve trainer --device`` is passed down to the Trainer's arguments: a CUDA device this machine
+    lacks fails the stage naming ``device`` (it used to be checked at start-up only, and training ran on auto)."""
+    from common.errors import FailedPrecondition
+    from common.progress import no_progress
+
+    work = stages.train_student(inputs.store, sft_request(inputs, tiny_student, "device/student"), device="cuda")
+    with pytest.raises(FailedPrecondition) as refused:
+        work(no_progress)
+    assert refused.value.field == "device"
