@@ -63,6 +63,12 @@ def add_parser(commands) -> None:
         default=None,
         help="trainer: accelerate config of the multi-process launch (configs/accelerate/), for --processes > 1",
     )
+    sub.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="trainer: relaunches of crashed ranks (--processes > 1), each from the last checkpoint (default 1)",
+    )
     for worker in ("teacher", "influence", "preference", "trainer"):
         sub.add_argument(
             f"--{worker}",
@@ -189,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         from services.trainer.servicer import build as trainer_build
 
         trainer_config = TrainerServiceConfig(
-            resolve_processes(args.processes), args.accelerate_config or "", args.device or "auto"
+            resolve_processes(args.processes), args.accelerate_config or "", args.device or "auto", args.restarts
         )
         build = lambda store, jobs, ready: trainer_build(store, jobs, ready, config=trainer_config)  # noqa: E731
     elif args.service == "influence":

@@ -224,9 +224,15 @@ class TrainerServiceConfig:
         "'cpu', 'cuda' or 'cuda:N'; on CUDA with bf16 mixed precision where supported (fp32 master weights). "
         "With processes > 1 it must be 'auto': accelerate puts each rank on its own device.",
     )
+    restarts: int = field(
+        1,
+        help="With processes > 1: launches after the first when the ranks crash without an error of their own "
+        "(a signal, a collective's transport); each resumes from the last checkpoint. 0 fails at once.",
+    )
 
     def __post_init__(self) -> None:
         check(1 <= self.processes <= 1024, "processes", "must be in 1..1024")
+        check(0 <= self.restarts <= 10, "restarts", "must be in 0..10")
         check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")
         check(self.processes == 1 or self.device == "auto", "device", "must be auto when processes > 1")
         if self.processes > 1:

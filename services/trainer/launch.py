@@ -46,8 +46,8 @@ WORK_FILE, RESULT_FILE, STDERR_FILE, RANKS_DIR, HANDOFF_DIR = (
     "ranks",
     "handoff",
 )
-#: Lines of the ranks' stderr quoted in a failure.
-TAIL_LINES = 12
+#: Lines of the ranks' stderr quoted in a failure, and characters of each rank's exception.
+TAIL_LINES, CRASH_CHARS = 12, 300
 #: Seconds without an event after which the job's progress is re-reported, so that a cancel reaches a child that is
 #: still loading its model (the job machinery raises Cancelled from a progress report).
 HEARTBEAT_SECONDS = 2.0
@@ -64,13 +64,15 @@ class Launcher:
 
     processes: int
     accelerate_config: Path
+    #: Launches after the first when the ranks crash (see :meth:`run`).
+    restarts: int = 1
 
     @classmethod
     def from_config(cls, config) -> Launcher | None:
         """The launcher of a :class:`TrainerServiceConfig`; None for one process (training stays in-process)."""
         if config.processes <= 1:
             return None
-        return cls(config.processes, Path(config.accelerate_config).resolve())
+        return cls(config.processes, Path(config.accelerate_config).resolve(), config.restarts)
 
     def command(self, work_file: Path, port: int) -> list[str]:
         """The launch command line (``python -m accelerate.commands.launch``: the venv's, whatever PATH says)."""
@@ -100,7 +102,35 @@ class Launcher:
     ) -> dict:
         """Train ``work`` (see ``services.trainer.rank``) in ``processes`` ranks; rank 0's result (the training
         result's fields). With ``checkpoint``, the ranks resume from its restored Trainer folder and each folder
-        they save is uploaded as its next version."""
+        they save is uploaded as its next version.
+
+        Ranks that die without a montessori error of their own (a signal, a collective's transport failing) are
+        launched again, up to ``restarts`` times, from the last checkpoint they handed over: a resumed run
+        publishes what an uninterrupted one would. A montessori error is the input's fault and is raised at once."""
+        for attempt in range(self.restarts + 1):
+            folder = scratch / f"attempt-{attempt}"
+            code, stderr_path = self._launch(work, folder, progress=progress, stage=stage, checkpoint=checkpoint)
+            if code == 0:
+                return _result(folder, self.processes)
+            failure = _failure(folder, code, stderr_path)
+            if _recorded_error(folder) is not None or attempt == self.restarts:
+                raise failure
+            log.warning(
+                f"training processes crashed, restarting from the last checkpoint: {failure.message}",
+                extra={"stage": stage, "metrics": {"attempt": attempt + 1, "restarts": self.restarts}},
+            )
+        raise AssertionError("unreachable")
+
+    def _launch(
+        self,
+        work: dict,
+        scratch: Path,
+        *,
+        progress: Progress,
+        stage: str,
+        checkpoint: StageCheckpoint | None,
+    ) -> tuple[int, Path]:
+        """One launch of the ranks in the fresh folder ``scratch``: its exit code and the ranks' stderr file."""
         scratch.mkdir(parents=True, exist_ok=True)
         resume = checkpoint.restore(lambda parts: parts[TRAINER_PART]) if checkpoint is not None else None
         work = {
@@ -135,13 +165,10 @@ class Launcher:
             )
         try:
             _follow(child, progress, stage, lambda event: _upload(checkpoint, event))
-            code = child.wait()
+            return child.wait(), stderr_path
         except BaseException:
             stop(child)
             raise
-        if code != 0:
-            raise _failure(scratch, code, stderr_path)
-        return _result(scratch, self.processes)
 
 
 def _follow(child: subprocess.Popen, progress: Progress, stage: str, upload: Callable[[dict], None]) -> None:
@@ -207,26 +234,47 @@ def stop(child: subprocess.Popen) -> None:
             return
 
 
-def _failure(scratch: Path, code: int, stderr_path: Path) -> MontessoriError:
-    """The error of a failed launch: a rank's own montessori error (lowest rank first) if one was recorded, else
-    the exit code and the last lines of the ranks' stderr (no traceback reaches a client: the quoted lines are the
-    exception's, not its frames)."""
+def _rank_errors(scratch: Path) -> list[dict]:
+    """The errors the ranks recorded (``ranks/error-<i>.json``), lowest rank first."""
     recorded = sorted((scratch / RANKS_DIR).glob("error-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    errors_seen = [json.loads(p.read_text()) for p in recorded]
-    for error in errors_seen:
+    return [json.loads(p.read_text()) for p in recorded]
+
+
+def _recorded_error(scratch: Path) -> MontessoriError | None:
+    """A rank's own montessori error (lowest rank first), if one was recorded."""
+    for error in _rank_errors(scratch):
         cls = getattr(errors, error["type"], None)
         if isinstance(cls, type) and issubclass(cls, MontessoriError):
             return cls(error["message"], field=error.get("field"))
-    detail = " | ".join(e["message"] for e in errors_seen) if errors_seen else _stderr_tail(stderr_path)
+    return None
+
+
+def _failure(scratch: Path, code: int, stderr_path: Path) -> MontessoriError:
+    """The error of a failed launch: a rank's own montessori error if one was recorded, else the exit code and
+    what the ranks said (no traceback reaches a client: the quoted lines are the exception's, not its frames)."""
+    recorded = _recorded_error(scratch)
+    if recorded is not None:
+        return recorded
+    # A rank's exception may only be the echo of another's death ("connection reset by peer"): the stderr's fatal
+    # lines and the launcher's summary name the rank that died first.
+    crashes = [e["message"][:CRASH_CHARS] for e in _rank_errors(scratch)]
+    detail = " | ".join([*crashes, _stderr_tail(stderr_path)])
     return MontessoriError(f"training processes failed (exit code {code}): {detail}", field="trainer.processes")
 
 
+#: Lines a rank's runtime writes when it aborts (a C++ exception, a fatal signal): quoted before the launcher's
+#: own summary, which would otherwise fill the tail.
+FATAL_MARKS = ("terminate called", "what():", "Fatal Python error", "Error:", "Exception:")
+
+
 def _stderr_tail(path: Path) -> str:
-    """The last lines of the ranks' stderr that are not traceback frames, joined with ' | '."""
+    """The ranks' fatal lines, then the last lines of their stderr that are not traceback frames, joined with ' | '."""
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     frames = ("Traceback", "File ", "^", "~")
     kept = [line for line in lines if not line.startswith(frames)]
-    return " | ".join(kept[-TAIL_LINES:]) or "no output"
+    tail = kept[-TAIL_LINES:]
+    fatal = [line for line in kept[: len(kept) - len(tail)] if any(mark in line for mark in FATAL_MARKS)]
+    return " | ".join(fatal[-TAIL_LINES:] + tail) or "no output"
 
 
 def _result(scratch: Path, processes: int) -> dict:

@@ -14,6 +14,7 @@ one line of an unexpected exception).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import shutil
 import sys
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.envs import Env
     from common.logs import configure_logging
 
+    faulthandler.enable()  # a rank that aborts (SIGABRT in a collective) leaves its Python stack in the stderr file
     env = Env.read()
     configure_logging(env)
     if env.torch_threads:

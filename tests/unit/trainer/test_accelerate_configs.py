@@ -91,6 +91,9 @@ def test_trainer_service_config():
         TrainerServiceConfig(processes=2, accelerate_config=str(CONFIGS / "missing.yaml"))
     with pytest.raises(InvalidArgument, match="processes"):
         TrainerServiceConfig(processes=0)
+    with pytest.raises(InvalidArgument, match="restarts"):
+        TrainerServiceConfig(restarts=-1)
+    assert Launcher.from_config(TrainerServiceConfig(2, config.accelerate_config, restarts=0)).restarts == 0
 
 
 def test_processes_setting():

@@ -123,17 +123,19 @@ def test_sft_in_two_ranks_publishes_rank_0s_model_like_one_process(
     assert apart < 0.5 * moved
 
 
-def test_checkpoints_are_handed_over_and_resumed_in_two_ranks(inputs, tiny_student, launcher):  # noqa: F811
+@pytest.fixture(scope="module")
+def through(inputs, tiny_student, launcher) -> str:  # noqa: F811
+    """The key of a 2-rank warm-up with a checkpoint every 3 steps that went through."""
+    request = sft_request(inputs, tiny_student, "loops/mpc/a", gradient_accumulation_steps=1, checkpoint_every=3)
+    stages.train_student(inputs.store, request, launcher=launcher)(Recorder())
+    return "loops/mpc/a/model"
+
+
+def test_checkpoints_are_handed_over_and_resumed_in_two_ranks(inputs, tiny_student, launcher, through):  # noqa: F811
     """A 2-rank warm-up cancelled at step 5 leaves the checkpoint of step 3 in the store (handed over by rank 0, no
     rank left running); the same request sent again resumes it and publishes the folder, byte for byte, of a run
     that went through."""
     store = inputs.store
-    through = stages.train_student(
-        store,
-        sft_request(inputs, tiny_student, "loops/mpc/a", gradient_accumulation_steps=1, checkpoint_every=3),
-        launcher=launcher,
-    )
-    through(Recorder())
     request = sft_request(inputs, tiny_student, "loops/mpc/b", gradient_accumulation_steps=1, checkpoint_every=3)
     with pytest.raises(Cancelled):
         stages.train_student(store, request, launcher=launcher)(Recorder(cancel_at=5))
@@ -144,7 +146,38 @@ def test_checkpoints_are_handed_over_and_resumed_in_two_ranks(inputs, tiny_stude
     stages.train_student(store, request, launcher=launcher)(progress)
     assert next(done for done, _, _ in progress.reports if done) == 3  # resumed from the checkpoint
     assert not store.list(f"loops/mpc/b{SUFFIX}")
-    assert folder_files(store, "loops/mpc/b/model") == folder_files(store, "loops/mpc/a/model")
+    assert folder_files(store, "loops/mpc/b/model") == folder_files(store, through)
+
+
+def test_ranks_that_crash_are_relaunched_from_the_last_checkpoint(
+    inputs,  # noqa: F811
+    tiny_student,
+    launcher,
+    through,
+    monkeypatch,
+    tmp_path,
+):
+    """Rank 1 aborts (SIGABRT) as the second checkpoint is saved: the launcher starts the ranks again from the
+    first one (step 3), once, and publishes the folder, byte for byte, of a run that went through. With no restart
+    left, the crash is the job's error, quoting the abort."""
+    from services.trainer import launch
+
+    monkeypatch.setattr(launch, "ENTRY", "tests.unit.trainer.abort_once")
+    monkeypatch.setenv("MONTESSORI_TEST_ABORT_MARKER", str(tmp_path / "aborted"))
+    store = inputs.store
+    progress = Recorder()
+    request = sft_request(inputs, tiny_student, "loops/mpc/c", gradient_accumulation_steps=1, checkpoint_every=3)
+    stages.train_student(store, request, launcher=launcher)(progress)
+    assert (tmp_path / "aborted").exists()
+    done = [d for d, _, _ in progress.reports]
+    assert max(done[: done.index(3) + 1]) == 3 and 3 in done[done.index(3) + 1 :]  # step 3 reported again
+    assert folder_files(store, "loops/mpc/c/model") == folder_files(store, through)
+
+    (tmp_path / "aborted").unlink()
+    request = sft_request(inputs, tiny_student, "loops/mpc/d", gradient_accumulation_steps=1, checkpoint_every=3)
+    with pytest.raises(MontessoriError, match="exit code") as caught:
+        stages.train_student(store, request, launcher=Launcher(2, DDP_CPU, restarts=0))(Recorder())
+    assert "Traceback" not in str(caught.value) and "Abort" in str(caught.value)
 
 
 def test_dpo_in_two_ranks_publishes_an_adapter(inputs, tiny_teacher, launcher):  # noqa: F811
@@ -177,10 +210,11 @@ def test_a_bad_setting_in_the_work_file_is_the_ranks_own_error(tiny_student, lau
         launcher.run(work, tmp_path / "launch", progress=Recorder(), stage="sft")
 
 
-def test_a_crashed_rank_is_an_error_with_its_exit_code_and_last_lines(launcher, tmp_path):
-    """A rank that dies of an unexpected exception: the error has the exit code and the exception's line, not a
-    traceback."""
+def test_a_crashed_rank_is_an_error_with_its_exit_code_and_last_lines(tmp_path):
+    """A rank that dies of an unexpected exception, in every launch (the first and its restart): the error has the
+    exit code and the exception's line, not a traceback."""
     with pytest.raises(MontessoriError) as caught:
-        launcher.run({"model": {}}, tmp_path / "launch", progress=Recorder(), stage="sft")
+        Launcher(2, DDP_CPU, restarts=1).run({"model": {}}, tmp_path / "launch", progress=Recorder(), stage="sft")
     message = str(caught.value)
     assert "exit code 1" in message and "KeyError" in message and "Traceback" not in message
+    assert sorted(p.name for p in (tmp_path / "launch").iterdir()) == ["attempt-0", "attempt-1"]
