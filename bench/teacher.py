@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +60,57 @@ def device() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def measure(model: str, texts: list[str], params: SamplingParams, batch: int, dtypes: list[str]) -> dict:
+    """One run: every row's tokens, seconds and tokens/s (engines started afresh)."""
+    rows: dict = {}
+    transformers = TransformersBackend(ModelRef(model))
+    timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
+    rows["transformers (fp32)"] = timed(transformers, texts, params, batch)
+    del transformers
+
+    from services.teacher.config import VLLMSettings
+    from services.teacher.vllm_backend import VLLMBackends
+
+    for dtype in dtypes:
+        with tempfile.TemporaryDirectory() as cache:
+            started = time.perf_counter()
+            backends = VLLMBackends(VLLMSettings(dtype=dtype, max_model_len=2048), cache_dir=Path(cache))
+            backend = backends.get(ModelRef(model))
+            start_seconds = round(time.perf_counter() - started, 1)
+            timed(backend, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+            short = "fp32" if dtype == "float32" else "bf16" if dtype == "bfloat16" else dtype
+            rows[f"vLLM ({short}), same batches"] = {
+                **timed(backend, texts, params, batch),
+                "engine_start_seconds": start_seconds,
+            }
+            rows[f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
+            # A teacher version as the loop serves it after a DPO round: an r=8 adapter, hot-swapped in.
+            ref = ModelRef(model, (random_adapter(model, Path(cache) / "adapter", seed=0, scale=0.01),))
+            backends.load_version("teacher-r1", ref)
+            version = backends.get(ref, version="teacher-r1")
+            timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+            rows[f"vLLM ({short}) + r=8 adapter, same batches"] = timed(version, texts, params, batch)
+            backends.close()
+    base = rows["transformers (fp32)"]["tokens_per_second"]
+    for row in rows.values():
+        row["ratio"] = round(row["tokens_per_second"] / base, 2)
+    return rows
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of one figure over the runs."""
+    return {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)}
+
+
+def cpu_capability() -> str:
+    """The SIMD kernels torch dispatches to (``ATEN_CPU_CAPABILITY`` lowers them), or the GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/smollm2-135m-instruct")
@@ -66,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="prompts per request (the service's prompt_batch_size)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="engine dtypes to time, comma-separated")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (spread reported)")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
     args = parser.parse_args()
     apply_offline_defaults()
@@ -74,56 +127,39 @@ def main() -> None:
     params = SamplingParams(
         n=4, temperature=1.0, top_p=0.9, presence_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=1
     )
+    dtypes = list(filter(None, args.vllm_dtypes.split(",")))
+    runs = []
+    for run in range(args.runs):
+        runs.append(measure(args.model, texts, params, args.batch, dtypes))
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v['tokens_per_second']}" for k, v in runs[-1].items()))
     results: dict = {
         "model": args.model,
         "device": device(),
+        "cpu_capability": cpu_capability(),
         "prompts": len(texts),
         "n": params.n,
         "max_new_tokens": params.max_new_tokens,
         "batch": args.batch,
-        "rows": {},
-    }
-
-    transformers = TransformersBackend(ModelRef(args.model))
-    timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
-    results["rows"]["transformers (fp32)"] = timed(transformers, texts, params, args.batch)
-    del transformers
-
-    from services.teacher.config import VLLMSettings
-    from services.teacher.vllm_backend import VLLMBackends
-
-    for dtype in filter(None, args.vllm_dtypes.split(",")):
-        with tempfile.TemporaryDirectory() as cache:
-            started = time.perf_counter()
-            backends = VLLMBackends(VLLMSettings(dtype=dtype, max_model_len=2048), cache_dir=Path(cache))
-            backend = backends.get(ModelRef(args.model))
-            start_seconds = round(time.perf_counter() - started, 1)
-            timed(backend, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
-            short = "fp32" if dtype == "float32" else "bf16" if dtype == "bfloat16" else dtype
-            results["rows"][f"vLLM ({short}), same batches"] = {
-                **timed(backend, texts, params, args.batch),
-                "engine_start_seconds": start_seconds,
+        "runs": runs,
+        "summary": {
+            name: {
+                "tokens_per_second": spread([run[name]["tokens_per_second"] for run in runs]),
+                "ratio": spread([run[name]["ratio"] for run in runs]),
             }
-            results["rows"][f"vLLM ({short}), one request"] = timed(backend, texts, params, len(texts))
-            # A teacher version as the loop serves it after a DPO round: an r=8 adapter, hot-swapped in.
-            ref = ModelRef(args.model, (random_adapter(args.model, Path(cache) / "adapter", seed=0, scale=0.01),))
-            backends.load_version("teacher-r1", ref)
-            version = backends.get(ref, version="teacher-r1")
-            timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
-            results["rows"][f"vLLM ({short}) + r=8 adapter, same batches"] = timed(version, texts, params, args.batch)
-            backends.close()
-
-    base = results["rows"]["transformers (fp32)"]["tokens_per_second"]
+            for name in runs[0]
+        },
+    }
     print(
-        f"\nTeacher generation on {results['device']}: {args.model}, {len(texts)} synthesis prompts x n={params.n}, "
-        f"{params.max_new_tokens} new tokens, prompts per request {args.batch}\n"
+        f"\nTeacher generation on {results['device']} ({results['cpu_capability']}): {args.model}, {len(texts)} "
+        f"synthesis prompts x n={params.n}, {params.max_new_tokens} new tokens, prompts per request {args.batch}, "
+        f"{args.runs} runs (median [min, max])\n"
     )
-    print(f"{'backend':34} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs transformers':>16}")
-    for name, row in results["rows"].items():
-        row["ratio"] = round(row["tokens_per_second"] / base, 2)
+    print(f"{'backend':42} {'tokens/s':>24} {'vs transformers':>24}")
+    for name, row in results["summary"].items():
+        tps, ratio = row["tokens_per_second"], row["ratio"]
         print(
-            f"{name:34} {row['tokens']:>7} {row['seconds']:>8.1f} {row['tokens_per_second']:>9.1f} "
-            f"{row['ratio']:>15.2f}x"
+            f"{name:42} {tps['median']:>8.1f} [{tps['min']:>6.1f}, {tps['max']:>6.1f}] "
+            f"{ratio['median']:>8.2f}x [{ratio['min']:.2f}, {ratio['max']:.2f}]"
         )
     output = Path(args.output or REPO / "bench" / "results" / f"teacher-{Path(args.model).name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

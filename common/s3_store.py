@@ -118,14 +118,12 @@ class S3ArtifactStore(ArtifactStore):
 
     def recorded_digest(self, key: str) -> str:
         key = validate_key(key)
-        for name in (key, f"{key}/{FOLDER_INDEX}"):
-            stat = self._stat(name)
-            if stat is not None:
-                metadata = {k.lower(): v for k, v in stat.metadata.items()}
-                digest = metadata.get("x-amz-meta-sha256", "")
-                if digest:
-                    return digest
-                break
+        stat = self._stat(key) or self._stat(f"{key}/{FOLDER_INDEX}")  # a file, else a folder's index
+        if stat is None:
+            raise NotFound(f"no artifact at {self.uri(key)}", field="uri")
+        digest = {k.lower(): v for k, v in stat.metadata.items()}.get("x-amz-meta-sha256", "")
+        if digest:
+            return digest
         raise FailedPrecondition(f"{self.uri(key)} has no recorded sha256 (not published by montessori)", field="uri")
 
     def object_sha256(self, name: str) -> str:

@@ -21,11 +21,11 @@ class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
         self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, device: torch.device | None = None
     ):
         super().__init__(store, jobs, ready)
-        #: Where Evaluate runs (Score runs on its request's ``influence.device``).
+        #: Where Evaluate runs, and Score when its request's ``influence.device`` is ``auto``.
         self.device = device if device is not None else resolve_device("auto")
 
     def Score(self, request, context):
-        return influence_pb2.ScoreResponse(job=self.submit(request, "score", stages.score))
+        return influence_pb2.ScoreResponse(job=self.submit(request, "score", partial(stages.score, device=self.device)))
 
     def MergeScores(self, request, context):
         return influence_pb2.MergeScoresResponse(job=self.submit(request, "merge-scores", stages.merge_scores))

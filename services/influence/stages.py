@@ -3,6 +3,7 @@ the in-process runner calls them directly): one function per request message."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,11 +28,18 @@ EVAL_MAX_LENGTH = 512
 
 
 def score(
-    store: ArtifactStore, request: influence_pb2.ScoreRequest, *, model_roots: tuple[Path, ...] | None = None
+    store: ArtifactStore,
+    request: influence_pb2.ScoreRequest,
+    *,
+    model_roots: tuple[Path, ...] | None = None,
+    device: torch.device | None = None,
 ) -> Work | None:
     """Influence of the candidates on the warmed-up student. Validation alone tokenises the reference rows
-    with the student's tokenizer (the base student's, before any warm-up exists)."""
+    with the student's tokenizer (the base student's, before any warm-up exists). ``device``: the service's own
+    (``--device``), where a request whose ``influence.device`` is ``auto`` is scored."""
     config = settings(request.influence, InfluenceConfig, field="influence")
+    if device is not None and config.device == "auto":
+        config = dataclasses.replace(config, device=str(device))
     shard = _shard(request) if request.HasField("shard") else None
     student = model_from_proto(request.student, store, field="student", roots=model_roots)
     reference = local_artifact(store, request.reference, field="reference")

