@@ -111,8 +111,30 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def markdown(paths: list[str]) -> str:
+    """One table of tokens/s and ratio (median [min, max]) per backend, a column pair per results file."""
+    results = [json.loads(Path(path).read_text()) for path in paths]
+    header = " | ".join(f"{r['cpu_capability']}: tokens/s | {r['cpu_capability']}: × transformers" for r in results)
+    lines = [f"| backend | {header} |", "|---" * (1 + 2 * len(results)) + "|"]
+
+    def cell(figure: dict, digits: int) -> str:
+        return f"{figure['median']:.{digits}f} [{figure['min']:.{digits}f}, {figure['max']:.{digits}f}]"
+
+    for name in results[0]["summary"]:
+        cells = [
+            f"{cell(r['summary'][name]['tokens_per_second'], 1)} | {cell(r['summary'][name]['ratio'], 2)}"
+            for r in results
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    runs = ", ".join(f"{r['cpu_capability']} {len(r['runs'])}" for r in results)
+    return "\n".join(lines) + f"\n\nRuns per column: {runs} (median [min, max] over the runs)."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--markdown", nargs="+", default=None, help="print the table of these results files, run nothing"
+    )
     parser.add_argument("--model", default="models/smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch", type=int, default=4, help="prompts per request (the service's prompt_batch_size)")
@@ -121,6 +143,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (spread reported)")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown))
+        return
     apply_offline_defaults()
 
     texts = prompts(args.prompts, seed=0)
