@@ -25,7 +25,8 @@ from typing import Any
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, printable
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*$")
+#: Matched with ``fullmatch``: ``match`` with ``$`` also accepts a trailing newline ("a\n").
+_KEY_RE = re.compile(r"[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def validate_key(key: str, *, field: str = "key") -> str:
             f"keys are at most {MAX_KEY} characters, {MAX_SEGMENT} between slashes (got {len(key)} characters)",
             field=field,
         )
-    if not key or key.startswith("/") or not _KEY_RE.match(key) or any(p in ("..", ".") for p in key.split("/")):
+    if not key or key.startswith("/") or not _KEY_RE.fullmatch(key) or any(p in ("..", ".") for p in key.split("/")):
         raise InvalidArgument(
             f"invalid artifact key {printable(key, limit=200)!r} (relative, no '..', letters/digits/._=+- only)",
             field=field,

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.chat import MAX_TEMPLATE_CHARS
 from common.config import check, field
 from common.errors import NotFound
 from montessori.v1.influence_pb2 import InfluenceSettings
@@ -100,6 +101,11 @@ class ModelsConfig:
             self.student_chat_template is None or bool(self.student_chat_template.strip()),
             "student_chat_template",
             "must be a non-empty Jinja template, or null for the student folder's own (or the default)",
+        )
+        check(
+            self.student_chat_template is None or len(self.student_chat_template) <= MAX_TEMPLATE_CHARS,
+            "student_chat_template",
+            f"must be at most {MAX_TEMPLATE_CHARS} characters",
         )
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16")
 

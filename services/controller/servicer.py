@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 from common.artifacts import ArtifactStore
 from common.config import from_dict, message_to_dict
@@ -11,14 +14,39 @@ from common.jobs import JobManager
 from common.protoconv import fingerprint
 from common.service_main import ServiceParts
 from montessori.v1 import controller_pb2, controller_pb2_grpc
-from services.controller.config import RunConfig
+from services.controller.config import RunConfig, is_store_uri
 from services.controller.leader import LeaderElector, LeaseSettings, coordination_api
 from services.controller.loops import LoopManager
 from services.controller.remote import RemoteExecutor, WorkerAddresses
 
+#: Where a remote caller's local ``data.*`` paths may point on the controller: the demo data shipped with it.
+DEFAULT_DATA_ROOTS = ("data",)
+_DATA_FIELDS = ("seed_path", "reference_path", "eval_path")
 
-def spec_to_config(spec: controller_pb2.LoopSpec, store: ArtifactStore) -> RunConfig:
-    """A LoopSpec as a validated RunConfig on this controller's store; errors name ``spec.config.<field>``."""
+
+def confine_data(config: RunConfig, roots: Sequence[str | Path]) -> None:
+    """A caller's ``data.*`` is a store URI or a file under one of ``roots`` (symlinks resolved): anything else
+    is INVALID_ARGUMENT, with the same answer whether or not the path exists, so a remote caller can neither
+    make the controller read its own files nor learn which exist."""
+    resolved_roots = [Path(os.path.realpath(root)) for root in roots]
+    for name in _DATA_FIELDS:
+        value = getattr(config.data, name)
+        if is_store_uri(value):
+            continue
+        path = Path(os.path.realpath(value))
+        if not any(path.is_relative_to(root) for root in resolved_roots):
+            raise InvalidArgument(
+                "must be an artifact-store URI (`montessori loop start --store` uploads local files) or a file "
+                f"under the controller's data folder ({', '.join(str(r) for r in roots) or 'none'})",
+                field=f"spec.config.data.{name}",
+            )
+
+
+def spec_to_config(
+    spec: controller_pb2.LoopSpec, store: ArtifactStore, data_roots: Sequence[str | Path] = DEFAULT_DATA_ROOTS
+) -> RunConfig:
+    """A LoopSpec as a validated RunConfig on this controller's store; errors name ``spec.config.<field>``.
+    Local data paths must lie under ``data_roots`` (:func:`confine_data`)."""
     data = message_to_dict(spec.config)
     artifacts = data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
     if artifacts and artifacts.rstrip("/") != store.root_uri:
@@ -27,18 +55,19 @@ def spec_to_config(spec: controller_pb2.LoopSpec, store: ArtifactStore) -> RunCo
             field="spec.config.artifacts",
         )
     config = from_dict(RunConfig, data, path="spec.config")
+    confine_data(config, data_roots)
     config.artifacts = store.root_uri
     return config
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
-    def __init__(self, store: ArtifactStore, loops: LoopManager):
-        self.store, self.loops = store, loops
+    def __init__(self, store: ArtifactStore, loops: LoopManager, data_roots: Sequence[str | Path] = DEFAULT_DATA_ROOTS):
+        self.store, self.loops, self.data_roots = store, loops, tuple(data_roots)
 
     def StartLoop(self, request, context):
         if not request.HasField("spec"):
             raise InvalidArgument("is required", field="spec")
-        config = spec_to_config(request.spec, self.store)
+        config = spec_to_config(request.spec, self.store, self.data_roots)
         loop = self.loops.start(
             config, request_id=request.request_id, fingerprint=fingerprint(request), field_prefix="spec.config"
         )
