@@ -17,7 +17,13 @@ def add_parser(commands) -> None:
     lineage = actions.add_parser("lineage", help="the provenance tree of an artifact URI")
     lineage.add_argument("uri")
     gc = actions.add_parser("gc", help="remove what no kept loop references (dry run unless --delete)")
-    gc.add_argument("--keep", action="append", default=None, metavar="LOOP_ID", help="loops to keep (default: all)")
+    gc.add_argument(
+        "--keep",
+        action="append",
+        default=None,
+        metavar="LOOP_ID",
+        help="loops to keep (default: all); a loop that has not ended is always kept whole",
+    )
     gc.add_argument("--delete", action="store_true", help="really delete (default: only print)")
 
 

@@ -69,6 +69,7 @@ def _show(loop) -> dict:
         "stage": loop.stage,
         "rounds_completed": loop.rounds_completed,
         "error": loop.error_message,
+        "waiting_for": loop.waiting_for,
         "summary": loop.summary.uri,
         "store": loop.store_uri,
         "age_seconds": round(loop.age_seconds, 1),

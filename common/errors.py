@@ -60,6 +60,11 @@ class Cancelled(MontessoriError):
     code = "CANCELLED"
 
 
+class Interrupted(Cancelled):
+    """The work stops because its process is shutting down or lost the leadership, not because its owner cancelled
+    it: what it started on other services is left running, for the process that resumes it to pick up."""
+
+
 class Unavailable(MontessoriError):
     """The service cannot take work yet (still loading models) or is shutting down; retry later."""
 

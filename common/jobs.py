@@ -134,10 +134,15 @@ class JobManager:
         with self._changed:
             conflict = "was already used for a different request"
             existing = self._registry.existing(request_id, fingerprint, conflict=conflict)
-            if existing is not None:
+            if existing is not None and not _rerun(existing):
                 return existing.snapshot
             if not self._accepting:
                 raise Unavailable(f"{self.service} is shutting down")
+            if existing is not None:  # a fresh job takes over the request id; the cancelled one stays readable by id
+                log.info(
+                    "cancelled job re-sent; running it again",
+                    extra={"job_id": existing.id, "service": self.service, "stage": kind},
+                )
             waiting = sum(1 for j in self._registry.entries() if j.snapshot.state is JobState.QUEUED)
             if waiting >= self.capacity:
                 raise ResourceExhausted(f"{self.service} queue is full ({self.capacity} jobs waiting); retry later")
@@ -246,15 +251,16 @@ class JobManager:
                     raise Cancelled("cancelled")
             except Cancelled:
                 final = {"state": JobState.CANCELLED, "error_code": Cancelled.code, "error_message": "cancelled"}
-            except MontessoriError as err:
-                final = {"state": JobState.FAILED, "error_code": err.code, "error_message": printable(str(err))}
-            except Exception as err:  # noqa: BLE001 - a job must end with a state, never kill the worker
-                log.exception("job crashed", extra={"job_id": job.snapshot.job_id, "service": self.service})
-                final = {
-                    "state": JobState.FAILED,
-                    "error_code": "INTERNAL",
-                    "error_message": f"internal error ({type(err).__name__}); see the {self.service} service log",
-                }
+            except Exception as err:
+                if not job.cancel_requested.is_set():
+                    final = self._failure(job, err)
+                else:  # it broke because it was stopped (e.g. by the service's shutdown): not an answer to the request
+                    ended = self._failure(job, err)["error_message"]
+                    final = {
+                        "state": JobState.CANCELLED,
+                        "error_code": Cancelled.code,
+                        "error_message": printable(f"cancelled while it ran; it ended with: {ended}"),
+                    }
             else:
                 if isinstance(result, StageResult):
                     final = {
@@ -279,6 +285,28 @@ class JobManager:
             )
             if self._on_finish:
                 self._on_finish(snapshot, time.monotonic() - started)
+
+    def _failure(self, job: _Job, err: Exception) -> dict[str, Any]:
+        """The final state of a job whose work raised ``err``: the domain error's code, INTERNAL for a bug."""
+        if isinstance(err, MontessoriError):
+            return {"state": JobState.FAILED, "error_code": err.code, "error_message": printable(str(err))}
+        log.error(
+            "job crashed",
+            exc_info=(type(err), err, err.__traceback__),
+            extra={"job_id": job.snapshot.job_id, "service": self.service},
+        )
+        return {
+            "state": JobState.FAILED,
+            "error_code": "INTERNAL",
+            "error_message": f"internal error ({type(err).__name__}); see the {self.service} service log",
+        }
+
+
+def _rerun(job: _Job) -> bool:
+    """Whether a re-sent request gets a fresh job rather than ``job``: a cancelled job (by its owner, or by the
+    service's shutdown, however its work ended) answered nothing; returning it would fail every retry for the
+    job TTL (a loop resumed after a graceful stop, a stopped loop started again)."""
+    return job.terminal and job.snapshot.state is JobState.CANCELLED
 
 
 def _numeric(metrics: dict) -> dict[str, float]:

@@ -83,16 +83,38 @@ def lineage(store: ArtifactStore, uri: str) -> LineageNode:
     return node(uri, digest, frozenset())
 
 
+#: A loop whose ``state.json`` says one of these has ended: no stage of it runs or resumes.
+TERMINAL_STATUSES = ("succeeded", "failed", "stopped")
+
+
+def loop_active(store: ArtifactStore, loop_id: str) -> bool:
+    """Whether a loop may still be running or resumed: its state says ``running``, or it has no (readable) state
+    yet (a loop being started)."""
+    try:
+        return store.get_json(f"loops/{loop_id}/state.json").get("status") not in TERMINAL_STATUSES
+    except Exception:  # noqa: BLE001 - no state yet, or one a crash left unreadable: not known to have ended
+        return True
+
+
 def garbage(store: ArtifactStore, keep: list[str] | None = None) -> list[str]:
-    """Keys no kept loop references: loops not in ``keep`` (when given), stage folders without a
-    manifest (a crashed stage), and anything outside ``loops/``, ``experiments/`` and the user inputs ``models/`` and
-    ``data/``."""
-    kept_loops = set(loop_ids(store)) if keep is None else set(keep)
+    """Keys no kept loop references: ended loops not in ``keep`` (when given), stage folders without a
+    manifest (a crashed stage) of ended loops, and anything outside ``loops/``, ``experiments/`` and the user inputs
+    ``models/`` and ``data/``.
+
+    A kept loop that has not ended (:func:`loop_active`) is kept whole: a running stage's folder has no manifest
+    yet, and its ``request.json`` and ``-checkpoint`` folder are what its re-sent request resumes from (without
+    ``request.json``, the stage's own re-send would be ALREADY_EXISTS once it published)."""
+    every_loop = loop_ids(store)
+    active = {loop_id for loop_id in every_loop if loop_active(store, loop_id)}
+    kept_loops = (set(every_loop) if keep is None else set(keep)) | active  # a running loop is never collected
     # Inputs users put in the store (``montessori models push``, data uploaded by ``loop start``) are theirs to
     # delete: a loop that will name them may not exist yet.
     referenced_prefixes = [EXPERIMENTS, "models/", "data/"]
     for loop_id in kept_loops:
         base = f"loops/{loop_id}"
+        if loop_id in active:
+            referenced_prefixes.append(f"{base}/")
+            continue
         referenced_prefixes += [f"{base}/{name}" for name in LOOP_FILES] + [f"{base}/inputs/"]
         for prefix, manifest in manifests(store, base).items():
             referenced_prefixes.append(f"{prefix}/")

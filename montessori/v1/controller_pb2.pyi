@@ -145,7 +145,7 @@ class EvaluationConfig(_message.Message):
     def __init__(self, baseline: _Optional[bool] = ..., draws: _Optional[int] = ..., null_sft_seed: _Optional[bool] = ..., max_rows: _Optional[int] = ..., shift_samples: _Optional[int] = ..., bootstrap_resamples: _Optional[int] = ..., confidence: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Loop(_message.Message):
-    __slots__ = ("loop_id", "state", "iteration", "stage", "rounds_completed", "error_message", "summary", "age_seconds", "store_uri")
+    __slots__ = ("loop_id", "state", "iteration", "stage", "rounds_completed", "error_message", "summary", "age_seconds", "store_uri", "waiting_for")
     LOOP_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class Loop(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STORE_URI_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     loop_id: str
     state: LoopState
     iteration: int
@@ -164,7 +165,8 @@ class Loop(_message.Message):
     summary: _common_pb2.ArtifactRef
     age_seconds: float
     store_uri: str
-    def __init__(self, loop_id: _Optional[str] = ..., state: _Optional[_Union[LoopState, str]] = ..., iteration: _Optional[int] = ..., stage: _Optional[str] = ..., rounds_completed: _Optional[int] = ..., error_message: _Optional[str] = ..., summary: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., age_seconds: _Optional[float] = ..., store_uri: _Optional[str] = ...) -> None: ...
+    waiting_for: str
+    def __init__(self, loop_id: _Optional[str] = ..., state: _Optional[_Union[LoopState, str]] = ..., iteration: _Optional[int] = ..., stage: _Optional[str] = ..., rounds_completed: _Optional[int] = ..., error_message: _Optional[str] = ..., summary: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., age_seconds: _Optional[float] = ..., store_uri: _Optional[str] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class LoopEvent(_message.Message):
     __slots__ = ("sequence", "kind", "iteration", "stage", "progress", "metrics", "loop")

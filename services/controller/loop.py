@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common.artifacts import ArtifactRef, ArtifactStore, open_store
 from common.config import config_digest, to_dict
-from common.errors import Cancelled, FailedPrecondition, InvalidArgument, MontessoriError, printable
+from common.errors import Cancelled, FailedPrecondition, Interrupted, InvalidArgument, MontessoriError, printable
 from common.jsonl import read_instruction_rows
 from common.logs import get_logger
 from common.manifests import StageResult, code_version
@@ -61,6 +61,9 @@ class IterationSummary:
     positive_share_centred: float = 0.0
     #: Raw influence of the zero-gradient step that every raw score shares (0 with plain SGD).
     shared_step_influence: float = 0.0
+    #: Why the teacher was not trained this round (empty when it was): a round without a group holding both a
+    #: helpful and a harmful candidate forms no pair, and the next stages use the previous teacher.
+    teacher_unchanged_reason: str = ""
     dpo_reward_margin: float | None = None
     dpo_reward_accuracy: float | None = None
     #: DPO's implicit reward on the round's held-out pairs (``dpo.heldout_fraction``), which it did not train on.
@@ -149,10 +152,17 @@ class LoopRunner:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    def _check_stop(self) -> None:
+        """Cancelled on StopLoop; Interrupted when this process stops (or lost the leadership): then the work in
+        flight is left running on the workers for the controller that resumes the loop."""
+        if self.should_stop():
+            if self.interrupted():
+                raise Interrupted("loop interrupted; it resumes on the next controller")
+            raise Cancelled("loop stopped")
+
     def _progress(self, iteration: int, stage: str) -> Progress:
         def progress(label: str, done: int, total: int, metrics: dict | None = None) -> None:
-            if self.should_stop():
-                raise Cancelled("loop stopped")
+            self._check_stop()
             self.user_progress(label, done, total, metrics)
             self.on_event("progress", iteration, stage, progress=(label, done, total, metrics or {}))
 
@@ -165,8 +175,7 @@ class LoopRunner:
         A stage whose request matches one this loop already completed, and whose manifest and outputs still
         verify, is not recomputed: that is how a loop resumes.
         """
-        if self.should_stop():
-            raise Cancelled("loop stopped")
+        self._check_stop()
         key = fingerprint(request)
         self.on_event("stage_started", iteration, stage)
         result = self._completed(key)
@@ -225,6 +234,12 @@ class LoopRunner:
         self.state["status"] = status
         self.state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.store.put_json(f"{self.prefix}/{STATE}", self.state)
+
+    def record_stopped(self) -> None:
+        """Record the loop stopped (StopLoop) before it could run again (a resumed loop still waiting for its
+        workers): no controller resumes it."""
+        self.state = self._load_state()
+        self._save_state("stopped")
 
     def _completed(self, fingerprint: str) -> StageResult | None:
         """The recorded result of an identical stage, if its manifest and outputs are intact."""
@@ -338,8 +353,13 @@ class LoopRunner:
                 row.heldout_reward_margin = dpo.metrics.get("heldout_reward_margin")
                 row.heldout_reward_accuracy = dpo.metrics.get("heldout_reward_accuracy")
         else:
+            m = pairs.metrics
+            row.teacher_unchanged_reason = (
+                f"no preference pairs: no prompt group had both a helpful and a harmful candidate "
+                f"({int(m['positive'])} helpful, {int(m['negative'])} harmful in {int(m['groups'])} groups)"
+            )
             log.warning(
-                "no preference pairs (no group had both helpful and harmful candidates): teacher unchanged",
+                f"{row.teacher_unchanged_reason}: teacher unchanged",
                 extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k},
             )
         train_data = self._stage(

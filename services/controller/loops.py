@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import Cancelled, FailedPrecondition, MontessoriError, Unavailable, printable
+from common.errors import Cancelled, FailedPrecondition, Interrupted, MontessoriError, Unavailable, printable
 from common.logs import get_logger
 from common.metrics import ServiceMetrics
 from common.protoconv import ref_to_proto
@@ -31,6 +31,8 @@ log = get_logger(__name__)
 
 #: The last event of every loop, recorded here when the loop reaches its final state.
 LOOP_ENDED = "loop_ended"
+#: ``waiting_for`` of a resumed loop until its workers have answered (or one did not: then that one is named).
+_CHECKING = "the workers: checking the loop's settings and data before it resumes"
 #: Not an event: the loop's current state, first item of a watch from now.
 SNAPSHOT = "snapshot"
 #: Event kind (what LoopRunner's on_event and common.metrics use) -> LoopEvent.kind on the wire.
@@ -80,6 +82,8 @@ class LoopSnapshot:
     rounds_completed: int = 0
     error_message: str = ""
     summary: ArtifactRef | None = None
+    #: Set while a resumed loop waits for a worker to answer: which one, and what it answered.
+    waiting_for: str = ""
 
     def to_proto(self) -> controller_pb2.Loop:
         message = controller_pb2.Loop(
@@ -91,6 +95,7 @@ class LoopSnapshot:
             error_message=self.error_message,
             age_seconds=time.time() - self.started_at,
             store_uri=self.store_uri,
+            waiting_for=self.waiting_for,
         )
         if self.summary:
             message.summary.CopyFrom(ref_to_proto(self.summary))
@@ -132,12 +137,16 @@ class LoopEvent:
 
 
 class _Loop(Entry):
-    """A loop in the registry: its snapshot, its events (:class:`LoopEvent`), its stop flag and its thread."""
+    """A loop in the registry: its snapshot, its events (:class:`LoopEvent`), its stop flags and its thread."""
 
     def __init__(self, snapshot: LoopSnapshot, request_id: str, fingerprint: str, history: int = DEFAULT_HISTORY):
         super().__init__(snapshot.loop_id, request_id=request_id, fingerprint=fingerprint, history=history)
         self.snapshot = snapshot
         self.stop = threading.Event()
+        #: Set with ``stop`` when this controller stops or loses the leadership (not by StopLoop): the loop stays
+        #: running in the store and its work in flight on the workers, for the next controller. Per loop, so a
+        #: thread that notices late still knows why it stopped.
+        self.interrupted = threading.Event()
         self.thread: threading.Thread | None = None
 
     @property
@@ -149,10 +158,18 @@ class LoopManager:
     """All loops of this controller; each keeps its last ``history`` events for WatchLoop."""
 
     def __init__(
-        self, store: ArtifactStore, executor_factory: Callable[[str], StageExecutor], *, history: int = DEFAULT_HISTORY
+        self,
+        store: ArtifactStore,
+        executor_factory: Callable[[str], StageExecutor],
+        *,
+        history: int = DEFAULT_HISTORY,
+        retry_seconds: float = 2.0,
+        max_retry_seconds: float = 60.0,
     ):
         self.store = store
         self.executor_factory = executor_factory
+        #: Backoff of a resumed loop whose workers do not answer yet: first wait, doubled up to the second.
+        self.retry_seconds, self.max_retry_seconds = retry_seconds, max_retry_seconds
         self._registry: Registry[_Loop] = Registry(what="loop", history=history)
         self._changed = self._registry.changed
         self._shutting_down = threading.Event()
@@ -169,9 +186,13 @@ class LoopManager:
         fingerprint: str,
         loop_id: str | None = None,
         field_prefix: str = "",
+        resume: bool = False,
     ) -> LoopSnapshot:
         """Start (or, for a known request id, return) a loop. Its settings and inputs are validated by the workers
-        first (:meth:`LoopRunner.prepare`): a bad one is an error naming ``<field_prefix>.<run-config field>``."""
+        first (:meth:`LoopRunner.prepare`): a bad one is an error naming ``<field_prefix>.<run-config field>``.
+
+        ``resume`` (a loop the store says is running): the loop is registered at once and validated in its own
+        thread, again and again with backoff while a worker does not answer (shown in ``waiting_for``)."""
         if not self.accepting:
             raise Unavailable("this controller replica is not the leader; retry (the Service routes to the leader)")
         with self._changed:
@@ -190,19 +211,21 @@ class LoopManager:
             executor=executor,
             loop_id=loop_id,
             state_extra={"request_id": request_id, "request_fingerprint": fingerprint},
-            interrupted=lambda: self._shutting_down.is_set(),
+            interrupted=lambda: loop_holder["loop"].interrupted.is_set(),
             on_event=lambda kind, iteration, stage, metrics=None, progress=None: self._event(
                 loop_holder["loop"], kind, iteration, stage, metrics or {}, progress
             ),
             should_stop=lambda: loop_holder["loop"].stop.is_set(),
         )
-        try:
-            runner.prepare()
-        except MontessoriError as err:
-            executor.close()
-            raise err.with_prefix(field_prefix) if field_prefix and err.field else err from None
+        if not resume:
+            try:
+                runner.prepare()
+            except MontessoriError as err:
+                executor.close()
+                raise err.with_prefix(field_prefix) if field_prefix and err.field else err from None
+        waiting = _CHECKING if resume else ""
         loop = _Loop(
-            LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time()),
+            LoopSnapshot(loop_id, LoopState.RUNNING, self.store.uri(runner.prefix), time.time(), waiting_for=waiting),
             request_id,
             fingerprint,
             self._registry.history,
@@ -219,16 +242,22 @@ class LoopManager:
             if existing is None:
                 raise FailedPrecondition(f"loop {loop_id!r} is already running", field="loop_id")
             return existing.snapshot
+        if self._shutting_down.is_set():  # shut down while it started: it stays resumable like the others
+            loop.interrupted.set()
+            loop.stop.set()
         self._observe_state(loop)
         loop.thread = threading.Thread(
-            target=self._run, args=(loop, runner, executor), name=f"loop-{loop_id}", daemon=True
+            target=self._run, args=(loop, runner, executor, resume), name=f"loop-{loop_id}", daemon=True
         )
         loop.thread.start()
         log.info("loop accepted", extra={"loop_id": loop_id, "stage": "controller"})
         return loop.snapshot
 
     def resume_all(self) -> list[str]:
-        """Pick up every loop the store says is still running (after a restart, here or on another machine)."""
+        """Pick up every loop the store says is still running (after a restart, here or on another machine).
+
+        Level-triggered: a loop whose workers do not answer yet (a teacher still loading after a cluster restart)
+        is registered now, shown waiting for that worker, and checked again with backoff until they answer."""
         from common.config import from_dict
 
         resumed = []
@@ -249,6 +278,7 @@ class LoopManager:
                     request_id=state.get("request_id", ""),
                     fingerprint=state.get("request_fingerprint", ""),
                     loop_id=loop_id,
+                    resume=True,
                 )
                 resumed.append(loop_id)
             except (MontessoriError, KeyError, TypeError, ValueError) as err:
@@ -260,15 +290,21 @@ class LoopManager:
             log.info("loops resumed", extra={"stage": "controller", "metrics": {"loops": resumed}})
         return resumed
 
-    def _run(self, loop: _Loop, runner: LoopRunner, executor) -> None:
+    def _run(self, loop: _Loop, runner: LoopRunner, executor, resume: bool = False) -> None:
         try:
-            summary = runner.run()
-            state = LoopState.STOPPED if summary["stopped"] else LoopState.SUCCEEDED
-            final = {"state": state, "summary": ArtifactRef(summary["summary_uri"], summary["summary_sha256"])}
-        except Cancelled:  # interrupted by shutdown; the store still says running
+            if resume and not self._wait_for_workers(loop, runner):
+                if loop.interrupted.is_set():
+                    raise Interrupted("interrupted while waiting for the workers")
+                runner.record_stopped()  # StopLoop while it waited: not resumed again
+                final = {"state": LoopState.STOPPED}
+            else:
+                summary = runner.run()
+                state = LoopState.STOPPED if summary["stopped"] else LoopState.SUCCEEDED
+                final = {"state": state, "summary": ArtifactRef(summary["summary_uri"], summary["summary_sha256"])}
+        except Cancelled:  # interrupted by shutdown or lost leadership; the store still says running
             final = {
                 "state": LoopState.STOPPED,
-                "error_message": "interrupted by controller shutdown; resumes on restart",
+                "error_message": "interrupted (controller shutdown or lost leadership); the next controller resumes it",
             }
         except MontessoriError as err:
             final = {"state": LoopState.FAILED, "error_message": printable(str(err))}
@@ -283,9 +319,37 @@ class LoopManager:
             if close:
                 close()
         with self._changed:  # the final state and the last event together: watchers see both or neither
-            loop.snapshot = replace(loop.snapshot, stage="", **final)
+            loop.snapshot = replace(loop.snapshot, stage="", waiting_for="", **final)
             self._append(loop, LOOP_ENDED, 0, "loop", {}, None)
         self._observe_state(loop)
+
+    def _wait_for_workers(self, loop: _Loop, runner: LoopRunner) -> bool:
+        """Validate a resumed loop with its workers (:meth:`LoopRunner.prepare`), again with backoff for as long as
+        one does not answer, showing which in ``waiting_for``; False when the loop was stopped meanwhile."""
+        delay = self.retry_seconds
+        while not loop.stop.is_set():
+            try:
+                runner.prepare()
+            except Unavailable as err:
+                with self._changed:
+                    loop.snapshot = replace(loop.snapshot, waiting_for=printable(err.message))
+                    self._registry.notify()
+                log.warning(
+                    "loop waits for a worker",
+                    extra={
+                        "loop_id": loop.id,
+                        "stage": "controller",
+                        "metrics": {"waiting_for": loop.snapshot.waiting_for, "retry_seconds": delay},
+                    },
+                )
+                loop.stop.wait(delay)
+                delay = min(delay * 2, self.max_retry_seconds)
+                continue
+            with self._changed:
+                loop.snapshot = replace(loop.snapshot, waiting_for="")
+                self._registry.notify()
+            return True
+        return False
 
     def _existing(self, request_id: str, fingerprint: str, loop_id: str | None) -> _Loop | None:
         """The loop a request id started (FAILED_PRECONDITION for another spec); not when that loop, ended, is
@@ -350,23 +414,26 @@ class LoopManager:
     def shutdown(self, grace: float) -> None:
         """Interrupt every loop for good (they stay resumable in the store)."""
         self.accepting = False
-        self.interrupt_all(grace, final=True)
+        self._shutting_down.set()
+        self.interrupt_all(grace)
 
-    def interrupt_all(self, grace: float, *, final: bool = False) -> None:
+    def interrupt_all(self, grace: float) -> None:
         """Interrupt every running loop (leadership lost, or shutdown) and wait up to ``grace`` s.
 
-        The loops' state in the store stays ``running``, so the next leader resumes them.
+        The loops' state in the store stays ``running``, so the next leader resumes them, and the jobs they have in
+        flight on the workers are left running (not cancelled): the next leader's identical requests get them back.
+        A loop already stopped by StopLoop stays stopped.
         """
-        self._shutting_down.set()
-        loops = self._registry.entries()
-        for loop in loops:
-            loop.stop.set()
+        with self._changed:
+            loops = [loop for loop in self._registry.entries() if not loop.terminal]
+            for loop in loops:
+                if not loop.stop.is_set():
+                    loop.interrupted.set()
+                    loop.stop.set()
         deadline = time.monotonic() + grace
         for loop in loops:
             if loop.thread:
                 loop.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if not final:
-            self._shutting_down.clear()
 
 
 def _snapshot_event(loop: _Loop) -> LoopEvent:

@@ -17,7 +17,7 @@ import grpc
 
 from common import errors
 from common.artifacts import ArtifactStore
-from common.errors import Cancelled
+from common.errors import Cancelled, Interrupted
 from common.grpc_server import FIELD_METADATA
 from common.health import health_status
 from common.logs import get_logger
@@ -132,10 +132,17 @@ class RemoteExecutor:
         message = type(request)()
         message.CopyFrom(request)
         message.validate_only = True
-        _call(
-            service,
-            lambda: getattr(self._stubs[service], rpc)(message, wait_for_ready=True, timeout=self.check_timeout),
-        )
+        try:
+            _call(
+                service,
+                lambda: getattr(self._stubs[service], rpc)(message, wait_for_ready=True, timeout=self.check_timeout),
+            )
+        except errors.Unavailable as err:  # named with its address: a resumed loop shows it while it waits
+            address = getattr(self.addresses, service)
+            reason = err.message.removeprefix(f"{service} service: ")
+            if reason == "Deadline Exceeded":
+                reason = f"no answer within {self.check_timeout:.0f} s"
+            raise errors.Unavailable(f"{service} service at {address}: {reason}", field=err.field) from None
 
     def _with_id(self, request):
         """The request with its job id: the loop's, then the digest of the request itself. A retried submit gets the
@@ -164,8 +171,10 @@ class RemoteExecutor:
                     job = event.job
                     if job.state == common_pb2.JOB_STATE_RUNNING and job.progress.total:
                         progress(job.progress.stage, job.progress.done, job.progress.total, dict(job.progress.metrics))
-            except Cancelled:
-                stub.CancelJob(common_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
+            except Interrupted:  # this controller stops, the loop does not: its next controller re-sends the request
+                raise
+            except Cancelled:  # StopLoop: the work is abandoned
+                self._cancel(service, stub, job.job_id)
                 raise
             except grpc.RpcError as err:
                 # UNKNOWN comes from the transport, not from a worker (it maps every error to a code): a
@@ -190,6 +199,17 @@ class RemoteExecutor:
         raise errors.Unavailable(
             f"{service} service: job for {request.request_id} did not complete after {self.attempts} attempts"
         )
+
+    def _cancel(self, service: str, stub, job_id: str) -> None:
+        """Best effort: a worker that cannot be reached now has no use for the job's result either (the loop is
+        stopped, and a stopped loop started again re-sends the request, which replaces a cancelled job)."""
+        try:
+            stub.CancelJob(common_pb2.CancelJobRequest(job_id=job_id), timeout=30)
+        except grpc.RpcError as err:
+            log.warning(
+                "could not cancel the job of a stopped loop",
+                extra={"job_id": job_id, "stage": service, "metrics": {"reason": f"{err.code().name}"}},
+            )
 
     def _backoff(self, service: str, attempt: int, reason: str) -> None:
         log.warning(
