@@ -90,6 +90,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("montessori: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] not in _EXTRAS_PACKAGES:
+            raise  # a broken install of our own code, not a missing extra: the traceback is the report
+        print(f"montessori: error: {_missing_extra(err.name)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+#: Packages an install without the ``worker`` (or ``client``) extra lacks: commands that need one say which extra.
+_EXTRAS_PACKAGES = {
+    "torch": "worker",
+    "transformers": "worker",
+    "trl": "worker",
+    "peft": "worker",
+    "datasets": "worker",
+    "accelerate": "worker",
+    "gguf": "worker",
+    "rouge_score": "worker",
+    "prometheus_client": "worker",
+    "kubernetes": "worker",
+    "vllm": "vllm",
+    "matplotlib": "client",
+    "numpy": "client",
+}
+
+
+def _missing_extra(module: str) -> str:
+    extra = _EXTRAS_PACKAGES[module.split(".")[0]]
+    return f"this command needs {module.split('.')[0]}, which this install lacks: pip install 'montessori[{extra}]'"
 
 
 def _dispatch(args: argparse.Namespace) -> int:

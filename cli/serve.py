@@ -172,8 +172,17 @@ def run(args: argparse.Namespace) -> int:
             import os
             import socket
 
-            from services.controller.leader import LeaseSettings
+            from common.errors import InvalidArgument
+            from services.controller.leader import LeaseSettings, api_client
 
+            if not args.kube_api:
+                try:  # fail at start, on one line, rather than in the election thread of a server that looks healthy
+                    api_client(None)
+                except Exception as err:  # noqa: BLE001 - kubernetes' ConfigException outside a cluster
+                    raise InvalidArgument(
+                        f"needs a Kubernetes cluster (in-cluster service account) or --kube-api URL ({err})",
+                        field="--leader-election",
+                    ) from None
             election = LeaseSettings(
                 namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "montessori"),
                 name=args.lease_name,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -93,15 +94,28 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
-        raise InvalidArgument(
-            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {str(err).splitlines()[0]}",
-            field="--config",
-        ) from None
+        raise InvalidArgument(f"{syntax_error_location(path, err)}: {syntax_error_text(path, err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path} must hold a mapping at the top level", field="--config")
     return data
+
+
+def syntax_error_location(path: Path, err: Exception) -> str:
+    """``file:line:column`` (1-based) of a YAML or TOML syntax error, as compilers and editors show it."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        return f"{path}:{mark.line + 1}:{mark.column + 1}"
+    where = re.search(r"\(at line (\d+), column (\d+)\)", str(err))  # tomllib's message (3.11 has no attributes)
+    return f"{path}:{where.group(1)}:{where.group(2)}" if where else str(path)
+
+
+def syntax_error_text(path: Path, err: Exception) -> str:
+    """The parser's own words for a syntax error, on one line, without the position already in the location."""
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
+    problem = getattr(err, "problem", None) or re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err))
+    return f"not valid {kind}: {' '.join(str(problem).split())}"
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -52,6 +52,8 @@ class Env:
     MONTESSORI_TLS_DIR: TLS folder (``ca.crt``, ``tls.crt``, ``tls.key``) of a service, or a client's ``ca.crt``.
     MONTESSORI_TOKEN: bearer token a client sends to the controller (never logged).
     MONTESSORI_TOKEN_FILE: file holding that token (used when MONTESSORI_TOKEN is unset).
+    MONTESSORI_SERVER_NAME: name a client checks the controller's certificate against when the address does not
+        carry it (a port-forward to 127.0.0.1: ``controller``); ``--server-name`` overrides it.
     MONTESSORI_CACHE_DIR: node-local cache of downloaded artifacts, keyed by digest (default ``~/.cache/montessori``).
     MONTESSORI_JUDGE_API_KEY: bearer token of an OpenAI-compatible judge endpoint (never logged or written).
     """
@@ -71,6 +73,7 @@ class Env:
     tls_dir: str = ""
     token: str = ""
     token_file: str = ""
+    server_name: str = ""
 
     @classmethod
     def read(cls) -> Env:
@@ -91,6 +94,7 @@ class Env:
             tls_dir=os.environ.get("MONTESSORI_TLS_DIR", ""),
             token=os.environ.get("MONTESSORI_TOKEN", ""),
             token_file=os.environ.get("MONTESSORI_TOKEN_FILE", ""),
+            server_name=os.environ.get("MONTESSORI_SERVER_NAME", ""),
         )
 
     def __repr__(self) -> str:  # the secret key must never reach a log line

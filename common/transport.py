@@ -125,7 +125,7 @@ class _BearerToken(
 
 
 def add_client_flags(parser) -> None:
-    """``--tls-dir``, ``--token-file`` and ``--insecure`` of every command that calls the controller."""
+    """``--tls-dir``, ``--token-file``, ``--server-name`` and ``--insecure`` of every command calling the controller."""
     parser.add_argument(
         "--tls-dir",
         default=None,
@@ -135,6 +135,12 @@ def add_client_flags(parser) -> None:
         "--token-file",
         default=None,
         help="file holding the bearer token (default $MONTESSORI_TOKEN, then $MONTESSORI_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--server-name",
+        default=None,
+        help="name the controller's certificate must carry when the address does not (a port-forward to "
+        "127.0.0.1: --server-name controller; default $MONTESSORI_SERVER_NAME, else the address's host)",
     )
     parser.add_argument("--insecure", action="store_true", help="plaintext to the controller (development only)")
 
@@ -153,7 +159,8 @@ def controller_transport(args) -> ClientTransport:
         token = read_file(Path(env.token_file), "MONTESSORI_TOKEN_FILE").decode().strip()
     else:
         token = ""
-    return ClientTransport(tls_dir=tls_dir, insecure=args.insecure, token=token)
+    server_name = getattr(args, "server_name", None) or env.server_name
+    return ClientTransport(tls_dir=tls_dir, insecure=args.insecure, token=token, server_name=server_name)
 
 
 def peer_identities(context: grpc.ServicerContext) -> list[str]:
