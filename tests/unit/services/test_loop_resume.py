@@ -1,0 +1,109 @@
+"""Resume is level-triggered (issue 22, finding 3): a loop the store says is running is resumed even when a worker
+answers late, and while it waits GetLoop/ListLoops show it waiting, naming the worker. Scripted runners stand in for
+LoopRunner (its checks are the workers' ``validate_only`` requests; the real ones are in tests/integration)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from common.artifacts import LocalArtifactStore
+from common.config import to_dict
+from common.errors import Unavailable
+from montessori.v1 import controller_pb2
+from services.controller import loops as loops_module
+from services.controller.config import RunConfig
+from services.controller.loops import LoopManager, LoopState
+
+TEACHER_DOWN = "teacher service at 127.0.0.1:50051: no answer within 120 s"
+
+
+class LateWorkers:
+    """A runner whose checks (``prepare``) fail as a teacher that is not up yet does, until ``up`` is set."""
+
+    up = threading.Event()
+    checks = 0
+
+    def __init__(self, config, *, store, executor, loop_id, state_extra, interrupted, on_event, should_stop):
+        self.store, self.loop_id, self.on_event = store, loop_id, on_event
+        self.prefix = f"loops/{loop_id}"
+
+    def prepare(self) -> None:
+        type(self).checks += 1
+        if not self.up.is_set():
+            raise Unavailable(TEACHER_DOWN)
+
+    def run(self) -> dict:
+        self.on_event("stage_started", 1, "warmup-data")
+        self.on_event("stage_finished", 1, "warmup-data")
+        return {"stopped": False, "summary_uri": "file:///summary.json", "summary_sha256": "0" * 64}
+
+    def record_stopped(self) -> None:
+        state = self.store.get_json(f"{self.prefix}/state.json")
+        self.store.put_json(f"{self.prefix}/state.json", {**state, "status": "stopped"})
+
+
+@pytest.fixture
+def resumable(tmp_path, monkeypatch):
+    """A store holding one loop that a controller was running when it went away, and a manager for it."""
+    runner = type("Runner", (LateWorkers,), {"up": threading.Event(), "checks": 0})
+    monkeypatch.setattr(loops_module, "LoopRunner", runner)
+    store = LocalArtifactStore(tmp_path)
+    state = {
+        "status": "running",
+        "config": to_dict(RunConfig()),
+        "stages": {},
+        "request_id": "r",
+        "request_fingerprint": "f",
+    }
+    store.put_json("loops/L/state.json", state)
+    manager = LoopManager(store, lambda loop_id: None, retry_seconds=0.05, max_retry_seconds=0.2)
+    return manager, runner, store
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_a_loop_whose_worker_answers_late_is_shown_waiting_then_resumed(resumable):
+    loops, runner, _ = resumable
+    assert loops.resume_all() == ["L"]
+    wait_for(lambda: runner.checks >= 3)  # checked again and again, not given up after one try
+    waiting = loops.get("L")
+    assert waiting.state is LoopState.RUNNING and waiting.waiting_for == TEACHER_DOWN
+    shown = [loop.to_proto() for loop in loops.list()]  # what ListLoops / GetLoop send
+    assert [(loop.loop_id, loop.state, loop.waiting_for) for loop in shown] == [
+        ("L", controller_pb2.LOOP_STATE_RUNNING, TEACHER_DOWN)
+    ]
+    assert loops.resume_all() == []  # a loop that waits is not started twice
+    runner.up.set()
+    events = list(loops.watch("L", 1))
+    assert events[-1].loop.state is LoopState.SUCCEEDED and events[-1].loop.waiting_for == ""
+    assert [e.kind for e in events] == ["stage_started", "stage_finished", "loop_ended"]
+
+
+def test_a_loop_stopped_while_it_waits_is_recorded_stopped_and_not_resumed_again(resumable):
+    loops, runner, store = resumable
+    loops.resume_all()
+    wait_for(lambda: loops.get("L").waiting_for == TEACHER_DOWN)
+    loops.stop("L")
+    assert loops._registry.wait("L", timeout=10).snapshot.state is LoopState.STOPPED
+    assert store.get_json("loops/L/state.json")["status"] == "stopped"
+    assert LoopManager(store, lambda loop_id: None).resume_all() == []
+
+
+def test_a_loop_that_waits_when_the_controller_stops_stays_resumable(resumable):
+    loops, runner, store = resumable
+    loops.resume_all()
+    wait_for(lambda: loops.get("L").waiting_for == TEACHER_DOWN)
+    loops.shutdown(grace=10)
+    final = loops.get("L")
+    assert final.state is LoopState.STOPPED and "resumes it" in final.error_message
+    assert store.get_json("loops/L/state.json")["status"] == "running"
