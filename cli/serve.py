@@ -119,6 +119,26 @@ def add_parser(commands) -> None:
         help="controller: authenticate bearer tokens with the Kubernetes TokenReview API (with --access-file)",
     )
     sub.add_argument(
+        "--token-audience",
+        default=None,
+        help="controller, with --token-review: the audience a token must be made for (default "
+        "montessori-controller: `kubectl create token NAME --audience montessori-controller`); API-server "
+        "tokens are refused",
+    )
+    sub.add_argument(
+        "--token-review-timeout",
+        type=float,
+        default=5.0,
+        help="controller, with --token-review: seconds one TokenReview may take (then UNAVAILABLE)",
+    )
+    sub.add_argument(
+        "--token-review-cache",
+        type=float,
+        default=30.0,
+        help="controller, with --token-review: seconds a review is reused; an open stream ends within this "
+        "long (plus 1 s) of its token being revoked or expiring",
+    )
+    sub.add_argument(
         "--access-file",
         default=None,
         help="controller, with --token-review: YAML {write: [users or groups], read: [...]}; write implies read",
@@ -246,14 +266,14 @@ def _check_role_flags(args: argparse.Namespace) -> None:
         raise InvalidArgument(
             "is for workers (the controller authenticates callers by token)", field="--allowed-clients"
         )
-    for flag in ("token_file", "token_review", "access_file"):
+    for flag in ("token_file", "token_review", "access_file", "token_audience"):
         if args.service != "controller" and getattr(args, flag):
             raise InvalidArgument("is for the controller only", field="--" + flag.replace("_", "-"))
 
 
 def _controller_auth(args: argparse.Namespace, tls_dir: str):
     """The controller's bearer-token check (``common.auth.BearerAuth``), or None: open, only with --insecure."""
-    from common.auth import AccessList, BearerAuth, StaticTokens, TokenReviewer
+    from common.auth import DEFAULT_AUDIENCE, AccessList, BearerAuth, StaticTokens, TokenReviewer
     from common.errors import InvalidArgument
 
     if args.token_file and args.token_review:
@@ -274,7 +294,12 @@ def _controller_auth(args: argparse.Namespace, tls_dir: str):
             raise InvalidArgument(
                 f"needs an in-cluster service account or --kube-api ({err})", field="--token-review"
             ) from None
-        return BearerAuth(TokenReviewer(api, access))
+        audience = DEFAULT_AUDIENCE if args.token_audience is None else args.token_audience
+        return BearerAuth(
+            TokenReviewer(
+                api, access, audience=audience, timeout=args.token_review_timeout, cache_seconds=args.token_review_cache
+            )
+        )
     if tls_dir:
         raise InvalidArgument(
             "is required with --tls-dir (or --token-review): callers authenticate", field="--token-file"

@@ -30,7 +30,15 @@ REFLECTION_PREFIX = "/grpc.reflection."
 #: service needs the write role, so a mutating method added later is protected by default.
 READ_VERBS = ("Get", "List", "Watch")
 
-Authorize = Callable[[str, grpc.ServicerContext], None]
+#: ``authorize(method, context)`` aborts the call, or lets it through and returns what re-checks the caller
+#: while a stream stays open (a callable answering whether its credentials are still valid), or None.
+Recheck = Callable[[], bool]
+Authorize = Callable[[str, grpc.ServicerContext], "Recheck | None"]
+#: Audience the controller asks TokenReview for: a token must have been made for it (``kubectl create token
+#: --audience montessori-controller``); a token for the API server is refused, so it cannot be replayed here.
+DEFAULT_AUDIENCE = "montessori-controller"
+#: How often an open stream re-checks its caller (cheap: the review cache answers until it expires).
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -130,11 +138,24 @@ class AccessList:
 class TokenReviewer:
     """Tokens checked by the Kubernetes TokenReview API (a ServiceAccount token, or any token the
     API server authenticates), the user and groups mapped to a role by an ``AccessList``. Reviews
-    are cached for ``cache_seconds`` (by token digest) so a stream of calls costs one API request."""
+    are cached for ``cache_seconds`` (by token digest) so a stream of calls costs one API request;
+    each review asks for ``audience`` (a token made for another audience, e.g. the API server's, is
+    refused) and waits at most ``timeout`` seconds for the API server."""
 
-    def __init__(self, api, access: AccessList, *, cache_seconds: float = 30.0, clock=time.monotonic):
+    def __init__(
+        self,
+        api,
+        access: AccessList,
+        *,
+        audience: str = DEFAULT_AUDIENCE,
+        timeout: float = 5.0,
+        cache_seconds: float = 30.0,
+        clock=time.monotonic,
+    ):
         self.api = api  # kubernetes.client.AuthenticationV1Api
         self.access = access
+        self.audience = audience
+        self.timeout = timeout
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, Caller | None]] = {}
@@ -156,8 +177,13 @@ class TokenReviewer:
     def _review(self, token: str) -> Caller | None:
         from kubernetes.client import V1TokenReview, V1TokenReviewSpec
 
-        status = self.api.create_token_review(V1TokenReview(spec=V1TokenReviewSpec(token=token))).status
+        spec = V1TokenReviewSpec(token=token, audiences=[self.audience] if self.audience else None)
+        status = self.api.create_token_review(V1TokenReview(spec=spec), _request_timeout=self.timeout).status
         if status is None or not status.authenticated or status.user is None:
+            return None
+        # The API server answers with the requested audiences the token is valid for; an authenticator that
+        # is not audience-aware answers none, and its tokens are the API server's own: refused.
+        if self.audience and self.audience not in (status.audiences or []):
             return None
         user = status.user
         return Caller(user.username or "", self.access.role([user.username or "", *(user.groups or [])]))
@@ -165,30 +191,44 @@ class TokenReviewer:
 
 class BearerAuth:
     """The controller's check: ``authorization: Bearer <token>`` names a caller whose role covers the
-    method (write for anything but Get/List/Watch and reflection)."""
+    method (write for anything but Get/List/Watch and reflection). A stream re-checks the token while
+    it is open (the returned recheck): a token revoked or expired ends it once its review does."""
 
     def __init__(self, authenticator):
         self.authenticator = authenticator  # StaticTokens or TokenReviewer
 
-    def __call__(self, method: str, context: grpc.ServicerContext) -> None:
+    def __call__(self, method: str, context: grpc.ServicerContext) -> Recheck:
         header = dict(context.invocation_metadata()).get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing authorization: Bearer <token> metadata")
         try:
-            caller = self.authenticator.authenticate(token.strip())
+            caller = self.authenticator.authenticate(token)
         except Exception as err:  # noqa: BLE001 - an API server outage is UNAVAILABLE, never an open door
             log.warning("token review failed", extra={"stage": method, "metrics": {"error": type(err).__name__}})
             context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now; retry later")
         if caller is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or expired token")
         needed = READ if is_read_method(method) else WRITE
-        if caller.role != WRITE and caller.role != needed:
+        if not _covers(caller.role, needed):
             log.info("permission denied", extra={"stage": method, "metrics": {"caller": caller.name}})
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller.name or 'caller'} has no {needed} permission for {method}",
             )
+        return lambda: self._still_valid(token, needed)
+
+    def _still_valid(self, token: str, needed: str) -> bool:
+        try:
+            caller = self.authenticator.authenticate(token)
+        except Exception:  # noqa: BLE001 - a review that cannot be done now does not keep a stream open
+            return False
+        return caller is not None and _covers(caller.role, needed)
+
+
+def _covers(role: str | None, needed: str) -> bool:
+    return role in (WRITE, needed)
 
 
 class PeerAllowList:
@@ -206,8 +246,31 @@ class PeerAllowList:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} is not an allowed client of this service")
 
 
+class _RecheckedContext:
+    """A stream's context whose ``is_active`` also turns False once its caller's credentials no longer
+    check (a servicer's stream loop polls it: WatchLoop every second), re-checked every ``RECHECK_SECONDS``."""
+
+    def __init__(self, context: grpc.ServicerContext, recheck: Recheck):
+        self._context, self._recheck = context, recheck
+        self._next = time.monotonic() + RECHECK_SECONDS
+        self.revoked = False
+
+    def still_valid(self) -> bool:
+        if not self.revoked and time.monotonic() >= self._next:
+            self.revoked = not self._recheck()
+            self._next = time.monotonic() + RECHECK_SECONDS
+        return not self.revoked
+
+    def is_active(self) -> bool:
+        return self.still_valid() and self._context.is_active()
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Runs ``authorize`` before every method except the health service."""
+    """Runs ``authorize`` before every method except the health service; a response stream ends
+    (UNAUTHENTICATED) when its caller's credentials stop checking while it is open."""
 
     def __init__(self, authorize: Authorize):
         self.authorize = authorize
@@ -226,17 +289,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
             return call
 
+        def checked_stream(inner):
+            def stream(request_or_iterator, context):
+                recheck = authorize(method, context)
+                if recheck is None:
+                    yield from inner(request_or_iterator, context)
+                    return
+                watched = _RecheckedContext(context, recheck)
+                for item in inner(request_or_iterator, watched):
+                    if not watched.still_valid():
+                        break
+                    yield item
+                if watched.revoked:
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token is no longer valid; the stream ended")
+
+            return stream
+
         kinds = {
-            "unary_unary": grpc.unary_unary_rpc_method_handler,
-            "unary_stream": grpc.unary_stream_rpc_method_handler,
-            "stream_unary": grpc.stream_unary_rpc_method_handler,
-            "stream_stream": grpc.stream_stream_rpc_method_handler,
+            "unary_unary": (grpc.unary_unary_rpc_method_handler, checked),
+            "unary_stream": (grpc.unary_stream_rpc_method_handler, checked_stream),
+            "stream_unary": (grpc.stream_unary_rpc_method_handler, checked),
+            "stream_stream": (grpc.stream_stream_rpc_method_handler, checked_stream),
         }
-        for kind, make in kinds.items():
+        for kind, (make, wrap) in kinds.items():
             inner = getattr(handler, kind)
             if inner:
                 return make(
-                    checked(inner),
+                    wrap(inner),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )

@@ -43,8 +43,19 @@ class ServerConfig:
     grace_seconds: float = field(30.0, help="On SIGTERM: how long in-flight jobs get to stop cleanly.")
     max_streams: int = field(
         16,
-        help="Streams (WatchJob, WatchLoop, health Watch) open at once; one more is RESOURCE_EXHAUSTED. Each holds a "
-        "server thread, and the server has this many plus 16 more, so health checks and unary calls always answer.",
+        help="The service's own streams (WatchJob, WatchLoop) open at once; one more is RESOURCE_EXHAUSTED. Each "
+        "stream holds a server thread; the server has one per stream of every kind plus 16 more, so health checks "
+        "and unary calls always answer.",
+    )
+    health_streams: int = field(
+        16,
+        help="grpc.health.v1 Watch streams open at once (they need no token, so they have a budget of their own "
+        "and cannot take the service's stream slots); one more is RESOURCE_EXHAUSTED.",
+    )
+    reflection_streams: int = field(
+        4,
+        help="Server-reflection streams (two-way) open at once; one more is RESOURCE_EXHAUSTED. A reflection "
+        "stream holds its thread while the client stays idle.",
     )
 
     tls_dir: str = field(
@@ -76,25 +87,45 @@ class ServerConfig:
         check(1024 <= self.max_message_bytes <= 1 << 30, "max_message_bytes", "must be in 1 KiB..1 GiB")
         check(0 <= self.grace_seconds <= 3600, "grace_seconds", "must be in 0..3600")
         check(1 <= self.max_streams <= 10_000, "max_streams", "must be in 1..10000")
+        check(1 <= self.health_streams <= 10_000, "health_streams", "must be in 1..10000")
+        check(1 <= self.reflection_streams <= 10_000, "reflection_streams", "must be in 1..10000")
+
+    def stream_budgets(self) -> dict[str, int]:
+        """Streams open at once per kind (see :func:`stream_kind`)."""
+        return {"service": self.max_streams, "health": self.health_streams, "reflection": self.reflection_streams}
 
 
 def _status(err: MontessoriError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL)
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps domain errors to status codes; anything else is INTERNAL with an incident id, never a traceback."""
+def stream_kind(method: str) -> str:
+    """Which stream budget a streaming method draws on: ``health`` (grpc.health.v1 Watch, no token needed),
+    ``reflection`` (server reflection, two-way) or ``service`` (the service's own, authenticated streams)."""
+    if method.startswith("/grpc.health.v1.Health/"):
+        return "health"
+    if method.startswith("/grpc.reflection."):
+        return "reflection"
+    return "service"
 
-    def __init__(self, service: str, *, max_streams: int = 16):
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps domain errors to status codes; anything else is INTERNAL with an incident id, never a traceback.
+    Every streaming method, of every kind (server-streaming, client-streaming, two-way), holds a slot of its
+    kind's budget while it runs; past the budget it is RESOURCE_EXHAUSTED at once."""
+
+    def __init__(self, service: str, *, max_streams: int = 16, budgets: dict[str, int] | None = None):
         self.service = service
-        self.max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max_streams)
+        self.budgets = dict(budgets or {"service": max_streams, "health": max_streams, "reflection": max_streams})
+        self._slots = {kind: threading.BoundedSemaphore(size) for kind, size in self.budgets.items()}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        kind = stream_kind(method)
+        slots, budget = self._slots[kind], self.budgets[kind]
 
         def guard(context, call):
             try:
@@ -116,39 +147,55 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the {self.service} log"
                 )
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
-            return grpc.unary_unary_rpc_method_handler(
-                lambda request, context: guard(context, lambda: inner(request, context)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
+        def take_slot(context) -> None:
+            # Each open stream holds a server thread until it ends: past its kind's budget, refuse at once.
+            if not slots.acquire(blocking=False):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{budget} {kind} streams are open on the {self.service} service; retry later",
+                )
 
-            def stream(request, context):
-                # Each open stream holds a server thread until it ends: past max_streams, refuse at once.
-                if not self._streams.acquire(blocking=False):
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"{self.max_streams} streams are open on the {self.service} service; retry later",
-                    )
+        def streamed(inner):
+            def stream(request_or_iterator, context):
+                take_slot(context)
                 try:
                     # A generator's errors surface while iterating, so guard the iteration too.
-                    iterator = guard(context, lambda: iter(inner_stream(request, context)))
+                    iterator = guard(context, lambda: iter(inner(request_or_iterator, context)))
                     while True:
                         item = guard(context, lambda: next(iterator, StopIteration))
                         if item is StopIteration:
                             return
                         yield item
                 finally:
-                    self._streams.release()
+                    slots.release()
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+            return stream
+
+        def collected(inner):
+            def call(request_iterator, context):
+                take_slot(context)
+                try:
+                    return guard(context, lambda: inner(request_iterator, context))
+                finally:
+                    slots.release()
+
+            return call
+
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            inner = handler.unary_unary
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: guard(context, lambda: inner(request, context)), **serializers
             )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streamed(handler.unary_stream), **serializers)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(streamed(handler.stream_stream), **serializers)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(collected(handler.stream_unary), **serializers)
         return handler
 
 
@@ -179,11 +226,12 @@ class ServiceServer:
             authorize = PeerAllowList(config.allowed_clients)
         # Authorisation runs first, so a refused call never holds a stream slot.
         interceptors = [AuthInterceptor(authorize)] if authorize else []
+        budgets = config.stream_budgets()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=config.max_streams + UNARY_THREADS, thread_name_prefix=f"{name}-rpc"
+                max_workers=sum(budgets.values()) + UNARY_THREADS, thread_name_prefix=f"{name}-rpc"
             ),
-            interceptors=[*interceptors, ErrorInterceptor(name, max_streams=config.max_streams)],
+            interceptors=[*interceptors, ErrorInterceptor(name, budgets=budgets)],
             options=options,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -203,8 +251,12 @@ class ServiceServer:
         self.health_server = None
         self.health_port = 0
         if config.health_port:
+            # Health Watch streams bounded here too (2), so the probes' Check always finds one of 4 more threads.
+            probe_budgets = {"service": 1, "health": 2, "reflection": 1}
             self.health_server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{name}-health"), options=options
+                futures.ThreadPoolExecutor(max_workers=2 + 4, thread_name_prefix=f"{name}-health"),
+                interceptors=[ErrorInterceptor(name, budgets=probe_budgets)],
+                options=options,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(f"{config.host}:{config.health_port}")

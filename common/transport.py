@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from pathlib import Path
 import grpc
 
 from common.errors import InvalidArgument
+from common.logs import get_logger
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "tls.crt", "tls.key"
 #: Where ``make up`` writes its CA and one folder per service.
 LOCAL_TLS_DIR = Path(".run") / "tls"
+log = get_logger(__name__)
 
 
 def _read(folder: str | Path, name: str, field: str) -> bytes:
@@ -42,12 +45,74 @@ def server_credentials(
     folder: str | Path, *, require_client_cert: bool, field: str = "tls_dir"
 ) -> grpc.ServerCredentials:
     """TLS with this folder's certificate; client certificates are verified against its ``ca.crt``
-    (required for workers, optional for the controller, whose callers send tokens)."""
-    return grpc.ssl_server_credentials(
-        [(_read(folder, KEY_FILE, field), _read(folder, CERT_FILE, field))],
-        root_certificates=_read(folder, CA_FILE, field),
-        require_client_auth=require_client_cert,
+    (required for workers, optional for the controller, whose callers send tokens). The folder is
+    read again whenever its files change (:class:`ReloadingCertificates`): cert-manager renews a
+    Secret in place, and the next handshake uses the new certificate without a restart."""
+    certificates = ReloadingCertificates(folder, field=field)
+    return grpc.dynamic_ssl_server_credentials(
+        certificates.initial, certificates.fetch, require_client_authentication=require_client_cert
     )
+
+
+class ReloadingCertificates:
+    """A TLS folder's certificate configuration, read again when a file's identity (inode, size, mtime) changes.
+
+    gRPC calls :meth:`fetch` before every TLS handshake: a ``stat`` of three files when nothing changed. A
+    Secret volume is updated by swapping a symlink, so the three files change together; a folder that cannot
+    be read (mid-update, or removed) keeps the current configuration and logs a warning.
+    """
+
+    def __init__(self, folder: str | Path, *, field: str = "tls_dir"):
+        self.folder = Path(folder)
+        self._signature = self._stat()
+        self.initial = self._configuration(field)
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple:
+        try:
+            return tuple(
+                (s.st_ino, s.st_size, s.st_mtime_ns)
+                for s in (os.stat(self.folder / name) for name in (CA_FILE, CERT_FILE, KEY_FILE))
+            )
+        except OSError:
+            return ()
+
+    def _configuration(self, field: str) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(_read(self.folder, KEY_FILE, field), _read(self.folder, CERT_FILE, field))],
+            root_certificates=_read(self.folder, CA_FILE, field),
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new configuration when the files changed since the last read, else None (keep the current one)."""
+        signature = self._stat()
+        with self._lock:
+            if not signature or signature == self._signature:
+                return None
+            try:
+                configuration = self._configuration("tls_dir")
+                _check_key_pair(self.folder)
+            except Exception as err:  # noqa: BLE001 - a half-written folder: keep serving the current certificate
+                log.warning(
+                    "TLS folder changed but cannot be read; keeping the current certificate",
+                    extra={"metrics": {"folder": str(self.folder), "error": type(err).__name__}},
+                )
+                return None
+            self._signature = signature
+        log.info("TLS certificate reloaded", extra={"metrics": {"folder": str(self.folder)}})
+        return configuration
+
+
+def _check_key_pair(folder: Path) -> None:
+    """ValueError unless ``tls.key`` is the key of ``tls.crt`` (gRPC would fail every handshake instead)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+    key = serialization.load_pem_private_key((folder / KEY_FILE).read_bytes(), password=None)
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise ValueError("tls.key does not match tls.crt")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ No kube-apiserver is installable here, so this implements the part of the API th
 election uses: GET, POST and PUT of namespaced Leases, with resourceVersion optimistic
 concurrency (a stale PUT is 409 Conflict). ``fail_writes_from`` makes renewals of one
 holder fail with 500, to test a leader that cannot renew.
+
+TokenReviews follow the API server's audience rules: a review without ``spec.audiences`` asks for the API
+server's own (:data:`API_AUDIENCE`); a token listed in ``audiences`` is valid only for those (as a token from
+``kubectl create token --audience``), one that is not for any audience asked; ``status.audiences`` is the
+intersection. ``review_delay`` makes every review answer that many seconds late (an API server that hangs).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/?]+))?")
 _TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+#: The audience of tokens made for the API server itself (a pod's default ServiceAccount token).
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 
 
 class LeaseAPI:
@@ -26,6 +34,9 @@ class LeaseAPI:
         #: token -> (username, groups) the TokenReview API authenticates; every review is counted.
         self.tokens: dict[str, tuple[str, list[str]]] = {}
         self.reviews = 0
+        #: token -> the audiences it was made for (absent: valid for whatever audience a review asks).
+        self.audiences: dict[str, list[str]] = {}
+        self.review_delay = 0.0
         self.lock = threading.Lock()
         api = self
 
@@ -57,7 +68,9 @@ class LeaseAPI:
 
             def do_POST(self):
                 if self.path.split("?")[0] == _TOKEN_REVIEWS:
-                    return self._reply(201, api._review(self._body()))
+                    body = self._body()
+                    time.sleep(api.review_delay)
+                    return self._reply(201, api._review(body))
                 match = _PATH.match(self.path)
                 body = self._body()
                 with api.lock:
@@ -93,18 +106,23 @@ class LeaseAPI:
         return body
 
     def _review(self, body: dict) -> dict:
+        spec = body.get("spec", {})
+        token = spec.get("token", "")
+        asked = spec.get("audiences") or [API_AUDIENCE]
         with self.lock:
             self.reviews += 1
-            user = self.tokens.get(body.get("spec", {}).get("token", ""))
+            user = self.tokens.get(token)
+            made_for = self.audiences.get(token)
+        valid = asked if made_for is None else [a for a in asked if a in made_for]
         status = (
-            {"authenticated": True, "user": {"username": user[0], "groups": user[1]}}
-            if user
+            {"authenticated": True, "user": {"username": user[0], "groups": user[1]}, "audiences": valid}
+            if user and valid
             else {"authenticated": False, "error": "invalid bearer token"}
         )
         return {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
-            "spec": body.get("spec"),
+            "spec": spec,
             "status": status,
         }
 
