@@ -164,7 +164,7 @@ def test_a_service_stopped_at_a_random_moment_changes_no_output(
     ).loop.loop_id
     stream = controller.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop_id, from_sequence=1), timeout=900)
     seen = 0
-    for response in stream:
+    for _ in stream:
         seen += 1
         if seen >= stop_after:
             break
