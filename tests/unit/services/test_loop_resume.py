@@ -45,6 +45,16 @@ class LateWorkers:
         self.store.put_json(f"{self.prefix}/state.json", {**state, "status": "stopped"})
 
 
+class NoExecutor:
+    """The scripted runner does not use an executor; the manager closes it when the loop ends."""
+
+    def __init__(self, loop_id: str):
+        self.loop_id = loop_id
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def resumable(tmp_path, monkeypatch):
     """A store holding one loop that a controller was running when it went away, and a manager for it."""
@@ -59,7 +69,7 @@ def resumable(tmp_path, monkeypatch):
         "request_fingerprint": "f",
     }
     store.put_json("loops/L/state.json", state)
-    manager = LoopManager(store, lambda loop_id: None, retry_seconds=0.05, max_retry_seconds=0.2)
+    manager = LoopManager(store, NoExecutor, retry_seconds=0.05, max_retry_seconds=0.2)
     return manager, runner, store
 
 
@@ -96,7 +106,7 @@ def test_a_loop_stopped_while_it_waits_is_recorded_stopped_and_not_resumed_again
     loops.stop("L")
     assert loops._registry.wait("L", timeout=10).snapshot.state is LoopState.STOPPED
     assert store.get_json("loops/L/state.json")["status"] == "stopped"
-    assert LoopManager(store, lambda loop_id: None).resume_all() == []
+    assert LoopManager(store, NoExecutor).resume_all() == []
 
 
 def test_a_loop_that_waits_when_the_controller_stops_stays_resumable(resumable):
