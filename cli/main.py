@@ -58,7 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder(s) of the current teacher")
     sub = command("evaluate", "Held-out loss of one or more students on data.eval_path.")
     sub.add_argument("--student", action="append", required=True, help="student model folder (repeatable)")
-    from cli import artifacts, experiment, judge, loop_client, models, serve
+    from cli import artifacts, experiment, judge, loop_client, models, plan, serve
 
     experiment.add_parser(commands)
     judge.add_parser(commands)
@@ -66,6 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
     loop_client.add_parser(commands)
     artifacts.add_parser(commands)
     models.add_parser(commands)
+    plan.add_parser(commands)
     return parser
 
 
@@ -145,6 +146,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cli import judge
 
         return judge.run(args)
+    if args.command == "plan":
+        from cli import plan
+
+        return plan.run(args)
     from common.config import load_config
     from common.logs import configure_logging
     from common.models import ModelRef
