@@ -80,6 +80,12 @@ def add_parser(commands) -> None:
         action="store_true",
         help="controller: run loops only while holding a coordination.k8s.io Lease (for 2+ replicas)",
     )
+    sub.add_argument(
+        "--label-leader",
+        action="store_true",
+        help="controller, with --leader-election: the leader labels its own pod (--identity, default $POD_NAME) "
+        "montessori.dev/controller-leader=true; the controller Service selects that label",
+    )
     sub.add_argument("--lease-name", default="montessori-controller", help="controller: Lease name")
     sub.add_argument("--lease-namespace", default=None, help="controller: Lease namespace (default $POD_NAMESPACE)")
     sub.add_argument("--identity", default=None, help="controller: this replica's identity (default $POD_NAME)")
@@ -213,7 +219,15 @@ def run(args: argparse.Namespace) -> int:
             )
 
         def build(store, jobs, ready):
-            parts = controller_build(store, jobs, ready, workers=workers, election=election, kube_api=args.kube_api)
+            parts = controller_build(
+                store,
+                jobs,
+                ready,
+                workers=workers,
+                election=election,
+                kube_api=args.kube_api,
+                label_pod=args.label_leader,
+            )
             if authorize is None:
                 log.warning("controller runs OPEN: --insecure and no --token-file/--token-review (development only)")
             parts.authorize = authorize

@@ -152,6 +152,36 @@ class LeaderElector:
             self.on_stopped()
 
 
+#: The label the leading replica puts on its own pod; the ``controller`` Service selects it, so callers
+#: reach the leader while every replica is Ready (rollouts finish, the PDB counts both, drains proceed).
+LEADER_LABEL = "montessori.dev/controller-leader"
+
+
+class PodLabel:
+    """Puts :data:`LEADER_LABEL` on this replica's own pod, or takes it off (a JSON merge patch of the
+    pod's labels, through ``kubernetes.client.CoreV1Api``). Failures are logged, not raised: the lease,
+    not the label, decides who runs loops; a follower that still receives a call answers UNAVAILABLE."""
+
+    def __init__(self, api, namespace: str, pod: str):
+        self.api, self.namespace, self.pod = api, namespace, pod
+
+    def set(self, leading: bool) -> bool:
+        body = {"metadata": {"labels": {LEADER_LABEL: "true" if leading else None}}}
+        try:
+            self.api.patch_namespaced_pod(self.pod, self.namespace, body)
+        except Exception as err:  # noqa: BLE001 - an API hiccup; the next transition (or start) writes it again
+            log.warning(
+                "cannot label the pod",
+                extra={
+                    "stage": "leader",
+                    "metrics": {"pod": self.pod, "leading": leading, "error": type(err).__name__},
+                },
+            )
+            return False
+        log.info("pod label set", extra={"stage": "leader", "metrics": {"pod": self.pod, "leading": leading}})
+        return True
+
+
 def api_client(api_url: str | None):
     """The Kubernetes API client of the controller (Leases, TokenReviews): in-cluster config, or an
     explicit API URL (tests, out-of-cluster)."""
@@ -170,6 +200,13 @@ def coordination_api(api_url: str | None):
     from kubernetes import client
 
     return client.CoordinationV1Api(api_client(api_url))
+
+
+def core_api(api_url: str | None):
+    """A CoreV1Api (the leader's own pod label) on ``api_client(api_url)``."""
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client(api_url))
 
 
 def authentication_api(api_url: str | None):

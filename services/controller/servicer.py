@@ -7,6 +7,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from grpc_health.v1 import health_pb2
+
 from common.artifacts import ArtifactStore
 from common.config import from_dict, message_to_dict
 from common.errors import InvalidArgument
@@ -15,7 +17,7 @@ from common.protoconv import fingerprint
 from common.service_main import ServiceParts
 from montessori.v1 import controller_pb2, controller_pb2_grpc
 from services.controller.config import RunConfig, is_store_uri
-from services.controller.leader import LeaderElector, LeaseSettings, coordination_api
+from services.controller.leader import LeaderElector, LeaseSettings, PodLabel, coordination_api, core_api
 from services.controller.loops import LoopManager
 from services.controller.remote import RemoteExecutor, WorkerAddresses
 
@@ -93,6 +95,10 @@ def _loop_id(request) -> str:
     return request.loop_id
 
 
+#: Health entry SERVING only on the replica that leads (``""`` is SERVING on every started replica).
+LEADER_HEALTH = "leader"
+
+
 def build(
     store: ArtifactStore,
     jobs: JobManager,
@@ -101,8 +107,12 @@ def build(
     workers: WorkerAddresses,
     election: LeaseSettings | None = None,
     kube_api: str | None = None,
+    label_pod: bool = False,
 ) -> ServiceParts:
-    """The controller; with ``election``, only the replica holding the Lease runs loops and is SERVING."""
+    """The controller; with ``election``, only the replica holding the Lease runs loops. Every started replica
+    is SERVING (Ready: a rollout or a drain sees it available); the health entry ``leader`` is SERVING on the
+    leader only, and with ``label_pod`` the leader labels its own pod (``election.identity`` is the pod's name)
+    so that the Service routes callers to it."""
     loops = LoopManager(store, lambda loop_id: RemoteExecutor(store, workers, request_prefix=loop_id))
     servicer = ControllerServicer(store, loops)
     register = lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)  # noqa: E731
@@ -115,21 +125,31 @@ def build(
             preload=loops.resume_all,
             on_drain=lambda: loops.shutdown(grace=30),
             on_metrics=on_metrics,
+            on_server=lambda server: server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.SERVING),
         )
     loops.accepting = False
     electors: list[LeaderElector] = []
+    label = PodLabel(core_api(kube_api), election.namespace, election.identity) if label_pod else None
 
     def attach(server) -> None:
         def started() -> None:
             loops.accepting = True
             loops.resume_all()
-            server.mark_ready()
+            server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            if label:
+                label.set(True)
 
         def stopped() -> None:
             loops.accepting = False
-            server.mark_not_ready()
+            if label:  # first, so that callers are routed away before the loops are interrupted
+                label.set(False)
+            server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
             threading.Thread(target=loops.interrupt_all, args=(30,), daemon=True).start()
 
+        server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if label:  # a label left by this pod's previous container (killed while it led)
+            label.set(False)
+        server.mark_ready()
         electors.append(
             LeaderElector(coordination_api(kube_api), election, on_started=started, on_stopped=stopped).start()
         )

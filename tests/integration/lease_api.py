@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/?]+))?")
 _TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+_POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)")
 #: The audience of tokens made for the API server itself (a pod's default ServiceAccount token).
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 
@@ -37,6 +38,8 @@ class LeaseAPI:
         #: token -> the audiences it was made for (absent: valid for whatever audience a review asks).
         self.audiences: dict[str, list[str]] = {}
         self.review_delay = 0.0
+        #: (namespace, pod) -> labels, written by PATCH (a JSON merge patch of metadata.labels; null removes).
+        self.pod_labels: dict[tuple[str, str], dict[str, str]] = {}
         self.lock = threading.Lock()
         api = self
 
@@ -79,6 +82,22 @@ class LeaseAPI:
                         return self._status(409, "AlreadyExists")
                     api.leases[key] = api._stamp(body, match.group(1))
                     self._reply(201, api.leases[key])
+
+            def do_PATCH(self):
+                match = _POD.match(self.path)
+                if not match:
+                    return self._status(404, "NotFound")
+                patch = self._body().get("metadata", {}).get("labels") or {}
+                with api.lock:
+                    labels = api.pod_labels.setdefault((match.group(1), match.group(2)), {})
+                    for key, value in patch.items():
+                        if value is None:
+                            labels.pop(key, None)
+                        else:
+                            labels[key] = value
+                    labels = dict(labels)
+                metadata = {"name": match.group(2), "namespace": match.group(1), "labels": labels}
+                self._reply(200, {"apiVersion": "v1", "kind": "Pod", "metadata": metadata})
 
             def do_PUT(self):
                 match = _PATH.match(self.path)
@@ -125,6 +144,11 @@ class LeaseAPI:
             "spec": spec,
             "status": status,
         }
+
+    def labelled(self, namespace: str, label: str) -> list[str]:
+        """The pods carrying ``label``."""
+        with self.lock:
+            return sorted(pod for (ns, pod), labels in self.pod_labels.items() if ns == namespace and label in labels)
 
     def holder(self, namespace: str, name: str) -> str | None:
         with self.lock:

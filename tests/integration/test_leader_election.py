@@ -20,6 +20,9 @@ from tests.integration.lease_api import LeaseAPI
 from tests.integration.test_services import tiny_spec
 
 NS, LEASE = "montessori", "montessori-controller"
+LEADER = "leader"  # health entry SERVING on the leader only; "" is SERVING on every started replica (Ready)
+LABEL = "montessori.dev/controller-leader"
+LEASE_SECONDS, RETRY_SECONDS = 4, 0.5
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -40,8 +43,13 @@ def lease_api():
 
 
 def start_replica(services, identity: str, api_url: str, log_dir):
-    port = free_ports(1)[0]
     ports = services["ports"]
+    workers = {worker: f"127.0.0.1:{ports[worker]}" for worker in ("teacher", "influence", "preference", "trainer")}
+    return _start(identity, api_url, log_dir, services["store"].root_uri, workers, services["env"])
+
+
+def _start(identity: str, api_url: str, log_dir, store_uri: str, workers: dict, env: dict, *flags: str):
+    port = free_ports(1)[0]
     command = [
         sys.executable,
         "-m",
@@ -52,7 +60,7 @@ def start_replica(services, identity: str, api_url: str, log_dir):
         "--port",
         str(port),
         "--artifacts",
-        services["store"].root_uri,
+        store_uri,
         "--grace",
         "5",
         "--leader-election",
@@ -63,20 +71,21 @@ def start_replica(services, identity: str, api_url: str, log_dir):
         "--lease-namespace",
         NS,
         "--lease-seconds",
-        "4",
+        str(LEASE_SECONDS),
         "--renew-deadline",
         "3",
         "--retry-period",
-        "0.5",
+        str(RETRY_SECONDS),
+        *flags,
     ]
-    for worker in ("teacher", "influence", "preference", "trainer"):
-        command += [f"--{worker}", f"127.0.0.1:{ports[worker]}"]
+    for worker, address in workers.items():
+        command += [f"--{worker}", address]
     # the child gets its own copy of the descriptor: closing ours once it is started is safe
     with open(log_dir / f"{identity}.log", "ab") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env={**os.environ, **services["env"]},
+            env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -89,13 +98,15 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
 ):
     address_a, replica_a = start_replica(services, "replica-a", lease_api.url, tmp_path)
     try:
-        wait_for(lambda: health_status(address_a) == "SERVING", 120, "replica a to lead")
+        wait_for(lambda: health_status(address_a, service=LEADER) == "SERVING", 120, "replica a to lead")
         assert lease_api.holder(NS, LEASE) == "replica-a"
         address_b, replica_b = start_replica(services, "replica-b", lease_api.url, tmp_path)
         try:
-            wait_for(lambda: health_status(address_b) == "NOT_SERVING", 120, "replica b to start as a follower")
+            wait_for(lambda: health_status(address_b) == "SERVING", 120, "replica b to start (Ready) as a follower")
             time.sleep(2)
-            assert health_status(address_b) == "NOT_SERVING" and lease_api.holder(NS, LEASE) == "replica-a"
+            assert (
+                health_status(address_b, service=LEADER) == "NOT_SERVING" and lease_api.holder(NS, LEASE) == "replica-a"
+            )
             assert health_status(address_b, service="liveness") == "SERVING"  # alive, just not leading
             follower = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address_b))
             with pytest.raises(grpc.RpcError) as err:
@@ -111,7 +122,7 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
                     break
             os.killpg(replica_a.pid, signal.SIGKILL)
             wait_for(lambda: lease_api.holder(NS, LEASE) == "replica-b", 60, "replica b to take the lease over")
-            wait_for(lambda: health_status(address_b) == "SERVING", 60, "replica b to serve")
+            wait_for(lambda: health_status(address_b, service=LEADER) == "SERVING", 60, "replica b to serve")
             final = [
                 r.event for r in follower.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)
             ][-1]
@@ -119,12 +130,66 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
 
             # A leader that cannot renew steps down by itself; when renewals work again it leads again.
             lease_api.fail_writes_from.add("replica-b")
-            wait_for(lambda: health_status(address_b) == "NOT_SERVING", 30, "replica b to step down")
+            wait_for(lambda: health_status(address_b, service=LEADER) == "NOT_SERVING", 30, "replica b to step down")
             lease_api.fail_writes_from.clear()
-            wait_for(lambda: health_status(address_b) == "SERVING", 30, "replica b to lead again")
+            wait_for(lambda: health_status(address_b, service=LEADER) == "SERVING", 30, "replica b to lead again")
         finally:
             replica_b.terminate()
             replica_b.wait(timeout=30)
     finally:
         if replica_a.poll() is None:
             replica_a.kill()
+
+
+def test_every_replica_is_ready_and_the_service_label_follows_the_lease__fake_api(lease_api, tmp_path):
+    """Only the leader used to be Ready, so a rollout waited for a follower that never became Ready and the PDB
+    allowed no disruption. Now every replica is Ready (health ""), the leader alone is SERVING on "leader" and
+    carries the label the controller Service selects; a replica that starts clears a label its pod kept from
+    a killed container. Fail-over is measured: after a crash, the lease expiring (LEASE_SECONDS) plus a
+    round; after a graceful stop (the lease released), about one round (RETRY_SECONDS)."""
+    store = (tmp_path / "store").as_uri()
+    unreachable = {worker: "127.0.0.1:9" for worker in ("teacher", "influence", "preference", "trainer")}
+
+    def start(identity):
+        return _start(identity, lease_api.url, tmp_path, store, unreachable, {}, "--label-leader")
+
+    def leads(address, identity):
+        return health_status(address, service=LEADER) == "SERVING" and identity in lease_api.labelled(NS, LABEL)
+
+    address_a, replica_a = start("replica-a")
+    replica_b = None
+    try:
+        wait_for(lambda: leads(address_a, "replica-a"), 120, "replica a to lead and label its pod")
+        address_b, replica_b = start("replica-b")
+        wait_for(lambda: health_status(address_b) == "SERVING", 120, "replica b to be Ready as a follower")
+        assert health_status(address_b, service=LEADER) == "NOT_SERVING"
+        assert lease_api.labelled(NS, LABEL) == ["replica-a"]
+
+        killed = time.monotonic()
+        os.killpg(replica_a.pid, signal.SIGKILL)
+        wait_for(lambda: leads(address_b, "replica-b"), 60, "replica b to take over")
+        crash_failover = time.monotonic() - killed
+        assert lease_api.holder(NS, LEASE) == "replica-b"
+
+        # The killed pod's container restarts: it takes off the label it kept, and follows.
+        address_a, replica_a = start("replica-a")
+        wait_for(lambda: health_status(address_a) == "SERVING", 120, "replica a to be Ready again")
+        assert lease_api.labelled(NS, LABEL) == ["replica-b"]
+        assert health_status(address_a, service=LEADER) == "NOT_SERVING"
+
+        stopped = time.monotonic()
+        replica_b.terminate()  # SIGTERM, as a rollout or a drain does: the leader releases the lease
+        wait_for(lambda: leads(address_a, "replica-a"), 60, "replica a to take over after a graceful stop")
+        graceful_failover = time.monotonic() - stopped
+        replica_b.wait(timeout=30)
+        assert lease_api.labelled(NS, LABEL) == ["replica-a"]
+        print(
+            f"fail-over: crash {crash_failover:.1f} s, graceful stop {graceful_failover:.1f} s "
+            f"(lease {LEASE_SECONDS} s, retry {RETRY_SECONDS} s)"
+        )
+        assert crash_failover < LEASE_SECONDS + 6  # lease expiry + a round, with room for 2 busy cores
+        assert graceful_failover < crash_failover  # a released lease is taken at once, not after expiry
+    finally:
+        for process in (replica_a, replica_b):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
