@@ -35,6 +35,16 @@ def service_address(service: str) -> str:
     return os.environ.get(f"MONTESSORI_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
 
 
+def test_seed() -> int:
+    """``MONTESSORI_TEST_SEED`` (default 0): the draw the test suite runs its tiny loops under. It is folded into
+    the tiny models' initialisation (``common.offline_models.build_tiny_models``) and into the loop seeds of the
+    loop-level tests, so that a test that holds for one draw only fails on the developer's machine too."""
+    value = os.environ.get("MONTESSORI_TEST_SEED", "0")
+    if not value.isdigit() or int(value) > 10_000:
+        raise ValueError(f"MONTESSORI_TEST_SEED: must be an integer in 0..10000, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Env:
     """Typed view of the environment.

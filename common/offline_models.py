@@ -214,15 +214,23 @@ def build_tiny_model(target: Path, tokenizer, rows: list[dict], *, teacher: bool
         _publish(staging, target)
 
 
-def build_tiny_models(models_dir: Path, data_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Build (or reuse) the tiny teacher and student under ``models_dir``."""
+#: Beside the tiny models: the initialisation seed they were built from (no file: 0).
+TINY_BUILD_RECORD = "tiny-models.json"
+
+
+def build_tiny_models(models_dir: Path, data_dir: Path, *, force: bool = False, seed: int = 0) -> tuple[Path, Path]:
+    """Build (or reuse) the tiny teacher and student under ``models_dir``, initialised and trained from ``seed``
+    (the test suite's ``MONTESSORI_TEST_SEED``): folders built from another seed are rebuilt in place."""
     models_dir.mkdir(parents=True, exist_ok=True)
     teacher, student = models_dir / TINY_TEACHER_DIR, models_dir / TINY_STUDENT_DIR
-    if force or not (is_model_dir(teacher) and is_model_dir(student)):
+    record = models_dir / TINY_BUILD_RECORD
+    built_from = json.loads(record.read_text())["init_seed"] if record.is_file() else 0
+    if force or built_from != seed or not (is_model_dir(teacher) and is_model_dir(student)):
         rows = _seed_rows(data_dir)
         tokenizer = train_tiny_tokenizer(rows)
-        build_tiny_model(teacher, tokenizer, rows, teacher=True, seed=1, steps=300)
-        build_tiny_model(student, tokenizer, rows, teacher=False, seed=2, steps=60)
+        build_tiny_model(teacher, tokenizer, rows, teacher=True, seed=1 + 100 * seed, steps=300)
+        build_tiny_model(student, tokenizer, rows, teacher=False, seed=2 + 100 * seed, steps=60)
+        record.write_text(json.dumps({"init_seed": seed}) + "\n")
     return teacher, student
 
 

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from common.envs import apply_offline_defaults
+from common.envs import apply_offline_defaults, test_seed
 
 apply_offline_defaults()
 
 REPO = Path(__file__).resolve().parents[1]
+#: The suite's draw (``MONTESSORI_TEST_SEED``, default 0): the tiny models are initialised from it.
+TEST_SEED = test_seed()
+#: The loop seeds of the loop-level tests (the tiny loop in process, through the services, the experiment): every
+#: run of the suite runs them under two draws, so that a test hinging on one draw fails on its author's machine.
+LOOP_SEEDS = (2 * TEST_SEED, 2 * TEST_SEED + 1)
 
 # tests/vllm run from the vLLM environment (`make test-vllm`, part of `make test`); the main
 # environment has no vLLM, so it does not collect them.
@@ -31,7 +36,7 @@ def tiny_models() -> tuple[Path, Path]:
     """(teacher, student) folders: the ones ``make setup`` built, or built now into the repo's models/."""
     from common.offline_models import build_tiny_models
 
-    return build_tiny_models(REPO / "models", DATA)
+    return build_tiny_models(REPO / "models", DATA, seed=TEST_SEED)
 
 
 @pytest.fixture(scope="session")

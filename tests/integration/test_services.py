@@ -25,7 +25,8 @@ from montessori.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, LOOP_SEEDS, REPO
+from tests.loop_invariants import assert_rounds_consistent
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
 ITERATION_STAGES = [
@@ -77,7 +78,8 @@ def controller(services):
 
 @pytest.fixture(scope="module")
 def finished_loop(services, controller, tiny_models):
-    loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
+    spec = tiny_spec(tiny_models, seed=LOOP_SEEDS[0])
+    loop = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=spec)).loop
     request = controller_pb2.WatchLoopRequest(loop_id=loop.loop_id, from_sequence=1)  # every event since the start
     events = [r.event for r in controller.WatchLoop(request, timeout=900)]
     return loop, events
@@ -99,6 +101,8 @@ def test_a_tiny_loop_runs_end_to_end_across_five_processes(services, finished_lo
     summary = store.get_json(store.key_of(final.summary.uri))
     assert store.digest(store.key_of(final.summary.uri)) == final.summary.sha256
     assert len(summary["iterations"]) == 1 and summary["evaluation"]["baseline_student_eval_loss"] > 0
+    assert_rounds_consistent(store, summary, loop.loop_id)
+    assert ("dpo" in started) == (summary["iterations"][0]["pairs"] > 0)
     for stage in set(started):
         manifest = store.get_json(f"loops/{loop.loop_id}/iter-1/{stage}/manifest.json")
         for ref in manifest["outputs"].values():
@@ -107,16 +111,20 @@ def test_a_tiny_loop_runs_end_to_end_across_five_processes(services, finished_lo
 
 def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, tiny_models):
     loop, _ = finished_loop
-    again = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=tiny_spec(tiny_models))).loop
+    spec = tiny_spec(tiny_models, seed=LOOP_SEEDS[0])
+    again = controller.StartLoop(controller_pb2.StartLoopRequest(request_id="loop-a", spec=spec)).loop
     assert again.loop_id == loop.loop_id
     assert loop.loop_id in [x.loop_id for x in controller.ListLoops(controller_pb2.ListLoopsRequest()).loops]
     assert controller.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop.loop_id)).loop.rounds_completed == 1
 
 
 def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
-    spec = lambda name: tiny_spec(tiny_models, evaluation={"baseline": False, "shift_samples": 0}, name=name)  # noqa: E731
+    # Under both of the suite's loop seeds: whichever rounds form pairs, each loop's rounds are consistent.
+    spec = lambda i: tiny_spec(  # noqa: E731
+        tiny_models, evaluation={"baseline": False, "shift_samples": 0}, name=f"two{i}", seed=LOOP_SEEDS[1 - i]
+    )
     ids = [
-        controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(f"two{i}"))).loop.loop_id
+        controller.StartLoop(controller_pb2.StartLoopRequest(request_id=f"two-{i}", spec=spec(i))).loop.loop_id
         for i in range(2)
     ]
     results = {}
@@ -135,6 +143,9 @@ def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
     assert all(results[i].loop.state == controller_pb2.LOOP_STATE_SUCCEEDED for i in ids), [
         results[i].loop.error_message for i in ids
     ]
+    store = services["store"]
+    for i in ids:
+        assert_rounds_consistent(store, store.get_json(store.key_of(results[i].loop.summary.uri)), i)
 
 
 def test_idempotent_submit_and_conflicting_reuse(services, tiny_models):

@@ -38,7 +38,9 @@ def test_a_templateless_student_trains_and_is_evaluated_on_the_default_template(
     summary = local_runner(config).run()
 
     assert [row["iteration"] for row in summary["iterations"]] == [1] and not summary["stopped"]
-    assert summary["iterations"][0]["candidates"] > 0
+    # Every probing candidate the teacher kept was scored on this student (how many it kept is the draw's business).
+    probe = LocalArtifactStore(root).get_jsonl("loops/tl/iter-1/probe-data/candidates.jsonl")
+    assert summary["iterations"][0]["candidates"] == len(probe)
     for key in ("base_student_eval_loss", "montessori_student_eval_loss"):
         assert math.isfinite(summary["evaluation"][key]), key
     store = LocalArtifactStore(root)
