@@ -1,4 +1,4 @@
-"""Fast checks of how the container images are built (nothing is built here; README "Images" has
+"""Fast checks of how the container images are built (nothing is built here; docs/deploy.md "Images" has
 the measured build): runtime images hold no test tool, the vLLM teacher's image installs the tested
 vLLM with its constraints and a C compiler for Triton, and `make images` builds with podman."""
 
