@@ -7,8 +7,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc_health.v1 import health_pb2
-
 from common.artifacts import ArtifactStore
 from common.config import from_dict, message_to_dict
 from common.errors import InvalidArgument
@@ -95,10 +93,6 @@ def _loop_id(request) -> str:
     return request.loop_id
 
 
-#: Health entry SERVING only on the replica that leads (``""`` is SERVING on every started replica).
-LEADER_HEALTH = "leader"
-
-
 def build(
     store: ArtifactStore,
     jobs: JobManager,
@@ -109,10 +103,10 @@ def build(
     kube_api: str | None = None,
     label_pod: bool = False,
 ) -> ServiceParts:
-    """The controller; with ``election``, only the replica holding the Lease runs loops. Every started replica
-    is SERVING (Ready: a rollout or a drain sees it available); the health entry ``leader`` is SERVING on the
-    leader only, and with ``label_pod`` the leader labels its own pod (``election.identity`` is the pod's name)
-    so that the Service routes callers to it."""
+    """The controller; with ``election``, only the replica holding the Lease runs loops and is SERVING on ``""``
+    (every started replica is SERVING on ``liveness``, which its Kubernetes readiness asks, so a rollout or a
+    drain sees it available); with ``label_pod`` the leader labels its own pod (``election.identity`` is the
+    pod's name) so that the Service routes callers to it."""
     loops = LoopManager(store, lambda loop_id: RemoteExecutor(store, workers, request_prefix=loop_id))
     servicer = ControllerServicer(store, loops)
     register = lambda server: controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)  # noqa: E731
@@ -125,17 +119,18 @@ def build(
             preload=loops.resume_all,
             on_drain=lambda: loops.shutdown(grace=30),
             on_metrics=on_metrics,
-            on_server=lambda server: server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.SERVING),
         )
     loops.accepting = False
     electors: list[LeaderElector] = []
     label = PodLabel(core_api(kube_api), election.namespace, election.identity) if label_pod else None
+    if label:  # a label left by this pod's previous container (killed while it led), before anything is served
+        label.set(False)
 
     def attach(server) -> None:
         def started() -> None:
             loops.accepting = True
             loops.resume_all()
-            server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            server.mark_ready()
             if label:
                 label.set(True)
 
@@ -143,13 +138,9 @@ def build(
             loops.accepting = False
             if label:  # first, so that callers are routed away before the loops are interrupted
                 label.set(False)
-            server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+            server.mark_not_ready()
             threading.Thread(target=loops.interrupt_all, args=(30,), daemon=True).start()
 
-        server.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if label:  # a label left by this pod's previous container (killed while it led)
-            label.set(False)
-        server.mark_ready()
         electors.append(
             LeaderElector(coordination_api(kube_api), election, on_started=started, on_stopped=stopped).start()
         )

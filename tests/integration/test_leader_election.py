@@ -20,7 +20,7 @@ from tests.integration.lease_api import LeaseAPI
 from tests.integration.test_services import tiny_spec
 
 NS, LEASE = "montessori", "montessori-controller"
-LEADER = "leader"  # health entry SERVING on the leader only; "" is SERVING on every started replica (Ready)
+READY = "liveness"  # SERVING on every started replica (Kubernetes readiness asks it); "" on the leader only
 LABEL = "montessori.dev/controller-leader"
 LEASE_SECONDS, RETRY_SECONDS = 4, 0.5
 
@@ -98,15 +98,13 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
 ):
     address_a, replica_a = start_replica(services, "replica-a", lease_api.url, tmp_path)
     try:
-        wait_for(lambda: health_status(address_a, service=LEADER) == "SERVING", 120, "replica a to lead")
+        wait_for(lambda: health_status(address_a) == "SERVING", 120, "replica a to lead")
         assert lease_api.holder(NS, LEASE) == "replica-a"
         address_b, replica_b = start_replica(services, "replica-b", lease_api.url, tmp_path)
         try:
-            wait_for(lambda: health_status(address_b) == "SERVING", 120, "replica b to start (Ready) as a follower")
+            wait_for(lambda: health_status(address_b) == "NOT_SERVING", 120, "replica b to start as a follower")
             time.sleep(2)
-            assert (
-                health_status(address_b, service=LEADER) == "NOT_SERVING" and lease_api.holder(NS, LEASE) == "replica-a"
-            )
+            assert health_status(address_b) == "NOT_SERVING" and lease_api.holder(NS, LEASE) == "replica-a"
             assert health_status(address_b, service="liveness") == "SERVING"  # alive, just not leading
             follower = controller_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address_b))
             with pytest.raises(grpc.RpcError) as err:
@@ -122,7 +120,7 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
                     break
             os.killpg(replica_a.pid, signal.SIGKILL)
             wait_for(lambda: lease_api.holder(NS, LEASE) == "replica-b", 60, "replica b to take the lease over")
-            wait_for(lambda: health_status(address_b, service=LEADER) == "SERVING", 60, "replica b to serve")
+            wait_for(lambda: health_status(address_b) == "SERVING", 60, "replica b to serve")
             final = [
                 r.event for r in follower.WatchLoop(controller_pb2.WatchLoopRequest(loop_id=loop.loop_id), timeout=600)
             ][-1]
@@ -130,9 +128,9 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
 
             # A leader that cannot renew steps down by itself; when renewals work again it leads again.
             lease_api.fail_writes_from.add("replica-b")
-            wait_for(lambda: health_status(address_b, service=LEADER) == "NOT_SERVING", 30, "replica b to step down")
+            wait_for(lambda: health_status(address_b) == "NOT_SERVING", 30, "replica b to step down")
             lease_api.fail_writes_from.clear()
-            wait_for(lambda: health_status(address_b, service=LEADER) == "SERVING", 30, "replica b to lead again")
+            wait_for(lambda: health_status(address_b) == "SERVING", 30, "replica b to lead again")
         finally:
             replica_b.terminate()
             replica_b.wait(timeout=30)
@@ -143,8 +141,8 @@ def test_one_leader_takeover_on_leader_loss_and_step_down_on_renewal_failure(
 
 def test_every_replica_is_ready_and_the_service_label_follows_the_lease__fake_api(lease_api, tmp_path):
     """Only the leader used to be Ready, so a rollout waited for a follower that never became Ready and the PDB
-    allowed no disruption. Now every replica is Ready (health ""), the leader alone is SERVING on "leader" and
-    carries the label the controller Service selects; a replica that starts clears a label its pod kept from
+    allowed no disruption. Now every replica is Ready (readiness asks "liveness"), the leader alone is SERVING on
+    "" and carries the label the controller Service selects; a replica that starts clears a label its pod kept from
     a killed container. Fail-over is measured: after a crash, the lease expiring (LEASE_SECONDS) plus a
     round; after a graceful stop (the lease released), about one round (RETRY_SECONDS)."""
     store = (tmp_path / "store").as_uri()
@@ -154,15 +152,17 @@ def test_every_replica_is_ready_and_the_service_label_follows_the_lease__fake_ap
         return _start(identity, lease_api.url, tmp_path, store, unreachable, {}, "--label-leader")
 
     def leads(address, identity):
-        return health_status(address, service=LEADER) == "SERVING" and identity in lease_api.labelled(NS, LABEL)
+        return health_status(address) == "SERVING" and identity in lease_api.labelled(NS, LABEL)
 
     address_a, replica_a = start("replica-a")
     replica_b = None
     try:
         wait_for(lambda: leads(address_a, "replica-a"), 120, "replica a to lead and label its pod")
         address_b, replica_b = start("replica-b")
-        wait_for(lambda: health_status(address_b) == "SERVING", 120, "replica b to be Ready as a follower")
-        assert health_status(address_b, service=LEADER) == "NOT_SERVING"
+        wait_for(
+            lambda: health_status(address_b, service=READY) == "SERVING", 120, "replica b to be Ready as a follower"
+        )
+        assert health_status(address_b) == "NOT_SERVING"
         assert lease_api.labelled(NS, LABEL) == ["replica-a"]
 
         killed = time.monotonic()
@@ -173,9 +173,9 @@ def test_every_replica_is_ready_and_the_service_label_follows_the_lease__fake_ap
 
         # The killed pod's container restarts: it takes off the label it kept, and follows.
         address_a, replica_a = start("replica-a")
-        wait_for(lambda: health_status(address_a) == "SERVING", 120, "replica a to be Ready again")
+        wait_for(lambda: health_status(address_a, service=READY) == "SERVING", 120, "replica a to be Ready again")
         assert lease_api.labelled(NS, LABEL) == ["replica-b"]
-        assert health_status(address_a, service=LEADER) == "NOT_SERVING"
+        assert health_status(address_a) == "NOT_SERVING"
 
         stopped = time.monotonic()
         replica_b.terminate()  # SIGTERM, as a rollout or a drain does: the leader releases the lease

@@ -1,8 +1,8 @@
-"""Issue 22, finding 2: controller availability that Kubernetes understands. Every controller replica is Ready
-(readiness asks health "", SERVING on every started replica; "leader" is the leader's alone), the ``controller``
-Service selects the label the leader puts on its own pod (``--label-leader``, RBAC ``patch`` on pods), the rollout
-adds a replica before removing one, and the PDB allows one eviction with every replica Ready. The runtime half
-(labels following the lease, fail-over times) is tests/integration/test_leader_election.py.
+"""Issue 22, finding 2: controller availability that Kubernetes understands. Every controller replica is
+Ready (readiness asks the health entry "liveness", SERVING on every started replica; "" is the leader's alone),
+the ``controller`` Service selects the label the leader puts on its own pod (``--label-leader``, RBAC ``patch``
+on pods), the rollout adds a replica before removing one, and the PDB allows one eviction with every replica
+Ready. The runtime half (labels following the lease, fail-over times) is tests/integration/test_leader_election.py.
 
 Before: only the leader was Ready, the Service selected every replica, and with 2 replicas and one Ready the PDB
 (maxUnavailable 1) allowed 0 disruptions: a drain of the leader's node blocked and a rollout never finished."""
@@ -36,9 +36,10 @@ def _allowed_disruptions(pdb: dict, replicas: int, ready: int) -> int:
 
 
 def _ready_replicas(deployment: dict) -> int:
-    """Replicas Ready once started: all of them, unless readiness asks for the leader's health entry."""
+    """Replicas Ready once started: all of them when readiness asks "liveness"; one (the leader) when it asks ""
+    (the controller's "" is SERVING on the leader only)."""
     probe = main_container(deployment).get("readinessProbe", {}).get("grpc", {})
-    return 1 if probe.get("service") == "leader" else _replicas(deployment)
+    return _replicas(deployment) if probe.get("service") == "liveness" else 1
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -48,7 +49,7 @@ def test_every_replica_is_ready_and_the_service_reaches_the_leader_by_its_label(
     args = main_container(deployment)["args"]
     assert "--leader-election" in args and "--label-leader" in args
     readiness = main_container(deployment)["readinessProbe"]["grpc"]
-    assert readiness.get("service", "") == "", "readiness must not wait for leadership"
+    assert readiness == {"port": 8080, "service": "liveness"}, "readiness must not wait for leadership"
     assert main_container(deployment)["livenessProbe"]["grpc"]["service"] == "liveness"
     service = find(objects, "Service", "controller")
     assert service["spec"]["selector"] == {"app.kubernetes.io/name": "controller", LEADER_LABEL: "true"}
