@@ -18,6 +18,7 @@ from common.auth import AuthInterceptor, Authorize, PeerAllowList
 from common.config import check, field
 from common.errors import MontessoriError, printable
 from common.logs import get_logger
+from common.request_fields import check_locations
 from common.transport import server_credentials
 
 #: Server threads kept free of streams: health checks and unary calls always find one.
@@ -111,6 +112,7 @@ def stream_kind(method: str) -> str:
 
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps domain errors to status codes; anything else is INTERNAL with an incident id, never a traceback.
+    Every request's path- and URI-like fields are checked before its handler runs (``check_locations``).
     Every streaming method, of every kind (server-streaming, client-streaming, two-way), holds a slot of its
     kind's budget while it runs; past the budget it is RESOURCE_EXHAUSTED at once."""
 
@@ -133,7 +135,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except MontessoriError as err:
                 if err.field:  # so a client (the controller) can re-raise it naming the field in its own terms
                     context.set_trailing_metadata(((FIELD_METADATA, printable(err.field, limit=256, ascii_only=True)),))
-                context.abort(_status(err), printable(str(err)))
+                # ASCII: gRPC percent-encodes other bytes (x3), and 1024 emoji exceeded a client's 8 KiB of metadata.
+                context.abort(_status(err), printable(str(err), ascii_only=True))
             except grpc.RpcError:
                 raise
             except NotImplementedError:  # a method of a stock service (e.g. Health/List) this version lacks
@@ -188,10 +191,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             inner = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
-                lambda request, context: guard(context, lambda: inner(request, context)), **serializers
+                lambda request, context: guard(context, lambda: inner(check_locations(request), context)), **serializers
             )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streamed(handler.unary_stream), **serializers)
+            inner_stream = handler.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                streamed(lambda request, context: inner_stream(check_locations(request), context)), **serializers
+            )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(streamed(handler.stream_stream), **serializers)
         if handler.stream_unary:

@@ -83,8 +83,16 @@ def merge_scores(
     manifests = []
     for i, ref in enumerate(request.shards):
         path = local_artifact(store, ref, field=f"shards[{i}]")
-        manifest = store.get_json(store.key_of(ref.uri))
-        if manifest.get("stage") != "score" or "scores" not in manifest.get("outputs", {}):
+        try:
+            manifest = store.get_json(store.key_of(ref.uri))
+        except ValueError:  # not JSON (or not UTF-8): any file of the store can be named here
+            manifest = None
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("stage") != "score"
+            or not isinstance(manifest.get("outputs"), dict)
+            or "scores" not in manifest["outputs"]
+        ):
             raise InvalidArgument(f"{path} is not the manifest of a Score job", field=f"shards[{i}]")
         manifests.append({**manifest, "ref": {"uri": ref.uri, "sha256": store.digest(store.key_of(ref.uri))}})
     prefix = output_prefix(request.output_prefix)
