@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images base-image image-smoke lint lint-images clean gpu-check
+.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images base-image image-smoke lint lint-images clean gpu-check push k8s-images
 
 # Everything: the main environment with the offline models, and the vLLM teacher's environment.
 setup: setup-main setup-vllm
@@ -148,3 +148,31 @@ test-fast: setup-main
 
 clean:
 	rm -rf artifacts .pytest_cache .run
+
+# Push the built images (TARGETS) to REGISTRY under TAG, then write K8S_OUT/<overlay>/kustomization.yaml: each
+# overlay with its images renamed to what was pushed, from these two variables alone (docs/deploy.md):
+#   make images push REGISTRY=registry.example.com/ml TAG=0.1.0 && kubectl apply -k build/k8s/gpu
+# `make k8s-images REGISTRY=... TAG=...` writes the kustomizations without pushing.
+REGISTRY ?=
+TAG ?= $(VERSION)
+K8S_OUT ?= build/k8s
+PUSHED_cpu = $(REGISTRY)/montessori:$(TAG)-cpu
+PUSHED_cuda = $(REGISTRY)/montessori:$(TAG)
+PUSHED_vllm = $(REGISTRY)/montessori-teacher-vllm:$(TAG)
+
+push: k8s-images
+	$(foreach t,$(TARGETS),$(CONTAINER) tag $(IMAGE_$(t)) $(PUSHED_$(t)) && $(CONTAINER) push $(PUSHED_$(t)) &&) true
+
+k8s-images:
+	@test -n "$(REGISTRY)" || { echo "usage: make $@ REGISTRY=<registry/path> [TAG=$(VERSION)]" >&2; exit 2; }
+	@for overlay in gpu cpu-dev; do \
+	  out="$(K8S_OUT)/$$overlay"; mkdir -p "$$out"; \
+	  suffix=$$([ $$overlay = cpu-dev ] && echo -cpu); \
+	  printf '%s\n' "# Written by make k8s-images: k8s/overlays/$$overlay with the images pushed to $(REGISTRY)." \
+	    "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
+	    "resources: [$$(realpath --relative-to="$$out" k8s/overlays/$$overlay)]" "images:" \
+	    "  - {name: $(IMAGE), newName: $(REGISTRY)/montessori, newTag: $(TAG)$$suffix}" \
+	    "  - {name: $(IMAGE)-teacher-vllm, newName: $(REGISTRY)/montessori-teacher-vllm, newTag: $(TAG)}" \
+	    > "$$out/kustomization.yaml"; \
+	  echo "$$out/kustomization.yaml"; \
+	done

@@ -76,19 +76,34 @@ def test_pip_install_client_extra_gives_a_working_montessori_without_torch(tmp_p
             shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, tree / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The wheel is built with this environment's setuptools (no isolated build environment to install), and pip
+    # installs it and its dependencies into an environment without pip of its own, without byte-compiling: the
+    # same resolution from the same registry as `pip install '.[client]'`, in a fraction of the time.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        + ["-c", str(REPO / "constraints.txt"), f"{tree}[client]"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
+    def step(command: list[str]) -> None:
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr[-3000:]}"
+
+    step([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheels"), str(tree)])
+    (wheel,) = (tmp_path / "wheels").glob("montessori-*.whl")
+    venv = tmp_path / "venv"
+    step([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = str(venv / "bin" / "python")
+    step(
+        [
+            *pip,
+            "--python",
+            python,
+            "install",
+            "-q",
+            "--no-compile",
+            "-c",
+            str(REPO / "constraints.txt"),
+            f"{wheel}[client]",
+        ]
     )
-    assert install.returncode == 0, install.stderr[-3000:]
     montessori = str(venv / "bin" / "montessori")
 
     def run(*args: str) -> subprocess.CompletedProcess:

@@ -270,3 +270,25 @@ def test_the_cpu_dev_run_config_names_the_models_the_seed_job_builds():
     assert config.models.student == f"{models_dir}/{TINY_STUDENT_DIR}"
     for name in ("seed_path", "reference_path", "eval_path"):
         assert Path(REPO / getattr(config.data, name)).is_file(), name  # uploaded by `montessori loop start`
+
+
+def test_make_k8s_images_renames_every_montessori_image_from_registry_and_tag(tmp_path):
+    import subprocess
+
+    out = tmp_path / "k8s"
+    command = ["make", "-s", "k8s-images", "REGISTRY=registry.example.com/ml", "TAG=1.2.3", f"K8S_OUT={out}"]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=60)
+    expected = {"gpu": "1.2.3", "cpu-dev": "1.2.3-cpu"}
+    for overlay, tag in expected.items():
+        images = {
+            container["image"]
+            for obj in _kustomize(out / overlay, f"make k8s-images: {overlay}")
+            if obj["kind"] in ("Deployment", "Job", "StatefulSet")
+            for container in obj["spec"]["template"]["spec"]["containers"]
+            if "quay.io/minio" not in container["image"]
+        }
+        assert images <= {
+            f"registry.example.com/ml/montessori:{tag}",
+            "registry.example.com/ml/montessori-teacher-vllm:1.2.3",
+        }
+        assert f"registry.example.com/ml/montessori:{tag}" in images, (overlay, images)
