@@ -114,7 +114,16 @@ class ArtifactStore(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys of the published files under ``prefix``, sorted."""
 
+    @abstractmethod
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` only if nothing is there, in one step: True if this call created it, False if
+        the key already existed (nothing written). Of two concurrent creates, exactly one gets True."""
+
     # Convenience layer shared by all backends.
+
+    def create_json(self, key: str, obj: Any) -> bool:
+        """:meth:`create_bytes` of ``obj`` as JSON (the layout of :meth:`put_json`)."""
+        return self.create_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
     def put_bytes(self, key: str, data: bytes) -> ArtifactRef:
         with tempfile.TemporaryDirectory(prefix="montessori-put-") as tmp:
@@ -206,6 +215,24 @@ class LocalArtifactStore(ArtifactStore):
             staging.unlink(missing_ok=True)
         self._record_digest(target, digest)
         return ArtifactRef(uri=target.as_uri(), sha256=digest)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            staging.write_bytes(data)
+            digest = sha256_file(staging)
+            try:
+                os.link(staging, target)  # atomic and exclusive: fails if the key exists, never half-written
+            except FileExistsError:
+                return False
+        finally:
+            staging.unlink(missing_ok=True)
+        # After the link (a sidecar written first would be the existing artifact's when the create loses); a
+        # crash in between leaves an artifact without a sidecar, which reads as unchecked, not as corrupted.
+        self._record_digest(target, digest)
+        return True
 
     def put_dir(self, key: str, source: Path, *, move: bool = False) -> ArtifactRef:
         target = self._path(key)

@@ -8,7 +8,12 @@ request id and ``validate_only`` left out). Once the stage's manifest is there:
 * any other request naming that prefix is ALREADY_EXISTS: a published artifact is never changed, so the
   digests a loop recorded stay true.
 
-A prefix without a manifest (a stage that crashed before publishing) may be written again by anyone.
+``request.json`` is created, never overwritten by another request (:meth:`ArtifactStore.create_json`: an
+exclusive local create, a conditional S3 PUT): of two runs racing for one prefix exactly one writes it and runs;
+the other is ALREADY_EXISTS before it does any work. A prefix whose ``request.json`` names this same request
+but has no manifest (a stage that crashed, or is running) is taken over by the request (a re-send after a worker
+restart: the outputs are deterministic, so a duplicate run writes the same bytes). A run that fails deletes the
+record only while it names its own request, never another's.
 
 A worker service also confines a job to its caller's loop: an output inside ``loops/<loop>/`` needs a request
 id scoped to that loop (``<loop>:...``, which is how the controller names its jobs).
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from common.artifacts import ArtifactRef, ArtifactStore
-from common.errors import AlreadyExists, InvalidArgument, MontessoriError
+from common.errors import AlreadyExists, InvalidArgument, MontessoriError, NotFound
 from common.manifests import MANIFEST, StageResult
 from common.progress import Progress
 from common.protoconv import content_fingerprint
@@ -81,15 +86,31 @@ def write_once(store: ArtifactStore, request, work: Work) -> Work:
         if earlier is not None:
             return earlier
         record = f"{prefix}/{REQUEST}"
-        store.put_json(record, {"request_sha256": digest, "type": request.DESCRIPTOR.full_name})
+        # Deterministic content (no writer id): a loop's folders are compared byte for byte.
+        claim = {"request_sha256": digest, "type": request.DESCRIPTOR.full_name}
+        if not store.create_json(record, claim) and _record(store, record).get("request_sha256") != digest:
+            raise AlreadyExists(
+                f"{store.uri(prefix)} is being written by another request (its {REQUEST} names it); a prefix "
+                "belongs to the first request that claims it (choose another output prefix)",
+                field="output_prefix",
+            )
+        # Created now, or the same request's own unpublished record (a re-send): this request holds the prefix.
         try:
             return work(progress)
         except BaseException:  # failed or cancelled: the prefix is left as the work left it (nothing published)
-            if not store.exists(f"{prefix}/{MANIFEST}"):
-                store.delete(record)
+            if not store.exists(f"{prefix}/{MANIFEST}") and _record(store, record).get("request_sha256") == digest:
+                store.delete(record)  # its own record only: a failure never frees another request's prefix
             raise
 
     return run
+
+
+def _record(store: ArtifactStore, key: str) -> dict:
+    """The request record at ``key`` ({} when it is gone)."""
+    try:
+        return store.get_json(key)
+    except NotFound:
+        return {}
 
 
 def confine_to_loop(request) -> None:

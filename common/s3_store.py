@@ -162,6 +162,32 @@ class S3ArtifactStore(ArtifactStore):
         self._put(key, source, digest)  # one PUT: S3 makes it visible whole or not at all
         return ArtifactRef(self.uri(key), digest)
 
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (``If-None-Match: *``, S3's create-if-absent): 412 PreconditionFailed means the key
+        exists. A server that ignores the header (nanio; MinIO before its conditional writes) overwrites instead:
+        there, a key that exists is refused by a HEAD first, and the object is read back, a create whose bytes
+        are not there having lost a race (the window left is two PUTs between one's HEAD and the other's read;
+        docs/operations-cluster.md, "Write-once")."""
+
+        key = validate_key(key)
+        if self._stat(key) is not None:  # the common case, one HEAD; the conditional PUT decides a race
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        headers = {
+            "If-None-Match": "*",
+            "Content-Type": "application/octet-stream",
+            "x-amz-meta-sha256": digest,
+        }
+        try:
+            # minio-py's public put_object turns unknown headers into user metadata (x-amz-meta-if-none-match), so
+            # the conditional PUT goes through its one-request primitive (a small record, never multipart).
+            self._call(lambda: self.client._put_object(self.bucket, key, data, headers=headers), what=self.uri(key))
+        except FailedPrecondition as err:
+            if "PreconditionFailed" in err.message:
+                return False
+            raise
+        return self.get_bytes(key) == data
+
     def put_dir(self, key: str, source: Path, *, move: bool = False) -> ArtifactRef:
         key = validate_key(key)
         files = sorted(p for p in Path(source).rglob("*") if not p.is_dir())  # a dangling link fails the upload

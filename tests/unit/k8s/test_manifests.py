@@ -1291,7 +1291,8 @@ def test_every_service_mounts_its_own_tls_secret_read_only(rendered, target):
 def test_each_certificate_is_what_its_deployment_mounts_and_names_its_services(rendered, target):
     objects = rendered[target]
     certificates = {c["spec"]["secretName"]: c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")}
-    assert set(certificates) == {tls_secret(s) for s in SERVICES}
+    # and MinIO's (the store's TLS, test_store_tls.py)
+    assert set(certificates) == {tls_secret(s) for s in SERVICES} | {"montessori-minio-tls"}
     issuers = {i["metadata"]["name"]: i["spec"] for i in of_kind(objects, "Issuer")}
     for service in SERVICES:
         certificate = certificates[tls_secret(service)]["spec"]
@@ -1368,25 +1369,47 @@ def test_bucket_job_creates_one_bucket_scoped_user_per_service(rendered, target)
     (script,) = mc["args"]
     bucket = settings(objects)["data"]["MINIO_BUCKET"]
     env = {e["name"]: e for e in mc["env"]}
-    assert "mc admin policy create montessori montessori-store /tmp/montessori-store.json" in script
-    assert 'mc admin policy attach montessori montessori-store --user "$1"' in script
+    policies = _bucket_policies(script, bucket)
+    assert set(policies) == {"montessori-store-controller", "montessori-store-worker"}
+    for name in policies:
+        assert f"mc admin policy create montessori {name} /tmp/{name}.json" in script
+    assert 'mc admin policy attach montessori "$3" --user "$1"' in script
     for service in SERVICES:
         prefix = f"STORE_{service.upper()}"
         for var, key in (("ACCESS_KEY", "access-key"), ("SECRET_KEY", "secret-key")):
             ref = env[f"{prefix}_{var}"]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": store_secret(service), "key": key}, f"{prefix}_{var}"
-        assert f'user "${prefix}_ACCESS_KEY" "${prefix}_SECRET_KEY"' in script, service
-    policy = _bucket_policy(script, bucket)
-    allowed = {
-        f"arn:aws:s3:::{bucket}": {"s3:ListBucket", "s3:GetBucketLocation"},
-        f"arn:aws:s3:::{bucket}/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"},
+        policy = "montessori-store-controller" if service == "controller" else "montessori-store-worker"
+        assert f'user "${prefix}_ACCESS_KEY" "${prefix}_SECRET_KEY" {policy}' in script, service
+    bucket_arn, objects_arn = f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    expected = {
+        # the controller: the whole bucket (loops, and for operators models/ and data/ pushes and gc)
+        "montessori-store-controller": {
+            bucket_arn: {"s3:ListBucket", "s3:GetBucketLocation"},
+            objects_arn: {"s3:GetObject", *writes},
+        },
+        # a worker: reads everything, writes and deletes only loops/ (stage outputs and checkpoints)
+        "montessori-store-worker": {
+            bucket_arn: {"s3:ListBucket", "s3:GetBucketLocation"},
+            objects_arn: {"s3:GetObject"},
+            f"arn:aws:s3:::{bucket}/loops/*": writes,
+        },
     }
-    granted: dict[str, set[str]] = {}
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}, statement
-        for resource in statement["Resource"]:
-            granted.setdefault(resource, set()).update(statement["Action"])
-    assert granted == allowed, f"the services' policy grants {granted}"
+    for name, policy in policies.items():
+        granted: dict[str, set[str]] = {}
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}, statement
+            for resource in statement["Resource"]:
+                granted.setdefault(resource, set()).update(statement["Action"])
+        assert granted == expected[name], f"{name} grants {granted}"
+
+
+def _bucket_policies(script: str, bucket: str) -> dict[str, dict]:
+    """Every policy document the bucket Job writes (``cat > /tmp/<name>.json <<EOF ... EOF``), by name."""
+    found = re.findall(r"cat > /tmp/([\w-]+)\.json <<EOF\n(.*?)\nEOF\n", script, re.S)
+    assert found, "the bucket Job writes no policy document"
+    return {name: json.loads(body.replace("$MINIO_BUCKET", bucket)) for name, body in found}
 
 
 def test_bucket_policy_check_sees_a_wider_grant():
