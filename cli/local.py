@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cli.sections import STAGE_SECTIONS, resolved  # noqa: F401 - the table lives with montessori plan's (no torch)
 from common.artifacts import ArtifactStore, open_store
-from common.config import from_dict, message_to_dict
 from common.device import resolve_device
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
@@ -20,24 +20,10 @@ from montessori.v1 import influence_pb2, preference_pb2, teacher_pb2, trainer_pb
 from services.controller.config import RunConfig
 from services.controller.loop import LoopRunner
 from services.influence import stages as influence
-from services.influence.config import InfluenceConfig
 from services.preference import stages as preference
-from services.preference.config import PreferenceConfig
 from services.teacher import stages as teacher
 from services.teacher.backend import BackendCache
-from services.teacher.config import SynthesisConfig
 from services.trainer import stages as trainer
-from services.trainer.config import DPOSettings, SFTSettings, WarmupSettings
-
-#: The run config's stage sections and the worker config each resolves into (defaults, ranges, help).
-STAGE_SECTIONS: dict[str, type] = {
-    "synthesis": SynthesisConfig,
-    "influence": InfluenceConfig,
-    "preference": PreferenceConfig,
-    "warmup": WarmupSettings,
-    "dpo": DPOSettings,
-    "sft": SFTSettings,
-}
 
 
 class LocalExecutor:
@@ -77,17 +63,3 @@ def local_runner(config: RunConfig, **kwargs) -> LoopRunner:
     """A loop whose stages run in this process, on the config's own store."""
     store = kwargs.pop("store", None) or open_store(config.artifacts)
     return LoopRunner(config, store=store, executor=LocalExecutor(store, dtype=config.models.dtype), **kwargs)
-
-
-def resolved(config: RunConfig) -> RunConfig:
-    """``config`` with every stage section resolved by its worker's config (defaults filled in, validated):
-    what ``montessori config`` prints."""
-    from dataclasses import replace
-
-    return replace(
-        config,
-        **{
-            name: from_dict(cls, message_to_dict(getattr(config, name)), path=name)
-            for name, cls in STAGE_SECTIONS.items()
-        },
-    )

@@ -18,7 +18,7 @@ def add_parser(commands) -> None:
         "snapshot, activations at the configured lengths and batches, the teacher's KV cache) from the models' "
         "config.json and the run config, and exit 2 naming the stage, the setting and the numbers when one does "
         "not fit a GPU. The teacher and each influence replica use one GPU; the trainer uses --gpus (FSDP shards a "
-        "full fine-tune over them). Settings are resolved with the workers' defaults (needs montessori[worker]).",
+        "full fine-tune over them). Settings are resolved with the workers' defaults.",
     )
     sub.add_argument("--config", help="YAML or TOML run config (default: the embedded defaults)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _resolved(config):
     """The stage sections resolved by the workers' configs (defaults filled in), as ``montessori config`` does."""
-    from cli.local import resolved
+    from cli.sections import resolved
 
     return resolved(config)
 

@@ -9,10 +9,12 @@ whether the device exists is checked where the models are placed (:func:`resolve
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from common.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved: the settings are checked without it (a client)
+    import torch
 
 #: What a device setting may say.
 DEVICE_SETTINGS = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -27,6 +29,8 @@ def is_device_setting(setting: object) -> bool:
 def resolve_device(setting: str, *, field: str = "device") -> torch.device:
     """The torch device that ``setting`` names: :class:`InvalidArgument` naming ``field`` when it is not a device
     setting, :class:`FailedPrecondition` naming ``field`` when it asks for a CUDA device this machine lacks."""
+    import torch
+
     if not is_device_setting(setting):
         raise InvalidArgument(f"must be {DEVICE_SETTINGS}, got {setting!r}", field=field)
     if setting == "auto":

@@ -7,7 +7,6 @@ from typing import Literal
 
 from common.config import check, field
 from common.device import DEVICE_SETTINGS, is_device_setting
-from common.models import DTYPES
 
 
 @dataclass
@@ -140,5 +139,7 @@ class TeacherServiceConfig:
     vllm: VLLMSettings = field(default_factory=VLLMSettings, help="vllm backend settings.")
 
     def __post_init__(self) -> None:
+        from common.models import DTYPES  # torch: only a teacher service builds this config
+
         check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")

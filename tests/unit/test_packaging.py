@@ -21,6 +21,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: What a wheel is built from (pyproject's packages and readme); the rest of the tree (models/, .venv) stays out.
 SOURCES = ("pyproject.toml", "README.md", "cli", "common", "services", "montessori")
+#: A small Llama-shaped config.json for `montessori plan`.
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "vocab_size": 1000,
+}
 #: Modules the client commands must never load: each is in the worker extra only.
 ML_MODULES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
 
@@ -58,6 +67,9 @@ def test_the_client_commands_import_no_ml_library():
         "cli.main.make_parser()\n"
         "import cli.loop_client, cli.models, cli.artifacts, cli.report, cli.report.charts, common.s3_store\n"
         "import common.protoconv, services.controller.config, common.lineage, common.transport\n"
+        "import cli.plan, cli.sections, common.memory_plan\n"
+        "from services.controller.config import RunConfig\n"
+        "cli.sections.resolved(RunConfig())\n"
         f"print([m for m in {ML_MODULES!r} if m in sys.modules])"
     )
     out = subprocess.run(
@@ -136,6 +148,12 @@ def test_pip_install_client_extra_gives_a_working_montessori_without_torch(tmp_p
     report = run("loop", "report", str(REPO / "bench" / "results" / "make-run-demo.json"), "--out", "report")
     assert report.returncode == 0, report.stderr[-2000:]
     assert list((tmp_path / "report").glob("*.png"))
+    # `montessori plan` resolves the settings as the workers do, without torch.
+    (model / "config.json").write_text(json.dumps(TINY_LLAMA))
+    models = ["--model-config", f"teacher={model}", "--model-config", f"student={model}"]
+    planned = run("plan", "--gpu-memory", "80", *models, "--json")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert {s["stage"] for s in json.loads(planned.stdout)["stages"]} >= {"teacher", "influence", "sft", "dpo"}
     # A worker's command says which extra it needs, on one line, instead of a traceback.
     worker = run("run", "--config", str(REPO / "configs" / "tiny.yaml"))
     assert worker.returncode == 2, worker.stderr[-2000:]
