@@ -59,6 +59,8 @@ class Env:
     MINIO_ACCESS_KEY / MINIO_SECRET_KEY: S3 credentials (never logged).
     MINIO_SECURE: ``1`` for TLS (default ``0``).
     MINIO_CA_FILE: CA bundle (PEM) that verifies the store's TLS certificate (default: the system's).
+    MINIO_SERVER_NAME: name the store's certificate is checked against when MINIO_ENDPOINT does not carry it (a
+        port-forward to 127.0.0.1: ``minio``; default: the endpoint's host).
     MONTESSORI_TLS_DIR: TLS folder (``ca.crt``, ``tls.crt``, ``tls.key``) of a service, or a client's ``ca.crt``.
     MONTESSORI_TOKEN: bearer token a client sends to the controller (never logged).
     MONTESSORI_TOKEN_FILE: file holding that token (used when MONTESSORI_TOKEN is unset).
@@ -80,6 +82,7 @@ class Env:
     cache_dir: str
     judge_api_key: str | None = None
     s3_ca_file: str = ""
+    s3_server_name: str = ""
     tls_dir: str = ""
     token: str = ""
     token_file: str = ""
@@ -101,6 +104,7 @@ class Env:
             cache_dir=os.environ.get("MONTESSORI_CACHE_DIR", os.path.expanduser("~/.cache/montessori")),
             judge_api_key=os.environ.get("MONTESSORI_JUDGE_API_KEY") or None,
             s3_ca_file=os.environ.get("MINIO_CA_FILE", ""),
+            s3_server_name=os.environ.get("MINIO_SERVER_NAME", ""),
             tls_dir=os.environ.get("MONTESSORI_TLS_DIR", ""),
             token=os.environ.get("MONTESSORI_TOKEN", ""),
             token_file=os.environ.get("MONTESSORI_TOKEN_FILE", ""),

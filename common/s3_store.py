@@ -56,7 +56,10 @@ class S3ArtifactStore(ArtifactStore):
         self.cache = Path(cache_dir)
         self.cache.mkdir(parents=True, exist_ok=True)
         self._paths: dict[str, ArtifactRef] = {}  # local cache path -> artifact it holds (for manifests)
-        ca_file = Env.read().s3_ca_file if secure else ""
+        env = Env.read()
+        ca_file = env.s3_ca_file if secure else ""
+        # A port-forward reaches the store at 127.0.0.1, which its certificate does not name: check the name it does.
+        server_name = env.s3_server_name if secure else ""
         if ca_file and not Path(ca_file).is_file():
             raise InvalidArgument(f"{ca_file} is not a file", field="MINIO_CA_FILE")
         http = urllib3.PoolManager(
@@ -64,6 +67,7 @@ class S3ArtifactStore(ArtifactStore):
             maxsize=8,
             retries=urllib3.Retry(total=retries, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)),
             **({"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file} if ca_file else {}),
+            **({"assert_hostname": server_name, "server_hostname": server_name} if server_name else {}),
         )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
         exists = self._call(lambda: self.client.bucket_exists(bucket), what=f"bucket {bucket}")
