@@ -9,13 +9,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from common.chat import instruction_text
+from common.chat import IGNORE_INDEX, instruction_text
 from common.models import ModelRef, load_model, load_tokenizer
 from common.optimizer_state import load_adamw, save_adamw_state
 from services.influence.config import InfluenceConfig
 from services.influence.scoring import Example, InfluenceScorer, ReferenceLoss, collate, examples_from_rows
 from services.trainer.config import SFTSettings
 from services.trainer.sft import train_sft
+from tests.unit.influence.constructed_estimates import reverse_estimates
 
 #: The tests' warm-up, every setting explicit (the defaults are the paper's and may change).
 WARMUP = SFTSettings(
@@ -123,8 +124,12 @@ def test_reference_averaging_row_mean_ignores_batching_batch_mean_does_not(warmu
     assert loss("row_mean", 3) == pytest.approx(per_row_mean, abs=tolerance)
     assert loss("row_mean", 8) == pytest.approx(per_row_mean, abs=tolerance)
     assert loss("batch_mean", 1) == pytest.approx(per_row_mean, abs=tolerance)  # one row a batch: the same
-    # token-pooled batches weigh long rows more: a different number, far beyond rounding
-    assert abs(loss("batch_mean", 8) - per_row_mean) > 1000 * tolerance
+    # A token-pooled batch weighs each row by its response tokens: the token-weighted mean, whatever the model.
+    # (How far that lies from the row mean is the model's: the covariance of row length and row loss.)
+    tokens = [sum(label != IGNORE_INDEX for label in scorer_encode(tokenizer, r).labels[1:]) for r in reference]
+    assert max(tokens) > 2 * min(tokens)  # the rows' weights differ: a property of the data, not of the model
+    token_mean = sum(n * row for n, row in zip(tokens, rows)) / sum(tokens)
+    assert loss("batch_mean", 8) == pytest.approx(token_mean, abs=tolerance)
 
 
 def scorer_encode(tokenizer, example: Example):
@@ -147,14 +152,19 @@ def random_token_example(tokenizer, seed: int = 0) -> Example:
     return Example("random", words(12), words(40))
 
 
-@pytest.mark.parametrize("mode,lr", [("sgd", 0.05), ("faithful", None)])
-def test_reference_example_helps_more_than_random_tokens(warmup_dir, reference, mode, lr):
-    scorer = make_scorer(warmup_dir, reference, optimizer=mode, **({"sgd_learning_rate": lr} if lr else {}))
+def test_reference_example_helps_more_than_random_tokens(warmup_dir, reference):
+    """A small SGD step on a row lowers that row's own loss, whatever the model (the descent lemma: the drop is
+    lr |g|^2 up to lr^2 g'Hg / 2), far beyond rounding; and against the whole reference set a row of random tokens
+    scores below a reference row (measured at MONTESSORI_TEST_SEED 0: +0.018 and -0.72). Which sign a reference
+    row's step has on the other reference rows is the model's; Adam's centred scores, ordered by construction with
+    stated margins, are test_centred_scores_measure_the_candidate_where_raw_scores_report_the_momentum."""
+    alone = make_scorer(warmup_dir, reference[:1], sgd_learning_rate=1e-2)  # the reference set: this row alone
+    own_alone = alone.score([reference[0]])[0]["influence"]
+    assert own_alone > 1000 * EPS32 * alone.base_loss
+    scorer = make_scorer(warmup_dir, reference, sgd_learning_rate=0.05)
     own = scorer.score([reference[0]])[0]["influence"]
     noise = scorer.score([random_token_example(scorer.tokenizer)])[0]["influence"]
-    # Training on a reference row lowers the reference loss: L0 - L_after > 0.
-    assert own > 0
-    assert own > noise
+    assert noise < 0 and own > noise + 0.5 * abs(noise)
 
 
 def test_scores_do_not_depend_on_order_or_batching(warmup_dir, reference, seed_rows):
@@ -293,41 +303,32 @@ def test_spearman_and_pair_agreement_helpers():
 
 
 def test_first_order_rounds_report_their_audit_and_fall_back_when_it_disagrees(
-    warmup_dir, seed_rows, reference_rows, tmp_path
+    warmup_dir, seed_rows, reference_rows, tmp_path, monkeypatch
 ):
-    import json as _json
-
+    """A huge step (lr 1.0) usually puts the Taylor estimate off, but whether its Spearman stays below 1 is the
+    draw's: for the real estimate the round falls back exactly when the audit is below min_agreement; with the
+    estimate constructed against the exact order (constructed_estimates.py) it surely falls back."""
     from common.artifacts import LocalArtifactStore
     from services.influence.tasks import score
 
-    candidates = tmp_path / "candidates.jsonl"
-    candidates.write_text(
-        "".join(
-            _json.dumps(
-                {"id": f"c{i}", "group_id": f"g{i // 4}", "instruction": r["instruction"], "response": r["output"]}
-            )
-            + "\n"
-            for i, r in enumerate(seed_rows[100:112])
-        )
-    )
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text("".join(_json.dumps(r) + "\n" for r in reference_rows[:8]))
+    candidates, reference = write_round(tmp_path, seed_rows, reference_rows)
     store = LocalArtifactStore(tmp_path / "store")
     common = dict(warmup_dir=warmup_dir, reference_path=reference, candidates_path=candidates)
     exact = score(store, "exact", config=InfluenceConfig(optimizer="sgd", sgd_learning_rate=1.0), **common)
-    audited = score(
-        store,
-        "fo",
-        config=InfluenceConfig(
-            optimizer="sgd", sgd_learning_rate=1.0, mode="first_order", audit_size=12, min_agreement=1.0
-        ),
-        **common,
-    )
-    assert audited.metrics["audit_size"] == 12 and -1 <= audited.metrics["audit_spearman"] <= 1
-    # With a huge step the Taylor estimate is off, so the round falls back to exact scores.
-    assert audited.metrics["audit_spearman"] < 1.0 and audited.metrics["fell_back_to_exact"] == 1
-    assert store.get_jsonl("fo/scores.jsonl") == [{**r} for r in store.get_jsonl("exact/scores.jsonl")]
     assert exact.metrics["candidates"] == 12
+    config = InfluenceConfig(
+        optimizer="sgd", sgd_learning_rate=1.0, mode="first_order", audit_size=12, min_agreement=1.0
+    )
+    real = score(store, "fo", config=config, **common).metrics
+    assert real["audit_size"] == 12 and -1 <= real["audit_spearman"] <= 1
+    assert real["fell_back_to_exact"] == int(real["audit_spearman"] < 1.0)  # whatever the draw
+    if real["fell_back_to_exact"]:
+        assert store.get_jsonl("fo/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
+    reverse_estimates(monkeypatch, ROUND_GROUPS)
+    audited = score(store, "fo-reversed", config=config, **common).metrics
+    assert audited["audit_spearman"] < 1.0 and audited["fell_back_to_exact"] == 1
+    assert (audited["scored_by_exact"], audited["scored_by_first_order"]) == (1, 0)
+    assert store.get_jsonl("fo-reversed/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
 
 
 # -- estimates: projection, batching, audit ------------------------------------------------------
@@ -407,7 +408,10 @@ def test_batched_estimates_equal_one_backward_per_candidate(warmup_dir, referenc
     # 11 = 3 + 3 + 3 + 2: a ragged last batch
     expected = [r["influence"] for r in one.score(candidates, mode=mode)]
     got = [r["influence"] for r in batched.score(candidates, mode=mode)]
-    assert got == pytest.approx(expected, rel=2e-5, abs=1e-10)  # measured: <= 3.3e-6 relative
+    # Batched and one-by-one gradients round differently: the error is a few roundings of the scores' scale (a
+    # score near zero is a cancellation, its own size says nothing of the error). Measured: <= 3.3e-6 relative.
+    scale = max(abs(v) for v in expected)
+    assert got == pytest.approx(expected, rel=2e-5, abs=2e-5 * scale)
     assert len({round(v, 12) for v in got}) == len(got)  # not trivially equal
     shuffled = [r["influence"] for r in batched.score(candidates[::-1], mode=mode)][::-1]
     assert shuffled == got  # batches depend on the candidate set, not on its order
@@ -468,33 +472,39 @@ def test_projected_equals_its_definition(warmup_dir, reference, seed_rows, optim
     )
     assert row["influence_centred"] == pytest.approx(expected - shared, rel=1e-4, abs=1e-4 * abs(expected))
     assert (shared != 0) == (optimizer == "faithful")
-    assert row["influence_raw"] != pytest.approx(
-        scorer.score(candidate, mode="first_order")[0]["influence_raw"], rel=1e-3
-    )  # a projection
+    # a projection, not the full inner product (the two agree to a projection's noise, ~1/sqrt(256) of the score:
+    # close on some draws, equal to the bit on none)
+    assert row["influence_raw"] != scorer.score(candidate, mode="first_order")[0]["influence_raw"]
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 1e-4), ("faithful", 1e-5)])
 def test_projected_agrees_with_exact_at_a_small_step(warmup_dir, reference, seed_rows, optimizer, lr):
-    """Measured Spearman vs exact at projection_seed 0: 0.96 (sgd), 0.98 (faithful); over seeds 0-5 it ranged
-    0.88-0.99 (sgd) and 0.975-0.986 (faithful), against 0.999+ for first_order: the projection's noise."""
-    from services.influence.agreement import spearman
-
-    scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, sgd_learning_rate=lr, projection_dim=4096)
+    """A projected score is the first-order one plus the count sketch's error, and that error keeps to its bound:
+    for a k-bucket count sketch Var(<Px, Py> - <x, y>) <= 2 |x|^2 |y|^2 / k, so every centred score lies within
+    6 standard deviations, lr |g_ref| |u - u_0| sqrt(2 / k), of first order, whatever the model (the error is a sum
+    over some 10^5 colliding products: a 6-sigma miss is ~1e-9 a candidate). How well the 24 projected scores rank
+    is the draw's (Spearman vs exact measured at MONTESSORI_TEST_SEED 0 and projection_seed 0: 0.96 sgd, 0.98
+    faithful, 0.88-0.99 over projection seeds), so it is not asserted; first order against exact is
+    test_first_order_agrees_with_exact_at_a_small_step."""
+    dim = 4096
+    scorer = make_scorer(warmup_dir, reference, optimizer=optimizer, sgd_learning_rate=lr, projection_dim=dim)
     for group in scorer.optimizer.param_groups:
         group["lr"] = lr
     candidates = estimate_candidates(scorer, seed_rows)
-    exact = [r["influence"] for r in scorer.score(candidates, mode="exact")]
-    projected = [r["influence"] for r in scorer.score(candidates, mode="projected")]
-    assert sum(p.numel() for p in scorer.params) > 30 * 4096  # a real reduction
-    assert spearman(exact, projected) >= 0.9
-    assert statistics_scale(projected) == pytest.approx(
-        statistics_scale(exact), rel=0.5
-    )  # same scale, not merely same order
+    first_order = [r["influence_centred"] for r in scorer.score(candidates, mode="first_order")]
+    projected = [r["influence_centred"] for r in scorer.score(candidates, mode="projected")]
+    assert sum(p.numel() for p in scorer.params) > 30 * dim  # a real reduction
     assert all(torch.equal(p, s) for p, s in zip(scorer.params, scorer._weights))
-
-
-def statistics_scale(values: list[float]) -> float:
-    return (sum(v * v for v in values) / len(values)) ** 0.5
+    reference_norm = sum(float((g * g).sum()) for g in scorer.reference_gradient()) ** 0.5
+    for candidate, estimate, projection in zip(candidates, first_order, projected):
+        scorer.model(**collate([scorer.encode(candidate)], scorer.tokenizer.pad_token_id)).loss.backward()
+        step = scorer._update_direction
+        own = [step(p, p.grad) - step(p, torch.zeros_like(p)) for p in scorer.params]  # u - u_0
+        for p in scorer.params:
+            p.grad = None
+        sigma = lr * reference_norm * sum(float((u * u).sum()) for u in own) ** 0.5 * (2 / dim) ** 0.5
+        assert abs(projection - estimate) <= 6 * sigma, (candidate.id, projection, estimate, sigma)
+    assert projected != first_order  # a projection (equal to the bit on no draw)
 
 
 @pytest.mark.parametrize(
@@ -515,6 +525,10 @@ def test_config_errors_name_the_field(overrides, field_name):
     with pytest.raises(InvalidArgument) as error:
         InfluenceConfig(**overrides)
     assert error.value.field == field_name
+
+
+#: The candidates' prompt groups in :func:`write_round`.
+ROUND_GROUPS = {f"c{i}": f"g{i // 4}" for i in range(12)}
 
 
 def write_round(tmp_path, seed_rows, reference_rows):
@@ -554,9 +568,10 @@ def test_projected_rounds_report_their_audit_and_mode(warmup_dir, seed_rows, ref
         **common,
     )
     metrics = audited.metrics
+    # How well 6 projected scores rank is the draw's (the projection's quality is test_projected_agrees_with_exact_*)
     assert (
         metrics["audit_size"] == 6
-        and 0.5 < metrics["audit_spearman"] <= 1
+        and -1 <= metrics["audit_spearman"] <= 1
         and 0 <= metrics["audit_pair_agreement"] <= 1
     )
     assert (metrics["fell_back_to_exact"], metrics["scored_by_projected"], metrics["scored_by_exact"]) == (0, 1, 0)
@@ -567,8 +582,12 @@ def test_projected_rounds_report_their_audit_and_mode(warmup_dir, seed_rows, ref
 
 
 def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(
-    warmup_dir, seed_rows, reference_rows, tmp_path, caplog
+    warmup_dir, seed_rows, reference_rows, tmp_path, caplog, monkeypatch
 ):
+    """A one-number projection scores every candidate by one random direction: its pairs usually disagree, but
+    whether any pair forms (exact or estimated) is the draw's, so the real run asserts that the round falls back
+    exactly when the agreement is below the minimum, and the estimate constructed against the exact order within
+    each group (constructed_estimates.py: every estimated pair reversed) surely falls back, with its warning."""
     import logging
 
     from common.artifacts import LocalArtifactStore
@@ -578,19 +597,22 @@ def test_projected_rounds_fall_back_to_exact_when_pairs_disagree(
     store = LocalArtifactStore(tmp_path / "store")
     common = dict(warmup_dir=warmup_dir, reference_path=reference, candidates_path=candidates)
     score(store, "exact", config=InfluenceConfig(optimizer="sgd"), **common)  # writes exact/scores.jsonl
-    # A one-number projection scores every candidate by the same random direction: its pairs disagree
-    # (deterministically: the projection is seeded).
     config = InfluenceConfig(optimizer="sgd", mode="projected", projection_dim=1, audit_size=12, min_pair_agreement=1.0)
+    real = score(store, "proj", config=config, **common).metrics
+    assert real["fell_back_to_exact"] == int(real["audit_pair_agreement"] < 1.0)  # whatever the draw
+    if real["fell_back_to_exact"]:
+        assert store.get_jsonl("proj/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
+    reverse_estimates(monkeypatch, ROUND_GROUPS)
     logger = logging.getLogger("montessori.services.influence.tasks")
     logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING, logger=logger.name):
-            fallen = score(store, "proj", config=config, **common)
+            fallen = score(store, "proj-reversed", config=config, **common)
     finally:
         logger.removeHandler(caplog.handler)
-    assert fallen.metrics["audit_pair_agreement"] < 1.0
     metrics = fallen.metrics
+    assert metrics["audit_pair_agreement"] == 0.0  # no estimated pair is an exact one, and some formed
     assert (metrics["fell_back_to_exact"], metrics["scored_by_exact"], metrics["scored_by_projected"]) == (1, 1, 0)
-    assert store.get_jsonl("proj/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
+    assert store.get_jsonl("proj-reversed/scores.jsonl") == store.get_jsonl("exact/scores.jsonl")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "re-scoring exactly" in r.getMessage()]
-    assert warnings and warnings[0].metrics["min_pair_agreement"] == 1.0
+    assert warnings and warnings[-1].metrics["min_pair_agreement"] == 1.0
