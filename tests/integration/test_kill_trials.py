@@ -129,7 +129,7 @@ def hold_in_flight(controller, loop_id: str, stream, victim: str, process) -> st
                 return loop.stage
         raise AssertionError("the loop ended before a stage reported progress: nothing was in flight")
     send(process.pid, signal.SIGSTOP)
-    deadline, held = time.monotonic() + 120, None
+    deadline, held = time.monotonic() + 900, None  # the loop runs on until it needs the worker: minutes on a busy CPU
     while time.monotonic() < deadline:
         loop = controller.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop_id), timeout=30).loop
         assert loop.state == controller_pb2.LOOP_STATE_RUNNING, f"the loop ended with {victim} frozen: {loop}"
