@@ -158,14 +158,10 @@ class RemoteExecutor:
 
         A worker that dies or restarts mid-job (the stream breaks, the job is unknown to the new
         process, or it was cancelled by the worker's shutdown) gets the same request again, with
-        backoff: the request id makes that safe, and outputs are published atomically.
+        backoff, ``attempts`` times: the request id makes that safe, and outputs are published atomically.
         """
         for attempt in range(1, self.attempts + 1):
-            try:
-                job = _call(service, lambda: submit(request, wait_for_ready=True, timeout=self.submit_timeout)).job
-            except errors.Unavailable as err:  # the worker died with the submit in flight (or is loading)
-                self._backoff(service, attempt, err.message)
-                continue
+            job = self._submit(service, submit, request)
             try:
                 for event in stub.WatchJob(common_pb2.WatchJobRequest(job_id=job.job_id), wait_for_ready=True):
                     job = event.job
@@ -200,6 +196,24 @@ class RemoteExecutor:
             f"{service} service: job for {request.request_id} did not complete after {self.attempts} attempts"
         )
 
+    def _submit(self, service: str, submit, request) -> common_pb2.Job:
+        """Submit until the worker takes the job. A worker that does not take work yet (it is loading its models,
+        shutting down or restarting, or it died with the submit in flight) has lost no job: it is asked again with
+        backoff for up to ``submit_timeout`` s, not a number of times, so a slow restart does not fail the loop."""
+        deadline = time.monotonic() + self.submit_timeout
+        refusals = 0
+        while True:
+            remaining = max(1.0, deadline - time.monotonic())
+            try:
+                return _call(service, lambda t=remaining: submit(request, wait_for_ready=True, timeout=t)).job
+            except errors.Unavailable as err:
+                refusals += 1
+                if time.monotonic() >= deadline:
+                    raise errors.Unavailable(
+                        f"{service} service did not take the job within {self.submit_timeout:.0f} s: {err.message}"
+                    ) from None
+                self._backoff(service, refusals, err.message, wait=min(2.0**refusals, 30.0))
+
     def _cancel(self, service: str, stub, job_id: str) -> None:
         """Best effort: a worker that cannot be reached now has no use for the job's result either (the loop is
         stopped, and a stopped loop started again re-sends the request, which replaces a cancelled job)."""
@@ -211,13 +225,15 @@ class RemoteExecutor:
                 extra={"job_id": job_id, "stage": service, "metrics": {"reason": f"{err.code().name}"}},
             )
 
-    def _backoff(self, service: str, attempt: int, reason: str) -> None:
+    def _backoff(self, service: str, attempt: int, reason: str, wait: float | None = None) -> None:
         log.warning(
             "worker lost the job; resubmitting",
             extra={"stage": service, "metrics": {"attempt": attempt, "reason": reason}},
         )
-        if attempt < self.attempts:
-            time.sleep(min(2.0**attempt, 30.0))
+        if wait is None and attempt < self.attempts:
+            wait = min(2.0**attempt, 30.0)
+        if wait:
+            time.sleep(wait)
 
     def _result(self, job: common_pb2.Job) -> StageResult:
         manifest = self.store.get_json(self.store.key_of(job.manifest.uri))

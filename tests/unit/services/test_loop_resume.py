@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
+import grpc
 import pytest
 
 from common.artifacts import LocalArtifactStore
@@ -117,3 +119,43 @@ def test_a_loop_that_waits_when_the_controller_stops_stays_resumable(resumable):
     final = loops.get("L")
     assert final.state is LoopState.STOPPED and "resumes it" in final.error_message
     assert store.get_json("loops/L/state.json")["status"] == "running"
+
+
+class Loading(grpc.RpcError):
+    """What a worker that is still loading its models answers a submit."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "the service is still loading models; retry when health is SERVING"
+
+    def trailing_metadata(self):
+        return None
+
+
+def test_a_worker_that_takes_long_to_come_back_is_asked_again_for_the_submit_timeout(monkeypatch):
+    """A running loop's worker that restarts slowly (it refuses submits while it loads) has lost no job: the submit
+    is retried for ``submit_timeout`` s, not ``attempts`` times (about 30 s in all, which a busy node exceeds)."""
+    from services.controller import remote
+
+    slept: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", slept.append)
+    unused = "127.0.0.1:9"
+    executor = remote.RemoteExecutor(None, remote.WorkerAddresses(*[unused] * 4), request_prefix="L", attempts=5)
+    refusals = iter(range(8))
+
+    def submit(request, *, wait_for_ready, timeout):
+        if next(refusals, None) is not None:
+            raise Loading()
+        return SimpleNamespace(job="the job")
+
+    try:
+        assert executor._submit("teacher", submit, None) == "the job"
+        assert len(slept) == 8 and max(slept) == 30.0  # more refusals than attempts, each waited for
+        executor.submit_timeout = 0.0
+        refusals = iter(range(1))
+        with pytest.raises(Unavailable, match="did not take the job within 0 s"):
+            executor._submit("teacher", submit, None)
+    finally:
+        executor.close()
