@@ -171,8 +171,13 @@ def test_a_service_stopped_at_a_random_moment_changes_no_output(
     process = services["processes"][victim]
     in_flight = hold_in_flight(controller, loop_id, stream, victim, process)
     stream.cancel()
-    send(process.pid, sig)
-    send(process.pid, signal.SIGCONT)  # a frozen worker handles its SIGTERM (a SIGKILLed one is gone already)
+    if sig == signal.SIGKILL:
+        send(process.pid, sig)
+    else:
+        # Continued first: a SIGTERM sent to a stopped process is taken by whichever thread runs first, a gRPC one
+        # maybe, and Python runs its handler only in the main thread, which waits on an event (never woken).
+        send(process.pid, signal.SIGCONT)
+        send(process.pid, sig)
     exit_code = process.wait(timeout=120)  # a graceful stop drains first
     stopped_at = time.monotonic()
     with open(tmp_path / f"{victim}.log", "ab") as log:
