@@ -20,6 +20,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 
 import grpc
@@ -171,13 +172,21 @@ def test_a_service_stopped_at_a_random_moment_changes_no_output(
     process = services["processes"][victim]
     in_flight = hold_in_flight(controller, loop_id, stream, victim, process)
     stream.cancel()
+    signals_sent = 1
     if sig == signal.SIGKILL:
         send(process.pid, sig)
     else:
         # Continued first: a SIGTERM sent to a stopped process is taken by whichever thread runs first, a gRPC one
-        # maybe, and Python runs its handler only in the main thread, which waits on an event (never woken).
+        # maybe, and Python runs its handler only in the main thread, which waits on an event (never woken). Right
+        # after the SIGCONT that can still happen: then the SIGTERM is sent again (counted in the report).
         send(process.pid, signal.SIGCONT)
         send(process.pid, sig)
+        while process.poll() is None and signals_sent < 8:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                signals_sent += 1
+                send(process.pid, sig)
     exit_code = process.wait(timeout=120)  # a graceful stop drains first
     stopped_at = time.monotonic()
     with open(tmp_path / f"{victim}.log", "ab") as log:
@@ -197,6 +206,7 @@ def test_a_service_stopped_at_a_random_moment_changes_no_output(
             "of_events": len(history),
             "in_flight": in_flight,
             "exit_code": exit_code,
+            "signals_sent": signals_sent,
             "restart_to_end_s": round(time.monotonic() - stopped_at, 1),
             "reused_stages": sum(bool(e.metrics.get("reused")) for e in after),
             "state": controller_pb2.LoopState.Name(final.state),
