@@ -118,7 +118,7 @@ def test_loop_ids_are_idempotent_listed_and_gettable(controller, finished_loop, 
     assert controller.GetLoop(controller_pb2.GetLoopRequest(loop_id=loop.loop_id)).loop.rounds_completed == 1
 
 
-def test_two_loops_at_once_both_finish(controller, tiny_models, finished_loop):
+def test_two_loops_at_once_both_finish(services, controller, tiny_models, finished_loop):
     # Under both of the suite's loop seeds: whichever rounds form pairs, each loop's rounds are consistent.
     spec = lambda i: tiny_spec(  # noqa: E731
         tiny_models, evaluation={"baseline": False, "shift_samples": 0}, name=f"two{i}", seed=LOOP_SEEDS[1 - i]
