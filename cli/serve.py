@@ -176,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
             "max_streams": args.max_streams,
         },
     )
+    if args.device is not None and args.service in ("teacher", "influence", "trainer"):
+        from common.device import resolve_device
+
+        # Before any model loads: a GPU asked for on a machine without one is one line naming the flag.
+        resolve_device(args.device, field="--device")
     if args.service == "teacher":
         from services.teacher.servicer import build as teacher_build
 

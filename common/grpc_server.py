@@ -315,4 +315,7 @@ class ServiceServer:
         signal.signal(signal.SIGINT, handle)
 
     def wait(self) -> None:
-        self.stopped.wait()
+        # In short waits: a signal that arrives while the main thread blocks in one endless wait (a process resumed
+        # from SIGSTOP) was seen never to run its handler, so a SIGTERM went unanswered.
+        while not self.stopped.wait(1.0):
+            pass
