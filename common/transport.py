@@ -135,6 +135,20 @@ class ClientTransport:
     def __repr__(self) -> str:  # the token must never reach a log line
         return f"ClientTransport(tls_dir={self.tls_dir!r}, insecure={self.insecure}, client_cert={self.client_cert})"
 
+    def files_version(self) -> tuple:
+        """What identifies the TLS files now (their names, sizes and modification times; () without TLS): a
+        channel made before cert-manager renewed them in place is made again with the new ones."""
+        if not self.tls_dir:
+            return ()
+        version = []
+        for name in (CA_FILE, CERT_FILE, KEY_FILE):
+            try:
+                stat = (Path(self.tls_dir) / name).stat()
+            except OSError:
+                continue
+            version.append((name, stat.st_size, stat.st_mtime_ns))
+        return tuple(version)
+
     def credentials(self) -> grpc.ChannelCredentials:
         field = "--tls-dir"
         key = _read(self.tls_dir, KEY_FILE, field) if self.client_cert else None

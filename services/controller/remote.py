@@ -104,11 +104,27 @@ class RemoteExecutor:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        self._channels: dict[str, grpc.Channel] = {}
+        self._connect()
+
+    def _connect(self) -> None:
+        """Channels to every worker with the client certificate as it is now."""
         first = lambda value: value.split(",")[0].removeprefix("dns:///")  # noqa: E731 - all but Score go to one replica
+        self.close()
+        transport = self.addresses.transport
+        self._tls_version = transport.files_version()
         self._channels = {
-            name: addresses.transport.channel(first(getattr(addresses, name)), self._options) for name in _STUBS
+            name: transport.channel(first(getattr(self.addresses, name)), self._options) for name in _STUBS
         }
         self._stubs = {name: stub(self._channels[name]) for name, stub in _STUBS.items()}
+
+    def _stub(self, service: str):
+        """The worker's stub; its channel is made again once the TLS files were renewed in place (a loop outlives
+        its certificate: an old channel would reconnect with the expired one)."""
+        if self.addresses.transport.files_version() != self._tls_version:
+            log.info("TLS files changed: reconnecting to the workers with the new certificate")
+            self._connect()
+        return self._stubs[service]
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -123,7 +139,7 @@ class RemoteExecutor:
             if len(replicas) > 1:
                 return self._score_sharded(replicas, request, progress)
         service, rpc = _RPCS[type(request)]
-        stub = self._stubs[service]
+        stub = self._stub(service)
         return self._result(self._run(service, stub, getattr(stub, rpc), self._with_id(request), progress))
 
     def check(self, request) -> None:
@@ -135,7 +151,7 @@ class RemoteExecutor:
         try:
             _call(
                 service,
-                lambda: getattr(self._stubs[service], rpc)(message, wait_for_ready=True, timeout=self.check_timeout),
+                lambda: getattr(self._stub(service), rpc)(message, wait_for_ready=True, timeout=self.check_timeout),
             )
         except errors.Unavailable as err:  # named with its address: a resumed loop shows it while it waits
             address = getattr(self.addresses, service)
@@ -281,7 +297,7 @@ class RemoteExecutor:
             influence=request.influence,
             shards=[ref_to_proto(s.manifest) for s in shards],
         )
-        stub = self._stubs["influence"]
+        stub = self._stub("influence")
         return self._result(self._run("influence", stub, stub.MergeScores, self._with_id(merge), progress))
 
 

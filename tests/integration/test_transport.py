@@ -95,6 +95,35 @@ def test_worker_accepts_only_allowed_identities(worker, pki):
     assert code == grpc.StatusCode.NOT_FOUND, details  # let through: the job is unknown
 
 
+def test_the_controllers_worker_channels_use_a_client_certificate_renewed_in_place(worker, pki, tmp_path):
+    """cert-manager renews the controller's certificate in its folder; a loop's executor, made before, reconnects
+    with the new one (here: an identity the worker refuses, replaced by the controller's)."""
+    import shutil
+
+    from services.controller.remote import RemoteExecutor, WorkerAddresses
+
+    folder = tmp_path / "controller-tls"
+    shutil.copytree(pki / "tls" / "intruder", folder)
+    transport = ClientTransport(tls_dir=str(folder), client_cert=True)
+    addresses = WorkerAddresses(
+        teacher=worker, influence=worker, preference=worker, trainer=worker, transport=transport
+    )
+    executor = RemoteExecutor(None, addresses, request_prefix="renewal")
+    request = common_pb2.GetJobRequest(job_id="x")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            executor._stub("preference").GetJob(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for name in (CERT_FILE, KEY_FILE):  # replaced in place, as a renewal does
+            (folder / name).write_bytes((pki / "tls" / "controller" / name).read_bytes())
+            os.utime(folder / name, ns=(1, 1))  # a changed version even within one clock tick
+        with pytest.raises(grpc.RpcError) as let_through:
+            executor._stub("preference").GetJob(request, timeout=10)
+        assert let_through.value.code() == grpc.StatusCode.NOT_FOUND  # the job is unknown: the call got through
+    finally:
+        executor.close()
+
+
 # -- the controller ----------------------------------------------------------------------------
 
 
