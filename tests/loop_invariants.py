@@ -16,9 +16,10 @@ def assert_rounds_consistent(store, summary, loop_id: str) -> None:
         data = store.get_json(f"{base}/train-data/manifest.json")
         if row["pairs"]:
             dpo = store.get_json(f"{base}/dpo/manifest.json")
-            assert dpo["inputs"]["pairs"]["sha256"] == store.get_json(f"{base}/pairs/manifest.json")["outputs"][
-                "pairs"
-            ]["sha256"]
+            assert (
+                dpo["inputs"]["pairs"]["sha256"]
+                == store.get_json(f"{base}/pairs/manifest.json")["outputs"]["pairs"]["sha256"]
+            )
             adapters.append(dpo["outputs"]["adapter"])
             assert row["dpo_reward_margin"] is not None and not row["teacher_unchanged_reason"]
         else:

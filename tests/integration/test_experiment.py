@@ -99,7 +99,9 @@ def test_the_judge_compares_each_seeds_students_pairwise(tiny_models, tmp_path):
     store_root, out = tmp_path / "store", tmp_path / "report"
     assert montessori(experiment_argv(store_root, out, FIRST)) == 0
     assert (
-        montessori([*experiment_argv(store_root, out, FIRST), "--judge-model", str(tiny_models[0]), "--judge-rows", "3"])
+        montessori(
+            [*experiment_argv(store_root, out, FIRST), "--judge-model", str(tiny_models[0]), "--judge-rows", "3"]
+        )
         == 0
     )
     judged = json.loads((out / "experiment.json").read_text())["judge"]
