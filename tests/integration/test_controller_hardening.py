@@ -33,6 +33,7 @@ from services.controller.leader import authentication_api
 from services.controller.loops import LoopManager
 from services.controller.servicer import ControllerServicer
 from tests.integration.lease_api import API_AUDIENCE, LeaseAPI
+from tests.stream_limits import open_health_watches
 
 AUDIENCE = "montessori-controller"
 SERVICE = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
@@ -130,17 +131,7 @@ def test_idle_reflection_and_health_watch_streams_leave_watch_get_and_health_ans
         time.sleep(0.5)
         assert ended == {"RESOURCE_EXHAUSTED": 196}  # 4 stay open, idle, each holding one thread
 
-        watches = [
-            health_pb2_grpc.HealthStub(health_channels[i % 4]).Watch(health_pb2.HealthCheckRequest(), timeout=120)
-            for i in range(200)
-        ]
-        outcomes = collections.Counter()
-        for call in watches:
-            try:
-                next(call)
-                outcomes["open"] += 1
-            except grpc.RpcError as err:
-                outcomes[err.code().name] += 1
+        outcomes, watches = open_health_watches(health_channels[:4], 200, timeout=120)
         assert outcomes == {"open": 16, "RESOURCE_EXHAUSTED": 184}
 
         stub = controller_pb2_grpc.ControllerServiceStub(probe)

@@ -21,7 +21,9 @@ from montessori.v1 import common_pb2, preference_pb2, preference_pb2_grpc, train
 from services.controller.config import RunConfig
 from services.controller.loop import MAX_RESUMES, check_data_files
 from services.controller.loops import LoopManager
+from tests.assemble_inputs import one_pair_inputs
 from tests.conftest import DATA, REPO
+from tests.stream_limits import open_health_watches
 
 TINY = REPO / "configs" / "tiny.yaml"
 
@@ -230,7 +232,6 @@ def test_one_unreadable_loop_does_not_stop_the_others_from_resuming(tmp_path):
 def test_200_open_streams_leave_health_and_unary_calls_answering(tmp_path):
     """Each open stream holds a server thread: 32 used to freeze Health/Check and GetJob. Now streams past
     ``max_streams`` are RESOURCE_EXHAUSTED at once and the threads kept for unary calls always answer."""
-    import collections
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -243,17 +244,7 @@ def test_200_open_streams_leave_health_and_unary_calls_answering(tmp_path):
     own = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.insecure_channel(f"127.0.0.1:{service.port}", options=own) for _ in range(5)]
     try:
-        streams = [
-            health_pb2_grpc.HealthStub(channels[i % 4]).Watch(health_pb2.HealthCheckRequest(), timeout=60)
-            for i in range(200)
-        ]
-        outcomes = collections.Counter()
-        for call in streams:
-            try:
-                next(call)
-                outcomes["open"] += 1
-            except grpc.RpcError as err:
-                outcomes[err.code().name] += 1
+        outcomes, streams = open_health_watches(channels[:4], 200, timeout=60)
         assert outcomes == {"open": 16, "RESOURCE_EXHAUSTED": 184}
         check = health_pb2_grpc.HealthStub(channels[4]).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert check.status == health_pb2.HealthCheckResponse.SERVING
@@ -293,12 +284,7 @@ def test_a_job_submitted_first_under_the_loops_predictable_id_does_not_fail_the_
 
     service = start_service("preference", ServerConfig(artifacts=str(tmp_path / "store")), build)
     store = service.store
-    rows = [{"id": f"c{i}", "group_id": "g", "prompt": "p", "raw_sample": f"s{i}"} for i in range(2)]
-    candidates = store.put_jsonl("loops/L/iter-1/probe-data/candidates.jsonl", rows)
-    scores = store.put_jsonl(
-        "loops/L/iter-1/scores/scores.jsonl", [{"id": "c0", "influence": 1.0}, {"id": "c1", "influence": -1.0}]
-    )
-    ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
+    candidates, scores = one_pair_inputs(store)
     unused = "127.0.0.1:9"
     executor = RemoteExecutor(
         store, WorkerAddresses(unused, unused, f"127.0.0.1:{service.port}", unused), request_prefix="L"
@@ -309,16 +295,14 @@ def test_a_job_submitted_first_under_the_loops_predictable_id_does_not_fail_the_
             squatter.Assemble(
                 preference_pb2.AssembleRequest(
                     request_id="L:loops/L/iter-1/pairs",
-                    candidates=ref(candidates),
-                    scores=ref(scores),
+                    candidates=candidates,
+                    scores=scores,
                     output_prefix="elsewhere/pairs",
                 ),
                 timeout=30,
             )
         result = executor.run(
-            preference_pb2.AssembleRequest(
-                candidates=ref(candidates), scores=ref(scores), output_prefix="loops/L/iter-1/pairs"
-            )
+            preference_pb2.AssembleRequest(candidates=candidates, scores=scores, output_prefix="loops/L/iter-1/pairs")
         )
     finally:
         executor.close()

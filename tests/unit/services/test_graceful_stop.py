@@ -17,10 +17,11 @@ from common.grpc_server import ServerConfig
 from common.jobs import JobManager, JobState
 from common.progress import one_step
 from common.service_main import start_service
-from montessori.v1 import common_pb2, preference_pb2
+from montessori.v1 import preference_pb2
 from services.controller.remote import RemoteExecutor, WorkerAddresses
 from services.preference import servicer as preference
 from services.preference import stages
+from tests.assemble_inputs import one_pair_inputs
 
 
 @pytest.fixture
@@ -46,15 +47,8 @@ def worker(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "assemble", held)
     service = start_service("preference", ServerConfig(artifacts=str(tmp_path / "store")), preference.build)
     store = service.store
-    rows = [{"id": f"c{i}", "group_id": "g", "prompt": "p", "raw_sample": f"s{i}"} for i in range(2)]
-    candidates = store.put_jsonl("loops/L/iter-1/probe-data/candidates.jsonl", rows)
-    scores = store.put_jsonl(
-        "loops/L/iter-1/scores/scores.jsonl", [{"id": "c0", "influence": 1.0}, {"id": "c1", "influence": -1.0}]
-    )
-    ref = lambda artifact: common_pb2.ArtifactRef(uri=artifact.uri, sha256=artifact.sha256)  # noqa: E731
-    request = preference_pb2.AssembleRequest(
-        candidates=ref(candidates), scores=ref(scores), output_prefix="loops/L/iter-1/pairs"
-    )
+    candidates, scores = one_pair_inputs(store)
+    request = preference_pb2.AssembleRequest(candidates=candidates, scores=scores, output_prefix="loops/L/iter-1/pairs")
     unused = "127.0.0.1:9"
     addresses = WorkerAddresses(unused, unused, f"127.0.0.1:{service.port}", unused)
     executors = []
