@@ -54,11 +54,8 @@ class ConstructedScores(LocalExecutor):
         manifest = self.store.get_json(self.store.key_of(measured.manifest.uri))
         rows = self.store.get_jsonl(self.store.key_of(measured.outputs["scores"].uri))
         values = centred_within_groups(rows)
-        rows = [
-            {**row, "influence_measured": row["influence"], "influence": values[row["id"]]}
-            | {"influence_centred": values[row["id"]], "influence_raw": values[row["id"]]}
-            for row in rows
-        ]
+        constructed = lambda row: dict.fromkeys(("influence", "influence_centred", "influence_raw"), values[row["id"]])  # noqa: E731
+        rows = [{**row, "influence_measured": row["influence"], **constructed(row)} for row in rows]
         ref = self.store.put_jsonl(f"{request.output_prefix}/{SCORES}", rows)
         metrics = {
             **manifest["metrics"],
