@@ -60,13 +60,28 @@ def device() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def measure(model: str, texts: list[str], params: SamplingParams, batch: int, dtypes: list[str]) -> dict:
+def measure(
+    model: str,
+    texts: list[str],
+    params: SamplingParams,
+    batch: int,
+    dtypes: list[str],
+    transformers_dtypes: tuple[str, ...] = ("float32",),
+) -> dict:
     """One run: every row's tokens, seconds and tokens/s (engines started afresh)."""
     rows: dict = {}
     transformers = TransformersBackend(ModelRef(model))
     timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
     rows["transformers (fp32)"] = timed(transformers, texts, params, batch)
     del transformers
+    if "bfloat16" in transformers_dtypes:
+        # bf16 weights: native matrix products on CPUs with AVX512-BF16/AMX; larger batches amortise the
+        # per-step overhead that dominates one small batch.
+        half = TransformersBackend(ModelRef(model), dtype="bfloat16")
+        timed(half, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+        rows["transformers (bf16), same batches"] = timed(half, texts, params, batch)
+        rows["transformers (bf16), one request"] = timed(half, texts, params, len(texts))
+        del half
 
     from services.teacher.config import VLLMSettings
     from services.teacher.vllm_backend import VLLMBackends
@@ -140,6 +155,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="prompts per request (the service's prompt_batch_size)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="engine dtypes to time, comma-separated")
+    parser.add_argument(
+        "--transformers-bf16", action="store_true", help="also the transformers backend with bf16 weights"
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (spread reported)")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
     args = parser.parse_args()
@@ -155,7 +173,8 @@ def main() -> None:
     dtypes = list(filter(None, args.vllm_dtypes.split(",")))
     runs = []
     for run in range(args.runs):
-        runs.append(measure(args.model, texts, params, args.batch, dtypes))
+        extra = ("float32", "bfloat16") if args.transformers_bf16 else ("float32",)
+        runs.append(measure(args.model, texts, params, args.batch, dtypes, extra))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v['tokens_per_second']}" for k, v in runs[-1].items()))
     results: dict = {
         "model": args.model,

@@ -12,6 +12,7 @@ InfluenceMode = Literal["exact", "first_order", "projected"]
 #: Every scoring mode, in the order of ``InfluenceMode``.
 INFLUENCE_MODES: tuple[str, ...] = get_args(InfluenceMode)
 Centring = Literal["shared_step", "none"]
+ComputeDtype = Literal["float32", "bfloat16"]
 ReferenceAveraging = Literal["row_mean", "batch_mean"]
 
 
@@ -97,6 +98,14 @@ class InfluenceConfig:
         "first CUDA device when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'. Weights stay fp32 (master "
         "weights) on every device: a step of lr 5e-6 vanishes in bf16 weights.",
     )
+    compute_dtype: ComputeDtype = field(
+        "float32",
+        help="Precision of the forward and backward passes: 'bfloat16' runs them under autocast (matrix products "
+        "in bf16, native on CPUs with AVX512-BF16/AMX and on recent GPUs) while weights, optimizer state and the "
+        "step stay fp32. Its agreement with fp32 differs by mode: measure it (bench/influence.py --bf16) before "
+        "using it. The exact audit (and fallback) of an estimate runs in fp32, so it measures the estimate and its "
+        "precision together.",
+    )
     checkpoint_every: int = field(
         100,
         help="Save the scores so far to the store (<output_prefix>-checkpoint, keyed by candidate id) every this "
@@ -127,4 +136,5 @@ class InfluenceConfig:
         check(1 <= self.reference_batch_size <= 1024, "reference_batch_size", "must be in 1..1024")
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
         check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")
+        check(self.compute_dtype in get_args(ComputeDtype), "compute_dtype", "must be float32 or bfloat16")
         check(0 <= self.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")

@@ -20,6 +20,12 @@ DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
 REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
+PRECISION = Literal["auto", "float32", "bfloat16"]
+PRECISION_HELP = (
+    "Mixed precision of the forward and backward passes (weights and optimizer state stay fp32): 'auto', bf16 on "
+    "a CUDA device that supports it and fp32 elsewhere; 'bfloat16', bf16 autocast on any device (CPUs with "
+    "AVX512-BF16/AMX compute it natively); 'float32', none."
+)
 REPORT_TO_HELP = (
     "Where the TRL trainer also reports its logs: none, tensorboard (event files in the output folder's runs/, "
     "published with it; they hold wall-clock times, so that folder is no longer byte-reproducible), wandb or mlflow "
@@ -41,6 +47,7 @@ def _check_shared(settings) -> None:
     check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
     check(settings.report_to in REPORT_TO_VALUES, "report_to", f"must be one of {', '.join(REPORT_TO_VALUES)}")
     check(0 <= settings.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")
+    check(settings.precision in get_args(PRECISION), "precision", f"must be one of {', '.join(get_args(PRECISION))}")
 
 
 def final_lr_ratio(settings) -> float:
@@ -91,6 +98,7 @@ class SFTSettings:
     weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
     checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
+    precision: PRECISION = field("auto", help=PRECISION_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
@@ -187,6 +195,7 @@ class DPOSettings:
     )
     report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
     checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
+    precision: PRECISION = field("auto", help=PRECISION_HELP)
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")
