@@ -75,8 +75,10 @@ class TransformersBackend(GenerationBackend):
         field: str = "teacher.path",
         dtype: str = "float32",
         device: str | torch.device = "cpu",
+        share_prefill: bool = True,
     ):
         self.ref = ref
+        self.share_prefill = share_prefill  # False: generate's own n-fold prefill (benchmarks compare the two)
         self.tokenizer = load_tokenizer(ref.path, field=field, padding_side="left")
         self.model = load_model(ref, field=field, dtype=dtype, device=device)
         self.tokens_generated = 0  # for tokens/s metrics
@@ -127,10 +129,14 @@ class TransformersBackend(GenerationBackend):
             return [[""] * params.n for _ in prompts]
         torch.manual_seed(params.seed)
         sampling = params.temperature > 0
-        inputs, cache = self._shared_prefill(batch, params.n)
+        if self.share_prefill:
+            inputs, cache = self._shared_prefill(batch, params.n)
+            extra = {"past_key_values": cache}
+        else:
+            inputs, extra = dict(batch), {"num_return_sequences": params.n}
         output = self.model.generate(
             **inputs,
-            past_key_values=cache,
+            **extra,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,

@@ -96,9 +96,9 @@ FORCED_INSTRUCTIONS = [
 def forced_texts(backend: TransformersBackend, monkeypatch, instructions: list[str]) -> None:
     """Make the real backend's ``model.generate`` write given texts: a logits processor appended to the backend's
     own (after its presence penalty, before temperature and top-p) leaves one finite logit per row, the next token
-    of that row's text, then EOS. Instruction samples (n > 1) take the next of ``instructions`` (with its closing
-    tag, where the stop string ends generation); answers (no stop string) take "Answer k." Tokenizing, sampling, stop strings and
-    decoding are the backend's own; only the choice of each token is forced."""
+    of that row's text, then EOS. Instruction samples (those with a stop string) take the next of ``instructions``
+    (with its closing tag, where the stop string ends generation); answers take "Answer k." Tokenizing, sampling,
+    stop strings and decoding are the backend's own; only the choice of each token is forced."""
     tokenizer, original = backend.tokenizer, backend.model.generate
     answers = itertools.count()
     queue = iter(instructions)
