@@ -1,8 +1,9 @@
 """The effect, measured: `montessori experiment` with the committed configuration, results kept in the repo.
 
 Runs one loop per seed (configs/effect.yaml: Montessori, Self-Instruct and base students, 3 data draws per arm,
-teacher shift), then copies ``experiment.json`` to ``bench/results/effect.json`` and renders the report
-(markdown, html, plots) into ``docs/results/``. A rerun resumes: finished seeds are read back from the store.
+teacher shift), then copies ``experiment.json`` to ``bench/results/<config name>.json`` (``effect.json`` for
+``configs/effect.yaml``) and renders the report (markdown, html, plots) into ``docs/results/`` (``docs/results/<config
+name>/`` for another config). A rerun resumes: finished seeds are read back from the store.
 Usage: python bench/effect.py [--seeds 0,1,2] [--config configs/effect.yaml] [--set key=value ...]
 """
 
@@ -24,9 +25,12 @@ def run() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "effect.yaml"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--report", default=str(REPO / "docs" / "results"), help="report folder")
-    parser.add_argument("--result", default=str(REPO / "bench" / "results" / "effect.json"))
+    parser.add_argument("--report", default=None, help="report folder (default: see above)")
+    parser.add_argument("--result", default=None, help="results file (default: see above)")
     args = parser.parse_args()
+    name = Path(args.config).stem
+    args.report = args.report or str(REPO / "docs" / "results" / ("" if name == "effect" else name))
+    args.result = args.result or str(REPO / "bench" / "results" / f"{name}.json")
     argv = ["experiment", "--config", args.config, "--seeds", args.seeds, "--out", args.report, "--no-progress"]
     for item in args.set:
         argv += ["--set", item]

@@ -8,7 +8,7 @@ true difference it detects at two-sided alpha 0.05 with power 0.8 is ``(1.96 + 0
 shift's interval half-width scales with ``1 / sqrt(samples)`` the same way. Both are rough where few null units
 were measured (``null_units`` says how many).
 
-Usage: python bench/mde.py [--from bench/results/effect-smollm2-teacher.json] [--draws 3] [--shift-samples 200]
+Usage: python bench/mde.py [--from bench/results/effect.json] [--draws 3] [--shift-samples 200]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def design(result: dict, draws: int, shift_samples: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="source", default=str(REPO / "bench/results/effect-smollm2-teacher.json"))
+    parser.add_argument("--from", dest="source", default=str(REPO / "bench/results/effect.json"))
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--shift-samples", type=int, default=200)
     parser.add_argument("--out", default=str(REPO / "bench/results/effect-mde.json"))
