@@ -169,11 +169,8 @@ def score(
         done=saved.done("scores"),
         on_scored=saved.adder("scores"),
     )
-    for row in rows:
-        row["group_id"] = groups[row["id"]]
-        row["reference_loss_before"] = scorer.base_loss
     rate = scorer.last_rate
-    audit, scored_by = {}, config.mode
+    audit, scored_by, scored_in = {}, config.mode, config.compute_dtype
     if config.mode != "exact" and config.audit_size:
         saved.save()  # the audit and a fallback may take long too
         audit, audited = audit_agreement(scorer, examples, rows, groups, config.audit_size, progress, saved=saved)
@@ -199,12 +196,17 @@ def score(
                 audited[i] = exact
             for i, row in enumerate(rows):
                 row.update({k: v for k, v in audited[i].items() if k != "id"})
-            scored_by = "exact"
+            scored_by, scored_in = "exact", "float32"
+    with scorer.precision(scored_in):  # the reference loss and shared step of the precision the scores are in
+        before, shared = scorer.base_loss, shared_step_metrics(scorer, scored_by)
+    for row in rows:
+        row["group_id"] = groups[row["id"]]
+        row["reference_loss_before"] = before
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
     # Metrics are numbers (they travel as map<string, double>): one flag per mode says which one produced the scores.
     metrics = {
-        **score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=scorer.base_loss, rate=rate),
-        **shared_step_metrics(scorer, scored_by),
+        **score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=before, rate=rate),
+        **shared,
         **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES},
         **audit,
     }
