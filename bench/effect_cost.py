@@ -1,0 +1,106 @@
+"""What an effect-experiment design costs on the machine the benches ran on: a LOWER bound, from measured rates.
+
+Reads the design's sizes from its config and the per-unit costs measured on this machine from ``bench/results``:
+teacher tokens/s (``teacher-paths-<teacher>.json``, prefill once per prompt, the service's batches), influence
+seconds per candidate on the student (``influence-<student>-bf16.json``: first_order steady rate for the bulk,
+exact for the audit and the teacher shift, which scores exactly) and seconds per DPO step of the teacher
+(``dpo-<teacher>.json``, scaled to the design's prompt length). Student SFT, warm-up and evaluation are left out
+(small next to these, and not measured here), so the total is a lower bound.
+
+Usage: python bench/effect_cost.py [--config configs/effect-qwen.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def results(name: str) -> dict:
+    return json.loads((REPO / "bench" / "results" / name).read_text())
+
+
+def row(results_file: dict, method: str) -> dict:
+    return next(r for r in results_file["results"] if r["method"] == method)
+
+
+def estimate(config: dict, *, keep_rate: float) -> dict:
+    sizes, synthesis = config.get("sizes", {}), config.get("synthesis", {})
+    evaluation, dpo, influence = config.get("evaluation", {}), config.get("dpo", {}), config.get("influence", {})
+    teacher = Path(config["models"]["teacher"]).name
+    student = Path(config["models"].get("student", "models/gemma-3-270m")).name
+    n = synthesis.get("samples_per_prompt", 4)
+    instruction_tokens = synthesis.get("max_new_tokens", 48)
+    response_tokens = synthesis.get("response_max_new_tokens", 96)
+    draws, shift = evaluation.get("draws", 3), evaluation.get("shift_samples", 0)
+    probing = sizes["probe_prompts"] * n
+    kept_probing = int(probing * keep_rate)
+    training = 2 * draws * sizes["train_examples"] + sizes.get("warmup_examples", 16)
+    fresh = 2 * shift
+    samples = probing + (training + fresh) / keep_rate  # instruction samples drawn
+    answered = kept_probing + training + fresh
+    tokens = samples * instruction_tokens + answered * response_tokens
+
+    gen = results(f"teacher-paths-{teacher}.json")["runs"][0]["transformers (fp32)"]["tokens_per_second"]
+    scorer = results(f"influence-{student}-bf16.json")
+    exact = 1 / row(scorer, "(b) exact")["steady_cand_per_s"]
+    first = 1 / row(scorer, "(c) first_order")["steady_cand_per_s"]
+    bulk = exact if influence.get("mode", "exact") == "exact" else first
+    audit = influence.get("audit_size", 0)
+    dpo_run = results(f"dpo-{teacher}.json")
+    step = dpo_run["runs"]["float32"]["seconds_per_step"]
+    # The bench's prompts held --examples seed examples; a DPO step's cost grows with the tokens it trains on.
+    scale = (synthesis.get("examples_per_prompt", 8) + 1) / (dpo_run["examples_per_prompt"] + 1)
+    pairs = max(50, kept_probing // 4)  # at least the issue's 50 pairs
+    steps = pairs * (1 - dpo.get("heldout_fraction", 0.0)) * dpo.get("epochs", 1) / dpo.get("batch_size", 2)
+    stages = {
+        "teacher generation": tokens / gen,
+        "influence (probing, bulk)": kept_probing * bulk,
+        "influence (audit, exact)": min(audit, kept_probing) * exact,
+        "influence (teacher shift, exact)": fresh * exact,
+        "teacher DPO": steps * step * scale,
+    }
+    return {
+        "design": {
+            "probing_samples": probing,
+            "probing_candidates": kept_probing,
+            "training_examples": training,
+            "shift_examples": fresh,
+            "generated_tokens": round(tokens),
+            "dpo_steps": round(steps, 1),
+            "keep_rate": keep_rate,
+        },
+        "rates": {
+            "teacher_tokens_per_second": gen,
+            "exact_seconds_per_candidate": round(exact, 2),
+            "first_order_seconds_per_candidate": round(first, 2),
+            "dpo_seconds_per_step_bench": step,
+            "dpo_prompt_scale": round(scale, 2),
+        },
+        "hours": {name: round(seconds / 3600, 2) for name, seconds in stages.items()},
+        "total_hours_lower_bound": round(sum(stages.values()) / 3600, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "effect-qwen.yaml"))
+    parser.add_argument(
+        "--keep-rate", type=float, default=1.0, help="share of samples the filters keep (1.0: a lower bound)"
+    )
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    config = yaml.safe_load(Path(args.config).read_text())
+    report = {"config": Path(args.config).name, **estimate(config, keep_rate=args.keep_rate)}
+    out = Path(args.out or REPO / "bench" / "results" / f"cost-{Path(args.config).stem}.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
