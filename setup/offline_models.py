@@ -143,7 +143,9 @@ def assemble_qwen(target: Path) -> Path:
                     out.write(block)
     size = target.stat().st_size
     if size != QWEN_SIZE or digest.hexdigest() != QWEN_SHA256:
-        raise SystemExit(f"{target.name}: {size} bytes, sha256 {digest.hexdigest()}; expected {QWEN_SIZE}, {QWEN_SHA256}")
+        raise SystemExit(
+            f"{target.name}: {size} bytes, sha256 {digest.hexdigest()}; expected {QWEN_SIZE}, {QWEN_SHA256}"
+        )
     return target
 
 

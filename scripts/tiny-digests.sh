@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The digest-identical check of a redesign: run the tiny loop in process with a fixed loop id into a
+# fresh artifacts folder, then print the sha256 of every file it wrote except the timing-bearing ones
+# (manifest.json: duration and code version; state.json, rounds.jsonl, summary.json: durations). Run it
+# before and after a change on the same machine and diff the two lists: they must be identical.
+# It runs `python -m cli.main` from the tree, so the tree's own code runs (the shared .venv's `montessori` script
+# imports whichever checkout the venv was installed from).
+#   [TREE=checkout] scripts/tiny-digests.sh OUT_LIST [WORK_DIR]
+set -euo pipefail
+out_list=${1:?usage: scripts/tiny-digests.sh OUT_LIST [WORK_DIR]}
+work=${2:-$(mktemp -d)}
+root=${TREE:-$(cd "$(dirname "$0")/.." && pwd)}  # TREE: another checkout (e.g. the tree before a change)
+rm -rf "$work/artifacts" "$work/report"
+cd "$root"
+nice -n 10 env MONTESSORI_TORCH_THREADS=1 .venv/bin/python -m cli.main run --config configs/tiny.yaml \
+  --set loop_id=digest --set artifacts="$work/artifacts" --no-progress --report "$work/report" >"$work/run.log" 2>&1
+cd "$work/artifacts"
+find . -type f ! -name manifest.json ! -name state.json ! -name rounds.jsonl ! -name summary.json -print0 \
+  | sort -z | xargs -0 sha256sum >"$out_list"
+echo "$(wc -l <"$out_list") files hashed into $out_list (artifacts in $work/artifacts)"
