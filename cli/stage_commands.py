@@ -21,6 +21,7 @@ from common.artifacts import LocalArtifactStore
 from common.errors import MontessoriError
 from common.progress import Progress
 from common.request_fields import service_model_roots
+from common.stage_results import EvaluateMetrics
 from montessori.v1 import common_pb2, influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
 from services.controller.config import RunConfig
 from services.controller.requests import renamed
@@ -185,7 +186,10 @@ def run(args: argparse.Namespace, config: RunConfig, progress: Progress) -> int:
         raise type(err)(err.message, field=renamed(err.field, renames)) from None
     if args.command == "evaluate":
         # Evaluate without an output prefix publishes nothing: its work returns the mean loss as its metrics.
-        losses = {student: metrics["loss"] for student, metrics in zip(args.student, results, strict=True)}
+        losses = {
+            student: EvaluateMetrics.from_metrics(metrics).loss
+            for student, metrics in zip(args.student, results, strict=True)
+        }
         print(json.dumps({"eval_path": config.data.eval_path, "eval_loss": losses}, indent=2))
         return 0
     (result,) = results

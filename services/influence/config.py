@@ -7,10 +7,12 @@ from typing import Literal, get_args
 
 from common.config import check, field
 from common.device import DEVICE_SETTINGS, is_device_setting
+from common.stage_results import INFLUENCE_MODES as STAGE_RESULT_MODES
 
 InfluenceMode = Literal["exact", "first_order", "projected"]
 #: Every scoring mode, in the order of ``InfluenceMode``.
 INFLUENCE_MODES: tuple[str, ...] = get_args(InfluenceMode)
+assert INFLUENCE_MODES == STAGE_RESULT_MODES, "common.stage_results flags each influence mode"
 Centring = Literal["shared_step", "none"]
 ReferenceAveraging = Literal["row_mean", "batch_mean"]
 
