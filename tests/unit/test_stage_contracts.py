@@ -148,3 +148,15 @@ def test_each_stage_is_declared_once_in_the_registry():
         servicer = importlib.import_module(f"services.{stage.service}.servicer")
         cls = next(c for c in vars(servicer).values() if isinstance(c, type) and c.__name__.endswith("Servicer"))
         assert getattr(cls, stage.rpc).__qualname__ == stage.rpc, f"{cls.__name__}.{stage.rpc} is hand-written"
+
+
+@pytest.mark.parametrize("message,config", MIRRORS[:6], ids=lambda x: getattr(x, "__name__", str(x)))
+def test_a_stage_setting_is_documented_once_in_the_proto(message, config):
+    """A worker setting's help (what `montessori config` prints) is its proto field's comment, not a second text;
+    only a field WarmupSettings overrides with another default keeps a help of its own."""
+    from montessori.v1.field_docs import FIELD_DOCS
+
+    overridden = set(WarmupSettings.__dict__.get("__annotations__", {})) if config is WarmupSettings else set()
+    for f in dataclasses.fields(config):
+        if f.name not in overridden:
+            assert f.metadata["help"] == FIELD_DOCS[f"{message.DESCRIPTOR.full_name}.{f.name}"], f.name
