@@ -83,6 +83,33 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
         raise (err.with_prefix(path) if path else err) from None
 
 
+def from_message(cls: type[T], message: Message, *, path: str = "") -> T:
+    """Build dataclass ``cls`` from the proto message that mirrors it, with no dict in between: a nested
+    config is built the same way, a nested message the dataclass holds as a message (a stage's settings) is
+    copied as it is, and scalars are checked as ``from_dict`` checks them. The fields the message sets override
+    the defaults; errors name ``path.<field>``."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for descriptor, value in message.ListFields():
+        name, key = descriptor.name, _join(path, descriptor.name)
+        if name not in known:
+            raise InvalidArgument(f"unknown field (known: {', '.join(sorted(known))})", field=key)
+        tp = hints[name]
+        options = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
+        if isinstance(value, Message) and dataclasses.is_dataclass(options[0]):
+            kwargs[name] = from_message(options[0], value, path=key)
+        elif isinstance(value, Message):
+            kwargs[name] = type(value)()
+            kwargs[name].CopyFrom(value)
+        else:
+            kwargs[name] = _coerce(tp, list(value) if descriptor.is_repeated else value, key)
+    try:
+        return cls(**kwargs)
+    except MontessoriError as err:
+        raise (err.with_prefix(path) if path else err) from None
+
+
 def to_dict(obj: Any) -> Any:
     """Plain JSON-able view of a config dataclass (for manifests and ``summary.json``)."""
     if isinstance(obj, Message):
