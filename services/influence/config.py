@@ -22,47 +22,23 @@ ReferenceAveraging = Literal["row_mean", "batch_mean"]
 class InfluenceConfig:
     """How one candidate's influence on the student is measured."""
 
-    optimizer: Literal["faithful", "sgd"] = field(
-        "faithful",
-    )
-    centring: Centring = field(
-        "shared_step",
-    )
+    optimizer: Literal["faithful", "sgd"] = field("faithful")
+    centring: Centring = field("shared_step")
     sgd_learning_rate: float = field(1e-4)
-    mode: InfluenceMode = field(
-        "exact",
-    )
-    projection_dim: int = field(
-        16384,
-    )
+    mode: InfluenceMode = field("exact")
+    projection_dim: int = field(16384)
     projection_seed: int = field(0)
-    cache_projection: bool = field(
-        True,
-    )
-    candidate_batch_size: int = field(
-        1,
-    )
-    audit_size: int = field(
-        0,
-    )
-    min_agreement: float | None = field(
-        None,
-    )
-    min_pair_agreement: float | None = field(
-        None,
-    )
+    cache_projection: bool = field(True)
+    candidate_batch_size: int = field(1)
+    audit_size: int = field(0)
+    min_agreement: float | None = field(None)
+    min_pair_agreement: float | None = field(None)
     reference_size: int | None = field(None)
     reference_batch_size: int = field(16)
-    reference_averaging: ReferenceAveraging = field(
-        "row_mean",
-    )
+    reference_averaging: ReferenceAveraging = field("row_mean")
     max_length: int = field(512)
-    device: str = field(
-        "auto",
-    )
-    checkpoint_every: int = field(
-        100,
-    )
+    device: str = field("auto")
+    checkpoint_every: int = field(100)
 
     def __post_init__(self) -> None:
         check(0.0 < self.sgd_learning_rate <= 1.0, "sgd_learning_rate", "must be in (0, 1]")

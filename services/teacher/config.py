@@ -14,9 +14,7 @@ from common.device import DEVICE_SETTINGS, is_device_setting
 class SynthesisConfig:
     """How the teacher writes instructions and answers them."""
 
-    prompt_style: Literal["completion", "chat"] = field(
-        "completion",
-    )
+    prompt_style: Literal["completion", "chat"] = field("completion")
     examples_per_prompt: int = field(8)
     generated_examples_per_prompt: int = field(2)
     samples_per_prompt: int = field(4)
@@ -26,9 +24,7 @@ class SynthesisConfig:
     max_new_tokens: int = field(48)
     response_temperature: float = field(0.6)
     response_top_p: float = field(0.9)
-    response_presence_penalty: float = field(
-        1.0,
-    )
+    response_presence_penalty: float = field(1.0)
     response_max_new_tokens: int = field(96)
     rouge_threshold: float = field(0.7)
     prompt_batch_size: int = field(4)

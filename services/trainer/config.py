@@ -20,17 +20,6 @@ DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
 REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
-REPORT_TO_HELP = (
-    "Where the TRL trainer also reports its logs: none, tensorboard (event files in the output folder's runs/, "
-    "published with it; they hold wall-clock times, so that folder is no longer byte-reproducible), wandb or mlflow "
-    "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed)."
-)
-
-CHECKPOINT_HELP = (
-    "Save a checkpoint (weights, optimizer, scheduler, RNG state) to the store (<output_prefix>-checkpoint) every "
-    "this many optimizer steps, keeping only the latest, so that a job restarted with the same request resumes "
-    "from it and publishes the same folder; deleted once the output is published (0: no checkpoints)."
-)
 
 
 def _check_shared(settings) -> None:
@@ -67,16 +56,10 @@ class SFTSettings:
     learning_rate: float = field(5e-6)
     epochs: float = field(1.0)
     batch_size: int = field(2)
-    gradient_accumulation_steps: int = field(
-        16,
-    )
+    gradient_accumulation_steps: int = field(16)
     lr_scheduler: SCHEDULES = field("warmup_stable_decay")
-    warmup_ratio: float = field(
-        0.1,
-    )
-    decay_ratio: float = field(
-        0.4,
-    )
+    warmup_ratio: float = field(0.1)
+    decay_ratio: float = field(0.4)
     min_lr_ratio: float = field(1e-4)
     max_length: int = field(1024)
     weight_decay: float = field(0.0)
@@ -135,30 +118,22 @@ class DPOSettings:
     """DPO of the teacher on (prompt, chosen, rejected) pairs (TRL DPOTrainer)."""
 
     beta: float = field(0.1)
-    loss_type: DPO_LOSSES = field(
-        "sigmoid",
-    )
+    loss_type: DPO_LOSSES = field("sigmoid")
     learning_rate: float = field(5e-5)
     epochs: float = field(1.0)
     batch_size: int = field(2)
     gradient_accumulation_steps: int = field(1)
     lr_scheduler: SCHEDULES = field("warmup_stable_decay")
     warmup_ratio: float = field(0.1)
-    decay_ratio: float = field(
-        0.4,
-    )
+    decay_ratio: float = field(0.4)
     min_lr_ratio: float = field(1e-3)
     max_length: int = field(1024)
     lora: bool = field(True)
     lora_rank: int = field(8)
     lora_alpha: int = field(16)
     lora_dropout: float = field(0.0)
-    max_pairs: int | None = field(
-        None,
-    )
-    heldout_fraction: float = field(
-        0.0,
-    )
+    max_pairs: int | None = field(None)
+    heldout_fraction: float = field(0.0)
     report_to: REPORT_TO = field("none")
     checkpoint_every: int = field(100)
 
