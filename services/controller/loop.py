@@ -364,9 +364,8 @@ class LoopRunner:
                 f"{row.teacher_unchanged_reason}: teacher unchanged",
                 extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k},
             )
-        train_data = self._stage(
-            k, "train-data", r.generate(f"{base}/train-data", teacher, seed=seed + 5, target=c.sizes.train_examples)
-        )
+        train_request = r.generate(f"{base}/train-data", teacher, seed=seed + 5, target=c.sizes.train_examples)
+        train_data = self._stage(k, "train-data", train_request)
         trained_student = self._stage(
             k,
             "student",
@@ -381,7 +380,8 @@ class LoopRunner:
         )
         row.student_reference_loss = EvaluateMetrics.from_metrics(reference_loss.metrics).loss
         row.teacher_adapters = list(teacher.adapter_uris)
-        row.teacher_version = self._served_version(train_data) or teacher.label
+        # The teacher service serves a request's version under the name the request gives it (teacher_version).
+        row.teacher_version = train_request.teacher_version or teacher.label
         row.scores_uri, row.pairs_uri = scores.outputs["scores"].uri, pairs.outputs["pairs"].uri
         row.train_data_uri = train_data.outputs["candidates"].uri
         row.seconds = round(watch.elapsed, 1)
@@ -490,14 +490,6 @@ class LoopRunner:
         summary["summary_uri"] = ref.uri
         summary["summary_sha256"] = ref.sha256
         return summary
-
-    def _manifest(self, result: StageResult) -> dict:
-        """The manifest the worker published for ``result`` (its resolved settings, inputs and metrics)."""
-        return self.store.get_json(self.store.key_of(result.manifest.uri)) if result.manifest else {}
-
-    def _served_version(self, result: StageResult) -> str:
-        """The name under which the teacher service served the version that wrote ``result`` (its manifest)."""
-        return self._manifest(result).get("inputs", {}).get("teacher", {}).get("served", {}).get("name", "")
 
     def _audit(self, k: int, scored: ScoreMetrics) -> dict:
         """The approximate scorer's agreement with `exact` this round, warned about when it fell back."""
