@@ -8,7 +8,9 @@
 #   [TREE=checkout] scripts/tiny-digests.sh OUT_LIST [WORK_DIR]
 set -euo pipefail
 out_list=${1:?usage: scripts/tiny-digests.sh OUT_LIST [WORK_DIR]}
-work=${2:-$(mktemp -d)}
+# The same folder before and after: requests carry the artifacts' file:// URIs, so another folder is another
+# request digest in every request.json (and the digest sidecars and config.json that name it).
+work=${2:-/tmp/montessori-tiny-digests}
 root=${TREE:-$(cd "$(dirname "$0")/.." && pwd)}  # TREE: another checkout (e.g. the tree before a change)
 rm -rf "$work/artifacts" "$work/report"
 cd "$root"
