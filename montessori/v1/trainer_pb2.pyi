@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SFTSettings(_message.Message):
-    __slots__ = ("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "weight_decay", "report_to", "checkpoint_every")
+    __slots__ = ("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "weight_decay", "report_to", "checkpoint_every", "precision")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class SFTSettings(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     REPORT_TO_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     epochs: float
     batch_size: int
@@ -32,10 +33,11 @@ class SFTSettings(_message.Message):
     weight_decay: float
     report_to: str
     checkpoint_every: int
-    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., report_to: _Optional[str] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., report_to: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class DPOSettings(_message.Message):
-    __slots__ = ("beta", "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "lora", "lora_rank", "lora_alpha", "lora_dropout", "max_pairs", "heldout_fraction", "report_to", "loss_type", "checkpoint_every")
+    __slots__ = ("beta", "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "lora", "lora_rank", "lora_alpha", "lora_dropout", "max_pairs", "heldout_fraction", "report_to", "loss_type", "checkpoint_every", "precision")
     BETA_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,7 @@ class DPOSettings(_message.Message):
     REPORT_TO_FIELD_NUMBER: _ClassVar[int]
     LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     beta: float
     learning_rate: float
     epochs: float
@@ -74,7 +77,8 @@ class DPOSettings(_message.Message):
     report_to: str
     loss_type: str
     checkpoint_every: int
-    def __init__(self, beta: _Optional[float] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., lora: _Optional[bool] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., max_pairs: _Optional[int] = ..., heldout_fraction: _Optional[float] = ..., report_to: _Optional[str] = ..., loss_type: _Optional[str] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, beta: _Optional[float] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., lora: _Optional[bool] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., max_pairs: _Optional[int] = ..., heldout_fraction: _Optional[float] = ..., report_to: _Optional[str] = ..., loss_type: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class TrainStudentRequest(_message.Message):
     __slots__ = ("request_id", "student", "candidates", "output_prefix", "sft", "seed", "warmup", "limit", "validate_only")

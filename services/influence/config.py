@@ -14,6 +14,7 @@ InfluenceMode = Literal["exact", "first_order", "projected"]
 INFLUENCE_MODES: tuple[str, ...] = get_args(InfluenceMode)
 assert INFLUENCE_MODES == STAGE_RESULT_MODES, "common.stage_results flags each influence mode"
 Centring = Literal["shared_step", "none"]
+ComputeDtype = Literal["float32", "bfloat16"]
 ReferenceAveraging = Literal["row_mean", "batch_mean"]
 
 
@@ -38,6 +39,7 @@ class InfluenceConfig:
     reference_averaging: ReferenceAveraging = field("row_mean")
     max_length: int = field(512)
     device: str = field("auto")
+    compute_dtype: ComputeDtype = field("float32")
     checkpoint_every: int = field(100)
 
     def __post_init__(self) -> None:
@@ -63,4 +65,5 @@ class InfluenceConfig:
         check(1 <= self.reference_batch_size <= 1024, "reference_batch_size", "must be in 1..1024")
         check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
         check(is_device_setting(self.device), "device", f"must be {DEVICE_SETTINGS}")
+        check(self.compute_dtype in get_args(ComputeDtype), "compute_dtype", "must be float32 or bfloat16")
         check(0 <= self.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")

@@ -31,6 +31,7 @@ preconditioned direction from the warm-up moments in faithful mode) and u_0 the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -211,8 +212,30 @@ class InfluenceScorer:
         self._projected_shared = 0.0
         self._projected_shared_terms: list[float] = []
         self._shared_terms: list[float] | None = None
-        self._shared_loss: float | None = None
-        self.base_loss = self.reference_loss(model)
+        # Reference losses by precision: the configured one scores, an exact audit or fallback runs in fp32.
+        self._dtype = config.compute_dtype
+        self._base_losses: dict[str, float] = {}
+        self._shared_losses: dict[str, float] = {}
+        _ = self.base_loss
+
+    @contextlib.contextmanager
+    def precision(self, dtype: str):
+        """Forward and backward passes in ``dtype`` ('bfloat16': autocast; weights, optimizer state and the step
+        stay fp32) while the block runs."""
+        previous, self._dtype = self._dtype, dtype
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                yield
+        finally:
+            self._dtype = previous
+
+    @property
+    def base_loss(self) -> float:
+        """L0, the reference loss at the snapshot (in the current precision)."""
+        if self._dtype not in self._base_losses:
+            with self.precision(self._dtype):
+                self._base_losses[self._dtype] = self.reference_loss(self.model)
+        return self._base_losses[self._dtype]
 
     @property
     def centred(self) -> bool:
@@ -223,18 +246,20 @@ class InfluenceScorer:
     def shared_loss(self) -> float:
         """L_ref(theta + step(0)): the reference loss after the restored optimizer's zero-gradient step (the part of
         every candidate's step that does not depend on the candidate), computed once per student version."""
-        if self._shared_loss is None:
+        if self._dtype not in self._shared_losses:
             if type(self.optimizer) is torch.optim.SGD:
-                self._shared_loss = self.base_loss  # plain SGD (no momentum, no decay) takes no step on a zero gradient
+                # plain SGD (no momentum, no decay) takes no step on a zero gradient
+                self._shared_losses[self._dtype] = self.base_loss
             else:
                 try:
                     for param in self.params:
                         param.grad = torch.zeros_like(param)
                     self.optimizer.step()
-                    self._shared_loss = self.reference_loss(self.model)
+                    with self.precision(self._dtype):
+                        self._shared_losses[self._dtype] = self.reference_loss(self.model)
                 finally:
                     self.restore()
-        return self._shared_loss
+        return self._shared_losses[self._dtype]
 
     @property
     def shared_step_influence(self) -> float:
@@ -335,6 +360,7 @@ class InfluenceScorer:
         mode: str | None = None,
         done: Mapping[str, dict] | None = None,
         on_scored: Callable[[list[dict]], None] | None = None,
+        dtype: str | None = None,
     ) -> list[dict]:
         """Rows ``{id, influence, influence_raw, influence_centred, reference_loss_after}`` in input order, with
         throughput in ``self.last_rate``. ``influence`` is the centred or the raw score as ``centring`` says;
@@ -345,7 +371,12 @@ class InfluenceScorer:
         from the restored snapshot (weights, optimizer state; no dropout, no random draw), the cached terms
         (shared step, reference gradient, projection) are computed from that snapshot whenever they are first
         needed, and chunks are cut from the whole candidate set, whichever of them are left. ``on_scored`` gets
-        each chunk's rows as soon as they are scored, before progress is reported (which may cancel the job)."""
+        each chunk's rows as soon as they are scored, before progress is reported (which may cancel the job).
+        ``dtype``: the precision of this call's passes (default ``compute_dtype``; an exact audit asks for fp32)."""
+        with self.precision(dtype or self.config.compute_dtype):
+            return self._score(examples, progress=progress, stage=stage, mode=mode, done=done, on_scored=on_scored)
+
+    def _score(self, examples, *, progress, stage, mode, done, on_scored) -> list[dict]:
         mode = mode or self.config.mode
         if mode not in ("exact", "first_order", "projected"):
             raise ValueError(f"unknown influence mode {mode!r}")
@@ -428,8 +459,9 @@ class InfluenceScorer:
         if self._reference_gradient is None:
             for param in self.params:
                 param.grad = None
-            for batch in self.reference_loss.batches:
-                self.reference_loss.term(self.model, batch).backward()
+            with self.precision(self._dtype):  # also when asked for outside ``score``
+                for batch in self.reference_loss.batches:
+                    self.reference_loss.term(self.model, batch).backward()
             self._reference_gradient = [
                 p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params
             ]
@@ -474,7 +506,9 @@ class InfluenceScorer:
                 return 0.0
 
             for batch in self.reference_loss.batches:
-                self._reduce_gradient(self.reference_loss.term(self.model, batch), add)
+                with self.precision(self._dtype):
+                    loss = self.reference_loss.term(self.model, batch)
+                self._reduce_gradient(loss, add)
             self._projected_shared_terms = [
                 self._group_of[id(p)]["lr"]
                 * float(torch.dot(projected, self._sketch.project(i, self._shared_direction(p))))

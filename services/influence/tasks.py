@@ -192,6 +192,7 @@ def score(
                 progress=progress,
                 stage="exact fallback",
                 mode="exact",
+                dtype="float32",
                 done=saved.done("fallback"),
                 on_scored=saved.adder("fallback"),
             )
@@ -333,6 +334,7 @@ def audit_agreement(
         progress=progress,
         stage="audit",
         mode="exact",
+        dtype="float32",  # the audit measures the whole shortcut: the estimate and its precision
         done=saved.done("audit") if saved else None,
         on_scored=saved.adder("audit") if saved else None,
     )

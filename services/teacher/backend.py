@@ -75,8 +75,10 @@ class TransformersBackend(GenerationBackend):
         field: str = "teacher.path",
         dtype: str = "float32",
         device: str | torch.device = "cpu",
+        share_prefill: bool = True,
     ):
         self.ref = ref
+        self.share_prefill = share_prefill  # False: generate's own n-fold prefill (benchmarks compare the two)
         self.tokenizer = load_tokenizer(ref.path, field=field, padding_side="left")
         self.model = load_model(ref, field=field, dtype=dtype, device=device)
         self.tokens_generated = 0  # for tokens/s metrics
@@ -89,6 +91,30 @@ class TransformersBackend(GenerationBackend):
         from common.chat import chat_prompt
 
         return chat_prompt(self.tokenizer, user_text)
+
+    def _shared_prefill(self, batch, n: int) -> tuple[dict, object]:
+        """Each prompt's ``n`` samples as ``n`` rows, and a KV cache of all but the prompts' last token computed
+        ONCE per prompt and copied to its rows: ``num_return_sequences`` would run the prompt's forward pass
+        ``n`` times, and a synthesis prompt of 8 examples is far longer than its samples, so that pass dominates
+        (positions as generate derives them from the left-padded mask)."""
+        from transformers import DynamicCache
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        cache = None
+        if ids.shape[1] > 1:
+            cache = DynamicCache(config=self.model.config)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            self.model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, :-1],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+        rows = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
+        return rows, cache
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
@@ -103,13 +129,18 @@ class TransformersBackend(GenerationBackend):
             return [[""] * params.n for _ in prompts]
         torch.manual_seed(params.seed)
         sampling = params.temperature > 0
+        if self.share_prefill:
+            inputs, cache = self._shared_prefill(batch, params.n)
+            extra = {"past_key_values": cache}
+        else:
+            inputs, extra = dict(batch), {"num_return_sequences": params.n}
         output = self.model.generate(
-            **batch,
+            **inputs,
+            **extra,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,
             top_k=0 if sampling else None,
-            num_return_sequences=params.n,
             max_new_tokens=budget,
             logits_processor=LogitsProcessorList([PresencePenalty(params.presence_penalty, prompt_length)]),
             stop_strings=list(params.stop) or None,

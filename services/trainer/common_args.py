@@ -50,13 +50,16 @@ def schedule_kwargs(settings, *, examples: int, processes: int = 1) -> dict:
     return {"lr_scheduler_type": settings.lr_scheduler, "warmup_steps": warmup}
 
 
-def device_args(device: torch.device, *, bf16_supported: bool | None = None) -> dict:
+def device_args(device: torch.device, *, precision: str = "auto", bf16_supported: bool | None = None) -> dict:
     """The TrainingArguments that place a run on ``device`` (resolved, see ``common.device``): ``use_cpu`` on the
     CPU; on CUDA, bf16 mixed precision where the device supports it (``bf16_supported``: None asks torch). bf16 is
     autocast only: the Trainer keeps the fp32 master weights and optimizer state, so a small learning rate's step
-    is not rounded away. In a multi-process launch accelerate then puts each rank on its own device."""
+    is not rounded away. ``precision`` (the settings') 'bfloat16' asks for that autocast on any device, 'float32'
+    for none. In a multi-process launch accelerate then puts each rank on its own device."""
     if device.type != "cuda":
-        return {"use_cpu": True, "bf16": False}
+        return {"use_cpu": True, "bf16": precision == "bfloat16"}
+    if precision != "auto":
+        return {"use_cpu": False, "bf16": precision == "bfloat16"}
     if bf16_supported is None:
         bf16_supported = torch.cuda.is_bf16_supported()
     return {"use_cpu": False, "bf16": bool(bf16_supported)}
@@ -69,6 +72,7 @@ def base_args(
     report_to: str = "none",
     checkpoint_every: int = 0,
     device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> dict:
     """Arguments every montessori training run uses; ``report_to`` is the settings' (its help: trainer.proto).
     ``checkpoint_every``: the Trainer saves a full checkpoint into ``output_dir`` every this many optimizer steps,
@@ -84,7 +88,7 @@ def base_args(
         **(saving if checkpoint_every else {"save_strategy": "no"}),
         "report_to": report_to,
         "disable_tqdm": True,
-        **device_args(device),
+        **device_args(device, precision=precision),
         "optim": "adamw_torch",
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,

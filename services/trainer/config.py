@@ -20,6 +20,7 @@ DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
 SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
 REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
+PRECISION = Literal["auto", "float32", "bfloat16"]
 
 
 def _check_shared(settings) -> None:
@@ -30,6 +31,7 @@ def _check_shared(settings) -> None:
     check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
     check(settings.report_to in REPORT_TO_VALUES, "report_to", f"must be one of {', '.join(REPORT_TO_VALUES)}")
     check(0 <= settings.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")
+    check(settings.precision in get_args(PRECISION), "precision", f"must be one of {', '.join(get_args(PRECISION))}")
 
 
 def final_lr_ratio(settings) -> float:
@@ -65,6 +67,7 @@ class SFTSettings:
     weight_decay: float = field(0.0)
     report_to: REPORT_TO = field("none")
     checkpoint_every: int = field(100)
+    precision: PRECISION = field("auto")
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
@@ -136,6 +139,7 @@ class DPOSettings:
     heldout_fraction: float = field(0.0)
     report_to: REPORT_TO = field("none")
     checkpoint_every: int = field(100)
+    precision: PRECISION = field("auto")
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")

@@ -156,6 +156,7 @@ def train_dpo(
                 report_to=settings.report_to,
                 checkpoint_every=every,
                 device=device,
+                precision=settings.precision,
             ),
             **schedule_kwargs(settings, examples=len(pairs), processes=processes),
             beta=settings.beta,

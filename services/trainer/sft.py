@@ -76,6 +76,7 @@ def train_sft(
                 report_to=settings.report_to,
                 checkpoint_every=every,
                 device=device,
+                precision=settings.precision,
             ),
             **schedule_kwargs(settings, examples=len(examples), processes=processes),
             learning_rate=settings.learning_rate,

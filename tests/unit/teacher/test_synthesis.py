@@ -96,21 +96,22 @@ FORCED_INSTRUCTIONS = [
 def forced_texts(backend: TransformersBackend, monkeypatch, instructions: list[str]) -> None:
     """Make the real backend's ``model.generate`` write given texts: a logits processor appended to the backend's
     own (after its presence penalty, before temperature and top-p) leaves one finite logit per row, the next token
-    of that row's text, then EOS. Instruction samples (n > 1) take the next of ``instructions`` (with its closing
-    tag, where the stop string ends generation); answers take "Answer k." Tokenizing, sampling, stop strings and
-    decoding are the backend's own; only the choice of each token is forced."""
+    of that row's text, then EOS. Instruction samples (those with a stop string) take the next of ``instructions``
+    (with its closing tag, where the stop string ends generation); answers take "Answer k." Tokenizing, sampling,
+    stop strings and decoding are the backend's own; only the choice of each token is forced."""
     tokenizer, original = backend.tokenizer, backend.model.generate
     answers = itertools.count()
     queue = iter(instructions)
 
-    def generate(*args, logits_processor, num_return_sequences, **kwargs):
+    def generate(*args, logits_processor, **kwargs):
         state: dict = {}
+        writes_instructions = bool(kwargs.get("stop_strings"))  # instruction samples stop at </instruction>
 
         def force(input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             if not state:
                 state["start"] = input_ids.shape[1]
                 texts = [
-                    f"{next(queue)}</instruction>" if num_return_sequences > 1 else f"Answer {next(answers)}."
+                    f"{next(queue)}</instruction>" if writes_instructions else f"Answer {next(answers)}."
                     for _ in range(input_ids.shape[0])
                 ]
                 state["ids"] = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -121,7 +122,7 @@ def forced_texts(backend: TransformersBackend, monkeypatch, instructions: list[s
             return forced
 
         logits_processor.append(force)
-        return original(*args, logits_processor=logits_processor, num_return_sequences=num_return_sequences, **kwargs)
+        return original(*args, logits_processor=logits_processor, **kwargs)
 
     monkeypatch.setattr(backend.model, "generate", generate)
 
