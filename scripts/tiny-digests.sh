@@ -14,6 +14,7 @@ out_list=${1:?usage: scripts/tiny-digests.sh OUT_LIST [WORK_DIR]}
 work=${2:-/tmp/montessori-tiny-digests}
 root=${TREE:-$(cd "$(dirname "$0")/.." && pwd)}  # TREE: another checkout (e.g. the tree before a change)
 rm -rf "$work/artifacts" "$work/report"
+mkdir -p "$work"
 cd "$root"
 nice -n 10 env MONTESSORI_TORCH_THREADS=1 .venv/bin/python -m cli.main run --config configs/tiny.yaml \
   --set loop_id=digest --set artifacts="$work/artifacts" --no-progress --report "$work/report" >"$work/run.log" 2>&1
