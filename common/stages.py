@@ -22,6 +22,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from common.stage_results import AssembleMetrics, EvaluateMetrics, ScoreMetrics, StageMetrics, TrainTeacherMetrics
 from montessori.v1 import influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
 
 
@@ -60,6 +61,14 @@ class Stage:
     #: (the service's device), ``launcher`` (the trainer's multi-process launch).
     resources: tuple[str, ...] = ()
     settings: tuple[Settings, ...] = ()
+    #: Its typed metrics (common/stage_results.py), where a caller reads them; None: read by no one (logged only).
+    result: type[StageMetrics] | None = None
+
+    def metrics(self, published: Mapping[str, Any]) -> StageMetrics:
+        """The typed result of this stage's published metrics."""
+        if self.result is None:
+            raise TypeError(f"the {self.kind} stage has no typed result")
+        return self.result.from_metrics(dict(published))
 
     def work(
         self,
@@ -108,6 +117,7 @@ STAGES: tuple[Stage, ...] = (
         "services.influence.stages:score",
         resources=("device",),
         settings=(Settings("influence", "influence", "services.influence.config:InfluenceConfig"),),
+        result=ScoreMetrics,
     ),
     Stage(
         influence_pb2.MergeScoresRequest,
@@ -117,6 +127,7 @@ STAGES: tuple[Stage, ...] = (
         "merge-scores",
         "services.influence.stages:merge_scores",
         settings=(Settings("influence", "influence", "services.influence.config:InfluenceConfig"),),
+        result=ScoreMetrics,
     ),
     Stage(
         preference_pb2.AssembleRequest,
@@ -126,6 +137,7 @@ STAGES: tuple[Stage, ...] = (
         "assemble",
         "services.preference.stages:assemble",
         settings=(Settings("preference", "preference", "services.preference.config:PreferenceConfig"),),
+        result=AssembleMetrics,
     ),
     Stage(
         trainer_pb2.TrainTeacherRequest,
@@ -136,6 +148,7 @@ STAGES: tuple[Stage, ...] = (
         "services.trainer.stages:train_teacher",
         resources=("launcher", "device"),
         settings=(Settings("dpo", "dpo", "services.trainer.config:DPOSettings"),),
+        result=TrainTeacherMetrics,
     ),
     Stage(
         influence_pb2.EvaluateRequest,
@@ -145,6 +158,7 @@ STAGES: tuple[Stage, ...] = (
         "evaluate",
         "services.influence.stages:evaluate",
         resources=("device",),
+        result=EvaluateMetrics,
     ),
 )
 
