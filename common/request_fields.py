@@ -188,9 +188,7 @@ def seed(value: int, *, field: str = "seed") -> int:
 def service_model_roots() -> tuple[Path, ...]:
     """The folders a service loads node-local models from: ``MONTESSORI_MODELS_DIR``, plus any listed in
     ``MONTESSORI_MODEL_ROOTS`` (separated by ``os.pathsep``)."""
-    import os
-
     from common.envs import Env
 
-    extra = [Path(p) for p in os.environ.get("MONTESSORI_MODEL_ROOTS", "").split(os.pathsep) if p]
-    return (Path(Env.read().models_dir), *extra)
+    env = Env.read()
+    return (Path(env.models_dir), *(Path(p) for p in env.model_roots))

@@ -34,7 +34,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_models() -> tuple[Path, Path]:
     """(teacher, student) folders: the ones ``make setup`` built, or built now into the repo's models/."""
-    from common.offline_models import build_tiny_models
+    from setup.offline_models import build_tiny_models
 
     return build_tiny_models(REPO / "models", DATA, seed=TEST_SEED)
 

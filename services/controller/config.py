@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.chat import MAX_TEMPLATE_CHARS
-from common.config import check, field
+from common.config import check, documented_by, field
 from common.errors import NotFound
 from montessori.v1.influence_pb2 import InfluenceSettings
 from montessori.v1.preference_pb2 import PreferenceSettings
@@ -69,28 +69,17 @@ def _influence_demo() -> InfluenceSettings:
     return InfluenceSettings(reference_size=8)
 
 
+@documented_by("montessori.v1.ModelsConfig")
 @dataclass
 class ModelsConfig:
     """Which models play teacher and student (any AutoModelForCausalLM folder): a folder on the workers' nodes
     (inside their models directory), or a model in the artifact store (``montessori models push`` prints its URI),
     which the loop pins by digest and every worker downloads once into its node-local cache."""
 
-    teacher: str = field(
-        "models/smollm2-135m-instruct",
-        help="Teacher: an instruction-tuned HF model folder, or its artifact-store URI (s3://bucket/models/...).",
-    )
-    student: str = field(
-        "models/gemma-3-270m",
-        help="Student: the HF model folder the data is for (a base model), or its artifact-store URI.",
-    )
-    student_chat_template: str | None = field(
-        None,
-        help="Jinja chat template the student's examples are formatted with, in warm-up and student SFT, influence "
-        "scoring and evaluation alike (saved with every trained student). null: the student folder's own "
-        "template, or, when its tokenizer has none, a plain '### Instruction:' / '### Response:' format whose "
-        "response ends with the eos token. The teacher always uses its own template.",
-    )
-    dtype: str = field("float32", help="Weights dtype on load: float32 (CPU), bfloat16 or float16 (GPU).")
+    teacher: str = field("models/smollm2-135m-instruct")
+    student: str = field("models/gemma-3-270m")
+    student_chat_template: str | None = field(None)
+    dtype: str = field("float32")
 
     def __post_init__(self) -> None:
         _check_location(self.teacher, "teacher", "a model folder")
@@ -110,21 +99,15 @@ class ModelsConfig:
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16")
 
 
+@documented_by("montessori.v1.DataConfig")
 @dataclass
 class DataConfig:
     """The three disjoint data sets: each a JSONL file the loop's process reads, or a file in the artifact store
     (``montessori loop start`` uploads local files there first and sends their URIs)."""
 
-    seed_path: str = field(
-        "data/seed.jsonl",
-        help="Seed instructions (Alpaca JSONL) shown to the teacher in context (a path or an artifact-store URI).",
-    )
-    reference_path: str = field(
-        "data/reference.jsonl", help="Reference (probe) set D_ref that defines influence (a path or a store URI)."
-    )
-    eval_path: str = field(
-        "data/eval.jsonl", help="Held-out evaluation set, disjoint from the reference set (a path or a store URI)."
-    )
+    seed_path: str = field("data/seed.jsonl")
+    reference_path: str = field("data/reference.jsonl")
+    eval_path: str = field("data/eval.jsonl")
 
     def __post_init__(self) -> None:
         for name in ("seed_path", "reference_path", "eval_path"):
@@ -138,15 +121,14 @@ class DataConfig:
                 raise NotFound(f"{getattr(self, name)} does not exist", field=f"data.{name}")
 
 
+@documented_by("montessori.v1.SizesConfig")
 @dataclass
 class SizesConfig:
     """How much the teacher writes per iteration (paper: warm-up 100-200, 6K probing, 10K training)."""
 
-    warmup_examples: int = field(16, help="Warm-up set size (examples) for the student before probing.")
-    probe_prompts: int = field(5, help="Synthesis prompts for the probing set (each gives one prompt group).")
-    train_examples: int = field(
-        16, help="Training-set size (examples) for the student's SFT; the baseline gets as many."
-    )
+    warmup_examples: int = field(16)
+    probe_prompts: int = field(5)
+    train_examples: int = field(16)
 
     def __post_init__(self) -> None:
         check(1 <= self.warmup_examples <= 1_000_000, "warmup_examples", "must be in 1..1000000")
@@ -154,6 +136,7 @@ class SizesConfig:
         check(1 <= self.train_examples <= 10_000_000, "train_examples", "must be in 1..10000000")
 
 
+@documented_by("montessori.v1.EvaluationConfig")
 @dataclass
 class EvaluationConfig:
     """The final comparison: Montessori students against Self-Instruct students and the base student, on held-out rows.
@@ -163,33 +146,14 @@ class EvaluationConfig:
     method at all (another SFT seed, another data draw) is measured beside the effect.
     """
 
-    baseline: bool = field(
-        True, help="Train Self-Instruct students on the un-updated teacher's data (same size, same SFT)."
-    )
-    draws: int = field(
-        1,
-        help="Independent training sets per arm (each generated with its own sampling seed and trained into its own "
-        "student). Draw 0 of the Montessori arm is the loop's own final student.",
-    )
-    null_sft_seed: bool = field(
-        True,
-        help="Also train Self-Instruct draw 0 again with another SFT seed: the difference that SFT noise alone "
-        "makes, reported beside the effect.",
-    )
-    max_rows: int | None = field(
-        40,
-        help="Evaluate on the first N rows of the held-out set (None: all 80). Demo: 40 (each Gemma forward pass "
-        "costs the output layer of a 262k vocabulary).",
-    )
-    shift_samples: int = field(
-        0,
-        help="Teacher shift (the paper's diagnostic): fresh examples written by each teacher version (0 = un-updated, "
-        "1..K), scored exactly on the iteration-1 warmed-up student; mean influence and share of helpful examples per "
-        "version. 0: skip. ~64 per version resolve differences near 1e-4 of reference loss.",
-    )
-    bootstrap_resamples: int = field(2000, help="Bootstrap resamples of every interval.")
-    confidence: float = field(0.95, help="Confidence level of every interval.")
-    batch_size: int = field(16, help="Rows per forward pass when computing held-out loss.")
+    baseline: bool = field(True)
+    draws: int = field(1)
+    null_sft_seed: bool = field(True)
+    max_rows: int | None = field(40)
+    shift_samples: int = field(0)
+    bootstrap_resamples: int = field(2000)
+    confidence: float = field(0.95)
+    batch_size: int = field(16)
 
     def __post_init__(self) -> None:
         check(1 <= self.draws <= 1000, "draws", "must be in 1..1000")
@@ -200,45 +164,29 @@ class EvaluationConfig:
         check(1 <= self.batch_size <= 1024, "batch_size", "must be in 1..1024")
 
 
+@documented_by("montessori.v1.RunConfig")
 @dataclass
 class RunConfig:
     """A whole Montessori-Instruct run: K iterations, then evaluation against the baseline."""
 
-    name: str = field("demo", help="Run name; the loop id is <name>-<UTC timestamp> unless loop_id is set.")
-    loop_id: str | None = field(None, help="Fixed loop id (artifacts go under loops/<loop_id>/).")
-    seed: int = field(0, help="Seed of every sampling and training step; same seed, same artifacts.")
-    iterations: int = field(
-        1,
-        help="Iterations K (the paper reports 2, its official code runs 1; the CPU demo runs 1 "
-        "to stay within 15 minutes); ignored in continuous mode.",
-    )
-    continuous: bool = field(
-        False, help="Keep iterating until stopped, max_rounds is reached, or the student stops improving (patience)."
-    )
-    max_rounds: int | None = field(None, help="Continuous mode: at most this many rounds (None: unbounded).")
-    patience: int | None = field(
-        None, help="Continuous mode: stop after this many rounds without a lower student reference loss (None: never)."
-    )
-    artifacts: str = field("artifacts", help="Artifact store: a local folder (or file:// URI).")
-    models: ModelsConfig = field(default_factory=ModelsConfig, help="Teacher and student models.")
-    data: DataConfig = field(default_factory=DataConfig, help="Seed, reference and evaluation sets.")
-    sizes: SizesConfig = field(default_factory=SizesConfig, help="Set sizes per iteration.")
-    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings, help="Instruction synthesis and answering.")
-    influence: InfluenceSettings = field(
-        default_factory=_influence_demo,
-        help="Influence scoring. Demo: faithful, centred, on 12 reference rows (see README).",
-    )
-    preference: PreferenceSettings = field(default_factory=PreferenceSettings, help="Preference-pair assembly.")
-    warmup: SFTSettings = field(
-        default_factory=_warmup_demo,
-        help="Student warm-up SFT before probing (paper: lr 5e-6, "
-        "effective batch 32, a linear warm-up over all steps that ends at the peak).",
-    )
-    dpo: DPOSettings = field(default_factory=_dpo_demo, help="Teacher DPO. Demo: at most 12 pairs per round.")
-    sft: SFTSettings = field(
-        default_factory=_sft_demo, help="Student SFT on the training set (paper: lr 5e-6, batch 32)."
-    )
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, help="Final evaluation.")
+    name: str = field("demo")
+    loop_id: str | None = field(None)
+    seed: int = field(0)
+    iterations: int = field(1)
+    continuous: bool = field(False)
+    max_rounds: int | None = field(None)
+    patience: int | None = field(None)
+    artifacts: str = field("artifacts")
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sizes: SizesConfig = field(default_factory=SizesConfig)
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    influence: InfluenceSettings = field(default_factory=_influence_demo)
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    warmup: SFTSettings = field(default_factory=_warmup_demo)
+    dpo: DPOSettings = field(default_factory=_dpo_demo)
+    sft: SFTSettings = field(default_factory=_sft_demo)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
         # Names become store keys (the loop id is <name>-<timestamp>): a key segment is at most 255 characters.

@@ -18,6 +18,7 @@ import hashlib
 from typing import TYPE_CHECKING
 
 from common.manifests import StageResult
+from common.stage_results import EvaluateMetrics
 from common.stats import (
     Interval,
     bootstrap_mean,
@@ -71,7 +72,11 @@ class Evaluation:
         rows = r.store.get_jsonl(r.store.key_of(result.outputs["losses"].uri))
         self.losses[name] = [row["loss"] for row in rows]
         self.categories = [row.get("category", "") for row in rows]
-        self.students[name] = {"loss": result.metrics["loss"], "losses_uri": result.outputs["losses"].uri, **extra}
+        self.students[name] = {
+            "loss": EvaluateMetrics.from_metrics(result.metrics).loss,
+            "losses_uri": result.outputs["losses"].uri,
+            **extra,
+        }
 
     def _draw(
         self, arm: str, d: int, teacher: LoopModel, *, examples: int, sft_seed: int

@@ -27,6 +27,7 @@ from common.logs import get_logger
 from common.manifests import StageResult, code_version
 from common.progress import Progress, Stopwatch, no_progress
 from common.protoconv import fingerprint
+from common.stage_results import AssembleMetrics, EvaluateMetrics, ScoreMetrics, TrainTeacherMetrics
 from services.controller.config import RunConfig, is_store_uri
 from services.controller.evaluation import Evaluation, teacher_shift
 from services.controller.executor import LoopModel, StageExecutor
@@ -324,19 +325,20 @@ class LoopRunner:
         pairs = self._stage(
             k, "pairs", r.assemble(f"{base}/pairs", probe.outputs["candidates"], scores.outputs["scores"])
         )
+        scored, paired = ScoreMetrics.from_metrics(scores.metrics), AssembleMetrics.from_metrics(pairs.metrics)
         row = IterationSummary(
             k,
-            candidates=int(scores.metrics["candidates"]),
-            groups=int(pairs.metrics["groups"]),
-            pairs=int(pairs.metrics["pairs"]),
-            influence_mean=scores.metrics["influence_mean"],
-            influence_min=scores.metrics["influence_min"],
-            influence_max=scores.metrics["influence_max"],
-            positive_share_raw=scores.metrics.get("positive_share_raw", 0.0),
-            positive_share_centred=scores.metrics.get("positive_share_centred", 0.0),
-            shared_step_influence=scores.metrics.get("shared_step_influence", 0.0),
-            influence_mode=self._manifest(scores)["config"]["mode"],
-            audit=self._audit(k, scores.metrics),
+            candidates=int(scored.candidates),
+            groups=int(paired.groups),
+            pairs=int(paired.pairs),
+            influence_mean=scored.influence_mean,
+            influence_min=scored.influence_min,
+            influence_max=scored.influence_max,
+            positive_share_raw=scored.positive_share_raw,
+            positive_share_centred=scored.positive_share_centred,
+            shared_step_influence=scored.shared_step_influence,
+            influence_mode=scored.mode,
+            audit=self._audit(k, scored),
         )
         if row.pairs:
             dpo = self._stage(k, "dpo", r.train_teacher(f"{base}/dpo", teacher, pairs.outputs["pairs"], seed=seed + 4))
@@ -346,25 +348,24 @@ class LoopRunner:
                 if "adapter" in dpo.outputs
                 else LoopModel.stored(dpo.outputs["model"])
             )
-            row.dpo_reward_margin = dpo.metrics["reward_margin_last"]
-            row.dpo_reward_accuracy = dpo.metrics.get("reward_accuracy_last")
-            if dpo.metrics.get("heldout_pairs"):
-                row.heldout_pairs = int(dpo.metrics["heldout_pairs"])
-                row.heldout_reward_margin = dpo.metrics.get("heldout_reward_margin")
-                row.heldout_reward_accuracy = dpo.metrics.get("heldout_reward_accuracy")
+            trained = TrainTeacherMetrics.from_metrics(dpo.metrics)
+            row.dpo_reward_margin = trained.reward_margin_last
+            row.dpo_reward_accuracy = trained.reward_accuracy_last
+            if trained.heldout_pairs:
+                row.heldout_pairs = int(trained.heldout_pairs)
+                row.heldout_reward_margin = trained.heldout_reward_margin
+                row.heldout_reward_accuracy = trained.heldout_reward_accuracy
         else:
-            m = pairs.metrics
             row.teacher_unchanged_reason = (
                 f"no preference pairs: no prompt group had both a helpful and a harmful candidate "
-                f"({int(m['positive'])} helpful, {int(m['negative'])} harmful in {int(m['groups'])} groups)"
+                f"({int(paired.positive)} helpful, {int(paired.negative)} harmful in {int(paired.groups)} groups)"
             )
             log.warning(
                 f"{row.teacher_unchanged_reason}: teacher unchanged",
                 extra={"loop_id": self.loop_id, "stage": "dpo", "iteration": k},
             )
-        train_data = self._stage(
-            k, "train-data", r.generate(f"{base}/train-data", teacher, seed=seed + 5, target=c.sizes.train_examples)
-        )
+        train_request = r.generate(f"{base}/train-data", teacher, seed=seed + 5, target=c.sizes.train_examples)
+        train_data = self._stage(k, "train-data", train_request)
         trained_student = self._stage(
             k,
             "student",
@@ -375,13 +376,12 @@ class LoopRunner:
         reference_loss = self._stage(
             k,
             "student-reference-loss",
-            r.evaluate(
-                f"{base}/student-reference-loss", student, "reference", limit=int(scores.metrics["reference_rows"])
-            ),
+            r.evaluate(f"{base}/student-reference-loss", student, "reference", limit=int(scored.reference_rows)),
         )
-        row.student_reference_loss = reference_loss.metrics["loss"]
+        row.student_reference_loss = EvaluateMetrics.from_metrics(reference_loss.metrics).loss
         row.teacher_adapters = list(teacher.adapter_uris)
-        row.teacher_version = self._served_version(train_data) or teacher.label
+        # The teacher service serves a request's version under the name the request gives it (teacher_version).
+        row.teacher_version = train_request.teacher_version or teacher.label
         row.scores_uri, row.pairs_uri = scores.outputs["scores"].uri, pairs.outputs["pairs"].uri
         row.train_data_uri = train_data.outputs["candidates"].uri
         row.seconds = round(watch.elapsed, 1)
@@ -491,19 +491,9 @@ class LoopRunner:
         summary["summary_sha256"] = ref.sha256
         return summary
 
-    def _manifest(self, result: StageResult) -> dict:
-        """The manifest the worker published for ``result`` (its resolved settings, inputs and metrics)."""
-        return self.store.get_json(self.store.key_of(result.manifest.uri)) if result.manifest else {}
-
-    def _served_version(self, result: StageResult) -> str:
-        """The name under which the teacher service served the version that wrote ``result`` (its manifest)."""
-        return self._manifest(result).get("inputs", {}).get("teacher", {}).get("served", {}).get("name", "")
-
-    def _audit(self, k: int, metrics: dict) -> dict:
+    def _audit(self, k: int, scored: ScoreMetrics) -> dict:
         """The approximate scorer's agreement with `exact` this round, warned about when it fell back."""
-        audit = {
-            key: value for key, value in metrics.items() if key.startswith("audit_") or key == "fell_back_to_exact"
-        }
+        audit = scored.audit
         if audit.get("fell_back_to_exact"):
             log.warning(
                 "influence estimate disagreed with exact scoring on the audit sample; the round was re-scored exactly",

@@ -24,16 +24,14 @@ from common.logs import get_logger
 from common.manifests import StageResult
 from common.progress import Progress, no_progress
 from common.protoconv import fingerprint, ref_from_proto, ref_to_proto
+from common.stages import stage_of
 from common.transport import PLAINTEXT, ClientTransport
 from montessori.v1 import (
     common_pb2,
     influence_pb2,
     influence_pb2_grpc,
-    preference_pb2,
     preference_pb2_grpc,
-    teacher_pb2,
     teacher_pb2_grpc,
-    trainer_pb2,
     trainer_pb2_grpc,
 )
 
@@ -63,15 +61,7 @@ class WorkerAddresses:
     transport: ClientTransport = PLAINTEXT
 
 
-#: Each stage request: the worker that runs it and the RPC that submits it.
-_RPCS = {
-    teacher_pb2.GenerateRequest: ("teacher", "Generate"),
-    trainer_pb2.TrainStudentRequest: ("trainer", "TrainStudent"),
-    trainer_pb2.TrainTeacherRequest: ("trainer", "TrainTeacher"),
-    influence_pb2.ScoreRequest: ("influence", "Score"),
-    influence_pb2.EvaluateRequest: ("influence", "Evaluate"),
-    preference_pb2.AssembleRequest: ("preference", "Assemble"),
-}
+#: Each worker service's client stub (which RPC runs a stage request: the stage registry, common/stages.py).
 _STUBS = {
     "teacher": teacher_pb2_grpc.TeacherServiceStub,
     "trainer": trainer_pb2_grpc.TrainerServiceStub,
@@ -138,13 +128,14 @@ class RemoteExecutor:
             replicas = influence_replicas(self.addresses.influence, self.addresses.transport)
             if len(replicas) > 1:
                 return self._score_sharded(replicas, request, progress)
-        service, rpc = _RPCS[type(request)]
-        stub = self._stub(service)
-        return self._result(self._run(service, stub, getattr(stub, rpc), self._with_id(request), progress))
+        stage = stage_of(request)
+        stub = self._stub(stage.service)
+        return self._result(self._run(stage.service, stub, getattr(stub, stage.rpc), self._with_id(request), progress))
 
     def check(self, request) -> None:
         """The request with ``validate_only``: the worker checks it and answers at once (no job)."""
-        service, rpc = _RPCS[type(request)]
+        stage = stage_of(request)
+        service, rpc = stage.service, stage.rpc
         message = type(request)()
         message.CopyFrom(request)
         message.validate_only = True

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.artifacts import ArtifactStore
-from common.config import from_dict, message_to_dict
+from common.config import from_message
 from common.errors import InvalidArgument
 from common.jobs import JobManager
 from common.protoconv import fingerprint
@@ -47,14 +47,18 @@ def spec_to_config(
 ) -> RunConfig:
     """A LoopSpec as a validated RunConfig on this controller's store; errors name ``spec.config.<field>``.
     Local data paths must lie under ``data_roots`` (:func:`confine_data`)."""
-    data = message_to_dict(spec.config)
-    artifacts = data.pop("artifacts", None)  # the controller's store, shared with the workers, is the only one
+    message = type(spec.config)()
+    message.CopyFrom(spec.config)
+    artifacts = message.artifacts  # the controller's store, shared with the workers, is the only one
+    message.ClearField("artifacts")
     if artifacts and artifacts.rstrip("/") != store.root_uri:
         raise InvalidArgument(
             f"this controller and its workers share the store {store.root_uri}; got {artifacts}",
             field="spec.config.artifacts",
         )
-    config = from_dict(RunConfig, data, path="spec.config")
+    # One form from the wire to the loop: the message becomes the RunConfig directly (its stage sections are the
+    # request's own settings messages), not a dict first.
+    config = from_message(RunConfig, message, path="spec.config")
     confine_data(config, data_roots)
     config.artifacts = store.root_uri
     return config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from functools import partial
 
 import torch
 
@@ -13,27 +12,18 @@ from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
 from common.service_main import ServiceParts
 from montessori.v1 import influence_pb2, influence_pb2_grpc
-from services.influence import stages
 
 
-class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer):
+class InfluenceServicer(JobRpcs, influence_pb2_grpc.InfluenceServiceServicer, service="influence"):
+    """Score, MergeScores and Evaluate (from the stage registry) on ``device``: where Evaluate runs, and Score
+    when its request's ``influence.device`` is ``auto``."""
+
     def __init__(
         self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, device: torch.device | None = None
     ):
-        super().__init__(store, jobs, ready)
-        #: Where Evaluate runs, and Score when its request's ``influence.device`` is ``auto``.
-        self.device = device if device is not None else resolve_device("auto")
-
-    def Score(self, request, context):
-        return influence_pb2.ScoreResponse(job=self.submit(request, "score", partial(stages.score, device=self.device)))
-
-    def MergeScores(self, request, context):
-        return influence_pb2.MergeScoresResponse(job=self.submit(request, "merge-scores", stages.merge_scores))
-
-    def Evaluate(self, request, context):
-        return influence_pb2.EvaluateResponse(
-            job=self.submit(request, "evaluate", partial(stages.evaluate, device=self.device))
-        )
+        device = device if device is not None else resolve_device("auto")
+        super().__init__(store, jobs, ready, {"device": device})
+        self.device = device
 
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event, *, device: str = "auto") -> ServiceParts:

@@ -16,6 +16,7 @@ from common.manifests import StageResult
 from common.progress import Progress, one_step
 from common.protoconv import content_fingerprint
 from common.request_fields import count, local_artifact, model_from_proto, output_prefix, settings
+from common.stage_results import EvaluateMetrics
 from montessori.v1 import influence_pb2
 from services.influence import tasks
 from services.influence.config import InfluenceConfig
@@ -131,8 +132,8 @@ def evaluate(
     if not request.output_prefix:  # only the mean, as the job's metric
         return one_step(
             "evaluate",
-            lambda: {
-                "loss": tasks.evaluation_loss(
+            lambda: EvaluateMetrics(
+                loss=tasks.evaluation_loss(
                     model,
                     rows,
                     batch_size=batch_size,
@@ -141,7 +142,7 @@ def evaluate(
                     field="model",
                     device=device,
                 )
-            },
+            ).to_metrics(),
         )
     prefix = output_prefix(request.output_prefix)
     return lambda progress: tasks.evaluate(

@@ -22,6 +22,7 @@ from common.manifests import StageResult, code_version, input_ref, model_input, 
 from common.models import ModelRef, load_model, load_tokenizer
 from common.optimizer_state import load_adamw
 from common.progress import Progress, no_progress
+from common.stage_results import EvaluateMetrics, ScoreMetrics
 from services.influence.agreement import pair_agreement, spearman
 from services.influence.config import INFLUENCE_MODES, InfluenceConfig
 from services.influence.scoring import Example, InfluenceScorer, collate, examples_from_rows, per_example_losses
@@ -208,6 +209,7 @@ def score(
         **score_metrics(rows, reference_rows=scorer.reference_loss.rows, reference_loss=before, rate=rate),
         **shared,
         **{f"scored_by_{mode}": int(mode == scored_by) for mode in INFLUENCE_MODES},
+        **ScoreMetrics.mode_flags(config.mode),
         **audit,
     }
     if shard is not None:
@@ -257,15 +259,17 @@ def merge_scores(
         raise InvalidArgument(f"the shards hold {len(rows)} scores for {expected} candidates", field="shards")
     ref = store.put_jsonl(f"{prefix}/{SCORES}", rows)
     first = shard_manifests[0]["metrics"]
+    shard = ScoreMetrics.from_metrics(first)
     metrics = {
         **score_metrics(
             rows,
-            reference_rows=first["reference_rows"],
-            reference_loss=first["reference_loss"],
-            rate=sum(m["metrics"]["candidates_per_second"] for m in shard_manifests),
+            reference_rows=shard.reference_rows,
+            reference_loss=shard.reference_loss,
+            rate=sum(ScoreMetrics.from_metrics(m["metrics"]).candidates_per_second for m in shard_manifests),
         ),
         "replicas": len(shard_manifests),
         **{k: first[k] for k in ("shared_step_influence", "reference_loss_shared_step") if k in first},
+        **({} if not shard.mode else ScoreMetrics.mode_flags(shard.mode)),
         **merge_audits([m["metrics"] for m in shard_manifests]),
     }
     shard_inputs = shard_manifests[0]["inputs"]
@@ -362,19 +366,19 @@ def score_metrics(rows: list[dict], *, reference_rows: int, reference_loss: floa
     score used for pairs (``influence``), and the share of positive candidates under both raw and centred scores."""
     values = [r["influence"] for r in rows]
     share = lambda key: sum(r.get(key, r["influence"]) > 0 for r in rows) / len(rows) if rows else 0.0  # noqa: E731
-    return {
-        "candidates": len(rows),
-        "reference_rows": reference_rows,
-        "reference_loss": reference_loss,
-        "influence_mean": statistics.fmean(values) if values else 0.0,
-        "influence_min": min(values, default=0.0),
-        "influence_max": max(values, default=0.0),
-        "positive": sum(v > 0 for v in values),
-        "negative": sum(v < 0 for v in values),
-        "candidates_per_second": rate,
-        "positive_share_raw": share("influence_raw"),
-        "positive_share_centred": share("influence_centred"),
-    }
+    return ScoreMetrics(
+        candidates=len(rows),
+        reference_rows=reference_rows,
+        reference_loss=reference_loss,
+        influence_mean=statistics.fmean(values) if values else 0.0,
+        influence_min=min(values, default=0.0),
+        influence_max=max(values, default=0.0),
+        positive=sum(v > 0 for v in values),
+        negative=sum(v < 0 for v in values),
+        candidates_per_second=rate,
+        positive_share_raw=share("influence_raw"),
+        positive_share_centred=share("influence_centred"),
+    ).to_metrics()
 
 
 def shared_step_metrics(scorer: InfluenceScorer, scored_by: str) -> dict:
@@ -495,6 +499,8 @@ def evaluate(
         inputs=inputs,
         config=config,
         outputs={"losses": ref},
-        metrics={"loss": _mean(losses), "rows": len(out), "rows_without_loss": sum(v is None for v in losses)},
+        metrics=EvaluateMetrics(
+            loss=_mean(losses), rows=len(out), rows_without_loss=sum(v is None for v in losses)
+        ).to_metrics(),
         started=started,
     )

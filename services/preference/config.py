@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import check, field
+from common.config import check, documented_by, field
 
 
+@documented_by("montessori.v1.PreferenceSettings")
 @dataclass
 class PreferenceConfig:
     """The method's rule plus optional extensions (all off by default)."""
 
-    min_margin: float = field(
-        0.0, help="Only pair candidates whose influences differ by more than this (0: the method's rule)."
-    )
-    max_pairs_per_group: int | None = field(
-        None, help="Cap on pairs per prompt group, most positive vs most negative first (None: every combination)."
-    )
+    min_margin: float = field(0.0)
+    max_pairs_per_group: int | None = field(None)
 
     def __post_init__(self) -> None:
         check(self.min_margin >= 0.0, "min_margin", "must be >= 0")

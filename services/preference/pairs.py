@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from common.errors import InvalidArgument
+from common.stage_results import AssembleMetrics
 from services.preference.config import PreferenceConfig
 
 
@@ -61,16 +62,16 @@ def assemble_pairs(candidates: list[ScoredCandidate], config: PreferenceConfig) 
                 }
             )
     influences = [c.influence for c in candidates]
-    stats = {
-        "candidates": len(candidates),
-        "groups": len(groups),
-        "groups_with_pairs": groups_with_pairs,
-        "pairs": len(pairs),
-        "positive": sum(i > 0 for i in influences),
-        "negative": sum(i < 0 for i in influences),
-        "influence_mean": statistics.fmean(influences) if influences else 0.0,
-        "influence_min": min(influences, default=0.0),
-        "influence_max": max(influences, default=0.0),
-        "influence_stdev": statistics.pstdev(influences) if len(influences) > 1 else 0.0,
-    }
+    stats = AssembleMetrics(
+        candidates=len(candidates),
+        groups=len(groups),
+        groups_with_pairs=groups_with_pairs,
+        pairs=len(pairs),
+        positive=sum(i > 0 for i in influences),
+        negative=sum(i < 0 for i in influences),
+        influence_mean=statistics.fmean(influences) if influences else 0.0,
+        influence_min=min(influences, default=0.0),
+        influence_max=max(influences, default=0.0),
+        influence_stdev=statistics.pstdev(influences) if len(influences) > 1 else 0.0,
+    ).to_metrics()
     return pairs, stats

@@ -9,12 +9,10 @@ from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
 from common.service_main import ServiceParts
 from montessori.v1 import preference_pb2, preference_pb2_grpc
-from services.preference import stages
 
 
-class PreferenceServicer(JobRpcs, preference_pb2_grpc.PreferenceServiceServicer):
-    def Assemble(self, request, context):
-        return preference_pb2.AssembleResponse(job=self.submit(request, "assemble", stages.assemble))
+class PreferenceServicer(JobRpcs, preference_pb2_grpc.PreferenceServiceServicer, service="preference"):
+    """Assemble (from the stage registry)."""
 
 
 def build(store: ArtifactStore, jobs: JobManager, ready: threading.Event) -> ServiceParts:

@@ -5,47 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from common.config import check, field
+from common.config import check, documented_by, field
 from common.device import DEVICE_SETTINGS, is_device_setting
 
 
+@documented_by("montessori.v1.SynthesisSettings")
 @dataclass
 class SynthesisConfig:
     """How the teacher writes instructions and answers them."""
 
-    prompt_style: Literal["completion", "chat"] = field(
-        "completion",
-        help="'chat': the synthesis prompt is one user turn through the chat template (the paper). "
-        "'completion': the same examples as plain text ending in an open <instruction> tag, stopping at "
-        "</instruction>; small teachers follow it far better. The DPO prompt is always exactly this text.",
-    )
-    examples_per_prompt: int = field(8, help="In-context examples per synthesis prompt (paper: 8).")
-    generated_examples_per_prompt: int = field(
-        2, help="Of those, how many are earlier generated instructions once at least that many exist (paper: 2)."
-    )
-    samples_per_prompt: int = field(4, help="Instructions sampled per prompt, i.e. the prompt-group size n (paper: 4).")
-    temperature: float = field(1.0, help="Sampling temperature for instructions (paper: 1.0).")
-    top_p: float = field(0.9, help="Nucleus sampling for instructions (paper: 0.9).")
-    presence_penalty: float = field(
-        1.0, help="Presence penalty for instructions (paper: 1.0; applied as in vLLM, over generated tokens)."
-    )
-    max_new_tokens: int = field(48, help="Token budget of one instruction sample (paper: 1024).")
-    response_temperature: float = field(0.6, help="Sampling temperature for responses (paper: 0.6).")
-    response_top_p: float = field(0.9, help="Nucleus sampling for responses (paper: 0.9).")
-    response_presence_penalty: float = field(
-        1.0,
-        help="Presence penalty for responses (paper: 1.0, as the official code samples responses; applied "
-        "exactly as for instructions: vLLM's own, or the same logits processor on the transformers backend).",
-    )
-    response_max_new_tokens: int = field(96, help="Token budget of one response (paper: 1024).")
-    rouge_threshold: float = field(
-        0.7, help="Drop an instruction whose ROUGE-L F1 with any seed or already kept instruction exceeds this."
-    )
-    prompt_batch_size: int = field(4, help="Synthesis prompts generated together in one batch.")
-    response_batch_size: int = field(8, help="Instructions answered together in one batch.")
-    max_prompt_attempts_factor: int = field(
-        4, help="Give up on reaching a target size after target/n * this many prompts (bad teachers waste prompts)."
-    )
+    prompt_style: Literal["completion", "chat"] = field("completion")
+    examples_per_prompt: int = field(8)
+    generated_examples_per_prompt: int = field(2)
+    samples_per_prompt: int = field(4)
+    temperature: float = field(1.0)
+    top_p: float = field(0.9)
+    presence_penalty: float = field(1.0)
+    max_new_tokens: int = field(48)
+    response_temperature: float = field(0.6)
+    response_top_p: float = field(0.9)
+    response_presence_penalty: float = field(1.0)
+    response_max_new_tokens: int = field(96)
+    rouge_threshold: float = field(0.7)
+    prompt_batch_size: int = field(4)
+    response_batch_size: int = field(8)
+    max_prompt_attempts_factor: int = field(4)
 
     def __post_init__(self) -> None:
         check(1 <= self.examples_per_prompt <= 64, "examples_per_prompt", "must be in 1..64")

@@ -11,24 +11,17 @@ from common.models import ModelRef
 from common.request_fields import model_from_proto
 from common.service_main import ServiceParts
 from montessori.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
-from services.teacher import stages
 from services.teacher.backend import BackendCache, TeacherBackends
 from services.teacher.config import TeacherServiceConfig
 from services.teacher.stages import version_name
 
 
-class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, backends: TeacherBackends):
-        super().__init__(store, jobs, ready)
-        self.backends = backends
+class TeacherServicer(JobRpcs, teacher_pb2_grpc.TeacherServiceServicer, service="teacher"):
+    """Generate (from the stage registry) and the teacher-version RPCs, over ``backends``."""
 
-    def Generate(self, request, context):
-        job = self.submit(
-            request,
-            "generate",
-            lambda store, request, **policy: stages.generate(store, request, self.backends, **policy),
-        )
-        return teacher_pb2.GenerateResponse(job=job)
+    def __init__(self, store: ArtifactStore, jobs: JobManager, ready: threading.Event, backends: TeacherBackends):
+        super().__init__(store, jobs, ready, {"backends": backends})
+        self.backends = backends
 
     def LoadTeacherVersion(self, request, context):
         self.require_ready()

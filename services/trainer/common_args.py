@@ -74,7 +74,7 @@ def base_args(
     device: str | torch.device = "auto",
     precision: str = "auto",
 ) -> dict:
-    """Arguments every montessori training run uses; ``report_to`` is the settings' (see ``REPORT_TO_HELP``).
+    """Arguments every montessori training run uses; ``report_to`` is the settings' (its help: trainer.proto).
     ``checkpoint_every``: the Trainer saves a full checkpoint into ``output_dir`` every this many optimizer steps,
     keeping only the latest (0: none); ``callbacks.CheckpointCallback`` uploads each one to the store.
     ``device``: a torch device or a device setting (FAILED_PRECONDITION naming ``device`` when absent)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from common.config import check, field
+from common.config import check, documented_by, field
 from common.device import DEVICE_SETTINGS, is_device_setting
 
 #: DPO objectives for (chosen, rejected) pairs that TRL's DPOTrainer implements with one reference model.
@@ -21,22 +21,6 @@ SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "cons
 REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
 PRECISION = Literal["auto", "float32", "bfloat16"]
-PRECISION_HELP = (
-    "Mixed precision of the forward and backward passes (weights and optimizer state stay fp32): 'auto', bf16 on "
-    "a CUDA device that supports it and fp32 elsewhere; 'bfloat16', bf16 autocast on any device (CPUs with "
-    "AVX512-BF16/AMX compute it natively); 'float32', none."
-)
-REPORT_TO_HELP = (
-    "Where the TRL trainer also reports its logs: none, tensorboard (event files in the output folder's runs/, "
-    "published with it; they hold wall-clock times, so that folder is no longer byte-reproducible), wandb or mlflow "
-    "(the package and its WANDB_*/MLFLOW_* environment must be provided on the trainer), all (every one installed)."
-)
-
-CHECKPOINT_HELP = (
-    "Save a checkpoint (weights, optimizer, scheduler, RNG state) to the store (<output_prefix>-checkpoint) every "
-    "this many optimizer steps, keeping only the latest, so that a job restarted with the same request resumes "
-    "from it and publishes the same folder; deleted once the output is published (0: no checkpoints)."
-)
 
 
 def _check_shared(settings) -> None:
@@ -63,6 +47,7 @@ def final_lr_ratio(settings) -> float:
     return 0.0  # linear and cosine decay to zero
 
 
+@documented_by("montessori.v1.SFTSettings")
 @dataclass
 class SFTSettings:
     """Supervised fine-tuning of the student on the training set (response-only loss, TRL SFTTrainer).
@@ -70,35 +55,19 @@ class SFTSettings:
     The warm-up before probing is the same run with :class:`WarmupSettings`' defaults.
     """
 
-    learning_rate: float = field(5e-6, help="Peak learning rate (paper: 5e-6).")
-    epochs: float = field(1.0, help="Passes over the data (paper: 1).")
-    batch_size: int = field(
-        2, help="Per-device batch size (paper: 2 per GPU, x 2 accumulation steps x 8 GPUs = effective batch 32)."
-    )
-    gradient_accumulation_steps: int = field(
-        16,
-        help="Micro-batches per optimizer step; batch_size x this is the effective batch (paper: 32, "
-        "here 2 x 16 on one device).",
-    )
-    lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
-    warmup_ratio: float = field(
-        0.1,
-        help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1); every "
-        "schedule but constant has this warm-up.",
-    )
-    decay_ratio: float = field(
-        0.4,
-        help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
-        "and decay are stable (paper: 0.4, stable 0.5).",
-    )
-    min_lr_ratio: float = field(
-        1e-4, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak (paper: 1e-4)."
-    )
-    max_length: int = field(1024, help="Token cap of one example; longer examples are truncated by TRL (paper: 1024).")
-    weight_decay: float = field(0.0, help="AdamW weight decay (paper: 0).")
-    report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
-    checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
-    precision: PRECISION = field("auto", help=PRECISION_HELP)
+    learning_rate: float = field(5e-6)
+    epochs: float = field(1.0)
+    batch_size: int = field(2)
+    gradient_accumulation_steps: int = field(16)
+    lr_scheduler: SCHEDULES = field("warmup_stable_decay")
+    warmup_ratio: float = field(0.1)
+    decay_ratio: float = field(0.4)
+    min_lr_ratio: float = field(1e-4)
+    max_length: int = field(1024)
+    weight_decay: float = field(0.0)
+    report_to: REPORT_TO = field("none")
+    checkpoint_every: int = field(100)
+    precision: PRECISION = field("auto")
 
     def __post_init__(self) -> None:
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
@@ -146,56 +115,31 @@ class WarmupSettings(SFTSettings):
         )
 
 
+@documented_by("montessori.v1.DPOSettings")
 @dataclass
 class DPOSettings:
     """DPO of the teacher on (prompt, chosen, rejected) pairs (TRL DPOTrainer)."""
 
-    beta: float = field(0.1, help="DPO beta (paper: 0.1).")
-    loss_type: DPO_LOSSES = field(
-        "sigmoid",
-        help="DPO objective: 'sigmoid', the DPO loss (the paper); 'ipo', IPO's squared loss (beta is its "
-        "regularisation); 'hinge', the SLiC hinge loss; 'robust', DPO robust to flipped preferences.",
-    )
-    learning_rate: float = field(
-        5e-5, help="Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one."
-    )
-    epochs: float = field(1.0, help="Passes over the pairs (paper: 1).")
-    batch_size: int = field(2, help="Per-device batch size (paper: 2, on one device).")
-    gradient_accumulation_steps: int = field(1, help="Micro-batches per optimizer step (paper: 1).")
-    lr_scheduler: SCHEDULES = field("warmup_stable_decay", help="Learning-rate schedule (paper: warm-up-stable-decay).")
-    warmup_ratio: float = field(
-        0.1, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 0.1)."
-    )
-    decay_ratio: float = field(
-        0.4,
-        help="warmup_stable_decay: share of the steps in the final cosine decay; the steps between warm-up "
-        "and decay are stable (paper: 0.4, stable 0.5).",
-    )
-    min_lr_ratio: float = field(
-        1e-3, help="warmup_stable_decay: the learning rate the decay ends on, as a fraction of the peak (paper: 1e-3)."
-    )
-    max_length: int = field(1024, help="Token cap of prompt + sample (paper: 1024); the prompt is never cut.")
-    lora: bool = field(
-        True, help="Train a LoRA adapter (hot-loadable by a serving engine) instead of all weights (paper: full)."
-    )
-    lora_rank: int = field(8, help="LoRA rank r.")
-    lora_alpha: int = field(16, help="LoRA alpha.")
-    lora_dropout: float = field(0.0, help="LoRA dropout (0 keeps training deterministic).")
-    max_pairs: int | None = field(
-        None,
-        help="Train on at most this many pairs, balanced across prompt groups: round-robin over the groups, "
-        "each group's pairs by descending influence margin (None: all, the paper).",
-    )
-    heldout_fraction: float = field(
-        0.0,
-        help="Share of the round's pairs held out of DPO and used to measure reward accuracy and margin on pairs "
-        "the teacher did not train on (0: none, the paper). The split is deterministic from the seed and by prompt "
-        "group (the pairs' group_id, else their prompt), so a group's pairs are never on both sides; at least one "
-        "group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.",
-    )
-    report_to: REPORT_TO = field("none", help=REPORT_TO_HELP)
-    checkpoint_every: int = field(100, help=CHECKPOINT_HELP)
-    precision: PRECISION = field("auto", help=PRECISION_HELP)
+    beta: float = field(0.1)
+    loss_type: DPO_LOSSES = field("sigmoid")
+    learning_rate: float = field(5e-5)
+    epochs: float = field(1.0)
+    batch_size: int = field(2)
+    gradient_accumulation_steps: int = field(1)
+    lr_scheduler: SCHEDULES = field("warmup_stable_decay")
+    warmup_ratio: float = field(0.1)
+    decay_ratio: float = field(0.4)
+    min_lr_ratio: float = field(1e-3)
+    max_length: int = field(1024)
+    lora: bool = field(True)
+    lora_rank: int = field(8)
+    lora_alpha: int = field(16)
+    lora_dropout: float = field(0.0)
+    max_pairs: int | None = field(None)
+    heldout_fraction: float = field(0.0)
+    report_to: REPORT_TO = field("none")
+    checkpoint_every: int = field(100)
+    precision: PRECISION = field("auto")
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")

@@ -19,6 +19,7 @@ from common.checkpoints import StageCheckpoint
 from common.errors import FailedPrecondition
 from common.models import ModelRef, load_model, load_tokenizer
 from common.progress import Progress, no_progress
+from common.stage_results import TrainTeacherMetrics
 from services.trainer.callbacks import CheckpointCallback, ProgressCallback, mean_train_loss, restore_checkpoint
 from services.trainer.common_args import (
     base_args,
@@ -49,20 +50,20 @@ class DPOResult:
     heldout_reward_margin: float | None = None
 
     def metrics(self) -> dict:
-        metrics = {
-            "steps": self.steps,
-            "train_loss": self.train_loss,
-            "pairs": self.pairs,
-            "reward_margin_first": self.reward_margin_first,
-            "reward_margin_last": self.reward_margin_last,
-            "reward_accuracy_last": self.reward_accuracy_last,
-            "adapter": self.is_adapter,
-            "heldout_pairs": self.heldout_pairs,
-        }
-        if self.heldout_pairs:  # absent rather than a made-up 0: job metrics are numbers only
-            metrics["heldout_reward_accuracy"] = self.heldout_reward_accuracy
-            metrics["heldout_reward_margin"] = self.heldout_reward_margin
-        return metrics
+        """The stage's published metrics (common.stage_results.TrainTeacherMetrics, which the controller reads)."""
+        return TrainTeacherMetrics(
+            steps=self.steps,
+            train_loss=self.train_loss,
+            pairs=self.pairs,
+            reward_margin_first=self.reward_margin_first,
+            reward_margin_last=self.reward_margin_last,
+            reward_accuracy_last=self.reward_accuracy_last,
+            adapter=self.is_adapter,
+            heldout_pairs=self.heldout_pairs,
+            # absent rather than a made-up 0: job metrics are numbers only
+            heldout_reward_accuracy=self.heldout_reward_accuracy if self.heldout_pairs else None,
+            heldout_reward_margin=self.heldout_reward_margin if self.heldout_pairs else None,
+        ).to_metrics()
 
 
 def pair_group(pair: dict) -> str:

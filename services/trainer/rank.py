@@ -120,7 +120,6 @@ def train(work: dict, *, rank: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry of each rank: run the work file given as the only argument."""
-    import os
 
     from common.envs import Env
     from common.logs import configure_logging
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(env.torch_threads)
     (work_file,) = sys.argv[1:] if argv is None else argv
     work = json.loads(Path(work_file).read_text())
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env.rank
     ranks_dir = Path(work["ranks_dir"])
     ranks_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from functools import partial
 
 from common.artifacts import ArtifactStore
 from common.device import resolve_device
@@ -11,12 +10,14 @@ from common.job_rpcs import JobRpcs
 from common.jobs import JobManager
 from common.service_main import ServiceParts
 from montessori.v1 import trainer_pb2, trainer_pb2_grpc
-from services.trainer import stages
 from services.trainer.config import TrainerServiceConfig
 from services.trainer.launch import Launcher
 
 
-class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
+class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer, service="trainer"):
+    """TrainStudent and TrainTeacher (from the stage registry), trained in ``launcher``'s ranks or, without one,
+    in this process on ``device``."""
+
     def __init__(
         self,
         store: ArtifactStore,
@@ -25,16 +26,7 @@ class TrainerServicer(JobRpcs, trainer_pb2_grpc.TrainerServiceServicer):
         launcher: Launcher | None,
         device: str = "auto",
     ):
-        super().__init__(store, jobs, ready)
-        self.launcher, self.device = launcher, device
-
-    def TrainStudent(self, request, context):
-        train = partial(stages.train_student, launcher=self.launcher, device=self.device)
-        return trainer_pb2.TrainStudentResponse(job=self.submit(request, "train-student", train))
-
-    def TrainTeacher(self, request, context):
-        train = partial(stages.train_teacher, launcher=self.launcher, device=self.device)
-        return trainer_pb2.TrainTeacherResponse(job=self.submit(request, "train-teacher", train))
+        super().__init__(store, jobs, ready, {"launcher": launcher, "device": device})
 
 
 def build(

@@ -9,7 +9,7 @@ import pytest
 
 from cli.judge import add_parser, judge_students, run
 from common.errors import InvalidArgument, NotFound
-from services.teacher.judge import Judge, JudgeSettings, judge_pair
+from evaluation.judge import Judge, JudgeSettings, judge_pair
 from tests.conftest import DATA
 
 EVAL = DATA / "eval.jsonl"

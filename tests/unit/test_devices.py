@@ -97,7 +97,7 @@ def test_influence_service_with_device_cuda_is_refused_at_start_up(tmp_path):
 
 
 def test_serve_device_flag_reaches_the_teacher_config():
-    from cli.serve import _teacher_config
+    from services.teacher.main import service_config as _teacher_config
 
     args = make_parser().parse_args(["serve", "teacher", "--insecure", "--device", "cpu", "--dtype", "bfloat16"])
     config = _teacher_config(args)

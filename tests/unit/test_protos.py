@@ -34,6 +34,14 @@ def test_generated_code_is_up_to_date(tmp_path):
     assert committed_files == generated
 
 
+def test_field_docs_are_up_to_date(tmp_path):
+    """montessori/v1/field_docs.py (the settings' help text) is what protos/field_docs.py makes of the comments."""
+    out = tmp_path / "field_docs.py"
+    subprocess.run([sys.executable, str(REPO / "protos" / "field_docs.py"), str(out)], check=True)
+    committed = REPO / "montessori" / "v1" / "field_docs.py"
+    assert committed.read_text() == out.read_text(), "montessori/v1/field_docs.py is stale: run make protos"
+
+
 def test_every_message_and_field_is_documented():
     for proto in (REPO / "protos" / "montessori" / "v1").glob("*.proto"):
         lines = proto.read_text().splitlines()

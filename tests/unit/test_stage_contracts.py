@@ -117,3 +117,46 @@ def test_the_controller_needs_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_each_stage_is_declared_once_in_the_registry():
+    """The stage registry (common/stages.py) is the one dispatch table: every stage RPC of a worker service has a
+    row naming its request, response and stage function, and each worker servicer's handler of it is the
+    registry's (no hand-written dispatch)."""
+    import importlib
+
+    from common.stages import STAGES, stage_of
+    from montessori.v1 import common_pb2
+
+    job_rpcs = {"GetJob", "CancelJob", "WatchJob"}
+    declared = set()
+    for worker, module in (("teacher", teacher_pb2), ("influence", influence_pb2), ("preference", preference_pb2)):
+        declared |= {(worker, m.name) for m in module.DESCRIPTOR.services_by_name[f"{worker.title()}Service"].methods}
+    declared |= {("trainer", m.name) for m in trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].methods}
+    stage_rpcs = {
+        (worker, name)
+        for worker, name in declared
+        if name not in job_rpcs and not name.endswith(("TeacherVersion", "TeacherVersions"))
+    }
+    assert {(s.service, s.rpc) for s in STAGES} == stage_rpcs
+    assert len({s.request for s in STAGES}) == len(STAGES)
+    for stage in STAGES:
+        assert stage_of(stage.request) is stage
+        assert stage.response.DESCRIPTOR.fields_by_name["job"].message_type == common_pb2.Job.DESCRIPTOR
+        module, _, function = stage.function.partition(":")
+        assert callable(getattr(importlib.import_module(module), function))
+        servicer = importlib.import_module(f"services.{stage.service}.servicer")
+        cls = next(c for c in vars(servicer).values() if isinstance(c, type) and c.__name__.endswith("Servicer"))
+        assert getattr(cls, stage.rpc).__qualname__ == stage.rpc, f"{cls.__name__}.{stage.rpc} is hand-written"
+
+
+@pytest.mark.parametrize("message,config", MIRRORS, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_a_setting_is_documented_once_in_the_proto(message, config):
+    """A setting's help (what `montessori config` prints) is its proto field's comment, not a second text;
+    only a field WarmupSettings overrides with another default keeps a help of its own."""
+    from montessori.v1.field_docs import FIELD_DOCS
+
+    overridden = set(WarmupSettings.__dict__.get("__annotations__", {})) if config is WarmupSettings else set()
+    for f in dataclasses.fields(config):
+        if f.name not in overridden:
+            assert f.metadata["help"] == FIELD_DOCS[f"{message.DESCRIPTOR.full_name}.{f.name}"], f.name

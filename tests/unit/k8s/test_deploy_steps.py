@@ -259,8 +259,8 @@ def test_the_optional_components_render_on_the_gpu_overlay(tmp_path, component, 
 
 def test_the_cpu_dev_run_config_names_the_models_the_seed_job_builds():
     from common.config import from_dict
-    from common.offline_models import TINY_STUDENT_DIR, TINY_TEACHER_DIR
     from services.controller.config import RunConfig
+    from setup.offline_models import TINY_STUDENT_DIR, TINY_TEACHER_DIR
 
     example = K8S / "overlays" / "cpu-dev" / "examples" / "run-config.yaml"
     config = from_dict(RunConfig, yaml.safe_load(example.read_text()))

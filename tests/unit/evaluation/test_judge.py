@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from common.errors import InvalidArgument, Unavailable
-from services.teacher.judge import EndpointJudge, Judge, JudgeSettings, judge_pair, parse_verdict, select_rows
+from evaluation.judge import EndpointJudge, Judge, JudgeSettings, judge_pair, parse_verdict, select_rows
 
 SETTINGS = JudgeSettings(endpoint="http://127.0.0.1:1/v1", endpoint_model="unused")
 

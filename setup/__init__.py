@@ -1,0 +1,1 @@
+"""Set-up scripts: the offline models `make setup` (and the cluster's models-seed Job) builds."""
