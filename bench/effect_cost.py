@@ -1,7 +1,10 @@
 """What an effect-experiment design costs on the machine the benches ran on: a LOWER bound, from measured rates.
 
 Reads the design's sizes from its config and the per-unit costs measured on this machine from ``bench/results``:
-teacher tokens/s (``teacher-paths-<teacher>.json``, prefill once per prompt, the service's batches), influence
+the teacher's forward rate in tokens/s (``teacher-paths-<teacher>.json``: the n-fold and the once-per-prompt prefill
+differ only by (n - 1) prefills of each prompt, so their time difference over those tokens is the rate; on a CPU
+a batched decode token costs about as much as a prefill token, so every token the design feeds or samples is
+charged at it), influence
 seconds per candidate on the student (``influence-<student>-bf16.json``: first_order steady rate for the bulk,
 exact for the audit and the teacher shift, which scores exactly) and seconds per DPO step of the teacher
 (``dpo-<teacher>.json``, scaled to the design's prompt length). Student SFT, warm-up and evaluation are left out
@@ -21,8 +24,34 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Tokens of an answer prompt (the teacher's chat template around one instruction), roughly.
+ANSWER_PROMPT_TOKENS = 60
+
+
+def prompt_tokens(config: dict) -> int:
+    """Tokens of one synthesis prompt of the design (``examples_per_prompt`` seed examples), by the teacher's
+    tokenizer, as ``bench/teacher.py`` builds them."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from common.jsonl import read_instruction_rows
+    from services.teacher.prompts import pick_examples, seed_examples, synthesis_prompt
+
+    seeds = seed_examples(read_instruction_rows(REPO / "data" / "seed.jsonl"))
+    total = config.get("synthesis", {}).get("examples_per_prompt", 8)
+    shown = pick_examples(seeds, [], total=total, from_generated=0, rng=random.Random(0))
+    tokenizer = AutoTokenizer.from_pretrained(REPO / config["models"]["teacher"])
+    return len(tokenizer(synthesis_prompt(shown, style="completion"))["input_ids"])
+
+
 def results(name: str) -> dict:
     return json.loads((REPO / "bench" / "results" / name).read_text())
+
+
+def optional(name: str) -> dict | None:
+    path = REPO / "bench" / "results" / name
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def row(results_file: dict, method: str) -> dict:
@@ -44,44 +73,59 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
     fresh = 2 * shift
     samples = probing + (training + fresh) / keep_rate  # instruction samples drawn
     answered = kept_probing + training + fresh
-    tokens = samples * instruction_tokens + answered * response_tokens
+    prompts = samples / n
+    tokens = (
+        prompts * prompt_tokens(config)
+        + samples * instruction_tokens
+        + answered * (response_tokens + ANSWER_PROMPT_TOKENS)
+    )
 
-    gen = results(f"teacher-paths-{teacher}.json")["runs"][0]["transformers (fp32)"]["tokens_per_second"]
-    scorer = results(f"influence-{student}-bf16.json")
-    exact = 1 / row(scorer, "(b) exact")["steady_cand_per_s"]
-    first = 1 / row(scorer, "(c) first_order")["steady_cand_per_s"]
-    bulk = exact if influence.get("mode", "exact") == "exact" else first
-    audit = influence.get("audit_size", 0)
-    dpo_run = results(f"dpo-{teacher}.json")
-    step = dpo_run["runs"]["float32"]["seconds_per_step"]
-    # The bench's prompts held --examples seed examples; a DPO step's cost grows with the tokens it trains on.
-    scale = (synthesis.get("examples_per_prompt", 8) + 1) / (dpo_run["examples_per_prompt"] + 1)
+    bench = results(f"teacher-paths-{teacher}.json")
+    paths = bench["runs"][0]
+    repeated = bench["prompts"] * (bench["n"] - 1) * prompt_tokens(config)
+    gen = repeated / (paths["transformers (fp32), n-fold prefill"]["seconds"] - paths["transformers (fp32)"]["seconds"])
+    stages = {"teacher generation": tokens / gen}
+    rates: dict = {}
+    missing = []
+    scorer = optional(f"influence-{student}-bf16.json")
+    if scorer:
+        exact = 1 / row(scorer, "(b) exact")["steady_cand_per_s"]
+        first = 1 / row(scorer, "(c) first_order")["steady_cand_per_s"]
+        bulk = exact if influence.get("mode", "exact") == "exact" else first
+        stages["influence (probing, bulk)"] = kept_probing * bulk
+        stages["influence (audit, exact)"] = min(influence.get("audit_size", 0), kept_probing) * exact
+        stages["influence (teacher shift, exact)"] = fresh * exact
+        rates.update(exact_seconds_per_candidate=round(exact, 2), first_order_seconds_per_candidate=round(first, 2))
+    else:
+        missing.append(f"influence-{student}-bf16.json (influence scoring)")
+    dpo_run = optional(f"dpo-{teacher}.json")
     pairs = max(50, kept_probing // 4)  # at least the issue's 50 pairs
     steps = pairs * (1 - dpo.get("heldout_fraction", 0.0)) * dpo.get("epochs", 1) / dpo.get("batch_size", 2)
-    stages = {
-        "teacher generation": tokens / gen,
-        "influence (probing, bulk)": kept_probing * bulk,
-        "influence (audit, exact)": min(audit, kept_probing) * exact,
-        "influence (teacher shift, exact)": fresh * exact,
-        "teacher DPO": steps * step * scale,
-    }
+    if dpo_run:
+        step = dpo_run["runs"]["float32"]["seconds_per_step"]
+        # The bench's prompts held --examples seed examples; a step's cost grows with the tokens it trains on.
+        scale = (synthesis.get("examples_per_prompt", 8) + 1) / (dpo_run["examples_per_prompt"] + 1)
+        stages["teacher DPO"] = steps * step * scale
+        rates.update(dpo_seconds_per_step_bench=step, dpo_prompt_scale=round(scale, 2))
+    else:
+        missing.append(f"dpo-{teacher}.json (teacher DPO)")
     return {
         "design": {
             "probing_samples": probing,
             "probing_candidates": kept_probing,
             "training_examples": training,
             "shift_examples": fresh,
-            "generated_tokens": round(tokens),
+            "teacher_forward_tokens": round(tokens),
             "dpo_steps": round(steps, 1),
             "keep_rate": keep_rate,
         },
         "rates": {
-            "teacher_tokens_per_second": gen,
-            "exact_seconds_per_candidate": round(exact, 2),
-            "first_order_seconds_per_candidate": round(first, 2),
-            "dpo_seconds_per_step_bench": step,
-            "dpo_prompt_scale": round(scale, 2),
+            "teacher_forward_tokens_per_second": round(gen, 2),
+            "synthesis_prompt_tokens": prompt_tokens(config),
+            "teacher_bench_device": bench["device"],
+            **rates,
         },
+        "not_measured_so_left_out": missing,
         "hours": {name: round(seconds / 3600, 2) for name, seconds in stages.items()},
         "total_hours_lower_bound": round(sum(stages.values()) / 3600, 1),
     }
