@@ -74,15 +74,14 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
     samples = probing + (training + fresh) / keep_rate  # instruction samples drawn
     answered = kept_probing + training + fresh
     prompts = samples / n
+    prompt_length = prompt_tokens(config)  # loads the teacher's tokenizer: once
     tokens = (
-        prompts * prompt_tokens(config)
-        + samples * instruction_tokens
-        + answered * (response_tokens + ANSWER_PROMPT_TOKENS)
+        prompts * prompt_length + samples * instruction_tokens + answered * (response_tokens + ANSWER_PROMPT_TOKENS)
     )
 
     bench = results(f"teacher-paths-{teacher}.json")
     paths = bench["runs"][0]
-    repeated = bench["prompts"] * (bench["n"] - 1) * prompt_tokens(config)
+    repeated = bench["prompts"] * (bench["n"] - 1) * prompt_length
     gen = repeated / (paths["transformers (fp32), n-fold prefill"]["seconds"] - paths["transformers (fp32)"]["seconds"])
     stages = {"teacher generation": tokens / gen}
     rates: dict = {}
@@ -121,7 +120,7 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
         },
         "rates": {
             "teacher_forward_tokens_per_second": round(gen, 2),
-            "synthesis_prompt_tokens": prompt_tokens(config),
+            "synthesis_prompt_tokens": prompt_length,
             "teacher_bench_device": bench["device"],
             **rates,
         },
