@@ -65,11 +65,13 @@ run: setup-main
 run-tiny: setup-main
 	$(VENV)/bin/montessori run --config configs/tiny.yaml
 
-# Generated gRPC code and the settings' help from the proto comments (montessori/v1/field_docs.py), committed;
-# tests/unit/test_protos.py fails when either is stale.
+# Generated gRPC code, the settings' help from the proto comments (montessori/v1/field_docs.py) and the stage
+# settings dataclasses from the settings messages' rules (montessori/v1/settings.py), committed;
+# tests/unit/test_protos.py fails when any is stale.
 protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/montessori/v1/*.proto
 	$(PY) protos/field_docs.py
+	$(PY) protos/settings_classes.py
 
 # The five services as local processes on loopback (ports 50050-50054, metrics 9100-9104).
 # TEACHER_BACKEND=vllm runs the teacher from the vLLM environment (adapter hot-swap).

@@ -6,6 +6,8 @@ import dataclasses
 
 import yaml
 
+from common.settings_rules import accepted
+
 
 def render_yaml(config, indent: int = 0) -> str:
     lines = []
@@ -13,6 +15,8 @@ def render_yaml(config, indent: int = 0) -> str:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         help_text = f.metadata.get("help", "")
+        if accepted(f):  # a stage setting's rule, from the proto
+            help_text = f"{help_text} [accepted: {accepted(f)}]"
         if help_text:
             lines.append(f"{pad}# {help_text}")
         if dataclasses.is_dataclass(value):

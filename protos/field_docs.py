@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent / "montessori" / "v1"
-_FIELD = re.compile(r"^(?:optional |repeated )?[\w.<>, ]+ (\w+) = \d+;")
+_FIELD = re.compile(r"^(?:optional |repeated )?[\w.<>, ]+ (\w+) = \d+(?: \[.*\])?;")
 
 
 def field_docs(protos: Path = PROTOS) -> dict[str, str]:
@@ -28,8 +28,8 @@ def field_docs(protos: Path = PROTOS) -> dict[str, str]:
                 continue
             if line.startswith("package "):
                 package = line.removeprefix("package ").rstrip(";").strip()
-            elif line.startswith(("message ", "enum ", "service ", "oneof ")):
-                scopes.append(line.split()[1] if not line.startswith("oneof ") else None)
+            elif line.startswith(("message ", "enum ", "service ", "oneof ", "extend ")):
+                scopes.append(line.split()[1] if line.startswith(("message ", "enum ", "service ")) else None)
             elif line.startswith("}"):
                 scopes.pop()
             elif any(scopes):

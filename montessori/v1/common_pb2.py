@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amontessori/v1/common.proto\x12\rmontessori.v1\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa3\x01\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12,\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12,\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x1a\n\rchat_template\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_chat_template\"\xb2\x01\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.montessori.v1.Progress.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.montessori.v1.JobState\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x30\n\x07outputs\x18\x08 \x03(\x0b\x32\x1f.montessori.v1.Job.OutputsEntry\x12,\n\x08manifest\x18\t \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.montessori.v1.Job.MetricsEntry\x12\x13\n\x0b\x61ge_seconds\x18\x0b \x01(\x01\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"E\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amontessori/v1/common.proto\x12\rmontessori.v1\x1a google/protobuf/descriptor.proto\"O\n\x0bSettingRule\x12\x14\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05range\x18\x02 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x03 \x03(\tB\n\n\x08_default\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa3\x01\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12,\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12,\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x1a\n\rchat_template\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_chat_template\"\xb2\x01\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.montessori.v1.Progress.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.montessori.v1.JobState\x12)\n\x08progress\x18\x05 \x01(\x0b\x32\x17.montessori.v1.Progress\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x30\n\x07outputs\x18\x08 \x03(\x0b\x32\x1f.montessori.v1.Job.OutputsEntry\x12,\n\x08manifest\x18\t \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.montessori.v1.Job.MetricsEntry\x12\x13\n\x0b\x61ge_seconds\x18\x0b \x01(\x01\x1aJ\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"E\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05:L\n\x07setting\x12\x1d.google.protobuf.FieldOptions\x18\x96\x8c\x03 \x01(\x0b\x32\x1a.montessori.v1.SettingRuleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_JOB_METRICSENTRY']._loaded_options = None
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1215
-  _globals['_JOBSTATE']._serialized_end=1369
-  _globals['_ARTIFACTREF']._serialized_start=45
-  _globals['_ARTIFACTREF']._serialized_end=87
-  _globals['_MODELSPEC']._serialized_start=90
-  _globals['_MODELSPEC']._serialized_end=253
-  _globals['_PROGRESS']._serialized_start=256
-  _globals['_PROGRESS']._serialized_end=434
-  _globals['_PROGRESS_METRICSENTRY']._serialized_start=388
-  _globals['_PROGRESS_METRICSENTRY']._serialized_end=434
-  _globals['_JOB']._serialized_start=437
-  _globals['_JOB']._serialized_end=909
-  _globals['_JOB_OUTPUTSENTRY']._serialized_start=787
-  _globals['_JOB_OUTPUTSENTRY']._serialized_end=861
-  _globals['_JOB_METRICSENTRY']._serialized_start=388
-  _globals['_JOB_METRICSENTRY']._serialized_end=434
-  _globals['_GETJOBREQUEST']._serialized_start=911
-  _globals['_GETJOBREQUEST']._serialized_end=942
-  _globals['_GETJOBRESPONSE']._serialized_start=944
-  _globals['_GETJOBRESPONSE']._serialized_end=993
-  _globals['_CANCELJOBREQUEST']._serialized_start=995
-  _globals['_CANCELJOBREQUEST']._serialized_end=1029
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1031
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1083
-  _globals['_WATCHJOBREQUEST']._serialized_start=1085
-  _globals['_WATCHJOBREQUEST']._serialized_end=1141
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1143
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1212
+  _globals['_JOBSTATE']._serialized_start=1330
+  _globals['_JOBSTATE']._serialized_end=1484
+  _globals['_SETTINGRULE']._serialized_start=79
+  _globals['_SETTINGRULE']._serialized_end=158
+  _globals['_ARTIFACTREF']._serialized_start=160
+  _globals['_ARTIFACTREF']._serialized_end=202
+  _globals['_MODELSPEC']._serialized_start=205
+  _globals['_MODELSPEC']._serialized_end=368
+  _globals['_PROGRESS']._serialized_start=371
+  _globals['_PROGRESS']._serialized_end=549
+  _globals['_PROGRESS_METRICSENTRY']._serialized_start=503
+  _globals['_PROGRESS_METRICSENTRY']._serialized_end=549
+  _globals['_JOB']._serialized_start=552
+  _globals['_JOB']._serialized_end=1024
+  _globals['_JOB_OUTPUTSENTRY']._serialized_start=902
+  _globals['_JOB_OUTPUTSENTRY']._serialized_end=976
+  _globals['_JOB_METRICSENTRY']._serialized_start=503
+  _globals['_JOB_METRICSENTRY']._serialized_end=549
+  _globals['_GETJOBREQUEST']._serialized_start=1026
+  _globals['_GETJOBREQUEST']._serialized_end=1057
+  _globals['_GETJOBRESPONSE']._serialized_start=1059
+  _globals['_GETJOBRESPONSE']._serialized_end=1108
+  _globals['_CANCELJOBREQUEST']._serialized_start=1110
+  _globals['_CANCELJOBREQUEST']._serialized_end=1144
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1146
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1198
+  _globals['_WATCHJOBREQUEST']._serialized_start=1200
+  _globals['_WATCHJOBREQUEST']._serialized_end=1256
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1258
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1327
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -21,6 +22,18 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+SETTING_FIELD_NUMBER: _ClassVar[int]
+setting: _descriptor.FieldDescriptor
+
+class SettingRule(_message.Message):
+    __slots__ = ("default", "range", "choices")
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    default: str
+    range: str
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, default: _Optional[str] = ..., range: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArtifactRef(_message.Message):
     __slots__ = ("uri", "sha256")

@@ -25,29 +25,65 @@ _sym_db = _symbol_database.Default()
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xdf\x06\n\x11InfluenceSettings\x12\x16\n\toptimizer\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08\x63\x65ntring\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11sgd_learning_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04mode\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0eprojection_dim\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1c\n\x0fprojection_seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x1d\n\x10\x63\x61\x63he_projection\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12!\n\x14\x63\x61ndidate_batch_size\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12\x17\n\naudit_size\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x1a\n\rmin_agreement\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1f\n\x12min_pair_agreement\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x1b\n\x0ereference_size\x18\x0c \x01(\x05H\x0b\x88\x01\x01\x12!\n\x14reference_batch_size\x18\r \x01(\x05H\x0c\x88\x01\x01\x12 \n\x13reference_averaging\x18\x0e \x01(\tH\r\x88\x01\x01\x12\x17\n\nmax_length\x18\x0f \x01(\x05H\x0e\x88\x01\x01\x12\x13\n\x06\x64\x65vice\x18\x10 \x01(\tH\x0f\x88\x01\x01\x12\x1d\n\x10\x63heckpoint_every\x18\x11 \x01(\x05H\x10\x88\x01\x01\x12\x1a\n\rcompute_dtype\x18\x12 \x01(\tH\x11\x88\x01\x01\x42\x0c\n\n_optimizerB\x0b\n\t_centringB\x14\n\x12_sgd_learning_rateB\x07\n\x05_modeB\x11\n\x0f_projection_dimB\x12\n\x10_projection_seedB\x13\n\x11_cache_projectionB\x17\n\x15_candidate_batch_sizeB\r\n\x0b_audit_sizeB\x10\n\x0e_min_agreementB\x15\n\x13_min_pair_agreementB\x11\n\x0f_reference_sizeB\x17\n\x15_reference_batch_sizeB\x16\n\x14_reference_averagingB\r\n\x0b_max_lengthB\t\n\x07_deviceB\x13\n\x11_checkpoint_everyB\x10\n\x0e_compute_dtype\"%\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xb4\x02\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07student\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12-\n\treference\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12.\n\ncandidates\x18\x04 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x33\n\tinfluence\x18\x06 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\x12#\n\x05shard\x18\x07 \x01(\x0b\x32\x14.montessori.v1.Shard\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xc9\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12(\n\x04rows\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\routput_prefix\x18\x06 \x01(\t\x12\x15\n\rvalidate_only\x18\x07 \x01(\x08\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xd0\x01\n\x12MergeScoresRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12*\n\x06shards\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x33\n\tinfluence\x18\x05 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\"6\n\x13MergeScoresResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\xdf\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12T\n\x0bMergeScores\x12!.montessori.v1.MergeScoresRequest\x1a\".montessori.v1.MergeScoresResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmontessori/v1/influence.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xa5\n\n\x11InfluenceSettings\x12\x35\n\toptimizer\x18\x01 \x01(\tB\x1d\xb2\xe1\x18\x19\n\x08\x66\x61ithful\x1a\x08\x66\x61ithful\x1a\x03sgdH\x00\x88\x01\x01\x12;\n\x08\x63\x65ntring\x18\x02 \x01(\tB$\xb2\xe1\x18 \n\x0bshared_step\x1a\x0bshared_step\x1a\x04noneH\x01\x88\x01\x01\x12\x34\n\x11sgd_learning_rate\x18\x03 \x01(\x01\x42\x14\xb2\xe1\x18\x10\n\x06\x30.0001\x12\x06(0, 1]H\x02\x88\x01\x01\x12=\n\x04mode\x18\x04 \x01(\tB*\xb2\xe1\x18&\n\x05\x65xact\x1a\x05\x65xact\x1a\x0b\x66irst_order\x1a\tprojectedH\x03\x88\x01\x01\x12\x37\n\x0eprojection_dim\x18\x05 \x01(\x05\x42\x1a\xb2\xe1\x18\x16\n\x05\x31\x36\x33\x38\x34\x12\r[1, 16777216]H\x04\x88\x01\x01\x12?\n\x0fprojection_seed\x18\x06 \x01(\x03\x42!\xb2\xe1\x18\x1d\n\x01\x30\x12\x18[0, 9223372036854775807]H\x05\x88\x01\x01\x12)\n\x10\x63\x61\x63he_projection\x18\x07 \x01(\x08\x42\n\xb2\xe1\x18\x06\n\x04trueH\x06\x88\x01\x01\x12\x35\n\x14\x63\x61ndidate_batch_size\x18\x08 \x01(\x05\x42\x12\xb2\xe1\x18\x0e\n\x01\x31\x12\t[1, 1024]H\x07\x88\x01\x01\x12.\n\naudit_size\x18\t \x01(\x05\x42\x15\xb2\xe1\x18\x11\n\x01\x30\x12\x0c[0, 1000000]H\x08\x88\x01\x01\x12)\n\rmin_agreement\x18\n \x01(\x01\x42\r\xb2\xe1\x18\t\x12\x07[-1, 1]H\t\x88\x01\x01\x12-\n\x12min_pair_agreement\x18\x0b \x01(\x01\x42\x0c\xb2\xe1\x18\x08\x12\x06[0, 1]H\n\x88\x01\x01\x12+\n\x0ereference_size\x18\x0c \x01(\x05\x42\x0e\xb2\xe1\x18\n\x12\x08[1, inf)H\x0b\x88\x01\x01\x12\x36\n\x14reference_batch_size\x18\r \x01(\x05\x42\x13\xb2\xe1\x18\x0f\n\x02\x31\x36\x12\t[1, 1024]H\x0c\x88\x01\x01\x12\x46\n\x13reference_averaging\x18\x0e \x01(\tB$\xb2\xe1\x18 \n\x08row_mean\x1a\x08row_mean\x1a\nbatch_meanH\r\x88\x01\x01\x12/\n\nmax_length\x18\x0f \x01(\x05\x42\x16\xb2\xe1\x18\x12\n\x03\x35\x31\x32\x12\x0b[8, 131072]H\x0e\x88\x01\x01\x12\x1f\n\x06\x64\x65vice\x18\x10 \x01(\tB\n\xb2\xe1\x18\x06\n\x04\x61utoH\x0f\x88\x01\x01\x12\x38\n\x10\x63heckpoint_every\x18\x11 \x01(\x05\x42\x19\xb2\xe1\x18\x15\n\x03\x31\x30\x30\x12\x0e[0, 100000000]H\x10\x88\x01\x01\x12<\n\rcompute_dtype\x18\x12 \x01(\tB \xb2\xe1\x18\x1c\n\x07\x66loat32\x1a\x07\x66loat32\x1a\x08\x62\x66loat16H\x11\x88\x01\x01\x42\x0c\n\n_optimizerB\x0b\n\t_centringB\x14\n\x12_sgd_learning_rateB\x07\n\x05_modeB\x11\n\x0f_projection_dimB\x12\n\x10_projection_seedB\x13\n\x11_cache_projectionB\x17\n\x15_candidate_batch_sizeB\r\n\x0b_audit_sizeB\x10\n\x0e_min_agreementB\x15\n\x13_min_pair_agreementB\x11\n\x0f_reference_sizeB\x17\n\x15_reference_batch_sizeB\x16\n\x14_reference_averagingB\r\n\x0b_max_lengthB\t\n\x07_deviceB\x13\n\x11_checkpoint_everyB\x10\n\x0e_compute_dtype\"%\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xb4\x02\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07student\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12-\n\treference\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12.\n\ncandidates\x18\x04 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x33\n\tinfluence\x18\x06 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\x12#\n\x05shard\x18\x07 \x01(\x0b\x32\x14.montessori.v1.Shard\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"0\n\rScoreResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xc9\x01\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12(\n\x04rows\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\routput_prefix\x18\x06 \x01(\t\x12\x15\n\rvalidate_only\x18\x07 \x01(\x08\"3\n\x10\x45valuateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\xd0\x01\n\x12MergeScoresRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12*\n\x06shards\x18\x03 \x03(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x33\n\tinfluence\x18\x05 \x01(\x0b\x32 .montessori.v1.InfluenceSettings\"6\n\x13MergeScoresResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\xdf\x03\n\x10InfluenceService\x12\x42\n\x05Score\x12\x1b.montessori.v1.ScoreRequest\x1a\x1c.montessori.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.montessori.v1.EvaluateRequest\x1a\x1f.montessori.v1.EvaluateResponse\x12T\n\x0bMergeScores\x12!.montessori.v1.MergeScoresRequest\x1a\".montessori.v1.MergeScoresResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'montessori.v1.influence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['optimizer']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['optimizer']._serialized_options = b'\262\341\030\031\n\010faithful\032\010faithful\032\003sgd'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['centring']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['centring']._serialized_options = b'\262\341\030 \n\013shared_step\032\013shared_step\032\004none'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['sgd_learning_rate']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['sgd_learning_rate']._serialized_options = b'\262\341\030\020\n\0060.0001\022\006(0, 1]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['mode']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['mode']._serialized_options = b'\262\341\030&\n\005exact\032\005exact\032\013first_order\032\tprojected'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['projection_dim']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['projection_dim']._serialized_options = b'\262\341\030\026\n\00516384\022\r[1, 16777216]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['projection_seed']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['projection_seed']._serialized_options = b'\262\341\030\035\n\0010\022\030[0, 9223372036854775807]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['cache_projection']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['cache_projection']._serialized_options = b'\262\341\030\006\n\004true'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['candidate_batch_size']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['candidate_batch_size']._serialized_options = b'\262\341\030\016\n\0011\022\t[1, 1024]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['audit_size']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['audit_size']._serialized_options = b'\262\341\030\021\n\0010\022\014[0, 1000000]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['min_agreement']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['min_agreement']._serialized_options = b'\262\341\030\t\022\007[-1, 1]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['min_pair_agreement']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['min_pair_agreement']._serialized_options = b'\262\341\030\010\022\006[0, 1]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_size']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_size']._serialized_options = b'\262\341\030\n\022\010[1, inf)'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_batch_size']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_batch_size']._serialized_options = b'\262\341\030\017\n\00216\022\t[1, 1024]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_averaging']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['reference_averaging']._serialized_options = b'\262\341\030 \n\010row_mean\032\010row_mean\032\nbatch_mean'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['max_length']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['max_length']._serialized_options = b'\262\341\030\022\n\003512\022\013[8, 131072]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['device']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['device']._serialized_options = b'\262\341\030\006\n\004auto'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['checkpoint_every']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['checkpoint_every']._serialized_options = b'\262\341\030\025\n\003100\022\016[0, 100000000]'
+  _globals['_INFLUENCESETTINGS'].fields_by_name['compute_dtype']._loaded_options = None
+  _globals['_INFLUENCESETTINGS'].fields_by_name['compute_dtype']._serialized_options = b'\262\341\030\034\n\007float32\032\007float32\032\010bfloat16'
   _globals['_INFLUENCESETTINGS']._serialized_start=77
-  _globals['_INFLUENCESETTINGS']._serialized_end=940
-  _globals['_SHARD']._serialized_start=942
-  _globals['_SHARD']._serialized_end=979
-  _globals['_SCOREREQUEST']._serialized_start=982
-  _globals['_SCOREREQUEST']._serialized_end=1290
-  _globals['_SCORERESPONSE']._serialized_start=1292
-  _globals['_SCORERESPONSE']._serialized_end=1340
-  _globals['_EVALUATEREQUEST']._serialized_start=1343
-  _globals['_EVALUATEREQUEST']._serialized_end=1544
-  _globals['_EVALUATERESPONSE']._serialized_start=1546
-  _globals['_EVALUATERESPONSE']._serialized_end=1597
-  _globals['_MERGESCORESREQUEST']._serialized_start=1600
-  _globals['_MERGESCORESREQUEST']._serialized_end=1808
-  _globals['_MERGESCORESRESPONSE']._serialized_start=1810
-  _globals['_MERGESCORESRESPONSE']._serialized_end=1864
-  _globals['_INFLUENCESERVICE']._serialized_start=1867
-  _globals['_INFLUENCESERVICE']._serialized_end=2346
+  _globals['_INFLUENCESETTINGS']._serialized_end=1394
+  _globals['_SHARD']._serialized_start=1396
+  _globals['_SHARD']._serialized_end=1433
+  _globals['_SCOREREQUEST']._serialized_start=1436
+  _globals['_SCOREREQUEST']._serialized_end=1744
+  _globals['_SCORERESPONSE']._serialized_start=1746
+  _globals['_SCORERESPONSE']._serialized_end=1794
+  _globals['_EVALUATEREQUEST']._serialized_start=1797
+  _globals['_EVALUATEREQUEST']._serialized_end=1998
+  _globals['_EVALUATERESPONSE']._serialized_start=2000
+  _globals['_EVALUATERESPONSE']._serialized_end=2051
+  _globals['_MERGESCORESREQUEST']._serialized_start=2054
+  _globals['_MERGESCORESREQUEST']._serialized_end=2262
+  _globals['_MERGESCORESRESPONSE']._serialized_start=2264
+  _globals['_MERGESCORESRESPONSE']._serialized_end=2318
+  _globals['_INFLUENCESERVICE']._serialized_start=2321
+  _globals['_INFLUENCESERVICE']._serialized_end=2800
 # @@protoc_insertion_point(module_scope)

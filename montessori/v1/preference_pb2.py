@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emontessori/v1/preference.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"v\n\x12PreferenceSettings\x12\x17\n\nmin_margin\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13max_pairs_per_group\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\r\n\x0b_min_marginB\x16\n\x14_max_pairs_per_group\"\xe6\x01\n\x0f\x41ssembleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12*\n\x06scores\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x35\n\npreference\x18\x05 \x01(\x0b\x32!.montessori.v1.PreferenceSettings\x12\x15\n\rvalidate_only\x18\x06 \x01(\x08\"3\n\x10\x41ssembleResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\xc6\x02\n\x11PreferenceService\x12K\n\x08\x41ssemble\x12\x1e.montessori.v1.AssembleRequest\x1a\x1f.montessori.v1.AssembleResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emontessori/v1/preference.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\x9b\x01\n\x12PreferenceSettings\x12,\n\nmin_margin\x18\x01 \x01(\x01\x42\x13\xb2\xe1\x18\x0f\n\x03\x30.0\x12\x08[0, inf)H\x00\x88\x01\x01\x12\x30\n\x13max_pairs_per_group\x18\x02 \x01(\x05\x42\x0e\xb2\xe1\x18\n\x12\x08[1, inf)H\x01\x88\x01\x01\x42\r\n\x0b_min_marginB\x16\n\x14_max_pairs_per_group\"\xe6\x01\n\x0f\x41ssembleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12*\n\x06scores\x18\x03 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x35\n\npreference\x18\x05 \x01(\x0b\x32!.montessori.v1.PreferenceSettings\x12\x15\n\rvalidate_only\x18\x06 \x01(\x08\"3\n\x10\x41ssembleResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job2\xc6\x02\n\x11PreferenceService\x12K\n\x08\x41ssemble\x12\x1e.montessori.v1.AssembleRequest\x1a\x1f.montessori.v1.AssembleResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'montessori.v1.preference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREFERENCESETTINGS']._serialized_start=77
-  _globals['_PREFERENCESETTINGS']._serialized_end=195
-  _globals['_ASSEMBLEREQUEST']._serialized_start=198
-  _globals['_ASSEMBLEREQUEST']._serialized_end=428
-  _globals['_ASSEMBLERESPONSE']._serialized_start=430
-  _globals['_ASSEMBLERESPONSE']._serialized_end=481
-  _globals['_PREFERENCESERVICE']._serialized_start=484
-  _globals['_PREFERENCESERVICE']._serialized_end=810
+  _globals['_PREFERENCESETTINGS'].fields_by_name['min_margin']._loaded_options = None
+  _globals['_PREFERENCESETTINGS'].fields_by_name['min_margin']._serialized_options = b'\262\341\030\017\n\0030.0\022\010[0, inf)'
+  _globals['_PREFERENCESETTINGS'].fields_by_name['max_pairs_per_group']._loaded_options = None
+  _globals['_PREFERENCESETTINGS'].fields_by_name['max_pairs_per_group']._serialized_options = b'\262\341\030\n\022\010[1, inf)'
+  _globals['_PREFERENCESETTINGS']._serialized_start=78
+  _globals['_PREFERENCESETTINGS']._serialized_end=233
+  _globals['_ASSEMBLEREQUEST']._serialized_start=236
+  _globals['_ASSEMBLEREQUEST']._serialized_end=466
+  _globals['_ASSEMBLERESPONSE']._serialized_start=468
+  _globals['_ASSEMBLERESPONSE']._serialized_end=519
+  _globals['_PREFERENCESERVICE']._serialized_start=522
+  _globals['_PREFERENCESERVICE']._serialized_end=848
 # @@protoc_insertion_point(module_scope)

@@ -25,35 +25,67 @@ _sym_db = _symbol_database.Default()
 from montessori.v1 import common_pb2 as montessori_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmontessori/v1/teacher.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\x89\x07\n\x11SynthesisSettings\x12\x19\n\x0cprompt_style\x18\x01 \x01(\tH\x00\x88\x01\x01\x12 \n\x13\x65xamples_per_prompt\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12*\n\x1dgenerated_examples_per_prompt\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1f\n\x12samples_per_prompt\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12!\n\x14response_temperature\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x1b\n\x0eresponse_top_p\x18\n \x01(\x01H\t\x88\x01\x01\x12&\n\x19response_presence_penalty\x18\x0b \x01(\x01H\n\x88\x01\x01\x12$\n\x17response_max_new_tokens\x18\x0c \x01(\x05H\x0b\x88\x01\x01\x12\x1c\n\x0frouge_threshold\x18\r \x01(\x01H\x0c\x88\x01\x01\x12\x1e\n\x11prompt_batch_size\x18\x0e \x01(\x05H\r\x88\x01\x01\x12 \n\x13response_batch_size\x18\x0f \x01(\x05H\x0e\x88\x01\x01\x12\'\n\x1amax_prompt_attempts_factor\x18\x10 \x01(\x05H\x0f\x88\x01\x01\x42\x0f\n\r_prompt_styleB\x16\n\x14_examples_per_promptB \n\x1e_generated_examples_per_promptB\x15\n\x13_samples_per_promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x13\n\x11_presence_penaltyB\x11\n\x0f_max_new_tokensB\x17\n\x15_response_temperatureB\x11\n\x0f_response_top_pB\x1c\n\x1a_response_presence_penaltyB\x1a\n\x18_response_max_new_tokensB\x12\n\x10_rouge_thresholdB\x14\n\x12_prompt_batch_sizeB\x16\n\x14_response_batch_sizeB\x1d\n\x1b_max_prompt_attempts_factor\"\xcd\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07teacher\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x15\n\rteacher_label\x18\x03 \x01(\t\x12,\n\x08seed_set\x18\x04 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x13\n\x0bnum_prompts\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_examples\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x33\n\tsynthesis\x18\t \x01(\x0b\x32 .montessori.v1.SynthesisSettings\x12\x17\n\x0fteacher_version\x18\n \x01(\t\x12\x15\n\rvalidate_only\x18\x0b \x01(\x08\"3\n\x10GenerateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\x7f\n\x0c\x43\x61naryResult\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12\x14\n\x0cmax_abs_diff\x18\x03 \x01(\x01\x12\x15\n\rmean_abs_diff\x18\x04 \x01(\x01\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xba\x01\n\x0eTeacherVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_digest\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12+\n\x06\x63\x61nary\x18\x07 \x01(\x0b\x32\x1b.montessori.v1.CanaryResult\"T\n\x19LoadTeacherVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07teacher\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\"L\n\x1aLoadTeacherVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.montessori.v1.TeacherVersion\"+\n\x1bUnloadTeacherVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1e\n\x1cUnloadTeacherVersionResponse\"\x1c\n\x1aListTeacherVersionsRequest\"N\n\x1bListTeacherVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.montessori.v1.TeacherVersion2\x8d\x05\n\x0eTeacherService\x12K\n\x08Generate\x12\x1e.montessori.v1.GenerateRequest\x1a\x1f.montessori.v1.GenerateResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x12i\n\x12LoadTeacherVersion\x12(.montessori.v1.LoadTeacherVersionRequest\x1a).montessori.v1.LoadTeacherVersionResponse\x12o\n\x14UnloadTeacherVersion\x12*.montessori.v1.UnloadTeacherVersionRequest\x1a+.montessori.v1.UnloadTeacherVersionResponse\x12l\n\x13ListTeacherVersions\x12).montessori.v1.ListTeacherVersionsRequest\x1a*.montessori.v1.ListTeacherVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmontessori/v1/teacher.proto\x12\rmontessori.v1\x1a\x1amontessori/v1/common.proto\"\xcd\t\n\x11SynthesisSettings\x12=\n\x0cprompt_style\x18\x01 \x01(\tB\"\xb2\xe1\x18\x1e\n\ncompletion\x1a\ncompletion\x1a\x04\x63hatH\x00\x88\x01\x01\x12\x32\n\x13\x65xamples_per_prompt\x18\x02 \x01(\x05\x42\x10\xb2\xe1\x18\x0c\n\x01\x38\x12\x07[1, 64]H\x01\x88\x01\x01\x12<\n\x1dgenerated_examples_per_prompt\x18\x03 \x01(\x05\x42\x10\xb2\xe1\x18\x0c\n\x01\x32\x12\x07[0, 63]H\x02\x88\x01\x01\x12\x31\n\x12samples_per_prompt\x18\x04 \x01(\x05\x42\x10\xb2\xe1\x18\x0c\n\x01\x34\x12\x07[1, 64]H\x03\x88\x01\x01\x12+\n\x0btemperature\x18\x05 \x01(\x01\x42\x11\xb2\xe1\x18\r\n\x03\x31.0\x12\x06[0, 5]H\x04\x88\x01\x01\x12%\n\x05top_p\x18\x06 \x01(\x01\x42\x11\xb2\xe1\x18\r\n\x03\x30.9\x12\x06(0, 1]H\x05\x88\x01\x01\x12\x31\n\x10presence_penalty\x18\x07 \x01(\x01\x42\x12\xb2\xe1\x18\x0e\n\x03\x31.0\x12\x07[-2, 2]H\x06\x88\x01\x01\x12\x30\n\x0emax_new_tokens\x18\x08 \x01(\x05\x42\x13\xb2\xe1\x18\x0f\n\x02\x34\x38\x12\t[1, 4096]H\x07\x88\x01\x01\x12\x34\n\x14response_temperature\x18\t \x01(\x01\x42\x11\xb2\xe1\x18\r\n\x03\x30.6\x12\x06[0, 5]H\x08\x88\x01\x01\x12.\n\x0eresponse_top_p\x18\n \x01(\x01\x42\x11\xb2\xe1\x18\r\n\x03\x30.9\x12\x06(0, 1]H\t\x88\x01\x01\x12:\n\x19response_presence_penalty\x18\x0b \x01(\x01\x42\x12\xb2\xe1\x18\x0e\n\x03\x31.0\x12\x07[-2, 2]H\n\x88\x01\x01\x12\x39\n\x17response_max_new_tokens\x18\x0c \x01(\x05\x42\x13\xb2\xe1\x18\x0f\n\x02\x39\x36\x12\t[1, 4096]H\x0b\x88\x01\x01\x12/\n\x0frouge_threshold\x18\r \x01(\x01\x42\x11\xb2\xe1\x18\r\n\x03\x30.7\x12\x06(0, 1]H\x0c\x88\x01\x01\x12\x31\n\x11prompt_batch_size\x18\x0e \x01(\x05\x42\x11\xb2\xe1\x18\r\n\x01\x34\x12\x08[1, inf)H\r\x88\x01\x01\x12\x33\n\x13response_batch_size\x18\x0f \x01(\x05\x42\x11\xb2\xe1\x18\r\n\x01\x38\x12\x08[1, inf)H\x0e\x88\x01\x01\x12:\n\x1amax_prompt_attempts_factor\x18\x10 \x01(\x05\x42\x11\xb2\xe1\x18\r\n\x01\x34\x12\x08[1, inf)H\x0f\x88\x01\x01\x42\x0f\n\r_prompt_styleB\x16\n\x14_examples_per_promptB \n\x1e_generated_examples_per_promptB\x15\n\x13_samples_per_promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x13\n\x11_presence_penaltyB\x11\n\x0f_max_new_tokensB\x17\n\x15_response_temperatureB\x11\n\x0f_response_top_pB\x1c\n\x1a_response_presence_penaltyB\x1a\n\x18_response_max_new_tokensB\x12\n\x10_rouge_thresholdB\x14\n\x12_prompt_batch_sizeB\x16\n\x14_response_batch_sizeB\x1d\n\x1b_max_prompt_attempts_factor\"\xcd\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07teacher\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x15\n\rteacher_label\x18\x03 \x01(\t\x12,\n\x08seed_set\x18\x04 \x01(\x0b\x32\x1a.montessori.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x13\n\x0bnum_prompts\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_examples\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x33\n\tsynthesis\x18\t \x01(\x0b\x32 .montessori.v1.SynthesisSettings\x12\x17\n\x0fteacher_version\x18\n \x01(\t\x12\x15\n\rvalidate_only\x18\x0b \x01(\x08\"3\n\x10GenerateResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.montessori.v1.Job\"\x7f\n\x0c\x43\x61naryResult\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12\x14\n\x0cmax_abs_diff\x18\x03 \x01(\x01\x12\x15\n\rmean_abs_diff\x18\x04 \x01(\x01\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xba\x01\n\x0eTeacherVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_digest\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12+\n\x06\x63\x61nary\x18\x07 \x01(\x0b\x32\x1b.montessori.v1.CanaryResult\"T\n\x19LoadTeacherVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07teacher\x18\x02 \x01(\x0b\x32\x18.montessori.v1.ModelSpec\"L\n\x1aLoadTeacherVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.montessori.v1.TeacherVersion\"+\n\x1bUnloadTeacherVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1e\n\x1cUnloadTeacherVersionResponse\"\x1c\n\x1aListTeacherVersionsRequest\"N\n\x1bListTeacherVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.montessori.v1.TeacherVersion2\x8d\x05\n\x0eTeacherService\x12K\n\x08Generate\x12\x1e.montessori.v1.GenerateRequest\x1a\x1f.montessori.v1.GenerateResponse\x12\x45\n\x06GetJob\x12\x1c.montessori.v1.GetJobRequest\x1a\x1d.montessori.v1.GetJobResponse\x12N\n\tCancelJob\x12\x1f.montessori.v1.CancelJobRequest\x1a .montessori.v1.CancelJobResponse\x12M\n\x08WatchJob\x12\x1e.montessori.v1.WatchJobRequest\x1a\x1f.montessori.v1.WatchJobResponse0\x01\x12i\n\x12LoadTeacherVersion\x12(.montessori.v1.LoadTeacherVersionRequest\x1a).montessori.v1.LoadTeacherVersionResponse\x12o\n\x14UnloadTeacherVersion\x12*.montessori.v1.UnloadTeacherVersionRequest\x1a+.montessori.v1.UnloadTeacherVersionResponse\x12l\n\x13ListTeacherVersions\x12).montessori.v1.ListTeacherVersionsRequest\x1a*.montessori.v1.ListTeacherVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'montessori.v1.teacher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['prompt_style']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['prompt_style']._serialized_options = b'\262\341\030\036\n\ncompletion\032\ncompletion\032\004chat'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['examples_per_prompt']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['examples_per_prompt']._serialized_options = b'\262\341\030\014\n\0018\022\007[1, 64]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['generated_examples_per_prompt']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['generated_examples_per_prompt']._serialized_options = b'\262\341\030\014\n\0012\022\007[0, 63]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['samples_per_prompt']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['samples_per_prompt']._serialized_options = b'\262\341\030\014\n\0014\022\007[1, 64]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['temperature']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['temperature']._serialized_options = b'\262\341\030\r\n\0031.0\022\006[0, 5]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['top_p']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['top_p']._serialized_options = b'\262\341\030\r\n\0030.9\022\006(0, 1]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['presence_penalty']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['presence_penalty']._serialized_options = b'\262\341\030\016\n\0031.0\022\007[-2, 2]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['max_new_tokens']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['max_new_tokens']._serialized_options = b'\262\341\030\017\n\00248\022\t[1, 4096]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_temperature']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_temperature']._serialized_options = b'\262\341\030\r\n\0030.6\022\006[0, 5]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_top_p']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_top_p']._serialized_options = b'\262\341\030\r\n\0030.9\022\006(0, 1]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_presence_penalty']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_presence_penalty']._serialized_options = b'\262\341\030\016\n\0031.0\022\007[-2, 2]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_max_new_tokens']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_max_new_tokens']._serialized_options = b'\262\341\030\017\n\00296\022\t[1, 4096]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['rouge_threshold']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['rouge_threshold']._serialized_options = b'\262\341\030\r\n\0030.7\022\006(0, 1]'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['prompt_batch_size']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['prompt_batch_size']._serialized_options = b'\262\341\030\r\n\0014\022\010[1, inf)'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_batch_size']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['response_batch_size']._serialized_options = b'\262\341\030\r\n\0018\022\010[1, inf)'
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['max_prompt_attempts_factor']._loaded_options = None
+  _globals['_SYNTHESISSETTINGS'].fields_by_name['max_prompt_attempts_factor']._serialized_options = b'\262\341\030\r\n\0014\022\010[1, inf)'
   _globals['_SYNTHESISSETTINGS']._serialized_start=75
-  _globals['_SYNTHESISSETTINGS']._serialized_end=980
-  _globals['_GENERATEREQUEST']._serialized_start=983
-  _globals['_GENERATEREQUEST']._serialized_end=1316
-  _globals['_GENERATERESPONSE']._serialized_start=1318
-  _globals['_GENERATERESPONSE']._serialized_end=1369
-  _globals['_CANARYRESULT']._serialized_start=1371
-  _globals['_CANARYRESULT']._serialized_end=1498
-  _globals['_TEACHERVERSION']._serialized_start=1501
-  _globals['_TEACHERVERSION']._serialized_end=1687
-  _globals['_LOADTEACHERVERSIONREQUEST']._serialized_start=1689
-  _globals['_LOADTEACHERVERSIONREQUEST']._serialized_end=1773
-  _globals['_LOADTEACHERVERSIONRESPONSE']._serialized_start=1775
-  _globals['_LOADTEACHERVERSIONRESPONSE']._serialized_end=1851
-  _globals['_UNLOADTEACHERVERSIONREQUEST']._serialized_start=1853
-  _globals['_UNLOADTEACHERVERSIONREQUEST']._serialized_end=1896
-  _globals['_UNLOADTEACHERVERSIONRESPONSE']._serialized_start=1898
-  _globals['_UNLOADTEACHERVERSIONRESPONSE']._serialized_end=1928
-  _globals['_LISTTEACHERVERSIONSREQUEST']._serialized_start=1930
-  _globals['_LISTTEACHERVERSIONSREQUEST']._serialized_end=1958
-  _globals['_LISTTEACHERVERSIONSRESPONSE']._serialized_start=1960
-  _globals['_LISTTEACHERVERSIONSRESPONSE']._serialized_end=2038
-  _globals['_TEACHERSERVICE']._serialized_start=2041
-  _globals['_TEACHERSERVICE']._serialized_end=2694
+  _globals['_SYNTHESISSETTINGS']._serialized_end=1304
+  _globals['_GENERATEREQUEST']._serialized_start=1307
+  _globals['_GENERATEREQUEST']._serialized_end=1640
+  _globals['_GENERATERESPONSE']._serialized_start=1642
+  _globals['_GENERATERESPONSE']._serialized_end=1693
+  _globals['_CANARYRESULT']._serialized_start=1695
+  _globals['_CANARYRESULT']._serialized_end=1822
+  _globals['_TEACHERVERSION']._serialized_start=1825
+  _globals['_TEACHERVERSION']._serialized_end=2011
+  _globals['_LOADTEACHERVERSIONREQUEST']._serialized_start=2013
+  _globals['_LOADTEACHERVERSIONREQUEST']._serialized_end=2097
+  _globals['_LOADTEACHERVERSIONRESPONSE']._serialized_start=2099
+  _globals['_LOADTEACHERVERSIONRESPONSE']._serialized_end=2175
+  _globals['_UNLOADTEACHERVERSIONREQUEST']._serialized_start=2177
+  _globals['_UNLOADTEACHERVERSIONREQUEST']._serialized_end=2220
+  _globals['_UNLOADTEACHERVERSIONRESPONSE']._serialized_start=2222
+  _globals['_UNLOADTEACHERVERSIONRESPONSE']._serialized_end=2252
+  _globals['_LISTTEACHERVERSIONSREQUEST']._serialized_start=2254
+  _globals['_LISTTEACHERVERSIONSREQUEST']._serialized_end=2282
+  _globals['_LISTTEACHERVERSIONSRESPONSE']._serialized_start=2284
+  _globals['_LISTTEACHERVERSIONSRESPONSE']._serialized_end=2362
+  _globals['_TEACHERSERVICE']._serialized_start=2365
+  _globals['_TEACHERSERVICE']._serialized_end=3018
 # @@protoc_insertion_point(module_scope)

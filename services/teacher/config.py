@@ -5,52 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from common.config import check, documented_by, field
+from common.config import check, field
 from common.device import DEVICE_SETTINGS, is_device_setting
+from montessori.v1.settings import SynthesisSettingsFields
 
 
-@documented_by("montessori.v1.SynthesisSettings")
 @dataclass
-class SynthesisConfig:
-    """How the teacher writes instructions and answers them."""
+class SynthesisConfig(SynthesisSettingsFields):
+    """How the teacher writes instructions and answers them.
 
-    prompt_style: Literal["completion", "chat"] = field("completion")
-    examples_per_prompt: int = field(8)
-    generated_examples_per_prompt: int = field(2)
-    samples_per_prompt: int = field(4)
-    temperature: float = field(1.0)
-    top_p: float = field(0.9)
-    presence_penalty: float = field(1.0)
-    max_new_tokens: int = field(48)
-    response_temperature: float = field(0.6)
-    response_top_p: float = field(0.9)
-    response_presence_penalty: float = field(1.0)
-    response_max_new_tokens: int = field(96)
-    rouge_threshold: float = field(0.7)
-    prompt_batch_size: int = field(4)
-    response_batch_size: int = field(8)
-    max_prompt_attempts_factor: int = field(4)
+    Fields, defaults and accepted values: ``montessori.v1.SynthesisSettings`` (generated into
+    ``montessori/v1/settings.py``); here the rule that relates two fields.
+    """
 
     def __post_init__(self) -> None:
-        check(1 <= self.examples_per_prompt <= 64, "examples_per_prompt", "must be in 1..64")
+        super().__post_init__()
         check(
-            0 <= self.generated_examples_per_prompt < self.examples_per_prompt,
+            self.generated_examples_per_prompt < self.examples_per_prompt,
             "generated_examples_per_prompt",
-            "must be >= 0 and smaller than examples_per_prompt",
+            "must be smaller than examples_per_prompt",
         )
-        check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
-        check(0.0 <= self.temperature <= 5.0, "temperature", "must be in [0, 5]")
-        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
-        check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
-        check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
-        check(0.0 <= self.response_temperature <= 5.0, "response_temperature", "must be in [0, 5]")
-        check(0.0 < self.response_top_p <= 1.0, "response_top_p", "must be in (0, 1]")
-        check(-2.0 <= self.response_presence_penalty <= 2.0, "response_presence_penalty", "must be in [-2, 2]")
-        check(1 <= self.response_max_new_tokens <= 4096, "response_max_new_tokens", "must be in 1..4096")
-        check(0.0 < self.rouge_threshold <= 1.0, "rouge_threshold", "must be in (0, 1]")
-        check(self.prompt_batch_size >= 1, "prompt_batch_size", "must be >= 1")
-        check(self.response_batch_size >= 1, "response_batch_size", "must be >= 1")
-        check(self.max_prompt_attempts_factor >= 1, "max_prompt_attempts_factor", "must be >= 1")
 
 
 @dataclass

@@ -10,28 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_type_hints
 
-from common.config import check, documented_by, field
+from common.config import check, field
 from common.device import DEVICE_SETTINGS, is_device_setting
+from common.settings_rules import override
+from montessori.v1.settings import DPOSettingsFields, SFTSettingsFields
 
-#: DPO objectives for (chosen, rejected) pairs that TRL's DPOTrainer implements with one reference model.
-DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust"]
-SCHEDULES = Literal["constant", "linear", "cosine", "warmup_stable_decay", "constant_with_warmup"]
-REPORT_TO = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
-REPORT_TO_VALUES: tuple[str, ...] = get_args(REPORT_TO)
-PRECISION = Literal["auto", "float32", "bfloat16"]
+#: The learning-rate schedules TRL's trainers run (the ``lr_scheduler`` setting's accepted values).
+Schedule = get_type_hints(SFTSettingsFields)["lr_scheduler"]
 
 
-def _check_shared(settings) -> None:
-    """Range and cross-field rules of the schedule and reporting fields shared by SFT, warm-up and DPO settings."""
-    check(0.0 <= settings.warmup_ratio <= 1.0, "warmup_ratio", "must be in [0, 1]")
-    check(0.0 <= settings.decay_ratio <= 1.0, "decay_ratio", "must be in [0, 1]")
+def _check_schedule(settings) -> None:
+    """The schedule rule SFT, warm-up and DPO settings share: the warm-up and the decay fit in the run."""
     check(settings.warmup_ratio + settings.decay_ratio <= 1.0, "decay_ratio", "warmup_ratio + decay_ratio must be <= 1")
-    check(0.0 <= settings.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
-    check(settings.report_to in REPORT_TO_VALUES, "report_to", f"must be one of {', '.join(REPORT_TO_VALUES)}")
-    check(0 <= settings.checkpoint_every <= 100_000_000, "checkpoint_every", "must be in 0..100000000")
-    check(settings.precision in get_args(PRECISION), "precision", f"must be one of {', '.join(get_args(PRECISION))}")
 
 
 def final_lr_ratio(settings) -> float:
@@ -47,36 +39,17 @@ def final_lr_ratio(settings) -> float:
     return 0.0  # linear and cosine decay to zero
 
 
-@documented_by("montessori.v1.SFTSettings")
 @dataclass
-class SFTSettings:
+class SFTSettings(SFTSettingsFields):
     """Supervised fine-tuning of the student on the training set (response-only loss, TRL SFTTrainer).
 
-    The warm-up before probing is the same run with :class:`WarmupSettings`' defaults.
+    Fields, defaults and accepted values: ``montessori.v1.SFTSettings`` (generated into
+    ``montessori/v1/settings.py``). The warm-up before probing is the same run with :class:`WarmupSettings`' defaults.
     """
 
-    learning_rate: float = field(5e-6)
-    epochs: float = field(1.0)
-    batch_size: int = field(2)
-    gradient_accumulation_steps: int = field(16)
-    lr_scheduler: SCHEDULES = field("warmup_stable_decay")
-    warmup_ratio: float = field(0.1)
-    decay_ratio: float = field(0.4)
-    min_lr_ratio: float = field(1e-4)
-    max_length: int = field(1024)
-    weight_decay: float = field(0.0)
-    report_to: REPORT_TO = field("none")
-    checkpoint_every: int = field(100)
-    precision: PRECISION = field("auto")
-
     def __post_init__(self) -> None:
-        check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
-        check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
-        check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
-        check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
-        _check_shared(self)
-        check(8 <= self.max_length <= 131072, "max_length", "must be in 8..131072")
-        check(0.0 <= self.weight_decay < 1.0, "weight_decay", "must be in [0, 1)")
+        super().__post_init__()
+        _check_schedule(self)
 
 
 @dataclass
@@ -87,7 +60,9 @@ class WarmupSettings(SFTSettings):
     Same fields as :class:`SFTSettings` (one trainer runs both); only the defaults differ.
     """
 
-    lr_scheduler: SCHEDULES = field(
+    lr_scheduler: Schedule = override(
+        SFTSettingsFields,
+        "lr_scheduler",
         "constant_with_warmup",
         help="Learning-rate schedule; it must end at the peak learning rate, because the influence steps use the "
         "rate the warm-up ends on (paper: warm-up-stable-decay with warm-up ratio 1.0 and min_lr_ratio 1.0, which "
@@ -95,11 +70,18 @@ class WarmupSettings(SFTSettings):
         "constant_with_warmup with warmup_ratio 1.0 here; newer transformers start a warm-up at min_lr_ratio, "
         "which would make the official values a constant schedule).",
     )
-    warmup_ratio: float = field(
-        1.0, help="Share of the optimizer steps spent warming up linearly to the peak (paper: 1.0)."
+    warmup_ratio: float = override(
+        SFTSettingsFields,
+        "warmup_ratio",
+        1.0,
+        help="Share of the optimizer steps spent warming up linearly to the peak (paper: 1.0).",
     )
-    decay_ratio: float = field(0.0, help="warmup_stable_decay: share of the steps in the decay (paper: 0).")
-    min_lr_ratio: float = field(
+    decay_ratio: float = override(
+        SFTSettingsFields, "decay_ratio", 0.0, help="warmup_stable_decay: share of the steps in the decay (paper: 0)."
+    )
+    min_lr_ratio: float = override(
+        SFTSettingsFields,
+        "min_lr_ratio",
         1.0,
         help="warmup_stable_decay: the learning rate the schedule ends on, as a fraction of the peak; must be "
         "1 for a warm-up (paper: 1.0).",
@@ -115,46 +97,17 @@ class WarmupSettings(SFTSettings):
         )
 
 
-@documented_by("montessori.v1.DPOSettings")
 @dataclass
-class DPOSettings:
-    """DPO of the teacher on (prompt, chosen, rejected) pairs (TRL DPOTrainer)."""
+class DPOSettings(DPOSettingsFields):
+    """DPO of the teacher on (prompt, chosen, rejected) pairs (TRL DPOTrainer).
 
-    beta: float = field(0.1)
-    loss_type: DPO_LOSSES = field("sigmoid")
-    learning_rate: float = field(5e-5)
-    epochs: float = field(1.0)
-    batch_size: int = field(2)
-    gradient_accumulation_steps: int = field(1)
-    lr_scheduler: SCHEDULES = field("warmup_stable_decay")
-    warmup_ratio: float = field(0.1)
-    decay_ratio: float = field(0.4)
-    min_lr_ratio: float = field(1e-3)
-    max_length: int = field(1024)
-    lora: bool = field(True)
-    lora_rank: int = field(8)
-    lora_alpha: int = field(16)
-    lora_dropout: float = field(0.0)
-    max_pairs: int | None = field(None)
-    heldout_fraction: float = field(0.0)
-    report_to: REPORT_TO = field("none")
-    checkpoint_every: int = field(100)
-    precision: PRECISION = field("auto")
+    Fields, defaults and accepted values: ``montessori.v1.DPOSettings`` (generated into
+    ``montessori/v1/settings.py``).
+    """
 
     def __post_init__(self) -> None:
-        check(0.0 < self.beta <= 10.0, "beta", "must be in (0, 10]")
-        check(self.loss_type in get_args(DPO_LOSSES), "loss_type", f"must be one of {', '.join(get_args(DPO_LOSSES))}")
-        check(0.0 < self.learning_rate <= 1.0, "learning_rate", "must be in (0, 1]")
-        check(0.0 < self.epochs <= 100.0, "epochs", "must be in (0, 100]")
-        check(1 <= self.batch_size <= 4096, "batch_size", "must be in 1..4096")
-        check(1 <= self.gradient_accumulation_steps <= 4096, "gradient_accumulation_steps", "must be in 1..4096")
-        _check_shared(self)
-        check(16 <= self.max_length <= 131072, "max_length", "must be in 16..131072")
-        check(1 <= self.lora_rank <= 512, "lora_rank", "must be in 1..512")
-        check(1 <= self.lora_alpha <= 4096, "lora_alpha", "must be in 1..4096")
-        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
-        check(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "must be >= 1 or null")
-        check(0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", "must be in [0, 1)")
+        super().__post_init__()
+        _check_schedule(self)
 
 
 @dataclass

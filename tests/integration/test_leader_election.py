@@ -3,6 +3,7 @@ paths against a minimal Lease API served by the test (no kube-apiserver can run 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -187,6 +188,10 @@ def test_every_replica_is_ready_and_the_service_label_follows_the_lease__fake_ap
             f"fail-over: crash {crash_failover:.1f} s, graceful stop {graceful_failover:.1f} s "
             f"(lease {LEASE_SECONDS} s, retry {RETRY_SECONDS} s)"
         )
+        if os.environ.get("MONTESSORI_FAILOVER_REPORT"):  # one JSON line per run, for docs/operations-cluster.md
+            with open(os.environ["MONTESSORI_FAILOVER_REPORT"], "a") as report:
+                figures = {"crash_s": round(crash_failover, 2), "graceful_stop_s": round(graceful_failover, 2)}
+                report.write(json.dumps({**figures, "lease_s": LEASE_SECONDS, "retry_s": RETRY_SECONDS}) + "\n")
         assert crash_failover < LEASE_SECONDS + 6  # lease expiry + a round, with room for 2 busy cores
         assert graceful_failover < crash_failover  # a released lease is taken at once, not after expiry
     finally:

@@ -42,6 +42,14 @@ def test_field_docs_are_up_to_date(tmp_path):
     assert committed.read_text() == out.read_text(), "montessori/v1/field_docs.py is stale: run make protos"
 
 
+def test_settings_classes_are_up_to_date(tmp_path):
+    """montessori/v1/settings.py (the settings dataclasses) is what protos/settings_classes.py makes of the protos."""
+    out = tmp_path / "settings.py"
+    subprocess.run([sys.executable, str(REPO / "protos" / "settings_classes.py"), str(out)], check=True)
+    committed = REPO / "montessori" / "v1" / "settings.py"
+    assert committed.read_text() == out.read_text(), "montessori/v1/settings.py is stale: run make protos"
+
+
 def test_every_message_and_field_is_documented():
     for proto in (REPO / "protos" / "montessori" / "v1").glob("*.proto"):
         lines = proto.read_text().splitlines()
