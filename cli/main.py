@@ -71,10 +71,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_offline_defaults()
-    args = make_parser().parse_args(argv)
     from common.errors import MontessoriError
 
     try:
+        # argparse reports its own errors (usage, then one line) and exits 2; a flag of another service given to
+        # `montessori serve` is a MontessoriError (cli.serve.ServiceParser), one line like the rest.
+        args = make_parser().parse_args(argv)
         return _dispatch(args)
     except MontessoriError as err:
         print(f"montessori: error: {err}", file=sys.stderr)

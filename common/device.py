@@ -8,6 +8,7 @@ whether the device exists is checked where the models are placed (:func:`resolve
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,16 @@ _SETTING = re.compile(r"auto|cpu|cuda(:\d+)?")
 def is_device_setting(setting: object) -> bool:
     """Whether ``setting`` is spelled as a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     return isinstance(setting, str) and _SETTING.fullmatch(setting) is not None
+
+
+def add_device_argument(parser: argparse.ArgumentParser, runs: str) -> None:
+    """``--device`` of ``montessori serve <service>`` (teacher, influence, trainer): ``runs`` says what runs on it.
+    ``cli/serve.py`` resolves it at start-up, before any model loads."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        help=f"where {runs} runs: auto (default: the first CUDA device, else the CPU), cpu, cuda or cuda:N",
+    )
 
 
 def resolve_device(setting: str, *, field: str = "device") -> torch.device:

@@ -4,15 +4,80 @@ and the leader election, from ``montessori serve controller``'s flags."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from common.envs import Env, service_address
 from common.errors import InvalidArgument
 from common.logs import get_logger
-from common.service_main import Builder
+
+if TYPE_CHECKING:  # every `montessori` command builds the flags: this module imports no server at module level
+    from common.service_main import Builder
 
 log = get_logger(__name__)
 
 WORKERS = ("teacher", "influence", "preference", "trainer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``montessori serve controller``'s own flags (cli/serve.py adds the shared ones): the workers' addresses,
+    the leader election and the callers' authentication."""
+    for worker in WORKERS:
+        parser.add_argument(
+            f"--{worker}", default=None, help=f"{worker} service address (default {service_address(worker)})"
+        )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="run loops only while holding a coordination.k8s.io Lease (for 2+ replicas)",
+    )
+    parser.add_argument(
+        "--label-leader",
+        action="store_true",
+        help="with --leader-election: the leader labels its own pod (--identity, default $POD_NAME) "
+        "montessori.dev/controller-leader=true; the controller Service selects that label",
+    )
+    parser.add_argument("--lease-name", default="montessori-controller", help="Lease name")
+    parser.add_argument("--lease-namespace", default=None, help="Lease namespace (default $POD_NAMESPACE)")
+    parser.add_argument("--identity", default=None, help="this replica's identity (default $POD_NAME)")
+    parser.add_argument("--lease-seconds", type=float, default=15.0, help="lease duration")
+    parser.add_argument("--renew-deadline", type=float, default=10.0, help="step down after this long without renewing")
+    parser.add_argument("--retry-period", type=float, default=2.0, help="seconds between lease rounds")
+    parser.add_argument("--kube-api", default=None, help="API server URL (default: in-cluster config)")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="CSV of `token,name,role` lines (role read or write) that callers present as "
+        "`authorization: Bearer <token>`",
+    )
+    parser.add_argument(
+        "--token-review",
+        action="store_true",
+        help="authenticate bearer tokens with the Kubernetes TokenReview API (with --access-file)",
+    )
+    parser.add_argument(
+        "--token-audience",
+        default=None,
+        help="with --token-review: the audience a token must be made for (default montessori-controller: "
+        "`kubectl create token NAME --audience montessori-controller`); API-server tokens are refused",
+    )
+    parser.add_argument(
+        "--token-review-timeout",
+        type=float,
+        default=5.0,
+        help="with --token-review: seconds one TokenReview may take (then UNAVAILABLE)",
+    )
+    parser.add_argument(
+        "--token-review-cache",
+        type=float,
+        default=30.0,
+        help="with --token-review: seconds a review is reused; an open stream ends within this long (plus 1 s) "
+        "of its token being revoked or expiring",
+    )
+    parser.add_argument(
+        "--access-file",
+        default=None,
+        help="with --token-review: YAML {write: [users or groups], read: [...]}; write implies read",
+    )
 
 
 def builder(args: argparse.Namespace, tls_dir: str) -> Builder:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from common.service_main import Builder
+from common.device import add_device_argument
+
+if TYPE_CHECKING:  # every `montessori` command builds the flags: this module imports no server at module level
+    from common.service_main import Builder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``montessori serve influence``'s own flags (cli/serve.py adds the shared ones)."""
+    add_device_argument(parser, "Evaluate (and Score, when its request's influence.device is auto)")
 
 
 def builder(args: argparse.Namespace, tls_dir: str) -> Builder:

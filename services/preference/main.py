@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from common.service_main import Builder
+if TYPE_CHECKING:  # every `montessori` command builds the flags: this module imports no server at module level
+    from common.service_main import Builder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``montessori serve preference``'s own flags: none (cli/serve.py adds the shared ones)."""
 
 
 def builder(args: argparse.Namespace, tls_dir: str) -> Builder:

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from common.service_main import Builder
-from services.teacher.config import TeacherServiceConfig
+from common.device import add_device_argument
+
+if TYPE_CHECKING:  # every `montessori` command builds the flags: this module imports no server at module level
+    from common.service_main import Builder
+    from services.teacher.config import TeacherServiceConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``montessori serve teacher``'s own flags (cli/serve.py adds the shared ones); ``--teacher-config`` holds the
+    same settings, the flags override it."""
+    parser.add_argument("--preload", action="append", default=[], help="model folder to load before SERVING")
+    parser.add_argument("--dtype", default=None, help="weights dtype of the transformers backend (default float32)")
+    add_device_argument(parser, "the model of the transformers backend")
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default=None,
+        help="generation backend (vllm needs the vLLM environment, see README)",
+    )
+    parser.add_argument(
+        "--teacher-config",
+        default=None,
+        help="YAML file of TeacherServiceConfig (backend, dtype, vllm: {...}); flags override it",
+    )
 
 
 def builder(args: argparse.Namespace, tls_dir: str) -> Builder:
@@ -19,6 +42,7 @@ def builder(args: argparse.Namespace, tls_dir: str) -> Builder:
 def service_config(args: argparse.Namespace) -> TeacherServiceConfig:
     """TeacherServiceConfig from ``--teacher-config`` and the flags (validated: errors name the field)."""
     from common.config import from_dict
+    from services.teacher.config import TeacherServiceConfig
 
     values: dict = {}
     if args.teacher_config:

@@ -3,9 +3,35 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from common.service_main import Builder
-from services.trainer.config import TrainerServiceConfig, resolve_processes
+from common.device import add_device_argument
+
+if TYPE_CHECKING:  # every `montessori` command builds the flags: this module imports no server at module level
+    from common.service_main import Builder
+    from services.trainer.config import TrainerServiceConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``montessori serve trainer``'s own flags (cli/serve.py adds the shared ones)."""
+    add_device_argument(parser, "a one-process stage (--processes 1; with more it must be auto)")
+    parser.add_argument(
+        "--processes",
+        default="1",
+        help="training processes of one stage (1: in the service process; N or auto, the visible CUDA "
+        "devices: N ranks launched with accelerate)",
+    )
+    parser.add_argument(
+        "--accelerate-config",
+        default=None,
+        help="accelerate config of the multi-process launch (configs/accelerate/), for --processes > 1",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="relaunches of crashed ranks (--processes > 1), each from the last checkpoint (default 1)",
+    )
 
 
 def builder(args: argparse.Namespace, tls_dir: str) -> Builder:
@@ -18,6 +44,8 @@ def builder(args: argparse.Namespace, tls_dir: str) -> Builder:
 
 def service_config(args: argparse.Namespace) -> TrainerServiceConfig:
     """The trainer's config from its flags, by name (validated by the dataclass)."""
+    from services.trainer.config import TrainerServiceConfig, resolve_processes
+
     return TrainerServiceConfig(
         processes=resolve_processes(args.processes),
         accelerate_config=args.accelerate_config or "",

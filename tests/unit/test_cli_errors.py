@@ -1,5 +1,5 @@
 """Mistakes a user makes at the command line are one line and exit 2: a YAML syntax error as file:line:column, a
-controller asked to elect a leader outside a cluster."""
+controller asked to elect a leader outside a cluster, a flag given to the wrong service."""
 
 from __future__ import annotations
 
@@ -43,3 +43,41 @@ def test_leader_election_outside_a_cluster_is_one_line_and_exit_2(monkeypatch, c
     assert main(["serve", "controller", "--insecure", "--port", "0", "--leader-election"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("montessori: error: --leader-election: needs a Kubernetes cluster"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["serve", "influence", "--preload", "x"],
+            "--preload: is a flag of serve teacher only, not of serve influence",
+        ),
+        (["serve", "teacher", "--token-file", "f"], "--token-file: is a flag of serve controller only"),
+        (["serve", "trainer", "--token-review"], "--token-review: is a flag of serve controller only"),
+        (["serve", "influence", "--access-file=a.yaml"], "--access-file: is a flag of serve controller only"),
+        (["serve", "preference", "--device", "cpu"], "--device: is a flag of serve teacher, influence, trainer only"),
+        (["serve", "controller", "--allowed-clients", "x"], "--allowed-clients: is a flag of serve teacher, "),
+        (["serve", "controller", "--processes", "2"], "--processes: is a flag of serve trainer only"),
+        # Not taken for an abbreviation of the teacher's own --teacher-config.
+        (["serve", "teacher", "--teacher", "127.0.0.1:1"], "--teacher: is a flag of serve controller only"),
+    ],
+)
+def test_a_flag_of_another_service_is_one_line_naming_it_and_exit_2(capsys, argv, message):
+    """Each service's flags live with its start-up (services/<name>/main.py): given to another service, a flag is
+    refused before anything starts (no --tls-dir/--insecure needed to learn it), on one line that names it."""
+    from cli.main import main
+
+    assert main([*argv, "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"montessori: error: {message}"), err
+
+
+def test_an_unknown_serve_flag_is_argparses_error_naming_it_with_exit_2(capsys):
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "teacher", "--insecure", "--no-such-flag"])
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1] == "montessori: error: unrecognized arguments: --no-such-flag"
+    )

@@ -32,6 +32,9 @@ TINY_LLAMA = {
 }
 #: Modules the client commands must never load: each is in the worker extra only.
 ML_MODULES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
+#: The worker extra's server packages: no client command loads them either (the parser of `montessori serve` holds
+#: every service's flags, from services/<name>/main.py, whose start-up imports them lazily).
+SERVER_MODULES = ("prometheus_client", "kubernetes")
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -61,7 +64,8 @@ def test_pyproject_declares_every_runtime_requirement_at_the_tested_version():
 
 
 def test_the_client_commands_import_no_ml_library():
-    """The parser of every command, and the modules behind loop / models / artifacts / loop report, load no torch."""
+    """The parser of every command, and the modules behind loop / models / artifacts / loop report, load no torch
+    (nor prometheus_client or kubernetes: the worker extra)."""
     probe = (
         "import sys, cli.main\n"
         "cli.main.make_parser()\n"
@@ -70,7 +74,7 @@ def test_the_client_commands_import_no_ml_library():
         "import cli.plan, cli.sections, common.memory_plan\n"
         "from services.controller.config import RunConfig\n"
         "cli.sections.resolved(RunConfig())\n"
-        f"print([m for m in {ML_MODULES!r} if m in sys.modules])"
+        f"print([m for m in {ML_MODULES + SERVER_MODULES!r} if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True, timeout=120

@@ -356,6 +356,17 @@ def test_services_use_native_grpc_probes_on_their_health_port(rendered, target):
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
+def test_every_services_args_are_flags_of_its_own_serve_command(rendered, target):
+    """Each service takes its own flags (services/<name>/main.py) and the shared ones (cli/serve.py): a flag of
+    another service, or none at all, fails here rather than in a crash-looping pod."""
+    from cli.main import make_parser
+
+    for service in SERVICES:
+        args = main_container(service_deployment(rendered[target], service))["args"]
+        assert make_parser().parse_args(args).service == service  # SystemExit or InvalidArgument: a bad flag
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
 def test_controller_points_at_the_worker_services(rendered, target):
     objects = rendered[target]
     args = main_container(service_deployment(objects, "controller"))["args"]
