@@ -25,6 +25,7 @@ FIELD_DOCS = {
     'montessori.v1.DPOSettings.epochs': 'Passes over the pairs (paper: 1).',
     'montessori.v1.DPOSettings.gradient_accumulation_steps': 'Micro-batches per optimizer step (paper: 1).',
     'montessori.v1.DPOSettings.heldout_fraction': "Share of the round's pairs held out of DPO and used to measure reward accuracy and margin on pairs the teacher did not train on (0: none, the paper). The split is deterministic from the seed and by prompt group (the pairs' group_id, else their prompt), so a group's pairs are never on both sides; at least one group is held out when > 0, none when that would leave nothing to train on. Taken before max_pairs.",
+    'montessori.v1.DPOSettings.label_smoothing': "loss_type 'robust': the probability that a pair's preference is flipped, which the loss corrects for (Robust DPO; 0 makes it the DPO loss). The other losses ignore it.",
     'montessori.v1.DPOSettings.learning_rate': 'Learning rate. Paper: 1e-6 for full fine-tuning of 8B; LoRA adapters need a larger one.',
     'montessori.v1.DPOSettings.lora': 'Train a LoRA adapter (hot-loadable by a serving engine) instead of all weights (paper: full).',
     'montessori.v1.DPOSettings.lora_alpha': 'LoRA alpha.',

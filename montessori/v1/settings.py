@@ -121,6 +121,7 @@ class DPOSettingsFields:
     loss_type: Literal['sigmoid', 'ipo', 'hinge', 'robust'] = setting('sigmoid', choices=('sigmoid', 'ipo', 'hinge', 'robust'), help="DPO objective: 'sigmoid', the DPO loss (the paper); 'ipo', IPO's squared loss (beta is its regularisation); 'hinge', the SLiC hinge loss; 'robust', DPO robust to flipped preferences.")
     checkpoint_every: int = setting(100, range='[0, 100000000]', help='Save a checkpoint (weights, optimizer, scheduler, RNG state) to the store (<output_prefix>-checkpoint) every this many optimizer steps, keeping only the latest, so that a job restarted with the same request resumes from it and publishes the same folder; deleted once the output is published (0: no checkpoints).')
     precision: Literal['auto', 'float32', 'bfloat16'] = setting('auto', choices=('auto', 'float32', 'bfloat16'), help="Mixed precision of the forward and backward passes (weights and optimizer state stay fp32): 'auto', bf16 on a CUDA device that supports it and fp32 elsewhere; 'bfloat16', bf16 autocast on any device (CPUs with AVX512-BF16/AMX compute it natively); 'float32', none.")
+    label_smoothing: float = setting(0.0, range='[0, 0.5)', help="loss_type 'robust': the probability that a pair's preference is flipped, which the loss corrects for (Robust DPO; 0 makes it the DPO loss). The other losses ignore it.")
 
     def __post_init__(self) -> None:
         check_rules(self)

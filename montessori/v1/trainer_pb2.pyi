@@ -37,7 +37,7 @@ class SFTSettings(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., report_to: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class DPOSettings(_message.Message):
-    __slots__ = ("beta", "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "lora", "lora_rank", "lora_alpha", "lora_dropout", "max_pairs", "heldout_fraction", "report_to", "loss_type", "checkpoint_every", "precision")
+    __slots__ = ("beta", "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "lr_scheduler", "warmup_ratio", "decay_ratio", "min_lr_ratio", "max_length", "lora", "lora_rank", "lora_alpha", "lora_dropout", "max_pairs", "heldout_fraction", "report_to", "loss_type", "checkpoint_every", "precision", "label_smoothing")
     BETA_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class DPOSettings(_message.Message):
     LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     beta: float
     learning_rate: float
     epochs: float
@@ -78,7 +79,8 @@ class DPOSettings(_message.Message):
     loss_type: str
     checkpoint_every: int
     precision: str
-    def __init__(self, beta: _Optional[float] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., lora: _Optional[bool] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., max_pairs: _Optional[int] = ..., heldout_fraction: _Optional[float] = ..., report_to: _Optional[str] = ..., loss_type: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    label_smoothing: float
+    def __init__(self, beta: _Optional[float] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., decay_ratio: _Optional[float] = ..., min_lr_ratio: _Optional[float] = ..., max_length: _Optional[int] = ..., lora: _Optional[bool] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., max_pairs: _Optional[int] = ..., heldout_fraction: _Optional[float] = ..., report_to: _Optional[str] = ..., loss_type: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., precision: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
 
 class TrainStudentRequest(_message.Message):
     __slots__ = ("request_id", "student", "candidates", "output_prefix", "sft", "seed", "warmup", "limit", "validate_only")

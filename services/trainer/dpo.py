@@ -161,6 +161,7 @@ def train_dpo(
             **schedule_kwargs(settings, examples=len(pairs), processes=processes),
             beta=settings.beta,
             loss_type=[settings.loss_type],
+            label_smoothing=settings.label_smoothing,
             learning_rate=settings.learning_rate,
             num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size,

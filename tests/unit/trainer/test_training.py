@@ -67,6 +67,24 @@ def test_full_finetune_dpo_saves_a_model(tiny_teacher, tmp_path):
     assert not result.is_adapter and (tmp_path / "m" / "config.json").is_file()
 
 
+def test_the_robust_loss_takes_its_label_smoothing(tiny_teacher, tmp_path, monkeypatch):
+    """The flip probability of Robust DPO reaches TRL's loss (a real DPOTrainer, its constructor recorded)."""
+    import trl
+
+    seen = []
+    real_init = trl.DPOTrainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append((self.loss_types, self.label_smoothing))
+
+    monkeypatch.setattr(trl.DPOTrainer, "__init__", recording_init)
+    pairs = [{"prompt": "Say: ", "chosen": "yes</instruction>", "rejected": "no</instruction>"}] * 2
+    settings = DPOSettings(loss_type="robust", label_smoothing=0.2)
+    result = train_dpo(ModelRef(str(tiny_teacher)), pairs, settings, tmp_path / "adapter", seed=0)
+    assert seen == [(["robust"], 0.2)] and result.steps == 1
+
+
 def test_sft_lowers_the_students_loss_on_its_training_data(tiny_student, seed_rows, tmp_path):
     rows = seed_rows[:8]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
