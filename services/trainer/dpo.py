@@ -32,38 +32,16 @@ from services.trainer.config import DPOSettings
 from services.trainer.pair_selection import select_pairs
 
 
-@dataclass
-class DPOResult:
-    """What a DPO run produced: an adapter (or full model) folder and the trainer's metrics."""
+@dataclass(frozen=True, kw_only=True)
+class DPOResult(TrainTeacherMetrics):
+    """What a DPO run produced: the adapter (or full model) folder, and the stage's typed metrics, which the
+    controller reads back as :class:`~common.stage_results.TrainTeacherMetrics`."""
 
     output_dir: Path
-    is_adapter: bool
-    steps: int
-    train_loss: float
-    reward_margin_first: float
-    reward_margin_last: float
-    reward_accuracy_last: float
-    pairs: int
-    heldout_pairs: int = 0
-    #: TRL's eval rewards/accuracies and rewards/margins on the held-out pairs (None: nothing held out).
-    heldout_reward_accuracy: float | None = None
-    heldout_reward_margin: float | None = None
 
     def metrics(self) -> dict:
-        """The stage's published metrics (common.stage_results.TrainTeacherMetrics, which the controller reads)."""
-        return TrainTeacherMetrics(
-            steps=self.steps,
-            train_loss=self.train_loss,
-            pairs=self.pairs,
-            reward_margin_first=self.reward_margin_first,
-            reward_margin_last=self.reward_margin_last,
-            reward_accuracy_last=self.reward_accuracy_last,
-            adapter=self.is_adapter,
-            heldout_pairs=self.heldout_pairs,
-            # absent rather than a made-up 0: job metrics are numbers only
-            heldout_reward_accuracy=self.heldout_reward_accuracy if self.heldout_pairs else None,
-            heldout_reward_margin=self.heldout_reward_margin if self.heldout_pairs else None,
-        ).to_metrics()
+        """The stage's published metrics (a held-out figure is absent, not a made-up 0, when nothing was held out)."""
+        return {name: value for name, value in self.to_metrics().items() if name != "output_dir"}
 
 
 def pair_group(pair: dict) -> str:
@@ -200,7 +178,7 @@ def train_dpo(
     margin = lambda h: float(h["rewards/margins"])  # noqa: E731
     return DPOResult(
         output_dir=output_dir,
-        is_adapter=settings.lora,
+        adapter=settings.lora,
         steps=int(output.global_step),
         train_loss=mean_train_loss(trainer.state),
         reward_margin_first=margin(history[0]) if history else 0.0,

@@ -14,10 +14,20 @@ from common.stage_results import AssembleMetrics, EvaluateMetrics, ScoreMetrics,
 def test_the_dpo_result_a_trainer_publishes_is_what_the_controller_reads():
     from services.trainer.dpo import DPOResult
 
-    result = DPOResult(Path("x"), True, 3, 0.5, 0.1, 0.7, 1.0, 4)
+    result = DPOResult(
+        output_dir=Path("x"),
+        adapter=True,
+        steps=3,
+        train_loss=0.5,
+        reward_margin_first=0.1,
+        reward_margin_last=0.7,
+        reward_accuracy_last=1.0,
+        pairs=4,
+    )
     metrics = result.metrics()
     read = TrainTeacherMetrics.from_metrics(metrics)
     assert read.reward_margin_last == 0.7 and read.pairs == 4 and read.heldout_pairs == 0
+    assert "output_dir" not in metrics and read.adapter
     assert "heldout_reward_margin" not in metrics  # absent, not a made-up number, when nothing was held out
 
 

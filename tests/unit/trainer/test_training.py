@@ -64,7 +64,7 @@ def test_full_finetune_dpo_saves_a_model(tiny_teacher, tmp_path):
     result = train_dpo(
         ModelRef(str(tiny_teacher)), pairs, DPOSettings(lora=False, learning_rate=1e-3), tmp_path / "m", seed=0
     )
-    assert not result.is_adapter and (tmp_path / "m" / "config.json").is_file()
+    assert not result.adapter and (tmp_path / "m" / "config.json").is_file()
 
 
 def test_the_robust_loss_takes_its_label_smoothing(tiny_teacher, tmp_path, monkeypatch):
