@@ -4,8 +4,10 @@ The prompts are real synthesis prompts (8 seed examples each, completion style) 
 sampling settings are METHOD.md's (n=4, temperature 1.0, top-p 0.9, presence penalty 1.0).
 No stop string (so samples run to the token budget unless they end); tokens/s counts the
 tokens each backend actually generated. Each backend is timed on the same prompt batches the teacher service
-sends (``--batch`` prompts per request); vLLM is also timed with all prompts in one request.
-Engine start-up is reported apart. Ratios are against the transformers path as it was before the teacher
+sends (``--batch`` prompts per request); vLLM is also timed with all prompts in one request, and a teacher
+version (an r=8 adapter) both ways it can be served: hot-swapped as an adapter, and merged into the weights
+(``vllm.serving: merged``). Engine start-up, and the merged version's load (merge, engine restart, canary), are
+reported apart. Ratios are against the transformers path as it was before the teacher
 prefilled each prompt once for its n samples ("n-fold prefill": ``num_return_sequences`` repeats the prompt's
 forward pass n times); ``--transformers-bf16`` adds bf16 weights. ``--vllm-dtypes ''`` leaves vLLM out (then the
 main environment runs it). Runs from the vLLM environment:
@@ -111,6 +113,20 @@ def measure(
             timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
             rows[f"vLLM ({short}) + r=8 adapter, same batches"] = timed(version, texts, params, batch)
             backends.close()
+            # The same version merged into the weights: an engine of its own, LoRA off.
+            merged = VLLMBackends(
+                VLLMSettings(dtype=dtype, max_model_len=2048, serving="merged"), cache_dir=Path(cache)
+            )
+            started = time.perf_counter()
+            merged.load_version("teacher-r1", ref)
+            version = merged.get(ref, version="teacher-r1")
+            load_seconds = round(time.perf_counter() - started, 1)
+            timed(version, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)
+            rows[f"vLLM ({short}), merged version, same batches"] = {
+                **timed(version, texts, params, batch),
+                "version_load_seconds": load_seconds,
+            }
+            merged.close()
     base = rows["transformers (fp32), n-fold prefill"]["tokens_per_second"]
     for row in rows.values():
         row["ratio"] = round(row["tokens_per_second"] / base, 2)

