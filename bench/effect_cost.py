@@ -5,10 +5,13 @@ the teacher's forward rate in tokens/s (``teacher-paths-<teacher>.json``: the n-
 differ only by (n - 1) prefills of each prompt, so their time difference over those tokens is the rate; on a CPU
 a batched decode token costs about as much as a prefill token, so every token the design feeds or samples is
 charged at it), influence
-seconds per candidate on the student (``influence-<student>-bf16.json``: first_order steady rate for the bulk,
-exact for the audit and the teacher shift, which scores exactly) and seconds per DPO step of the teacher
-(``dpo-<teacher>.json``, scaled to the design's prompt length). Student SFT, warm-up and evaluation are left out
-(small next to these, and not measured here), so the total is a lower bound.
+seconds per candidate on the student (``influence-<student>-bf16.json``, else the fp32 run ``influence-<student>.json``:
+first_order steady rate for the bulk, exact for the audit and the teacher shift, which scores exactly) and seconds
+per DPO step of the teacher (``dpo-<teacher>.json``, scaled to the design's prompt length). Where the vLLM CPU
+backend was timed on the teacher (``teacher-<teacher>-vllm.json``, ``bench/teacher.py``), the generation is also
+costed on that path: the tokens the design samples at the merged version's measured tokens/s (an estimate, not a
+bound: the bench's prompts are the synthesis prompts, the answers' prompts are shorter). Student SFT, warm-up and
+evaluation are left out (small next to these, and not measured here), so the total is a lower bound.
 
 Usage: python bench/effect_cost.py [--config configs/effect-qwen.yaml]
 """
@@ -86,7 +89,10 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
     stages = {"teacher generation": tokens / gen}
     rates: dict = {}
     missing = []
-    scorer = optional(f"influence-{student}-bf16.json")
+    scorer_file = next(
+        (name for name in (f"influence-{student}-bf16.json", f"influence-{student}.json") if optional(name)), None
+    )
+    scorer = optional(scorer_file) if scorer_file else None
     if scorer:
         exact = 1 / row(scorer, "(b) exact")["steady_cand_per_s"]
         first = 1 / row(scorer, "(c) first_order")["steady_cand_per_s"]
@@ -94,9 +100,13 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
         stages["influence (probing, bulk)"] = kept_probing * bulk
         stages["influence (audit, exact)"] = min(influence.get("audit_size", 0), kept_probing) * exact
         stages["influence (teacher shift, exact)"] = fresh * exact
-        rates.update(exact_seconds_per_candidate=round(exact, 2), first_order_seconds_per_candidate=round(first, 2))
+        rates.update(
+            exact_seconds_per_candidate=round(exact, 2),
+            first_order_seconds_per_candidate=round(first, 2),
+            influence_bench=scorer_file,
+        )
     else:
-        missing.append(f"influence-{student}-bf16.json (influence scoring)")
+        missing.append(f"influence-{student}.json (influence scoring)")
     dpo_run = optional(f"dpo-{teacher}.json")
     pairs = max(50, kept_probing // 4)  # at least the issue's 50 pairs
     steps = pairs * (1 - dpo.get("heldout_fraction", 0.0)) * dpo.get("epochs", 1) / dpo.get("batch_size", 2)
@@ -108,6 +118,21 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
         rates.update(dpo_seconds_per_step_bench=step, dpo_prompt_scale=round(scale, 2))
     else:
         missing.append(f"dpo-{teacher}.json (teacher DPO)")
+    sampled = samples * instruction_tokens + answered * response_tokens
+    alternatives = {}
+    served = optional(f"teacher-{teacher}-vllm.json")
+    if served:
+        merged = next(name for name in served["summary"] if "merged version" in name)
+        rate = served["summary"][merged]["tokens_per_second"]["median"]
+        alternatives["teacher generation, vLLM merged version (estimate)"] = {
+            "sampled_tokens": round(sampled),
+            "tokens_per_second": rate,
+            "bench_device": served["device"],
+            "hours": round(sampled / rate / 3600, 2),
+            "total_hours_lower_bound_with_it": round(
+                (sum(stages.values()) - stages["teacher generation"] + sampled / rate) / 3600, 1
+            ),
+        }
     return {
         "design": {
             "probing_samples": probing,
@@ -127,6 +152,7 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
         "not_measured_so_left_out": missing,
         "hours": {name: round(seconds / 3600, 2) for name, seconds in stages.items()},
         "total_hours_lower_bound": round(sum(stages.values()) / 3600, 1),
+        "other_paths": alternatives,
     }
 
 

@@ -9,7 +9,8 @@ version (an r=8 adapter) both ways it can be served: hot-swapped as an adapter, 
 (``vllm.serving: merged``). Engine start-up, and the merged version's load (merge, engine restart, canary), are
 reported apart. Ratios are against the transformers path as it was before the teacher
 prefilled each prompt once for its n samples ("n-fold prefill": ``num_return_sequences`` repeats the prompt's
-forward pass n times); ``--transformers-bf16`` adds bf16 weights. ``--vllm-dtypes ''`` leaves vLLM out (then the
+forward pass n times; ``--no-nfold`` leaves that row out and compares with the service's path);
+``--transformers-bf16`` adds bf16 weights. ``--vllm-dtypes ''`` leaves vLLM out (then the
 main environment runs it). Runs from the vLLM environment:
 
     .venv-vllm/bin/python bench/teacher.py [--model models/smollm2-135m-instruct] [--prompts 16]
@@ -72,12 +73,18 @@ def measure(
     batch: int,
     dtypes: list[str],
     transformers_dtypes: tuple[str, ...] = ("float32",),
+    nfold: bool = True,
 ) -> dict:
-    """One run: every row's tokens, seconds and tokens/s (engines started afresh)."""
+    """One run: every row's tokens, seconds and tokens/s (engines started afresh).
+
+    Ratios are against the first row: the n-fold prefill path, or (``nfold=False``, for a model whose n-fold
+    path costs too long to time) the service's transformers path.
+    """
     rows: dict = {}
     transformers = TransformersBackend(ModelRef(model), share_prefill=False)
     timed(transformers, texts[:1], SamplingParams(**{**params.to_dict(), "max_new_tokens": 4}), 1)  # warm-up
-    rows["transformers (fp32), n-fold prefill"] = timed(transformers, texts, params, batch)
+    if nfold:
+        rows["transformers (fp32), n-fold prefill"] = timed(transformers, texts, params, batch)
     transformers.share_prefill = True  # each prompt's forward pass once for its n samples (the service's path)
     rows["transformers (fp32)"] = timed(transformers, texts, params, batch)
     rows["transformers (fp32), one request"] = timed(transformers, texts, params, len(texts))
@@ -127,7 +134,7 @@ def measure(
                 "version_load_seconds": load_seconds,
             }
             merged.close()
-    base = rows["transformers (fp32), n-fold prefill"]["tokens_per_second"]
+    base = next(iter(rows.values()))["tokens_per_second"]
     for row in rows.values():
         row["ratio"] = round(row["tokens_per_second"] / base, 2)
     return rows
@@ -179,6 +186,9 @@ def main() -> None:
     parser.add_argument(
         "--transformers-bf16", action="store_true", help="also the transformers backend with bf16 weights"
     )
+    parser.add_argument(
+        "--no-nfold", action="store_true", help="leave out the n-fold prefill row (ratios against the service's path)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (spread reported)")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/teacher-<model>.json)")
     args = parser.parse_args()
@@ -195,7 +205,7 @@ def main() -> None:
     runs = []
     for run in range(args.runs):
         extra = ("float32", "bfloat16") if args.transformers_bf16 else ("float32",)
-        runs.append(measure(args.model, texts, params, args.batch, dtypes, extra))
+        runs.append(measure(args.model, texts, params, args.batch, dtypes, extra, nfold=not args.no_nfold))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v['tokens_per_second']}" for k, v in runs[-1].items()))
     results: dict = {
         "model": args.model,
