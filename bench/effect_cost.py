@@ -1,4 +1,4 @@
-"""What an effect-experiment design costs on the machine the benches ran on: a LOWER bound, from measured rates.
+"""What an effect-experiment design costs on the machine the benches ran on: an estimate from measured rates.
 
 Reads the design's sizes from its config and the per-unit costs measured on this machine from ``bench/results``:
 the teacher's forward rate in tokens/s (``teacher-paths-<teacher>.json``: the n-fold and the once-per-prompt prefill
@@ -11,7 +11,9 @@ per DPO step of the teacher (``dpo-<teacher>.json``, scaled to the design's prom
 backend was timed on the teacher (``teacher-<teacher>-vllm.json``, ``bench/teacher.py``), the generation is also
 costed on that path: the tokens the design samples at the merged version's measured tokens/s (an estimate, not a
 bound: the bench's prompts are the synthesis prompts, the answers' prompts are shorter). Student SFT, warm-up and
-evaluation are left out (small next to these, and not measured here), so the total is a lower bound.
+evaluation are left out (small next to these, and not measured here). Teacher generation is a lower bound (every
+sample kept); a rate measured under contention, or per DPO step with the model's load in it, errs the other way:
+``NOTE`` in the output says which.
 
 Usage: python bench/effect_cost.py [--config configs/effect-qwen.yaml]
 """
@@ -26,6 +28,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+#: How each stage's figure errs, for the rates committed in bench/results (say so again when a rate is re-measured).
+NOTE = (
+    "teacher generation: a lower bound (every sample kept, one torch thread); influence: rates of a run that shared "
+    "the cores with another process (exact 46.8 s per candidate there, 18.3 s in an uncontended run), so an upper "
+    "bound; DPO: seconds per step of a 2-step run including the model's load and held-out evaluation, scaled to "
+    "8-example prompts, so an upper bound; student SFT, warm-up and evaluation left out"
+)
 
 #: Tokens of an answer prompt (the teacher's chat template around one instruction), roughly.
 ANSWER_PROMPT_TOKENS = 60
@@ -129,7 +139,7 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
             "tokens_per_second": rate,
             "bench_device": served["device"],
             "hours": round(sampled / rate / 3600, 2),
-            "total_hours_lower_bound_with_it": round(
+            "total_hours_with_it": round(
                 (sum(stages.values()) - stages["teacher generation"] + sampled / rate) / 3600, 1
             ),
         }
@@ -151,7 +161,8 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
         },
         "not_measured_so_left_out": missing,
         "hours": {name: round(seconds / 3600, 2) for name, seconds in stages.items()},
-        "total_hours_lower_bound": round(sum(stages.values()) / 3600, 1),
+        "total_hours": round(sum(stages.values()) / 3600, 1),
+        "note": NOTE,
         "other_paths": alternatives,
     }
 
