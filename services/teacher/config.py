@@ -32,7 +32,8 @@ class VLLMSettings:
     """The vLLM engine of a teacher service started with ``--backend vllm``."""
 
     dtype: str = field(
-        "auto", help="Engine weights dtype ('auto': the model's; bfloat16 on GPU, float32 for an exact canary on CPU)."
+        "auto",
+        help="Engine weights dtype ('auto': vLLM's choice for the model; float32 on a CPU without native bf16).",
     )
     max_model_len: int = field(2048, help="Longest prompt + completion the engine accepts.")
     kv_cache_gib: int = field(1, help="CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")

