@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: How each stage's figure errs, for the rates committed in bench/results (say so again when a rate is re-measured).
 NOTE = (
     "teacher generation: a lower bound (every sample kept, one torch thread); influence: rates of a run that shared "
-    "the cores with another process (exact 46.8 s per candidate there, 18.3 s in an uncontended run), so an upper "
-    "bound; DPO: seconds per step of a 2-step run including the model's load and held-out evaluation, scaled to "
-    "8-example prompts, so an upper bound; student SFT, warm-up and evaluation left out"
+    "the cores with another process (its file's note), slower than an uncontended run (docs/results.md section 2), "
+    "so an upper bound; DPO: seconds per step of a short run including the model's load and held-out evaluation, "
+    "scaled to the design's prompt length, so an upper bound; student SFT, warm-up and evaluation left out"
 )
 
 #: Tokens of an answer prompt (the teacher's chat template around one instruction), roughly.
@@ -99,10 +99,14 @@ def estimate(config: dict, *, keep_rate: float) -> dict:
     stages = {"teacher generation": tokens / gen}
     rates: dict = {}
     missing = []
-    scorer_file = next(
-        (name for name in (f"influence-{student}-bf16.json", f"influence-{student}.json") if optional(name)), None
+    scorer_file, scorer = next(
+        (
+            (name, found)
+            for name in (f"influence-{student}-bf16.json", f"influence-{student}.json")
+            if (found := optional(name))
+        ),
+        (None, None),
     )
-    scorer = optional(scorer_file) if scorer_file else None
     if scorer:
         exact = 1 / row(scorer, "(b) exact")["steady_cand_per_s"]
         first = 1 / row(scorer, "(c) first_order")["steady_cand_per_s"]

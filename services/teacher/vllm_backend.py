@@ -322,22 +322,32 @@ def raise_load_error(err: BaseException, name: str) -> NoReturn:
 
 
 def engine_dtype(setting: str, *, on_cpu: bool, cpu_flags: set[str] | None = None) -> str:
-    """The dtype an engine is started with. ``auto`` on a CPU without native bf16 (no AVX512-BF16 or AMX) is
-    float32: vLLM's own ``auto`` casts fp32 weights to bf16 on a CPU, whose emulated products ran the engine 4x
-    slower than float32 on the AVX2 machine (docs/benchmarks.md). Any other setting is kept as written."""
+    """The dtype an engine is started with. ``auto`` on a CPU without native bf16 (x86 AVX512-BF16 or AMX, Arm
+    BF16) is float32: vLLM's own ``auto`` casts fp32 weights to bf16 on a CPU, whose emulated products ran the
+    engine 4x slower than float32 on the AVX2 machine (docs/benchmarks.md). Any other setting is kept as written."""
     if setting != "auto" or not on_cpu:
         return setting
-    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
-    return "auto" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    flags = cpu_flags if cpu_flags is not None else cpu_feature_flags()
+    return "auto" if flags & NATIVE_BF16 else "float32"
 
 
-def _cpu_flags() -> set[str]:
-    """This machine's CPU feature flags (Linux); empty where /proc/cpuinfo cannot be read."""
+#: CPU feature flags (as /proc/cpuinfo spells them) under which bf16 matrix products are native.
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_feature_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags: x86 ``flags`` and Arm ``Features`` lines of Linux's cpuinfo; empty where it cannot
+    be read (another OS: ``auto`` is then float32, the safe choice)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return {
+        flag
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features"))
+        for flag in line.split(":", 1)[1].split()
+    }
 
 
 def cpu_engine_args() -> dict:

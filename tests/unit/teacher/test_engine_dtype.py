@@ -3,9 +3,11 @@ there), and whatever vLLM picks where bf16 is native or on a GPU; an explicit se
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from services.teacher.vllm_backend import engine_dtype
+from services.teacher.vllm_backend import cpu_feature_flags, engine_dtype
 
 AVX2 = {"fpu", "sse2", "avx", "avx2", "fma"}
 
@@ -27,6 +29,17 @@ def test_auto_is_float32_only_on_a_cpu_without_native_bf16(setting, on_cpu, flag
     assert engine_dtype(setting, on_cpu=on_cpu, cpu_flags=flags) == expected
 
 
+def test_x86_and_arm_cpuinfo_are_read(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU implementer\t: 0x41\n")
+    assert cpu_feature_flags(x86) == {"fpu", "avx2", "amx_bf16"}
+    assert engine_dtype("auto", on_cpu=True, cpu_flags=cpu_feature_flags(x86)) == "auto"
+    assert engine_dtype("auto", on_cpu=True, cpu_flags=cpu_feature_flags(arm)) == "auto"
+    assert cpu_feature_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="Linux cpuinfo only")
 def test_this_machines_flags_are_read():
-    # Whatever this machine is, the answer for 'auto' on its CPU is one of the two.
-    assert engine_dtype("auto", on_cpu=True) in {"auto", "float32"}
+    assert "fpu" in cpu_feature_flags() or "fp" in cpu_feature_flags()
